@@ -1,0 +1,1 @@
+//! IP packets as the tunnel sees them.

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need when it is missing, then runs every test.
+# Interop and end-to-end tests fail (never skip) when a tool is absent, so they are installed here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+require() { # require COMMAND DEBIAN-PACKAGE
+  command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+}
+# (tools are added here as the tests that drive them land)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: missing ${missing[*]}: run as root, or install them first" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cargo test --workspace --all-targets "$@"

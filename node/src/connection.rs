@@ -1,0 +1,636 @@
+//! One connection to a remote peer: an ICE agent that finds and keeps a path, and a WireGuard
+//! tunnel that runs over it.
+//!
+//! A [`Connection`] knows nothing of the other connections or of how datagrams reach it: the
+//! node routes STUN by ICE credentials and WireGuard by session index, and hands the connection
+//! the shared transmit queue and buffer pool.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::x25519::{PublicKey, StaticSecret};
+use is::stun::{StunMessage, StunPacket};
+use is::{IceAgent, IceAgentEvent, IceConnectionState, IceCreds};
+
+use crate::candidate::IceCandidate;
+use crate::pool::{Buffer, BufferPool};
+use crate::wireguard::{ConnIndex, Output, SessionIdx, Tunnel};
+use crate::{Credentials, Error, FailReason, Psk, Role, Transmit};
+
+/// How often boringtun's timers are driven; its keep-alive, rekey and retry timers are only as
+/// precise as this.
+pub(crate) const WIREGUARD_TICK: Duration = Duration::from_millis(250);
+/// A connection without traffic for this long goes idle.
+pub const IDLE_AFTER: Duration = Duration::from_secs(20);
+/// The STUN keep-alive interval of an idle connection.
+pub const IDLE_STUN_INTERVAL: Duration = Duration::from_secs(25);
+/// The STUN keep-alive interval of an active connection (`is`' default).
+const ACTIVE_STUN_INTERVAL: Duration = Duration::from_secs(3);
+/// Once ICE is connected, a WireGuard session must exist within this long. boringtun itself
+/// keeps trying for 90 s, which would hide a wrong key or PSK for a minute and a half.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(15);
+/// ICE must find a path within this long of the connection's creation or last new candidate.
+pub const ICE_SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// At most one proactive WireGuard roll-over (on upsert) per this long.
+pub const ROLLOVER_DEBOUNCE: Duration = Duration::from_secs(20);
+
+/// Where packets for the peer go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Path {
+    /// The local address to send from (a host candidate's base).
+    pub local: SocketAddr,
+    /// The remote address to send to.
+    pub remote: SocketAddr,
+}
+
+impl Path {
+    /// Bytes to leave in front of the WireGuard packet, for a TURN channel-data header when the
+    /// path is relayed.
+    fn header_len(&self) -> usize {
+        0
+    }
+}
+
+/// What the node learns from a connection after a call into it.
+#[derive(Debug)]
+pub(crate) enum ConnEvent {
+    NewLocalCandidate(IceCandidate),
+    Established,
+    Idle,
+    Failed(FailReason),
+}
+
+/// The parameters that decide whether an upsert keeps a connection or replaces it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) remote_key: PublicKey,
+    pub(crate) psk: Psk,
+    pub(crate) local_creds: Credentials,
+    pub(crate) remote_creds: Credentials,
+}
+
+pub(crate) struct Connection {
+    pub(crate) index: ConnIndex,
+    pub(crate) identity: Identity,
+    role: Role,
+    ice: IceAgent,
+    tunnel: Tunnel,
+    /// Seeds `is`' thread-local generator before every call, so transaction ids are reproducible.
+    rng: fastrand::Rng,
+    span: tracing::Span,
+
+    path: Option<Path>,
+    /// Where the last authenticated WireGuard packet came from: the controlled side's route
+    /// until ICE nominates a pair.
+    wg_endpoint: Option<(SocketAddr, SocketAddr)>,
+    ice_connected_at: Option<Instant>,
+    established: bool,
+    idle: bool,
+    last_activity: Instant,
+    setup_deadline: Option<Instant>,
+    last_rollover: Option<Instant>,
+    next_wireguard_tick: Instant,
+
+    events: VecDeque<ConnEvent>,
+}
+
+pub(crate) struct ConnectionParams {
+    pub(crate) role: Role,
+    pub(crate) index: ConnIndex,
+    pub(crate) identity: Identity,
+    pub(crate) private_key: StaticSecret,
+    pub(crate) seed: u64,
+    pub(crate) tie_breaker: u64,
+    pub(crate) epoch: Instant,
+    pub(crate) span: tracing::Span,
+}
+
+impl Connection {
+    pub(crate) fn new(p: ConnectionParams, local_addrs: &[SocketAddr], now: Instant) -> Self {
+        let tunnel = Tunnel::new(
+            now,
+            p.epoch,
+            p.private_key,
+            p.identity.remote_key,
+            p.identity.psk.0,
+            p.index,
+        );
+        let mut rng = fastrand::Rng::with_seed(p.seed);
+        fastrand::seed(rng.u64(..));
+        let mut ice = IceAgent::new(to_ice_creds(&p.identity.local_creds));
+        ice.set_controlling(p.role == Role::Client);
+        ice.set_control_tie_breaker(p.tie_breaker);
+        ice.set_remote_credentials(to_ice_creds(&p.identity.remote_creds));
+
+        let mut conn = Self {
+            index: p.index,
+            identity: p.identity,
+            role: p.role,
+            ice,
+            tunnel,
+            rng,
+            span: p.span,
+            path: None,
+            wg_endpoint: None,
+            ice_connected_at: None,
+            established: false,
+            idle: false,
+            last_activity: now,
+            setup_deadline: Some(now + ICE_SETUP_TIMEOUT),
+            last_rollover: None,
+            next_wireguard_tick: now,
+            events: VecDeque::new(),
+        };
+        for addr in local_addrs {
+            conn.add_local_address(*addr);
+        }
+        conn
+    }
+
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    pub(crate) fn poll_event(&mut self) -> Option<ConnEvent> {
+        self.events.pop_front()
+    }
+
+    pub(crate) fn path(&self) -> Option<Path> {
+        self.path
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        self.idle
+    }
+
+    pub(crate) fn is_established(&self) -> bool {
+        self.established
+    }
+
+    pub(crate) fn ice_state(&self) -> IceConnectionState {
+        self.ice.state()
+    }
+
+    pub(crate) fn local_ufrag(&self) -> &str {
+        &self.identity.local_creds.ufrag
+    }
+
+    pub(crate) fn local_candidates(&self) -> Vec<IceCandidate> {
+        let mut v: Vec<_> = self
+            .ice
+            .local_candidates()
+            .map(IceCandidate::from)
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub(crate) fn add_local_address(&mut self, addr: SocketAddr) {
+        let Ok(candidate) = IceCandidate::host(addr) else {
+            tracing::debug!(parent: &self.span, %addr, "not a usable host candidate");
+            return;
+        };
+        if let Some(added) = self.ice.add_local_candidate(candidate.as_ice().clone()) {
+            let added = IceCandidate::from(added.clone());
+            self.events.push_back(ConnEvent::NewLocalCandidate(added));
+        }
+    }
+
+    /// Always added, also after a pair was nominated: ICE may have settled on a peer-reflexive
+    /// pair before the signalled candidates arrived, and refusing them leaves it stuck there.
+    pub(crate) fn add_remote_candidate(&mut self, candidate: &IceCandidate, now: Instant) {
+        let _guard = self.span.clone().entered();
+        tracing::debug!(%candidate, "adding remote candidate");
+        fastrand::seed(self.rng.u64(..));
+        self.ice.add_remote_candidate(candidate.as_ice().clone());
+        if !self.ice.state().is_connected() {
+            self.setup_deadline = Some(now + ICE_SETUP_TIMEOUT);
+        }
+        self.mark_active(now);
+    }
+
+    pub(crate) fn remove_remote_candidate(&mut self, candidate: &IceCandidate, now: Instant) {
+        let _guard = self.span.clone().entered();
+        fastrand::seed(self.rng.u64(..));
+        if self.ice.invalidate_candidate(candidate.as_ice()) {
+            tracing::debug!(%candidate, "invalidated remote candidate");
+        }
+        self.ice.handle_timeout(now);
+    }
+
+    /// An upsert with unchanged parameters: wake up, re-announce, and roll over to a fresh
+    /// WireGuard session unless one was rolled over recently.
+    pub(crate) fn refresh(
+        &mut self,
+        now: Instant,
+        pool: &BufferPool,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        let _guard = self.span.clone().entered();
+        self.mark_active(now);
+        for candidate in self.local_candidates() {
+            self.events
+                .push_back(ConnEvent::NewLocalCandidate(candidate));
+        }
+        let Some(path) = self.path else {
+            return;
+        };
+        if self
+            .last_rollover
+            .is_some_and(|t| now.saturating_duration_since(t) < ROLLOVER_DEBOUNCE)
+        {
+            tracing::debug!("roll-over debounced");
+            return;
+        }
+        self.last_rollover = Some(now);
+        tracing::debug!("rolling over to a fresh WireGuard session");
+        let mut buf = pool.pull();
+        let header = path.header_len();
+        let result = self
+            .tunnel
+            .handshake_initiation(now, &mut buf.storage_mut()[header..], true);
+        if let Some(t) = self.network_result(result, buf, header, path) {
+            transmits.push_back(t);
+        }
+    }
+
+    fn mark_active(&mut self, now: Instant) {
+        self.last_activity = self.last_activity.max(now);
+        if self.idle {
+            self.idle = false;
+            self.ice.set_max_stun_rto(ACTIVE_STUN_INTERVAL);
+            tracing::debug!(parent: &self.span, "connection active again");
+        }
+    }
+
+    /// The route for WireGuard packets: the nominated path, or, before ICE has nominated one
+    /// on the controlled side, where the peer's last authenticated packet came from.
+    fn route(&self) -> Option<Path> {
+        self.path.or(self
+            .wg_endpoint
+            .map(|(local, remote)| Path { local, remote }))
+    }
+
+    pub(crate) fn encapsulate(
+        &mut self,
+        packet: &[u8],
+        now: Instant,
+        pool: &BufferPool,
+    ) -> Result<Option<Transmit>, Error> {
+        self.mark_active(now);
+        let mut buf = pool.pull();
+        let Some(path) = self.route() else {
+            // boringtun queues the packet until a session exists; the handshake initiation it
+            // returns has nowhere to go yet and is sent again once ICE nominates a path.
+            let _ = self.tunnel.encapsulate(now, packet, buf.storage_mut());
+            return Ok(None);
+        };
+        let header = path.header_len();
+        let result = self
+            .tunnel
+            .encapsulate(now, packet, &mut buf.storage_mut()[header..]);
+        match result {
+            Output::Network(range) => {
+                buf.set_range(header + range.start..header + range.end);
+                Ok(Some(Transmit {
+                    src: Some(path.local),
+                    dst: path.remote,
+                    payload: buf,
+                }))
+            }
+            Output::Err(e) => Err(Error::WireGuard(e)),
+            Output::Done | Output::Tunnel(_) => Ok(None),
+        }
+    }
+
+    /// Decrypts one WireGuard datagram; handshake messages produce transmits, data produces
+    /// the inner IP packet's bytes.
+    pub(crate) fn decapsulate(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        pool: &BufferPool,
+        transmits: &mut VecDeque<Transmit>,
+    ) -> Result<Option<Buffer>, Error> {
+        let mut buf = pool.pull();
+        let result = self
+            .tunnel
+            .decapsulate(now, from.ip(), datagram, buf.storage_mut());
+        let out = match result {
+            Output::Network(range) => {
+                buf.set_range(range);
+                // Answer where the message came from: that is the path the peer is using.
+                transmits.push_back(Transmit {
+                    src: Some(local),
+                    dst: from,
+                    payload: buf,
+                });
+                self.flush_queued(from, local, now, pool, transmits);
+                None
+            }
+            Output::Tunnel(range) => {
+                buf.set_range(range);
+                self.wg_endpoint = Some((local, from));
+                self.mark_active(now);
+                Some(buf)
+            }
+            Output::Done => None,
+            Output::Err(e) => return Err(Error::WireGuard(e)),
+        };
+        self.check_established(now);
+        Ok(out)
+    }
+
+    /// After a handshake boringtun releases the packets it queued, one call at a time.
+    fn flush_queued(
+        &mut self,
+        from: SocketAddr,
+        local: SocketAddr,
+        now: Instant,
+        pool: &BufferPool,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        let path = self.path.unwrap_or(Path {
+            local,
+            remote: from,
+        });
+        loop {
+            let mut buf = pool.pull();
+            let header = path.header_len();
+            let result =
+                self.tunnel
+                    .decapsulate(now, from.ip(), &[], &mut buf.storage_mut()[header..]);
+            match self.network_result(result, buf, header, path) {
+                Some(t) => transmits.push_back(t),
+                None => break,
+            }
+        }
+    }
+
+    fn check_established(&mut self, now: Instant) {
+        if !self.established && self.tunnel.has_session(now) {
+            self.established = true;
+            tracing::info!(parent: &self.span, "WireGuard session established");
+            self.events.push_back(ConnEvent::Established);
+        }
+    }
+
+    /// Handles a STUN message that this connection's ICE agent accepts.
+    pub(crate) fn handle_stun(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        message: StunMessage<'_>,
+        now: Instant,
+        pool: &BufferPool,
+        transmits: &mut VecDeque<Transmit>,
+    ) -> bool {
+        let _guard = self.span.clone().entered();
+        fastrand::seed(self.rng.u64(..));
+        let accepted = self.ice.handle_packet(
+            now,
+            StunPacket {
+                proto: is::Protocol::Udp,
+                source: from,
+                destination: local,
+                message,
+            },
+        );
+        // `is` only re-evaluates its state (and nominates, on the controlled side) inside
+        // handle_timeout; without this the connection would come up a timer period late.
+        self.ice.handle_timeout(now);
+        self.drain_ice(now, pool, transmits);
+        accepted
+    }
+
+    pub(crate) fn accepts(&self, message: &StunMessage<'_>) -> bool {
+        self.ice.accepts_message(message)
+    }
+
+    pub(crate) fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
+        let mut earliest = (self.next_wireguard_tick, "wireguard timers");
+        let mut consider = |t: Option<Instant>, why: &'static str| {
+            if let Some(t) = t {
+                if t < earliest.0 {
+                    earliest = (t, why);
+                }
+            }
+        };
+        consider(self.ice.poll_timeout(), "ice");
+        consider(self.setup_deadline, "ice setup deadline");
+        consider(self.handshake_deadline(), "handshake deadline");
+        if !self.idle && self.ice.state().is_connected() {
+            consider(Some(self.last_activity + IDLE_AFTER), "idle check");
+        }
+        Some(earliest)
+    }
+
+    fn handshake_deadline(&self) -> Option<Instant> {
+        if self.established {
+            return None;
+        }
+        self.ice_connected_at.map(|t| t + HANDSHAKE_DEADLINE)
+    }
+
+    pub(crate) fn handle_timeout(
+        &mut self,
+        now: Instant,
+        pool: &BufferPool,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        let _guard = self.span.clone().entered();
+        if now >= self.next_wireguard_tick {
+            self.next_wireguard_tick = now + WIREGUARD_TICK;
+            self.update_wireguard_timers(now, pool, transmits);
+        }
+
+        fastrand::seed(self.rng.u64(..));
+        self.ice.handle_timeout(now);
+        self.drain_ice(now, pool, transmits);
+
+        if self.setup_deadline.is_some_and(|t| now >= t) {
+            self.fail(FailReason::IceTimeout);
+        }
+        if self.handshake_deadline().is_some_and(|t| now >= t) {
+            self.check_established(now);
+            if !self.established {
+                self.fail(FailReason::HandshakeTimeout);
+            }
+        }
+        if !self.idle
+            && self.ice.state().is_connected()
+            && now.saturating_duration_since(self.last_activity) >= IDLE_AFTER
+        {
+            self.idle = true;
+            self.ice.set_max_stun_rto(IDLE_STUN_INTERVAL);
+            tracing::debug!("connection idle");
+            self.events.push_back(ConnEvent::Idle);
+        }
+    }
+
+    fn update_wireguard_timers(
+        &mut self,
+        now: Instant,
+        pool: &BufferPool,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        let mut buf = pool.pull();
+        let route = self.route();
+        let header = route.map_or(0, |p| p.header_len());
+        let result = self
+            .tunnel
+            .update_timers(now, &mut buf.storage_mut()[header..]);
+        match result {
+            Output::Err(WireGuardError::ConnectionExpired) => {
+                self.fail(FailReason::WireGuardExpired);
+            }
+            Output::Err(e) => tracing::debug!(error = ?e, "WireGuard timers"),
+            result @ (Output::Network(_) | Output::Tunnel(_) | Output::Done) => {
+                if let Some(path) = route {
+                    if let Some(t) = self.network_result(result, buf, header, path) {
+                        transmits.push_back(t);
+                    }
+                }
+            }
+        }
+        self.check_established(now);
+    }
+
+    /// Turns a boringtun result that should go to the network into a transmit on `path`.
+    fn network_result(
+        &self,
+        result: Output,
+        mut buf: Buffer,
+        header: usize,
+        path: Path,
+    ) -> Option<Transmit> {
+        match result {
+            Output::Network(range) => {
+                buf.set_range(header + range.start..header + range.end);
+                if let Some(idx) = handshake_sender_index(&buf) {
+                    tracing::debug!(local_idx = %SessionIdx(idx), remote = %path.remote, "sending WireGuard handshake");
+                }
+                Some(Transmit {
+                    src: Some(path.local),
+                    dst: path.remote,
+                    payload: buf,
+                })
+            }
+            Output::Err(e) => {
+                tracing::debug!(error = ?e, "WireGuard");
+                None
+            }
+            Output::Done | Output::Tunnel(_) => None,
+        }
+    }
+
+    fn drain_ice(&mut self, now: Instant, pool: &BufferPool, transmits: &mut VecDeque<Transmit>) {
+        while let Some(t) = self.ice.poll_transmit() {
+            let contents: &[u8] = &t.contents;
+            let mut buf = pool.pull();
+            let len = contents.len();
+            buf.storage_mut()[..len].copy_from_slice(contents);
+            buf.set_range(0..len);
+            transmits.push_back(Transmit {
+                src: Some(t.source),
+                dst: t.destination,
+                payload: buf,
+            });
+        }
+        while let Some(event) = self.ice.poll_event() {
+            match event {
+                IceAgentEvent::IceConnectionStateChange(state) => {
+                    self.on_ice_state(state, now);
+                }
+                IceAgentEvent::NominatedSend {
+                    source,
+                    destination,
+                    ..
+                } => {
+                    // Applied even while idle: the old path may be dead.
+                    self.on_nominated(
+                        Path {
+                            local: source,
+                            remote: destination,
+                        },
+                        now,
+                        pool,
+                        transmits,
+                    );
+                }
+                IceAgentEvent::DiscoveredRecv { .. } | IceAgentEvent::IceRestart(_) => {}
+            }
+        }
+    }
+
+    fn on_ice_state(&mut self, state: IceConnectionState, now: Instant) {
+        tracing::debug!(?state, "ICE state");
+        match state {
+            IceConnectionState::Connected | IceConnectionState::Completed => {
+                self.setup_deadline = None;
+                if self.ice_connected_at.is_none() {
+                    self.ice_connected_at = Some(now);
+                }
+            }
+            IceConnectionState::Disconnected => self.fail(FailReason::IceDisconnected),
+            IceConnectionState::New | IceConnectionState::Checking => {}
+        }
+    }
+
+    fn on_nominated(
+        &mut self,
+        path: Path,
+        now: Instant,
+        pool: &BufferPool,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        if self.path == Some(path) {
+            return;
+        }
+        tracing::info!(local = %path.local, remote = %path.remote, "path nominated");
+        self.path = Some(path);
+        // The controlling side starts WireGuard as soon as there is a path; `force` resends an
+        // initiation that boringtun produced earlier, when there was nowhere to send it.
+        if self.role == Role::Client && !self.established {
+            let mut buf = pool.pull();
+            let header = path.header_len();
+            let result =
+                self.tunnel
+                    .handshake_initiation(now, &mut buf.storage_mut()[header..], true);
+            if let Some(t) = self.network_result(result, buf, header, path) {
+                transmits.push_back(t);
+            }
+        }
+    }
+
+    fn fail(&mut self, reason: FailReason) {
+        if self
+            .events
+            .iter()
+            .any(|e| matches!(e, ConnEvent::Failed(_)))
+        {
+            return;
+        }
+        tracing::info!(%reason, "connection failed");
+        self.events.push_back(ConnEvent::Failed(reason));
+    }
+}
+
+/// The sender index of a handshake initiation or response, for logs.
+fn handshake_sender_index(packet: &[u8]) -> Option<u32> {
+    match packet.first()? {
+        1 | 2 => Some(u32::from_le_bytes(packet.get(4..8)?.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+fn to_ice_creds(c: &Credentials) -> IceCreds {
+    IceCreds {
+        ufrag: c.ufrag.clone(),
+        pass: c.password.clone(),
+    }
+}

@@ -1,0 +1,83 @@
+//! Why the node rejected something, and the counters of those rejections.
+
+use boringtun::noise::errors::WireGuardError;
+
+use crate::packet::PacketError;
+
+/// A rejected packet or call. None of these affect other connections.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// There is no connection to that peer.
+    #[error("no connection to that peer")]
+    UnknownConnection,
+    /// The datagram is neither STUN, TURN channel data nor WireGuard.
+    #[error("unknown datagram")]
+    UnknownDatagram,
+    /// A STUN message that does not parse.
+    #[error("malformed STUN message")]
+    MalformedStun,
+    /// A STUN message no connection accepts (unknown credentials or transaction, bad integrity).
+    #[error("STUN message for no connection")]
+    UnroutableStun,
+    /// A WireGuard message whose index or key belongs to no connection.
+    #[error("WireGuard message for no connection")]
+    UnroutableWireGuard,
+    /// TURN channel data while no relay is in use.
+    #[error("channel data without an allocation")]
+    UnexpectedChannelData,
+    /// boringtun rejected the message.
+    #[error("WireGuard: {0:?}")]
+    WireGuard(WireGuardError),
+    /// An authenticated peer sent something that is not a valid IP packet.
+    #[error("invalid packet inside the tunnel: {0}")]
+    InvalidInnerPacket(PacketError),
+}
+
+/// Counters of what the node dropped, by reason.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Packets for a peer without a connection.
+    pub unknown_connection: u64,
+    /// Datagrams of no known kind.
+    pub unknown_datagram: u64,
+    /// STUN messages that did not parse.
+    pub malformed_stun: u64,
+    /// STUN messages no connection accepted.
+    pub unroutable_stun: u64,
+    /// WireGuard messages for no connection.
+    pub unroutable_wireguard: u64,
+    /// Channel data without an allocation.
+    pub unexpected_channel_data: u64,
+    /// Messages boringtun rejected.
+    pub wireguard_errors: u64,
+    /// Decrypted packets that were not valid IP.
+    pub invalid_inner_packet: u64,
+}
+
+impl Stats {
+    pub(crate) fn record(&mut self, error: &Error) {
+        let counter = match error {
+            Error::UnknownConnection => &mut self.unknown_connection,
+            Error::UnknownDatagram => &mut self.unknown_datagram,
+            Error::MalformedStun => &mut self.malformed_stun,
+            Error::UnroutableStun => &mut self.unroutable_stun,
+            Error::UnroutableWireGuard => &mut self.unroutable_wireguard,
+            Error::UnexpectedChannelData => &mut self.unexpected_channel_data,
+            Error::WireGuard(_) => &mut self.wireguard_errors,
+            Error::InvalidInnerPacket(_) => &mut self.invalid_inner_packet,
+        };
+        *counter += 1;
+    }
+
+    /// Every dropped datagram, whatever the reason.
+    pub fn total_dropped(&self) -> u64 {
+        self.unknown_datagram
+            + self.malformed_stun
+            + self.unroutable_stun
+            + self.unroutable_wireguard
+            + self.unexpected_channel_data
+            + self.wireguard_errors
+            + self.invalid_inner_packet
+    }
+}

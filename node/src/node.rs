@@ -1,0 +1,538 @@
+//! The [`Node`]: every connection of one client or gateway, and the routing of datagrams to them.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use is::stun::StunMessage;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::candidate::IceCandidate;
+use crate::connection::{ConnEvent, Connection, ConnectionParams, Identity, Path};
+use crate::datagram::{classify, DatagramKind};
+use crate::packet::IpPacket;
+use crate::pool::{Buffer, BufferPool};
+use crate::wireguard::ConnIndex;
+use crate::{Error, Event, PeerId, Stats};
+
+/// Which end of a connection this node is. The client controls ICE and starts WireGuard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A user's device: ICE controlling, WireGuard initiator.
+    Client,
+    /// A gateway: ICE controlled, WireGuard responder.
+    Gateway,
+}
+
+/// ICE credentials (RFC 8445 §5.3): signalled by the portal, fresh for every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Credentials {
+    /// The username fragment, at least 4 characters.
+    pub ufrag: String,
+    /// The password, at least 22 characters.
+    pub password: String,
+}
+
+/// A WireGuard preshared key. Its bytes never reach a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Psk(pub [u8; 32]);
+
+impl fmt::Debug for Psk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Psk(..)")
+    }
+}
+
+/// A datagram to send.
+#[derive(Debug)]
+pub struct Transmit {
+    /// The local address to send from; `None` lets the runtime pick.
+    pub src: Option<SocketAddr>,
+    /// Where to send it.
+    pub dst: SocketAddr,
+    /// The datagram.
+    pub payload: Buffer,
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// There was no connection to this peer.
+    Created,
+    /// The connection had the same key, PSK and credentials and was kept.
+    Kept,
+    /// Something changed, so the old connection and its tunnel were dropped.
+    Replaced,
+}
+
+/// A snapshot of one connection, for callers and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The 24-bit index in this node's WireGuard session indices.
+    pub index: u32,
+    /// The ICE-nominated path, if any.
+    pub path: Option<Path>,
+    /// Whether ICE currently has a working pair.
+    pub ice_connected: bool,
+    /// Whether a WireGuard session has been established.
+    pub established: bool,
+    /// Whether the connection is idle (sparse keep-alives).
+    pub idle: bool,
+}
+
+/// How many idle buffers the pool keeps.
+const POOL_CAPACITY: usize = 256;
+
+/// The sans-IO core of a client or gateway: many connections to remote peers, each WireGuard over
+/// a path found by ICE.
+///
+/// # Driving it
+/// Every method that changes state takes `now`; time must never go backwards. After any call,
+/// drain [`Node::poll_transmit`] and [`Node::poll_event`], then ask [`Node::poll_timeout`] when
+/// to call [`Node::handle_timeout`] next. Calling `handle_timeout` early is harmless.
+///
+/// # Routing
+/// Datagrams are routed by what they carry, never by where they come from: STUN requests by the
+/// ICE username fragment, STUN responses by transaction, WireGuard handshake initiations by the
+/// sender's static key, every other WireGuard message by its receiver index (`idx >> 8` is the
+/// connection). Two peers behind one NAT that reuse the same public address in turn thus each
+/// reach their own connection.
+///
+/// All randomness (keys, ICE credentials, tie-breakers, transaction ids, session indices) comes
+/// from the seed given at construction.
+pub struct Node<TId> {
+    role: Role,
+    private_key: StaticSecret,
+    public_key: PublicKey,
+    rng: ChaCha20Rng,
+    /// boringtun's clock for this node's tunnels counts from here.
+    epoch: Instant,
+
+    connections: BTreeMap<TId, Connection>,
+    by_index: BTreeMap<ConnIndex, TId>,
+    by_key: BTreeMap<[u8; 32], TId>,
+    by_ufrag: BTreeMap<String, TId>,
+    local_addrs: BTreeSet<SocketAddr>,
+
+    pool: BufferPool,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event<TId>>,
+    stats: Stats,
+}
+
+impl<TId: PeerId> Node<TId> {
+    /// A node whose static key, like everything else random, comes from `seed`.
+    pub fn new(role: Role, seed: u64, now: Instant) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut key = [0u8; 32];
+        rng.fill_bytes(&mut key);
+        Self::from_parts(role, StaticSecret::from(key), rng, now)
+    }
+
+    /// A node with a given static key (from configuration).
+    pub fn with_private_key(
+        role: Role,
+        private_key: StaticSecret,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        Self::from_parts(role, private_key, ChaCha20Rng::seed_from_u64(seed), now)
+    }
+
+    fn from_parts(role: Role, private_key: StaticSecret, rng: ChaCha20Rng, now: Instant) -> Self {
+        Self {
+            role,
+            public_key: PublicKey::from(&private_key),
+            private_key,
+            rng,
+            epoch: now,
+            connections: BTreeMap::new(),
+            by_index: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            by_ufrag: BTreeMap::new(),
+            local_addrs: BTreeSet::new(),
+            pool: BufferPool::new(POOL_CAPACITY),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// This node's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// This node's WireGuard public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.public_key
+    }
+
+    /// Counters of what was dropped and why.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The buffer pool the node's packets come from; runtimes read into its buffers too.
+    pub fn buffer_pool(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    /// Fresh ICE credentials from this node's generator (for tests and for a portal-less setup).
+    pub fn new_credentials(&mut self) -> Credentials {
+        const ICE_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let mut s = |n: usize| -> String {
+            (0..n)
+                .map(|_| char::from(ICE_CHARS[self.rng.gen_range(0..ICE_CHARS.len())]))
+                .collect()
+        };
+        Credentials {
+            ufrag: s(8),
+            password: s(24),
+        }
+    }
+
+    /// A local address that peers may reach this node on: a host candidate for every connection.
+    pub fn add_local_address(&mut self, addr: SocketAddr) {
+        if !self.local_addrs.insert(addr) {
+            return;
+        }
+        let ids: Vec<TId> = self.connections.keys().copied().collect();
+        for id in ids {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.add_local_address(addr);
+                self.drain_connection_events(id);
+            }
+        }
+    }
+
+    /// Creates the connection to `id`, keeps it if nothing changed, or replaces it.
+    ///
+    /// Keeping re-announces the local candidates and rolls over to a fresh WireGuard session
+    /// (debounced). A changed key, PSK or ICE credentials replace the connection, tunnel and
+    /// all: a tunnel whose PSK no longer matches must never be reused.
+    pub fn upsert_connection(
+        &mut self,
+        id: TId,
+        remote_key: PublicKey,
+        psk: Psk,
+        local_creds: Credentials,
+        remote_creds: Credentials,
+        now: Instant,
+    ) -> Upsert {
+        let identity = Identity {
+            remote_key,
+            psk,
+            local_creds,
+            remote_creds,
+        };
+        let outcome = match self.connections.get_mut(&id) {
+            Some(conn) if conn.identity == identity => {
+                conn.refresh(now, &self.pool, &mut self.transmits);
+                self.drain_connection_events(id);
+                return Upsert::Kept;
+            }
+            Some(conn) => {
+                let _guard = conn.span().enter();
+                tracing::info!("key, PSK or ICE credentials changed: replacing the connection");
+                drop(_guard);
+                self.remove_connection(id);
+                Upsert::Replaced
+            }
+            None => Upsert::Created,
+        };
+
+        let index = self.free_index();
+        let params = ConnectionParams {
+            role: self.role,
+            index,
+            private_key: self.private_key.clone(),
+            seed: self.rng.next_u64(),
+            tie_breaker: self.rng.next_u64(),
+            epoch: self.epoch,
+            span: id.span(),
+            identity,
+        };
+        let local_addrs: Vec<SocketAddr> = self.local_addrs.iter().copied().collect();
+        let conn = Connection::new(params, &local_addrs, now);
+        {
+            let _guard = conn.span().enter();
+            tracing::info!(local_idx = index.get(), "new connection");
+        }
+        self.by_index.insert(index, id);
+        self.by_key.insert(conn.identity.remote_key.to_bytes(), id);
+        self.by_ufrag.insert(conn.local_ufrag().to_owned(), id);
+        self.connections.insert(id, conn);
+        self.drain_connection_events(id);
+        outcome
+    }
+
+    fn free_index(&mut self) -> ConnIndex {
+        loop {
+            let candidate = self.rng.gen_range(1..=ConnIndex::MAX);
+            if let Some(index) = ConnIndex::new(candidate) {
+                if !self.by_index.contains_key(&index) {
+                    return index;
+                }
+            }
+        }
+    }
+
+    /// Drops the connection to `id` and its tunnel. Returns whether there was one.
+    pub fn remove_connection(&mut self, id: TId) -> bool {
+        let Some(conn) = self.connections.remove(&id) else {
+            return false;
+        };
+        self.by_index.remove(&conn.index);
+        if self.by_key.get(&conn.identity.remote_key.to_bytes()) == Some(&id) {
+            self.by_key.remove(&conn.identity.remote_key.to_bytes());
+        }
+        if self.by_ufrag.get(conn.local_ufrag()) == Some(&id) {
+            self.by_ufrag.remove(conn.local_ufrag());
+        }
+        true
+    }
+
+    /// Adds one signalled remote candidate; a malformed one is logged and ignored.
+    pub fn add_remote_candidate(&mut self, id: TId, candidate: &str, now: Instant) {
+        self.add_remote_candidates(id, [candidate], now);
+    }
+
+    /// Adds signalled remote candidates, host candidates first; malformed ones are skipped.
+    pub fn add_remote_candidates<'a>(
+        &mut self,
+        id: TId,
+        candidates: impl IntoIterator<Item = &'a str>,
+        now: Instant,
+    ) {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            tracing::debug!(peer = %id, "candidate for unknown connection");
+            return;
+        };
+        for candidate in IceCandidate::parse_list(candidates) {
+            conn.add_remote_candidate(&candidate, now);
+        }
+        self.drain_connection_events(id);
+    }
+
+    /// Invalidates a remote candidate, e.g. of a relay the peer no longer uses.
+    pub fn remove_remote_candidate(&mut self, id: TId, candidate: &str, now: Instant) {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        match IceCandidate::parse(candidate) {
+            Ok(c) => conn.remove_remote_candidate(&c, now),
+            Err(error) => tracing::debug!(%error, candidate, "ignoring invalidation"),
+        }
+        self.drain_connection_events(id);
+    }
+
+    /// A snapshot of the connection to `id`.
+    pub fn connection(&self, id: TId) -> Option<ConnectionInfo> {
+        self.connections.get(&id).map(|c| ConnectionInfo {
+            index: c.index.get(),
+            path: c.path(),
+            ice_connected: c.ice_state().is_connected(),
+            established: c.is_established(),
+            idle: c.is_idle(),
+        })
+    }
+
+    /// The peers this node has connections to.
+    pub fn connections(&self) -> impl Iterator<Item = TId> + '_ {
+        self.connections.keys().copied()
+    }
+
+    /// Encrypts an IP packet for the peer `id`.
+    ///
+    /// `Ok(None)` means the packet was queued because there is no path or session yet.
+    pub fn encapsulate<B: AsRef<[u8]>>(
+        &mut self,
+        id: TId,
+        packet: &IpPacket<B>,
+        now: Instant,
+    ) -> Result<Option<Transmit>, Error> {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            self.stats.unknown_connection += 1;
+            return Err(Error::UnknownConnection);
+        };
+        let result = conn.encapsulate(packet.as_bytes(), now, &self.pool);
+        if result.is_err() {
+            self.stats.wireguard_errors += 1;
+        }
+        result
+    }
+
+    /// Handles a datagram that arrived on `local` from `from`.
+    ///
+    /// Returns the decrypted IP packet and who sent it, if the datagram carried one. Errors
+    /// are counted in [`Node::stats`] and logged at DEBUG; they never affect other connections.
+    pub fn decapsulate(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
+        let result = self.decapsulate_inner(local, from, datagram, now);
+        if let Err(error) = &result {
+            self.stats.record(error);
+            tracing::debug!(%from, %error, "dropped datagram");
+        }
+        result
+    }
+
+    fn decapsulate_inner(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
+        let id = match classify(datagram) {
+            DatagramKind::Stun => {
+                self.handle_stun(local, from, datagram, now)?;
+                return Ok(None);
+            }
+            DatagramKind::WgHandshakeInit => self.route_handshake_init(datagram)?,
+            DatagramKind::WgHandshakeResponse => route_by_index(&self.by_index, datagram, 8)?,
+            DatagramKind::WgCookieReply | DatagramKind::WgData => {
+                route_by_index(&self.by_index, datagram, 4)?
+            }
+            DatagramKind::ChannelData => return Err(Error::UnexpectedChannelData),
+            DatagramKind::Unknown => return Err(Error::UnknownDatagram),
+        };
+        let conn = self
+            .connections
+            .get_mut(&id)
+            .ok_or(Error::UnroutableWireGuard)?;
+        let inner = conn.decapsulate(local, from, datagram, now, &self.pool, &mut self.transmits);
+        self.drain_connection_events(id);
+        match inner? {
+            Some(bytes) => {
+                let packet = IpPacket::parse(bytes).map_err(Error::InvalidInnerPacket)?;
+                Ok(Some((id, packet)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A handshake initiation carries no index of ours, only the sender's encrypted static key.
+    fn route_handshake_init(&self, datagram: &[u8]) -> Result<TId, Error> {
+        let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(datagram) else {
+            return Err(Error::UnknownDatagram);
+        };
+        let half = parse_handshake_anon(&self.private_key, &self.public_key, &init)
+            .map_err(Error::WireGuard)?;
+        self.by_key
+            .get(&half.peer_static_public)
+            .copied()
+            .ok_or(Error::UnroutableWireGuard)
+    }
+
+    fn handle_stun(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<(), Error> {
+        let message = StunMessage::parse(datagram).map_err(|_| Error::MalformedStun)?;
+        let id = if message.is_binding_request() {
+            // USERNAME is "<our ufrag>:<their ufrag>" in a request sent to us.
+            let (ours, _) = message.split_username().ok_or(Error::MalformedStun)?;
+            self.by_ufrag.get(ours).copied()
+        } else {
+            self.connections
+                .iter()
+                .find(|(_, c)| c.accepts(&message))
+                .map(|(id, _)| *id)
+        };
+        let id = id.ok_or(Error::UnroutableStun)?;
+        let conn = self.connections.get_mut(&id).ok_or(Error::UnroutableStun)?;
+        let accepted = conn.handle_stun(local, from, message, now, &self.pool, &mut self.transmits);
+        self.drain_connection_events(id);
+        if accepted {
+            Ok(())
+        } else {
+            Err(Error::UnroutableStun)
+        }
+    }
+
+    /// Drives timers of every connection; failed connections are removed here.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let ids: Vec<TId> = self.connections.keys().copied().collect();
+        for id in ids {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.handle_timeout(now, &self.pool, &mut self.transmits);
+                self.drain_connection_events(id);
+            }
+        }
+    }
+
+    /// When [`Node::handle_timeout`] wants to be called next, and why.
+    pub fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
+        self.connections
+            .values_mut()
+            .filter_map(Connection::poll_timeout)
+            .min_by_key(|(t, _)| *t)
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the caller.
+    pub fn poll_event(&mut self) -> Option<Event<TId>> {
+        self.events.pop_front()
+    }
+
+    fn drain_connection_events(&mut self, id: TId) {
+        let mut failed = false;
+        if let Some(conn) = self.connections.get_mut(&id) {
+            while let Some(event) = conn.poll_event() {
+                let event = match event {
+                    ConnEvent::NewLocalCandidate(c) => Event::NewIceCandidate {
+                        connection: id,
+                        candidate: c.to_sdp_string(),
+                    },
+                    ConnEvent::Established => Event::ConnectionEstablished(id),
+                    ConnEvent::Idle => Event::ConnectionIdle(id),
+                    ConnEvent::Failed(reason) => {
+                        failed = true;
+                        Event::ConnectionFailed {
+                            connection: id,
+                            reason,
+                        }
+                    }
+                };
+                self.events.push_back(event);
+            }
+        }
+        if failed {
+            self.remove_connection(id);
+        }
+    }
+}
+
+/// Routes a WireGuard message by the receiver index at `offset`: the top 24 bits are ours.
+fn route_by_index<TId: Copy>(
+    by_index: &BTreeMap<ConnIndex, TId>,
+    datagram: &[u8],
+    offset: usize,
+) -> Result<TId, Error> {
+    let bytes = datagram
+        .get(offset..offset + 4)
+        .ok_or(Error::UnknownDatagram)?;
+    let idx = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    by_index
+        .get(&ConnIndex::from_session_index(idx))
+        .copied()
+        .ok_or(Error::UnroutableWireGuard)
+}

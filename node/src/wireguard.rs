@@ -1,0 +1,154 @@
+//! A WireGuard tunnel whose clock is the node's `now`.
+//!
+//! boringtun reads `Instant::now()` internally. With its `mock-instant` feature that clock is a
+//! per-thread mock, so before every call into a [`Tunn`] the mock is set to this tunnel's
+//! elapsed time. Each tunnel keeps its own high-water mark so it never sees time go backwards,
+//! even when several nodes with different epochs share one thread (as in the simulation).
+
+use std::net::IpAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use mock_instant::MockClock;
+
+/// A 24-bit connection index: boringtun shifts it left by 8 and numbers its sessions in the low
+/// byte, so `receiver_idx >> 8` of any incoming packet names the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnIndex(u32);
+
+impl ConnIndex {
+    /// The largest value that survives boringtun's shift.
+    pub const MAX: u32 = (1 << 24) - 1;
+
+    /// `None` if `v` does not fit in 24 bits.
+    pub fn new(v: u32) -> Option<Self> {
+        (v <= Self::MAX).then_some(Self(v))
+    }
+
+    /// The connection an incoming session index belongs to.
+    pub fn from_session_index(idx: u32) -> Self {
+        Self(idx >> 8)
+    }
+
+    /// The raw value.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// A session index formatted as `(connection|session)`, e.g. `(3428714|1)`.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionIdx(pub u32);
+
+impl std::fmt::Display for SessionIdx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({}|{})", self.0 >> 8, self.0 & 0xFF)
+    }
+}
+
+/// A [`Tunn`] driven by explicit time.
+pub(crate) struct Tunnel {
+    tunn: Tunn,
+    epoch: Instant,
+    high_water: Duration,
+}
+
+impl Tunnel {
+    pub(crate) fn new(
+        now: Instant,
+        epoch: Instant,
+        private: StaticSecret,
+        remote: PublicKey,
+        psk: [u8; 32],
+        index: ConnIndex,
+    ) -> Self {
+        let high_water = now.saturating_duration_since(epoch);
+        // Tunn::new reads the clock for its timers and rate limiter.
+        MockClock::set_time(high_water);
+        Self {
+            tunn: Tunn::new(private, remote, Some(psk), None, index.get(), None),
+            epoch,
+            high_water,
+        }
+    }
+
+    fn set_clock(&mut self, now: Instant) {
+        self.high_water = self
+            .high_water
+            .max(now.saturating_duration_since(self.epoch));
+        MockClock::set_time(self.high_water);
+    }
+
+    pub(crate) fn encapsulate(&mut self, now: Instant, packet: &[u8], dst: &mut [u8]) -> Output {
+        self.set_clock(now);
+        let base = dst.as_ptr() as usize;
+        Output::from_result(base, self.tunn.encapsulate(packet, dst))
+    }
+
+    /// `datagram` empty means "flush what boringtun queued", as boringtun documents.
+    pub(crate) fn decapsulate(
+        &mut self,
+        now: Instant,
+        src: IpAddr,
+        datagram: &[u8],
+        dst: &mut [u8],
+    ) -> Output {
+        self.set_clock(now);
+        let base = dst.as_ptr() as usize;
+        Output::from_result(base, self.tunn.decapsulate(Some(src), datagram, dst))
+    }
+
+    pub(crate) fn update_timers(&mut self, now: Instant, dst: &mut [u8]) -> Output {
+        self.set_clock(now);
+        let base = dst.as_ptr() as usize;
+        Output::from_result(base, self.tunn.update_timers(dst))
+    }
+
+    pub(crate) fn handshake_initiation(
+        &mut self,
+        now: Instant,
+        dst: &mut [u8],
+        force: bool,
+    ) -> Output {
+        self.set_clock(now);
+        let base = dst.as_ptr() as usize;
+        Output::from_result(base, self.tunn.format_handshake_initiation(dst, force))
+    }
+
+    /// Whether a session exists that data can be sent on.
+    pub(crate) fn has_session(&mut self, now: Instant) -> bool {
+        self.set_clock(now);
+        self.tunn.time_since_last_handshake().is_some()
+    }
+}
+
+/// What a [`Tunn`] call produced, with the bytes it wrote given as a range of the destination
+/// buffer so the buffer itself can move on (into a transmit) without copying.
+#[derive(Debug)]
+pub(crate) enum Output {
+    Network(Range<usize>),
+    Tunnel(Range<usize>),
+    Done,
+    Err(WireGuardError),
+}
+
+impl Output {
+    fn from_result(base: usize, result: TunnResult<'_>) -> Self {
+        // boringtun hands back a sub-slice of the destination; its position is all we keep.
+        let range = |out: &[u8]| {
+            let start = (out.as_ptr() as usize).saturating_sub(base);
+            start..start + out.len()
+        };
+        match result {
+            TunnResult::WriteToNetwork(out) => Self::Network(range(out)),
+            TunnResult::WriteToTunnelV4(out, _) | TunnResult::WriteToTunnelV6(out, _) => {
+                Self::Tunnel(range(out))
+            }
+            TunnResult::Done => Self::Done,
+            TunnResult::Err(e) => Self::Err(e),
+        }
+    }
+}

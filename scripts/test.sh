@@ -9,6 +9,7 @@ require() { # require COMMAND DEBIAN-PACKAGE
   command -v "$1" >/dev/null 2>&1 || missing+=("$2")
 }
 # (tools are added here as the tests that drive them land)
+require turnutils_uclient coturn # relay-sim/tests/interop.rs, relay-sim/scripts/bench-vs-coturn.sh
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -1,0 +1,133 @@
+//! `relay`: the TURN relay server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rand::RngCore as _;
+use relay_sim::net::{Network as _, TokioNetwork};
+use relay_sim::{Config, Server};
+use tracing_subscriber::EnvFilter;
+
+/// TURN relay (RFC 8656 over UDP) with TURN REST API credentials.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on for clients.
+    #[arg(long, env = "RELAY_LISTEN", default_value = "0.0.0.0:3478")]
+    listen: SocketAddr,
+    /// Address advertised in XOR-RELAYED-ADDRESS (required when listening on 0.0.0.0).
+    #[arg(long, env = "RELAY_PUBLIC_IP")]
+    public_ip: Option<IpAddr>,
+    /// Relay port range, `LOW-HIGH`.
+    #[arg(long, env = "RELAY_PORTS", default_value = "49152-65535", value_parser = parse_range)]
+    relay_ports: RangeInclusive<u16>,
+    /// Shared secret of the TURN REST API credentials.
+    #[arg(long, env = "RELAY_AUTH_SECRET", hide_env_values = true)]
+    auth_secret: String,
+    /// REALM sent to clients.
+    #[arg(long, env = "RELAY_REALM", default_value = "zta")]
+    realm: String,
+    /// Most allocations held at once (508 beyond).
+    #[arg(long, env = "RELAY_MAX_ALLOCATIONS", default_value_t = 100_000)]
+    max_allocations: usize,
+    /// Log filter (tracing EnvFilter syntax), e.g. `relay=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
+
+fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not LOW-HIGH"))?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .map_err(|e| format!("low port {lo:?}: {e}"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .map_err(|e| format!("high port {hi:?}: {e}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("{s:?} is not a non-empty range of non-zero ports"));
+    }
+    Ok(lo..=hi)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match EnvFilter::try_new(&args.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("relay: invalid --log filter {:?}: {e}", args.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("relay: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let public_ip = match (args.public_ip, args.listen.ip()) {
+        (Some(IpAddr::V4(ip)), _) => ip,
+        (Some(IpAddr::V6(ip)), _) => {
+            return Err(format!("--public-ip {ip}: only IPv4 is supported"))
+        }
+        (None, IpAddr::V4(ip)) if !ip.is_unspecified() => ip,
+        (None, IpAddr::V4(_)) => {
+            return Err("--public-ip is required when listening on 0.0.0.0".into())
+        }
+        (None, IpAddr::V6(ip)) => return Err(format!("--listen {ip}: only IPv4 is supported")),
+    };
+    let mut config = Config::new(args.realm, args.auth_secret, public_ip);
+    config.relay_ports = args.relay_ports;
+    config.listen_port = args.listen.port();
+    config.max_allocations = args.max_allocations;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let net = TokioNetwork::default();
+        let mut seed = [0; 32];
+        rand::rngs::OsRng.fill_bytes(&mut seed);
+        let server = Server::new(config, seed, net.now(), net.unix_time())
+            .map_err(|e| format!("bad configuration: {e}"))?;
+        relay_sim::runtime::run(&net, server, args.listen, shutdown_signal())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(target: "relay", %error, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!(target: "relay", "shutting down");
+}

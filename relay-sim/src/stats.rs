@@ -1,0 +1,37 @@
+//! Counters of what the server did with its input, readable at any time.
+
+/// Running totals since the server started. Counters only grow.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Datagrams from clients that were neither STUN nor ChannelData, or did not decode.
+    pub malformed: u64,
+    /// STUN requests answered (success or error).
+    pub requests: u64,
+    /// Error responses sent.
+    pub error_responses: u64,
+    /// Allocations that were created.
+    pub allocations_created: u64,
+    /// Allocations deleted by the client (Refresh with lifetime 0).
+    pub allocations_deleted: u64,
+    /// Allocations that ran out of lifetime.
+    pub allocations_expired: u64,
+    /// ChannelData messages relayed from a client to a peer.
+    pub channel_data_from_clients: u64,
+    /// Send indications relayed from a client to a peer.
+    pub send_indications: u64,
+    /// Peer datagrams relayed to clients as ChannelData.
+    pub channel_data_to_clients: u64,
+    /// Peer datagrams relayed to clients as Data indications.
+    pub data_indications: u64,
+    /// Relayed datagrams that stayed inside the relay (one allocation to another).
+    pub relayed_internally: u64,
+    /// Datagrams dropped because the peer had no permission.
+    pub dropped_no_permission: u64,
+    /// Client datagrams dropped because the sender has no allocation.
+    pub dropped_no_allocation: u64,
+    /// ChannelData dropped because the channel is not bound (or has expired).
+    pub dropped_unbound_channel: u64,
+    /// Other client datagrams dropped (indications that are not Send, stray responses, oversize).
+    pub dropped_other: u64,
+}

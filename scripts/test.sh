@@ -10,6 +10,7 @@ require() { # require COMMAND DEBIAN-PACKAGE
 }
 # (tools are added here as the tests that drive them land)
 require turnutils_uclient coturn # relay-sim/tests/interop.rs, relay-sim/scripts/bench-vs-coturn.sh
+require turnserver coturn        # node/src/turn/coturn_interop.rs
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -11,8 +11,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use node::datagram::{classify, DatagramKind};
-use node::ids::{ClientId, GatewayId};
+use node::ids::{ClientId, GatewayId, RelayId};
 use node::packet::IpPacket;
+use node::turn::RelayConfig;
 use node::{
     ConnectionInfo, Credentials, Error, Event, Node, Psk, PublicKey, Role, Transmit, Upsert,
 };
@@ -43,12 +44,25 @@ pub enum Peer {
         /// The node.
         node: Node<ClientId>,
     },
+    /// A TURN relay.
+    Relay {
+        /// Its identity.
+        id: RelayId,
+        /// The relay's sans-IO server.
+        server: Box<relay_sim::Server>,
+    },
 }
+
+/// The TURN REST secret the relays share with the (simulated) portal.
+pub const RELAY_SECRET: &str = "memnet-relay-secret";
+/// Unix time at the start of a simulation, for REST credential expiry.
+const UNIX_START: u64 = 1_800_000_000;
 
 #[derive(Debug, Clone, Copy)]
 enum Identity {
     Client(ClientId),
     Gateway(GatewayId),
+    Relay,
 }
 
 /// An IP packet that came out of a tunnel.
@@ -223,8 +237,7 @@ impl MemNet {
             (Peer::Gateway { node, .. }, Identity::Client(id)) => {
                 node.add_remote_candidates(id, candidates.iter().copied(), now);
             }
-            (Peer::Client { .. }, Identity::Client(_))
-            | (Peer::Gateway { .. }, Identity::Gateway(_)) => {}
+            (Peer::Client { .. } | Peer::Gateway { .. } | Peer::Relay { .. }, _) => {}
         }
         self.flush();
     }
@@ -239,8 +252,7 @@ impl MemNet {
         match (&self.hosts[host.0].peer, self.identity(peer)) {
             (Peer::Client { node, .. }, Identity::Gateway(id)) => node.connection(id),
             (Peer::Gateway { node, .. }, Identity::Client(id)) => node.connection(id),
-            (Peer::Client { .. }, Identity::Client(_))
-            | (Peer::Gateway { .. }, Identity::Gateway(_)) => None,
+            (Peer::Client { .. } | Peer::Gateway { .. } | Peer::Relay { .. }, _) => None,
         }
     }
 
@@ -345,6 +357,75 @@ impl MemNet {
         HostId(self.hosts.len() - 1)
     }
 
+    /// A TURN relay listening on `addr` (port 3478), public.
+    pub fn add_relay(&mut self, name: &str, id: u64, addr: SocketAddr, seed: u64) -> HostId {
+        let IpAddr::V4(public_ip) = addr.ip() else {
+            panic!("relays are IPv4")
+        };
+        let mut config = relay_sim::Config::new("memnet", RELAY_SECRET, public_ip);
+        config.listen_port = addr.port();
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&seed.to_le_bytes());
+        let server = relay_sim::Server::new(config, key, self.now, UNIX_START)
+            .expect("a valid relay configuration");
+        let peer = Peer::Relay {
+            id: RelayId(id),
+            server: Box::new(server),
+        };
+        self.add_host(name, addr, addr.ip(), None, peer)
+    }
+
+    /// Tells `host`'s node to use `relay`, with credentials as the portal would mint them.
+    pub fn use_relay(&mut self, host: HostId, relay: HostId) {
+        let (id, server) = match &self.hosts[relay.0].peer {
+            Peer::Relay { id, .. } => (*id, self.hosts[relay.0].addr),
+            Peer::Client { .. } | Peer::Gateway { .. } => panic!("{relay:?} is not a relay"),
+        };
+        let name = self.hosts[host.0].name.clone();
+        let (username, password) =
+            relay_sim::auth::rest_credentials(RELAY_SECRET, UNIX_START + 86_400, &name);
+        let config = RelayConfig {
+            id,
+            server,
+            username,
+            password,
+        };
+        let now = self.now;
+        match &mut self.hosts[host.0].peer {
+            Peer::Client { node, .. } => node.add_relay(config, now),
+            Peer::Gateway { node, .. } => node.add_relay(config, now),
+            Peer::Relay { .. } => panic!("{host:?} is a relay"),
+        }
+        self.record(host, format!("use relay {id}"));
+        self.flush();
+    }
+
+    /// Tells `host`'s node to stop using `relay`, as the portal does when a relay goes away.
+    pub fn drop_relay(&mut self, host: HostId, relay: HostId) {
+        let Peer::Relay { id, .. } = &self.hosts[relay.0].peer else {
+            panic!("{relay:?} is not a relay")
+        };
+        let (id, now) = (*id, self.now);
+        match &mut self.hosts[host.0].peer {
+            Peer::Client { node, .. } => node.remove_relay(id, now),
+            Peer::Gateway { node, .. } => node.remove_relay(id, now),
+            Peer::Relay { .. } => panic!("{host:?} is a relay"),
+        }
+        self.record(host, format!("drop relay {id}"));
+        self.flush();
+    }
+
+    fn pair_mut(&mut self, a: HostId, b: HostId) -> (&mut Peer, &mut Peer) {
+        assert_ne!(a, b);
+        if a.0 < b.0 {
+            let (left, right) = self.hosts.split_at_mut(b.0);
+            (&mut left[a.0].peer, &mut right[0].peer)
+        } else {
+            let (left, right) = self.hosts.split_at_mut(a.0);
+            (&mut right[0].peer, &mut left[b.0].peer)
+        }
+    }
+
     /// A host.
     pub fn host(&self, id: HostId) -> &Host {
         &self.hosts[id.0]
@@ -371,14 +452,13 @@ impl MemNet {
     pub fn new_params(&mut self, client: HostId, gateway: HostId) -> ConnParams {
         self.psk_counter = self.psk_counter.wrapping_add(1);
         let psk = Psk([self.psk_counter; 32]);
-        let client_creds = match &mut self.hosts[client.0].peer {
-            Peer::Client { node, .. } => node.new_credentials(),
-            Peer::Gateway { node, .. } => node.new_credentials(),
+        let (Peer::Client { node: c, .. }, Peer::Gateway { node: g, .. }) =
+            self.pair_mut(client, gateway)
+        else {
+            panic!("{client:?} and {gateway:?} are not a client and a gateway")
         };
-        let gateway_creds = match &mut self.hosts[gateway.0].peer {
-            Peer::Client { node, .. } => node.new_credentials(),
-            Peer::Gateway { node, .. } => node.new_credentials(),
-        };
+        let client_creds = c.new_credentials();
+        let gateway_creds = g.new_credentials();
         ConnParams {
             psk,
             client_creds,
@@ -418,6 +498,7 @@ impl MemNet {
         let peer_key = match &self.hosts[peer.0].peer {
             Peer::Client { node, .. } => node.public_key(),
             Peer::Gateway { node, .. } => node.public_key(),
+            Peer::Relay { .. } => panic!("{peer:?} is a relay"),
         };
         let remote_key = remote_key.unwrap_or(peer_key);
         let peer_id = self.identity(peer);
@@ -438,14 +519,14 @@ impl MemNet {
                 params.client_creds.clone(),
                 now,
             ),
-            (Peer::Client { .. }, Identity::Client(_))
-            | (Peer::Gateway { .. }, Identity::Gateway(_)) => {
+            (Peer::Client { .. } | Peer::Gateway { .. } | Peer::Relay { .. }, _) => {
                 panic!("{host:?} and {peer:?} cannot have a connection")
             }
         };
         let name = match peer_id {
             Identity::Client(id) => id.to_string(),
             Identity::Gateway(id) => id.to_string(),
+            Identity::Relay => "relay".to_owned(),
         };
         self.record(host, format!("upsert {name}: {outcome:?}"));
         self.flush();
@@ -472,14 +553,13 @@ impl MemNet {
         let result = match (&mut self.hosts[from.0].peer, to_id) {
             (Peer::Client { node, .. }, Identity::Gateway(id)) => node.encapsulate(id, packet, now),
             (Peer::Gateway { node, .. }, Identity::Client(id)) => node.encapsulate(id, packet, now),
-            (Peer::Client { .. }, Identity::Client(_))
-            | (Peer::Gateway { .. }, Identity::Gateway(_)) => {
+            (Peer::Client { .. } | Peer::Gateway { .. } | Peer::Relay { .. }, _) => {
                 panic!("{from:?} and {to:?} cannot have a connection")
             }
         };
         match result {
             Ok(Some(transmit)) => {
-                self.route(from, transmit);
+                self.route(from, Datagram::from(transmit));
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -518,15 +598,15 @@ impl MemNet {
             }
             let now = self.now;
             for host in &mut self.hosts {
-                let due = match &mut host.peer {
-                    Peer::Client { node, .. } => node.poll_timeout(),
-                    Peer::Gateway { node, .. } => node.poll_timeout(),
+                if !host.online {
+                    continue;
                 }
-                .is_some_and(|(t, _)| t <= now);
+                let due = host_timeout(&mut host.peer).is_some_and(|t| t <= now);
                 if due {
                     match &mut host.peer {
                         Peer::Client { node, .. } => node.handle_timeout(now),
                         Peer::Gateway { node, .. } => node.handle_timeout(now),
+                        Peer::Relay { server, .. } => server.handle_timeout(now),
                     }
                 }
             }
@@ -537,11 +617,8 @@ impl MemNet {
     fn next_timer(&mut self) -> Option<Instant> {
         self.hosts
             .iter_mut()
-            .filter_map(|h| match &mut h.peer {
-                Peer::Client { node, .. } => node.poll_timeout(),
-                Peer::Gateway { node, .. } => node.poll_timeout(),
-            })
-            .map(|(t, _)| t)
+            .filter(|h| h.online)
+            .filter_map(|h| host_timeout(&mut h.peer))
             .min()
     }
 
@@ -565,6 +642,10 @@ impl MemNet {
                     Peer::Gateway { node, .. } => node
                         .decapsulate(local, from, &bytes, now)
                         .map(|r| r.map(|(id, p)| (id.0, true, p.as_bytes().to_vec()))),
+                    Peer::Relay { server, .. } => {
+                        server.handle_input(now, from, local, &bytes);
+                        Ok(None)
+                    }
                 };
                 match result {
                     Ok(Some((peer, peer_is_client, packet))) => {
@@ -603,8 +684,7 @@ impl MemNet {
                             node.add_remote_candidate(id, &candidate, now);
                         }
                     }
-                    (Peer::Client { .. }, Identity::Client(_))
-                    | (Peer::Gateway { .. }, Identity::Gateway(_)) => {}
+                    (Peer::Client { .. } | Peer::Gateway { .. } | Peer::Relay { .. }, _) => {}
                 }
             }
         }
@@ -614,6 +694,7 @@ impl MemNet {
         match &self.hosts[host.0].peer {
             Peer::Client { id, .. } => Identity::Client(*id),
             Peer::Gateway { id, .. } => Identity::Gateway(*id),
+            Peer::Relay { .. } => Identity::Relay,
         }
     }
 
@@ -621,6 +702,7 @@ impl MemNet {
         let found = self.hosts.iter().position(|h| match h.peer {
             Peer::Client { id: c, .. } => is_client && c.0 == id,
             Peer::Gateway { id: g, .. } => !is_client && g.0 == id,
+            Peer::Relay { .. } => false,
         });
         HostId(found.unwrap_or(usize::MAX))
     }
@@ -631,8 +713,16 @@ impl MemNet {
             let host = HostId(i);
             loop {
                 let transmit = match &mut self.hosts[i].peer {
-                    Peer::Client { node, .. } => node.poll_transmit(),
-                    Peer::Gateway { node, .. } => node.poll_transmit(),
+                    Peer::Client { node, .. } => node.poll_transmit().map(Datagram::from),
+                    Peer::Gateway { node, .. } => node.poll_transmit().map(Datagram::from),
+                    Peer::Relay { server, .. } => {
+                        while server.poll_event().is_some() {}
+                        server.poll_transmit().map(|t| Datagram {
+                            src: Some(t.src),
+                            dst: t.dst,
+                            payload: t.payload,
+                        })
+                    }
                 };
                 let Some(transmit) = transmit else { break };
                 self.route(host, transmit);
@@ -645,6 +735,7 @@ impl MemNet {
                     Peer::Gateway { node, .. } => {
                         node.poll_event().map(|e| erase(e, |c| c.0, true))
                     }
+                    Peer::Relay { .. } => None,
                 };
                 let Some(event) = event else { break };
                 self.handle_event(host, event);
@@ -732,7 +823,7 @@ impl MemNet {
         self.timeline.push(entry);
     }
 
-    fn route(&mut self, from: HostId, transmit: Transmit) {
+    fn route(&mut self, from: HostId, transmit: Datagram) {
         let sender = &self.hosts[from.0];
         if !sender.online {
             return;
@@ -780,7 +871,7 @@ impl MemNet {
                 to,
                 local,
                 from: seen_from,
-                bytes: transmit.payload.to_vec(),
+                bytes: transmit.payload,
             },
         );
     }
@@ -792,6 +883,14 @@ impl MemNet {
         sender_nat: Option<NatId>,
         now: Instant,
     ) -> Option<(HostId, SocketAddr)> {
+        // A relay receives on every port of its address.
+        if let Some(relay) = self
+            .hosts
+            .iter()
+            .position(|h| matches!(h.peer, Peer::Relay { .. }) && h.addr.ip() == dst.ip())
+        {
+            return Some((HostId(relay), dst));
+        }
         if let Some(nat) = self.nats.iter_mut().find(|n| n.public_ip() == dst.ip()) {
             let inside = nat.inbound(dst.port(), now)?;
             let host = self.hosts.iter().position(|h| h.addr == inside)?;
@@ -860,4 +959,29 @@ pub fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> IpPacket 
         .write(&mut bytes, payload)
         .expect("writing to a Vec cannot fail");
     IpPacket::parse(bytes).expect("a built packet parses")
+}
+
+/// A datagram on its way into the network, from a node or a relay.
+struct Datagram {
+    src: Option<SocketAddr>,
+    dst: SocketAddr,
+    payload: Vec<u8>,
+}
+
+impl From<Transmit> for Datagram {
+    fn from(t: Transmit) -> Self {
+        Self {
+            src: t.src,
+            dst: t.dst,
+            payload: t.payload.to_vec(),
+        }
+    }
+}
+
+fn host_timeout(peer: &mut Peer) -> Option<Instant> {
+    match peer {
+        Peer::Client { node, .. } => node.poll_timeout().map(|(t, _)| t),
+        Peer::Gateway { node, .. } => node.poll_timeout().map(|(t, _)| t),
+        Peer::Relay { server, .. } => server.poll_timeout(),
+    }
 }

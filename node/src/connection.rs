@@ -5,7 +5,7 @@
 //! node routes STUN by ICE credentials and WireGuard by session index, and hands the connection
 //! the shared transmit queue and buffer pool.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,9 @@ use is::stun::{StunMessage, StunPacket};
 use is::{IceAgent, IceAgentEvent, IceConnectionState, IceCreds};
 
 use crate::candidate::IceCandidate;
+use crate::ids::RelayId;
 use crate::pool::{Buffer, BufferPool};
+use crate::turn::CHANNEL_DATA_HEADER_LEN;
 use crate::wireguard::{ConnIndex, Output, SessionIdx, Tunnel};
 use crate::{Credentials, Error, FailReason, Psk, Role, Transmit};
 
@@ -43,13 +45,18 @@ pub struct Path {
     pub local: SocketAddr,
     /// The remote address to send to.
     pub remote: SocketAddr,
+    /// The relay whose allocation `local` is, when the path is relayed.
+    pub relay: Option<RelayId>,
 }
 
 impl Path {
     /// Bytes to leave in front of the WireGuard packet, for a TURN channel-data header when the
     /// path is relayed.
     fn header_len(&self) -> usize {
-        0
+        match self.relay {
+            Some(_) => CHANNEL_DATA_HEADER_LEN,
+            None => 0,
+        }
     }
 }
 
@@ -57,6 +64,7 @@ impl Path {
 #[derive(Debug)]
 pub(crate) enum ConnEvent {
     NewLocalCandidate(IceCandidate),
+    InvalidatedLocalCandidate(IceCandidate),
     Established,
     Idle,
     Failed(FailReason),
@@ -82,6 +90,8 @@ pub(crate) struct Connection {
     span: tracing::Span,
 
     path: Option<Path>,
+    /// Our relayed candidates' addresses and their relays: a path from one of them is relayed.
+    relayed: BTreeMap<SocketAddr, RelayId>,
     /// Where the last authenticated WireGuard packet came from: the controlled side's route
     /// until ICE nominates a pair.
     wg_endpoint: Option<(SocketAddr, SocketAddr)>,
@@ -133,6 +143,7 @@ impl Connection {
             rng,
             span: p.span,
             path: None,
+            relayed: BTreeMap::new(),
             wg_endpoint: None,
             ice_connected_at: None,
             established: false,
@@ -177,6 +188,11 @@ impl Connection {
         &self.identity.local_creds.ufrag
     }
 
+    /// Addresses of the peer's candidates, to open permissions and channels on our relays.
+    pub(crate) fn remote_candidate_addrs(&self) -> Vec<SocketAddr> {
+        self.ice.remote_candidates().map(|c| c.addr()).collect()
+    }
+
     pub(crate) fn local_candidates(&self) -> Vec<IceCandidate> {
         let mut v: Vec<_> = self
             .ice
@@ -192,10 +208,43 @@ impl Connection {
             tracing::debug!(parent: &self.span, %addr, "not a usable host candidate");
             return;
         };
+        self.add_local_candidate(candidate, None);
+    }
+
+    /// Adds a local candidate; `relay` names the relay of a relayed one.
+    pub(crate) fn add_local_candidate(&mut self, candidate: IceCandidate, relay: Option<RelayId>) {
+        if let Some(relay) = relay {
+            self.relayed.insert(candidate.addr(), relay);
+        }
+        fastrand::seed(self.rng.u64(..));
         if let Some(added) = self.ice.add_local_candidate(candidate.as_ice().clone()) {
             let added = IceCandidate::from(added.clone());
             self.events.push_back(ConnEvent::NewLocalCandidate(added));
         }
+    }
+
+    /// Stops using a local candidate (its relay is gone) and tells the peer to stop too.
+    pub(crate) fn remove_local_candidate(&mut self, candidate: &IceCandidate, now: Instant) {
+        let _guard = self.span.clone().entered();
+        fastrand::seed(self.rng.u64(..));
+        if self.ice.invalidate_candidate(candidate.as_ice()) {
+            tracing::debug!(%candidate, "invalidated local candidate");
+            self.events
+                .push_back(ConnEvent::InvalidatedLocalCandidate(candidate.clone()));
+        }
+        self.relayed.remove(&candidate.addr());
+        if self.path.is_some_and(|p| p.local == candidate.addr()) {
+            // Until ICE nominates another pair there is no path; packets wait in boringtun.
+            tracing::info!("path lost with its candidate");
+            self.path = None;
+        }
+        if self
+            .wg_endpoint
+            .is_some_and(|(local, _)| local == candidate.addr())
+        {
+            self.wg_endpoint = None;
+        }
+        self.ice.handle_timeout(now);
     }
 
     /// Always added, also after a pair was nominated: ICE may have settled on a peer-reflexive
@@ -270,7 +319,15 @@ impl Connection {
     fn route(&self) -> Option<Path> {
         self.path.or(self
             .wg_endpoint
-            .map(|(local, remote)| Path { local, remote }))
+            .map(|(local, remote)| self.path_from(local, remote)))
+    }
+
+    fn path_from(&self, local: SocketAddr, remote: SocketAddr) -> Path {
+        Path {
+            local,
+            remote,
+            relay: self.relayed.get(&local).copied(),
+        }
     }
 
     pub(crate) fn encapsulate(
@@ -298,6 +355,7 @@ impl Connection {
                     src: Some(path.local),
                     dst: path.remote,
                     payload: buf,
+                    via: path.relay,
                 }))
             }
             Output::Err(e) => Err(Error::WireGuard(e)),
@@ -317,23 +375,26 @@ impl Connection {
         transmits: &mut VecDeque<Transmit>,
     ) -> Result<Option<Buffer>, Error> {
         let mut buf = pool.pull();
-        let result = self
-            .tunnel
-            .decapsulate(now, from.ip(), datagram, buf.storage_mut());
+        // Answers go back where the message came from: that is the path the peer is using.
+        let reply_path = self.path_from(local, from);
+        let header = reply_path.header_len();
+        let result =
+            self.tunnel
+                .decapsulate(now, from.ip(), datagram, &mut buf.storage_mut()[header..]);
         let out = match result {
             Output::Network(range) => {
-                buf.set_range(range);
-                // Answer where the message came from: that is the path the peer is using.
+                buf.set_range(header + range.start..header + range.end);
                 transmits.push_back(Transmit {
                     src: Some(local),
                     dst: from,
                     payload: buf,
+                    via: reply_path.relay,
                 });
                 self.flush_queued(from, local, now, pool, transmits);
                 None
             }
             Output::Tunnel(range) => {
-                buf.set_range(range);
+                buf.set_range(header + range.start..header + range.end);
                 self.wg_endpoint = Some((local, from));
                 self.mark_active(now);
                 Some(buf)
@@ -354,10 +415,7 @@ impl Connection {
         pool: &BufferPool,
         transmits: &mut VecDeque<Transmit>,
     ) {
-        let path = self.path.unwrap_or(Path {
-            local,
-            remote: from,
-        });
+        let path = self.path.unwrap_or(self.path_from(local, from));
         loop {
             let mut buf = pool.pull();
             let header = path.header_len();
@@ -486,7 +544,9 @@ impl Connection {
             .update_timers(now, &mut buf.storage_mut()[header..]);
         match result {
             Output::Err(WireGuardError::ConnectionExpired) => {
-                self.fail(FailReason::WireGuardExpired);
+                // An idle tunnel's keys age out after 9 minutes; WireGuard then handshakes again
+                // with the next packet, so the connection itself stays.
+                tracing::debug!("WireGuard session expired; the next packet starts a handshake");
             }
             Output::Err(e) => tracing::debug!(error = ?e, "WireGuard timers"),
             result @ (Output::Network(_) | Output::Tunnel(_) | Output::Done) => {
@@ -518,6 +578,7 @@ impl Connection {
                     src: Some(path.local),
                     dst: path.remote,
                     payload: buf,
+                    via: path.relay,
                 })
             }
             Output::Err(e) => {
@@ -531,14 +592,17 @@ impl Connection {
     fn drain_ice(&mut self, now: Instant, pool: &BufferPool, transmits: &mut VecDeque<Transmit>) {
         while let Some(t) = self.ice.poll_transmit() {
             let contents: &[u8] = &t.contents;
+            let path = self.path_from(t.source, t.destination);
+            let header = path.header_len();
             let mut buf = pool.pull();
             let len = contents.len();
-            buf.storage_mut()[..len].copy_from_slice(contents);
-            buf.set_range(0..len);
+            buf.storage_mut()[header..header + len].copy_from_slice(contents);
+            buf.set_range(header..header + len);
             transmits.push_back(Transmit {
                 src: Some(t.source),
                 dst: t.destination,
                 payload: buf,
+                via: path.relay,
             });
         }
         while let Some(event) = self.ice.poll_event() {
@@ -552,15 +616,7 @@ impl Connection {
                     ..
                 } => {
                     // Applied even while idle: the old path may be dead.
-                    self.on_nominated(
-                        Path {
-                            local: source,
-                            remote: destination,
-                        },
-                        now,
-                        pool,
-                        transmits,
-                    );
+                    self.on_nominated(self.path_from(source, destination), now, pool, transmits);
                 }
                 IceAgentEvent::DiscoveredRecv { .. } | IceAgentEvent::IceRestart(_) => {}
             }

@@ -3,6 +3,7 @@
 use boringtun::noise::errors::WireGuardError;
 
 use crate::packet::PacketError;
+use crate::turn::TurnError;
 
 /// A rejected packet or call. None of these affect other connections.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,13 @@ pub enum Error {
     /// An authenticated peer sent something that is not a valid IP packet.
     #[error("invalid packet inside the tunnel: {0}")]
     InvalidInnerPacket(PacketError),
+    /// A datagram from one of our relays that is not a valid TURN message.
+    #[error("from relay: {0}")]
+    Turn(TurnError),
+    /// A TURN message from a relay we have no allocation on (any more): late responses, channel
+    /// data after we gave an allocation up. Expected after relay changes.
+    #[error("TURN message from a relay we have no allocation on")]
+    UnknownRelay,
 }
 
 /// Counters of what the node dropped, by reason.
@@ -53,6 +61,10 @@ pub struct Stats {
     pub wireguard_errors: u64,
     /// Decrypted packets that were not valid IP.
     pub invalid_inner_packet: u64,
+    /// Malformed datagrams from relays.
+    pub malformed_turn: u64,
+    /// TURN messages from relays without an allocation.
+    pub unknown_relay: u64,
 }
 
 impl Stats {
@@ -66,6 +78,8 @@ impl Stats {
             Error::UnexpectedChannelData => &mut self.unexpected_channel_data,
             Error::WireGuard(_) => &mut self.wireguard_errors,
             Error::InvalidInnerPacket(_) => &mut self.invalid_inner_packet,
+            Error::Turn(_) => &mut self.malformed_turn,
+            Error::UnknownRelay => &mut self.unknown_relay,
         };
         *counter += 1;
     }
@@ -79,5 +93,7 @@ impl Stats {
             + self.unexpected_channel_data
             + self.wireguard_errors
             + self.invalid_inner_packet
+            + self.malformed_turn
+            + self.unknown_relay
     }
 }

@@ -42,8 +42,6 @@ pub enum FailReason {
     IceDisconnected,
     /// ICE was connected but no WireGuard session came up in time: usually a wrong key or PSK.
     HandshakeTimeout,
-    /// WireGuard gave up re-keying the session.
-    WireGuardExpired,
 }
 
 impl fmt::Display for FailReason {
@@ -54,7 +52,6 @@ impl fmt::Display for FailReason {
             FailReason::HandshakeTimeout => {
                 "no WireGuard session within the handshake deadline (wrong key or PSK?)"
             }
-            FailReason::WireGuardExpired => "WireGuard session expired",
         })
     }
 }

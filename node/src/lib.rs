@@ -14,6 +14,7 @@ mod node;
 pub mod packet;
 mod peer_id;
 pub mod pool;
+pub mod turn;
 mod wireguard;
 
 pub use boringtun::x25519::{PublicKey, StaticSecret};

@@ -15,10 +15,16 @@ use rand_chacha::ChaCha20Rng;
 use crate::candidate::IceCandidate;
 use crate::connection::{ConnEvent, Connection, ConnectionParams, Identity, Path};
 use crate::datagram::{classify, DatagramKind};
+use crate::ids::RelayId;
 use crate::packet::IpPacket;
 use crate::pool::{Buffer, BufferPool};
+use crate::turn::Allocation;
 use crate::wireguard::ConnIndex;
 use crate::{Error, Event, PeerId, Stats};
+
+mod relays;
+
+use relays::FromRelay;
 
 /// Which end of a connection this node is. The client controls ICE and starts WireGuard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +63,8 @@ pub struct Transmit {
     pub dst: SocketAddr,
     /// The datagram.
     pub payload: Buffer,
+    /// The relay this must go through; the node wraps it before handing it out.
+    pub(crate) via: Option<RelayId>,
 }
 
 /// What an upsert did.
@@ -119,7 +127,11 @@ pub struct Node<TId> {
     by_ufrag: BTreeMap<String, TId>,
     local_addrs: BTreeSet<SocketAddr>,
 
+    allocations: BTreeMap<RelayId, Allocation>,
+
     pool: BufferPool,
+    /// What connections produced, before relayed transmits are wrapped for their relay.
+    staged: VecDeque<Transmit>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event<TId>>,
     stats: Stats,
@@ -156,7 +168,9 @@ impl<TId: PeerId> Node<TId> {
             by_key: BTreeMap::new(),
             by_ufrag: BTreeMap::new(),
             local_addrs: BTreeSet::new(),
+            allocations: BTreeMap::new(),
             pool: BufferPool::new(POOL_CAPACITY),
+            staged: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -233,8 +247,9 @@ impl<TId: PeerId> Node<TId> {
         };
         let outcome = match self.connections.get_mut(&id) {
             Some(conn) if conn.identity == identity => {
-                conn.refresh(now, &self.pool, &mut self.transmits);
+                conn.refresh(now, &self.pool, &mut self.staged);
                 self.drain_connection_events(id);
+                self.flush_staged(now);
                 return Upsert::Kept;
             }
             Some(conn) => {
@@ -259,7 +274,10 @@ impl<TId: PeerId> Node<TId> {
             identity,
         };
         let local_addrs: Vec<SocketAddr> = self.local_addrs.iter().copied().collect();
-        let conn = Connection::new(params, &local_addrs, now);
+        let mut conn = Connection::new(params, &local_addrs, now);
+        for (candidate, relay) in self.relay_candidates() {
+            conn.add_local_candidate(candidate, relay);
+        }
         {
             let _guard = conn.span().enter();
             tracing::info!(local_idx = index.get(), "new connection");
@@ -269,6 +287,7 @@ impl<TId: PeerId> Node<TId> {
         self.by_ufrag.insert(conn.local_ufrag().to_owned(), id);
         self.connections.insert(id, conn);
         self.drain_connection_events(id);
+        self.flush_staged(now);
         outcome
     }
 
@@ -314,10 +333,16 @@ impl<TId: PeerId> Node<TId> {
             tracing::debug!(peer = %id, "candidate for unknown connection");
             return;
         };
-        for candidate in IceCandidate::parse_list(candidates) {
-            conn.add_remote_candidate(&candidate, now);
+        let candidates = IceCandidate::parse_list(candidates);
+        for candidate in &candidates {
+            conn.add_remote_candidate(candidate, now);
         }
         self.drain_connection_events(id);
+        // Permissions and channels on our relays, before the first check needs them.
+        for candidate in &candidates {
+            self.bind_channels_to(candidate.addr(), now);
+        }
+        self.flush_staged(now);
     }
 
     /// Invalidates a remote candidate, e.g. of a relay the peer no longer uses.
@@ -362,10 +387,23 @@ impl<TId: PeerId> Node<TId> {
             return Err(Error::UnknownConnection);
         };
         let result = conn.encapsulate(packet.as_bytes(), now, &self.pool);
-        if result.is_err() {
-            self.stats.wireguard_errors += 1;
+        match result {
+            Ok(Some(transmit)) if transmit.via.is_some() => {
+                let queued = self.transmits.len();
+                let wrapped = self.wrap_relayed(transmit, now);
+                if self.transmits.len() == queued {
+                    return Ok(wrapped);
+                }
+                // A ChannelBind was just queued: the data must leave right behind it.
+                self.transmits.extend(wrapped);
+                Ok(None)
+            }
+            Ok(transmit) => Ok(transmit),
+            Err(e) => {
+                self.stats.wireguard_errors += 1;
+                Err(e)
+            }
         }
-        result
     }
 
     /// Handles a datagram that arrived on `local` from `from`.
@@ -379,7 +417,8 @@ impl<TId: PeerId> Node<TId> {
         datagram: &[u8],
         now: Instant,
     ) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
-        let result = self.decapsulate_inner(local, from, datagram, now);
+        let result = self.decapsulate_inner(local, from, datagram, now, true);
+        self.flush_staged(now);
         if let Err(error) = &result {
             self.stats.record(error);
             tracing::debug!(%from, %error, "dropped datagram");
@@ -393,8 +432,20 @@ impl<TId: PeerId> Node<TId> {
         from: SocketAddr,
         datagram: &[u8],
         now: Instant,
+        direct: bool,
     ) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
-        let id = match classify(datagram) {
+        let kind = classify(datagram);
+        // Only what arrives directly can be from a relay; what a relay delivered is from a peer.
+        if direct && matches!(kind, DatagramKind::Stun | DatagramKind::ChannelData) {
+            match self.handle_from_relay(local, from, datagram, now)? {
+                FromRelay::NotRelay => {}
+                FromRelay::Handled => return Ok(None),
+                FromRelay::Peer(peer, relayed, payload) => {
+                    return self.decapsulate_inner(relayed, peer, &payload, now, false);
+                }
+            }
+        }
+        let id = match kind {
             DatagramKind::Stun => {
                 self.handle_stun(local, from, datagram, now)?;
                 return Ok(None);
@@ -411,7 +462,7 @@ impl<TId: PeerId> Node<TId> {
             .connections
             .get_mut(&id)
             .ok_or(Error::UnroutableWireGuard)?;
-        let inner = conn.decapsulate(local, from, datagram, now, &self.pool, &mut self.transmits);
+        let inner = conn.decapsulate(local, from, datagram, now, &self.pool, &mut self.staged);
         self.drain_connection_events(id);
         match inner? {
             Some(bytes) => {
@@ -455,7 +506,7 @@ impl<TId: PeerId> Node<TId> {
         };
         let id = id.ok_or(Error::UnroutableStun)?;
         let conn = self.connections.get_mut(&id).ok_or(Error::UnroutableStun)?;
-        let accepted = conn.handle_stun(local, from, message, now, &self.pool, &mut self.transmits);
+        let accepted = conn.handle_stun(local, from, message, now, &self.pool, &mut self.staged);
         self.drain_connection_events(id);
         if accepted {
             Ok(())
@@ -466,20 +517,28 @@ impl<TId: PeerId> Node<TId> {
 
     /// Drives timers of every connection; failed connections are removed here.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_relay_timeouts(now);
         let ids: Vec<TId> = self.connections.keys().copied().collect();
         for id in ids {
             if let Some(conn) = self.connections.get_mut(&id) {
-                conn.handle_timeout(now, &self.pool, &mut self.transmits);
+                conn.handle_timeout(now, &self.pool, &mut self.staged);
                 self.drain_connection_events(id);
             }
         }
+        self.flush_staged(now);
     }
 
     /// When [`Node::handle_timeout`] wants to be called next, and why.
     pub fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
+        let relays = self
+            .allocations
+            .values()
+            .filter_map(|a| a.poll_timeout())
+            .map(|t| (t, "relay"));
         self.connections
             .values_mut()
             .filter_map(Connection::poll_timeout)
+            .chain(relays)
             .min_by_key(|(t, _)| *t)
     }
 
@@ -499,6 +558,10 @@ impl<TId: PeerId> Node<TId> {
             while let Some(event) = conn.poll_event() {
                 let event = match event {
                     ConnEvent::NewLocalCandidate(c) => Event::NewIceCandidate {
+                        connection: id,
+                        candidate: c.to_sdp_string(),
+                    },
+                    ConnEvent::InvalidatedLocalCandidate(c) => Event::InvalidateIceCandidate {
                         connection: id,
                         candidate: c.to_sdp_string(),
                     },

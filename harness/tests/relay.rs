@@ -1,0 +1,227 @@
+//! Relayed connectivity: the node's allocation client against the relay-sim server core, both
+//! running in the in-memory network.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    clippy::wildcard_enum_match_arm
+)]
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use common::*;
+use harness::memnet::{HostId, MemNet, Peer};
+
+struct World {
+    net: MemNet,
+    client: HostId,
+    gateway: HostId,
+    relays: Vec<HostId>,
+}
+
+/// Client and gateway behind their own NATs, with direct traffic between them blocked, so the
+/// only way is through a relay.
+fn world(relays: usize) -> World {
+    init_tracing();
+    let mut net = MemNet::new(Instant::now());
+    let nat_c = net.add_nat(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 40000);
+    let nat_g = net.add_nat(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)), 50000);
+    let client = net.add_client("client", 1, addr(192, 168, 1, 2, 5000), Some(nat_c), 1);
+    let gateway = net.add_gateway("gateway", 1, addr(10, 0, 0, 2, 6000), Some(nat_g), 2);
+    let relays: Vec<HostId> = (0..relays)
+        .map(|i| {
+            let n = u8::try_from(i).unwrap() + 1;
+            net.add_relay(
+                &format!("relay{n}"),
+                u64::from(n),
+                addr(203, 0, 113, n, 3478),
+                10 + u64::from(n),
+            )
+        })
+        .collect();
+    let relay_set = relays.clone();
+    net.set_filter(move |p| {
+        let involves_relay = relay_set.contains(&p.from) || relay_set.contains(&p.to);
+        !involves_relay
+    });
+    for &r in &relays {
+        net.use_relay(client, r);
+        net.use_relay(gateway, r);
+    }
+    net.run_for(Duration::from_secs(1));
+    World {
+        net,
+        client,
+        gateway,
+        relays,
+    }
+}
+
+fn relayed_addresses(net: &MemNet, host: HostId) -> usize {
+    match &net.host(host).peer {
+        Peer::Client { node, .. } => node
+            .relays()
+            .filter(|r| node.relayed_address(*r).is_some())
+            .count(),
+        Peer::Gateway { node, .. } => node
+            .relays()
+            .filter(|r| node.relayed_address(*r).is_some())
+            .count(),
+        Peer::Relay { .. } => 0,
+    }
+}
+
+#[test]
+fn allocations_give_relayed_candidates() {
+    let w = world(2);
+    assert_eq!(relayed_addresses(&w.net, w.client), 2);
+    assert_eq!(relayed_addresses(&w.net, w.gateway), 2);
+}
+
+#[test]
+fn connects_through_a_relay_when_direct_paths_are_blocked() {
+    let mut w = world(1);
+    w.net.connect(w.client, w.gateway);
+    w.net.run_for(Duration::from_secs(5));
+    assert_eq!(
+        established_at(&w.net, w.client).len(),
+        1,
+        "{:#?}",
+        w.net.timeline()
+    );
+    let path = w.net.connection(w.client, w.gateway).unwrap().path.unwrap();
+    let gw_path = w.net.connection(w.gateway, w.client).unwrap().path.unwrap();
+    assert!(
+        path.relay.is_some() || gw_path.relay.is_some(),
+        "{path:?} / {gw_path:?}"
+    );
+
+    for i in 0..20u8 {
+        w.net.send(w.client, w.gateway, &[i; 100]).unwrap();
+        w.net.send(w.gateway, w.client, &[i; 200]).unwrap();
+        w.net.run_for(Duration::from_millis(50));
+    }
+    w.net.run_for(Duration::from_millis(200));
+    assert_eq!(payloads(&w.net, w.gateway, w.client).len(), 20);
+    assert_eq!(payloads(&w.net, w.client, w.gateway).len(), 20);
+    assert!(failures(&w.net, w.client).is_empty());
+}
+
+#[test]
+fn relayed_connection_survives_refreshes_and_idle() {
+    let mut w = world(1);
+    w.net.connect(w.client, w.gateway);
+    w.net.run_for(Duration::from_secs(15 * 60));
+    assert!(
+        failures(&w.net, w.client).is_empty(),
+        "{:?}",
+        failures(&w.net, w.client)
+    );
+    w.net
+        .send(w.client, w.gateway, b"after a quarter hour")
+        .unwrap();
+    w.net.run_for(Duration::from_millis(500));
+    assert_eq!(
+        payloads(&w.net, w.gateway, w.client),
+        vec![b"after a quarter hour".to_vec()]
+    );
+}
+
+#[test]
+fn removing_the_relay_in_use_migrates_to_the_other() {
+    let mut w = world(2);
+    w.net.connect(w.client, w.gateway);
+    w.net.run_for(Duration::from_secs(5));
+    let path = w.net.connection(w.client, w.gateway).unwrap().path.unwrap();
+    let used = path.relay.or(w
+        .net
+        .connection(w.gateway, w.client)
+        .unwrap()
+        .path
+        .unwrap()
+        .relay);
+    let used = used.expect("relayed");
+    let (gone, other) = if used.0 == 1 {
+        (w.relays[0], w.relays[1])
+    } else {
+        (w.relays[1], w.relays[0])
+    };
+    let _ = other;
+    w.net.set_online(gone, false);
+    w.net.drop_relay(w.client, gone);
+    w.net.drop_relay(w.gateway, gone);
+    w.net.run_for(Duration::from_secs(5));
+    w.net
+        .send(w.client, w.gateway, b"through the other relay")
+        .unwrap();
+    w.net.run_for(Duration::from_millis(500));
+    assert_eq!(
+        payloads(&w.net, w.gateway, w.client),
+        vec![b"through the other relay".to_vec()],
+        "{:#?}",
+        w.net.timeline()
+    );
+    assert!(failures(&w.net, w.client).is_empty());
+}
+
+#[test]
+fn late_relay_responses_after_removal_are_dropped_quietly() {
+    let mut w = world(1);
+    w.net.drop_relay(w.client, w.relays[0]);
+    // The relay still answers the deallocation; the node has no state for it any more.
+    w.net.run_for(Duration::from_secs(1));
+    let errors = &w.net.host(w.client).errors;
+    assert!(
+        errors.iter().all(|e| e.contains("no allocation")),
+        "{errors:?}"
+    );
+    assert!(!errors.is_empty(), "the relay's answer arrived");
+}
+
+#[test]
+fn a_relay_that_dies_silently_is_noticed_and_left() {
+    let mut w = world(2);
+    w.net.connect(w.client, w.gateway);
+    w.net.run_for(Duration::from_secs(5));
+    let client_path = w.net.connection(w.client, w.gateway).unwrap().path.unwrap();
+    let gateway_path = w.net.connection(w.gateway, w.client).unwrap().path.unwrap();
+    let used = client_path.relay.or(gateway_path.relay).expect("relayed");
+    let gone = if used.0 == 1 {
+        w.relays[0]
+    } else {
+        w.relays[1]
+    };
+    // No word from the portal: the nodes must find out themselves.
+    w.net.set_online(gone, false);
+    let died = w.net.elapsed();
+    let bound = node::turn::KEEPALIVE_INTERVAL + Duration::from_secs(16) + Duration::from_secs(5);
+    w.net.run_for(bound);
+    assert_eq!(
+        relayed_addresses(&w.net, w.client),
+        1,
+        "the dead relay was given up"
+    );
+    assert_eq!(
+        relayed_addresses(&w.net, w.gateway),
+        1,
+        "the dead relay was given up"
+    );
+    w.net
+        .send(w.client, w.gateway, b"after the relay died")
+        .unwrap();
+    w.net.send(w.gateway, w.client, b"reply").unwrap();
+    w.net.run_for(Duration::from_secs(1));
+    assert_eq!(
+        payloads(&w.net, w.gateway, w.client),
+        vec![b"after the relay died".to_vec()],
+        "relay died at {died:?}: {:#?}",
+        w.net.timeline()
+    );
+    assert_eq!(
+        payloads(&w.net, w.client, w.gateway),
+        vec![b"reply".to_vec()]
+    );
+}

@@ -1,0 +1,326 @@
+//! The node's side of the relays: allocations, their candidates, and relayed transmits.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Node, Transmit};
+use crate::candidate::IceCandidate;
+use crate::ids::RelayId;
+use crate::turn::{
+    channel_data_header, Allocation, AllocationEvent, RelayConfig, RelayMessage,
+    CHANNEL_DATA_HEADER_LEN,
+};
+use crate::{Error, PeerId};
+
+/// TURN's well-known port: a datagram from it is a relay's, even one we forgot.
+const TURN_PORT: u16 = 3478;
+
+/// What became of a datagram offered to the relays.
+pub(super) enum FromRelay<'a> {
+    /// It is not from one of our relays.
+    NotRelay,
+    /// A relay's own message, handled.
+    Handled,
+    /// A peer's datagram the relay delivered: who sent it, the relayed address it came to, and
+    /// the bytes.
+    Peer(SocketAddr, SocketAddr, Cow<'a, [u8]>),
+}
+
+impl<TId: PeerId> Node<TId> {
+    /// Starts using a relay the portal announced: an allocation for a relayed candidate and a
+    /// server-reflexive one. Announcing the same relay again with the same settings keeps it.
+    pub fn add_relay(&mut self, config: RelayConfig, now: Instant) {
+        if let Some(existing) = self.allocations.get(&config.id) {
+            if existing.config() == &config && !existing.is_failed() {
+                return;
+            }
+            self.remove_relay(config.id, now);
+        }
+        tracing::info!(target: "node::turn", rid = %config.id, server = %config.server, "using relay");
+        let id = config.id;
+        let allocation = Allocation::new(config, self.rng_seed(), now);
+        self.allocations.insert(id, allocation);
+        self.drain_allocation(id, now);
+    }
+
+    /// Stops using a relay: its candidates are invalidated, connections move to other paths.
+    pub fn remove_relay(&mut self, id: RelayId, now: Instant) {
+        let Some(mut allocation) = self.allocations.remove(&id) else {
+            return;
+        };
+        tracing::info!(target: "node::turn", rid = %id, "relay removed");
+        allocation.release(now);
+        let (src, dst) = (allocation.local(), allocation.server());
+        while let Some(bytes) = allocation.poll_transmit() {
+            self.transmits.push_back(Transmit {
+                src,
+                dst,
+                payload: self.buffer_from(&bytes),
+                via: None,
+            });
+        }
+        self.forget_candidates_of(&allocation, now);
+        self.flush_staged(now);
+    }
+
+    /// The relays in use.
+    pub fn relays(&self) -> impl Iterator<Item = RelayId> + '_ {
+        self.allocations.keys().copied()
+    }
+
+    /// The relayed address on `relay`, once allocated.
+    pub fn relayed_address(&self, relay: RelayId) -> Option<SocketAddr> {
+        self.allocations.get(&relay).and_then(Allocation::relayed)
+    }
+
+    fn rng_seed(&mut self) -> u64 {
+        rand::RngCore::next_u64(&mut self.rng)
+    }
+
+    fn buffer_from(&self, bytes: &[u8]) -> crate::pool::Buffer {
+        let mut buf = self.pool.pull();
+        buf.storage_mut()[..bytes.len()].copy_from_slice(bytes);
+        buf.set_range(0..bytes.len());
+        buf
+    }
+
+    /// Every local candidate the relays gave us, with the relay of the relayed ones.
+    pub(super) fn relay_candidates(&self) -> Vec<(IceCandidate, Option<RelayId>)> {
+        let mut out = Vec::new();
+        for allocation in self.allocations.values() {
+            let base = allocation.local().unwrap_or(allocation.server());
+            if let Some(c) = allocation
+                .server_reflexive()
+                .and_then(|a| IceCandidate::server_reflexive(a, base).ok())
+            {
+                out.push((c, None));
+            }
+            if let Some(c) = allocation
+                .relayed()
+                .and_then(|a| IceCandidate::relayed(a, base).ok())
+            {
+                out.push((c, Some(allocation.id())));
+            }
+        }
+        out
+    }
+
+    /// Permissions and channels to `peer` on every relay, so checks through them can start.
+    pub(super) fn bind_channels_to(&mut self, peer: SocketAddr, now: Instant) {
+        let ids: Vec<RelayId> = self.allocations.keys().copied().collect();
+        for id in ids {
+            if let Some(allocation) = self.allocations.get_mut(&id) {
+                allocation.channel_to(peer, now);
+            }
+            self.drain_allocation(id, now);
+        }
+    }
+
+    /// Handles a STUN or ChannelData datagram if it comes from one of our relays (or from the
+    /// TURN port of one we forgot).
+    pub(super) fn handle_from_relay<'a>(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &'a [u8],
+        now: Instant,
+    ) -> Result<FromRelay<'a>, Error> {
+        let relay = self
+            .allocations
+            .values()
+            .find(|a| a.server() == from)
+            .map(Allocation::id);
+        let Some(id) = relay else {
+            if from.port() == TURN_PORT {
+                tracing::debug!(target: "node::turn", %from, "message from a relay we have no allocation on");
+                return Err(Error::UnknownRelay);
+            }
+            return Ok(FromRelay::NotRelay);
+        };
+        let message = RelayMessage::parse(datagram).map_err(Error::Turn)?;
+        let Some(allocation) = self.allocations.get_mut(&id) else {
+            return Ok(FromRelay::NotRelay);
+        };
+        let delivered = allocation.handle(message, local, now);
+        let relayed = allocation.relayed();
+        self.drain_allocation(id, now);
+        // The address the relay's answers arrive on is one peers may reach us on, too.
+        if !self.local_addrs.contains(&local) {
+            self.add_local_address(local);
+        }
+        match (delivered, relayed) {
+            (Some((peer, payload)), Some(relayed)) => Ok(FromRelay::Peer(peer, relayed, payload)),
+            (Some(_), None) | (None, Some(_) | None) => Ok(FromRelay::Handled),
+        }
+    }
+
+    pub(super) fn handle_relay_timeouts(&mut self, now: Instant) {
+        let due: Vec<RelayId> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(allocation) = self.allocations.get_mut(&id) {
+                allocation.handle_timeout(now);
+            }
+            self.drain_allocation(id, now);
+        }
+    }
+
+    /// Moves an allocation's datagrams to the send queue and applies its events.
+    fn drain_allocation(&mut self, id: RelayId, now: Instant) {
+        let Some(allocation) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        let (src, dst) = (allocation.local(), allocation.server());
+        let mut datagrams = Vec::new();
+        while let Some(bytes) = allocation.poll_transmit() {
+            datagrams.push(bytes);
+        }
+        let mut events = Vec::new();
+        while let Some(event) = allocation.poll_event() {
+            events.push(event);
+        }
+        for bytes in datagrams {
+            let payload = self.buffer_from(&bytes);
+            self.transmits.push_back(Transmit {
+                src,
+                dst,
+                payload,
+                via: None,
+            });
+        }
+        for event in events {
+            self.on_allocation_event(id, event, now);
+        }
+    }
+
+    fn on_allocation_event(&mut self, id: RelayId, event: AllocationEvent, now: Instant) {
+        match event {
+            AllocationEvent::ServerReflexive { addr, base } => {
+                if let Ok(c) = IceCandidate::server_reflexive(addr, base) {
+                    self.add_local_candidate_everywhere(c, None);
+                }
+            }
+            AllocationEvent::Relayed { addr, base } => {
+                if let Ok(c) = IceCandidate::relayed(addr, base) {
+                    self.add_local_candidate_everywhere(c, Some(id));
+                }
+                // Remote candidates that arrived before the allocation get their channels now.
+                let peers: Vec<SocketAddr> = self
+                    .connections
+                    .values()
+                    .flat_map(|c| c.remote_candidate_addrs())
+                    .collect();
+                if let Some(allocation) = self.allocations.get_mut(&id) {
+                    for peer in peers {
+                        allocation.channel_to(peer, now);
+                    }
+                }
+                self.drain_allocation(id, now);
+            }
+            AllocationEvent::RelayedLost { addr, base } => {
+                if let Ok(c) = IceCandidate::relayed(addr, base) {
+                    self.remove_local_candidate_everywhere(&c, now);
+                }
+            }
+            AllocationEvent::Failed => {
+                if let Some(allocation) = self.allocations.remove(&id) {
+                    tracing::info!(target: "node::turn", rid = %id, "relay unreachable; its candidates are withdrawn");
+                    self.forget_candidates_of(&allocation, now);
+                }
+            }
+        }
+    }
+
+    fn forget_candidates_of(&mut self, allocation: &Allocation, now: Instant) {
+        let base = allocation.local().unwrap_or(allocation.server());
+        if let Some(c) = allocation
+            .relayed()
+            .and_then(|a| IceCandidate::relayed(a, base).ok())
+        {
+            self.remove_local_candidate_everywhere(&c, now);
+        }
+        // The server-reflexive address stays valid while another relay reports it too.
+        let still_known = self
+            .allocations
+            .values()
+            .any(|a| a.server_reflexive() == allocation.server_reflexive());
+        if let (Some(c), false) = (
+            allocation
+                .server_reflexive()
+                .and_then(|a| IceCandidate::server_reflexive(a, base).ok()),
+            still_known,
+        ) {
+            self.remove_local_candidate_everywhere(&c, now);
+        }
+    }
+
+    fn add_local_candidate_everywhere(&mut self, candidate: IceCandidate, relay: Option<RelayId>) {
+        let ids: Vec<TId> = self.connections.keys().copied().collect();
+        for id in ids {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.add_local_candidate(candidate.clone(), relay);
+            }
+            self.drain_connection_events(id);
+        }
+    }
+
+    fn remove_local_candidate_everywhere(&mut self, candidate: &IceCandidate, now: Instant) {
+        let ids: Vec<TId> = self.connections.keys().copied().collect();
+        for id in ids {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.remove_local_candidate(candidate, now);
+            }
+            self.drain_connection_events(id);
+        }
+    }
+
+    /// Wraps what connections produced for relayed paths and queues everything to send.
+    pub(super) fn flush_staged(&mut self, now: Instant) {
+        while let Some(transmit) = self.staged.pop_front() {
+            if let Some(t) = self.wrap_relayed(transmit, now) {
+                self.transmits.push_back(t);
+            }
+        }
+    }
+
+    /// A transmit for a relayed path becomes ChannelData to the relay, written in place into
+    /// the headroom the connection left. Binding the channel, when needed, is queued first.
+    pub(super) fn wrap_relayed(
+        &mut self,
+        mut transmit: Transmit,
+        now: Instant,
+    ) -> Option<Transmit> {
+        let Some(relay) = transmit.via else {
+            return Some(transmit);
+        };
+        let Some(allocation) = self.allocations.get_mut(&relay) else {
+            tracing::debug!(target: "node::turn", rid = %relay, "dropping datagram for a relay we no longer use");
+            return None;
+        };
+        let Some(channel) = allocation.channel_to(transmit.dst, now) else {
+            tracing::debug!(target: "node::turn", rid = %relay, peer = %transmit.dst, "no channel to peer");
+            return None;
+        };
+        let (src, dst) = (allocation.local(), allocation.server());
+        self.drain_allocation(relay, now);
+        if transmit.payload.headroom() < CHANNEL_DATA_HEADER_LEN {
+            return None;
+        }
+        let len = transmit.payload.len();
+        transmit
+            .payload
+            .prepend(CHANNEL_DATA_HEADER_LEN)
+            .copy_from_slice(&channel_data_header(channel, len));
+        Some(Transmit {
+            src,
+            dst,
+            payload: transmit.payload,
+            via: None,
+        })
+    }
+}

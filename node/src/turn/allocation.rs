@@ -1,0 +1,778 @@
+//! One allocation on one relay: the node's TURN client (RFC 8656), sans-IO.
+//!
+//! It learns the server-reflexive address (Binding), holds a relayed address (Allocate,
+//! refreshed at half its lifetime) and binds channels to peers on demand. Channel data may be
+//! sent on a channel whose ChannelBind is still in flight: the relay handles datagrams in order,
+//! so data sent right behind the bind is relayed, and nothing waits for a round trip.
+//!
+//! Requests are retransmitted with a doubling timeout; when one goes unanswered
+//! [`MAX_ATTEMPTS`] times the relay is considered gone and the allocation fails.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use stun_codec::rfc5389::attributes::{
+    ErrorCode, MessageIntegrity, Nonce, Realm, Username, XorMappedAddress,
+};
+use stun_codec::rfc5389::methods::BINDING;
+use stun_codec::rfc5766::attributes::{
+    ChannelNumber, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,
+};
+use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, DATA, REFRESH};
+use stun_codec::{Message, MessageClass, Method, TransactionId};
+
+use super::message::{self, RelayMessage, StunMessage};
+use crate::ids::RelayId;
+
+/// First retransmission timeout; it doubles with every attempt.
+pub const INITIAL_RTO: Duration = Duration::from_millis(500);
+/// Attempts per request before the relay is considered unreachable (0.5+1+2+4+8 = 15.5 s).
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Channel bindings last 10 minutes on the relay; refreshed at half of that.
+const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// The node binds channels in the RFC 5766 range; the relay accepts the wider RFC 8656 one.
+const FIRST_CHANNEL: u16 = 0x4000;
+const LAST_CHANNEL: u16 = 0x4FFF;
+/// A Binding to the relay this often keeps the NAT mapping towards it open and notices a relay
+/// that went away long before the next refresh would.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(25);
+/// UDP, as REQUESTED-TRANSPORT wants it (RFC 8656 §18.7).
+const UDP: u8 = 17;
+
+const UNAUTHORIZED: u16 = 401;
+const ALLOCATION_MISMATCH: u16 = 437;
+const STALE_NONCE: u16 = 438;
+
+/// What the portal tells a node about a relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// The relay's identity.
+    pub id: RelayId,
+    /// Where it listens (UDP 3478 by default).
+    pub server: SocketAddr,
+    /// TURN REST username (`<unix-expiry>:<id>`).
+    pub username: String,
+    /// TURN REST password.
+    pub password: String,
+}
+
+/// What an allocation tells the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AllocationEvent {
+    /// Our address as the relay sees it.
+    ServerReflexive { addr: SocketAddr, base: SocketAddr },
+    /// The relayed address peers can send to.
+    Relayed { addr: SocketAddr, base: SocketAddr },
+    /// The relayed address is gone (expired, deleted, or the relay forgot it).
+    RelayedLost { addr: SocketAddr, base: SocketAddr },
+    /// The relay does not answer or refuses us: the allocation is dead.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestKind {
+    Binding,
+    Allocate,
+    Refresh { lifetime: Duration },
+    ChannelBind { channel: u16, peer: SocketAddr },
+}
+
+#[derive(Debug)]
+struct Pending {
+    kind: RequestKind,
+    bytes: Vec<u8>,
+    attempts: u32,
+    next_at: Instant,
+    /// Whether the request carried credentials (a 401 then means they are wrong).
+    authenticated: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Channel {
+    peer: SocketAddr,
+    bound: bool,
+    /// When to send the next ChannelBind for it: a refresh, or none while one is in flight.
+    refresh_at: Option<Instant>,
+}
+
+/// One allocation on one relay.
+#[derive(Debug)]
+pub(crate) struct Allocation {
+    config: RelayConfig,
+    /// The local address the relay's answers arrive on, once one has.
+    local: Option<SocketAddr>,
+    realm: Option<Realm>,
+    nonce: Option<Nonce>,
+    server_reflexive: Option<SocketAddr>,
+    relayed: Option<SocketAddr>,
+    refresh_at: Option<Instant>,
+    keepalive_at: Option<Instant>,
+    pending: BTreeMap<TransactionId, Pending>,
+    channels: BTreeMap<u16, Channel>,
+    channel_by_peer: BTreeMap<SocketAddr, u16>,
+    next_channel: u16,
+    rng: ChaCha20Rng,
+    transmits: VecDeque<Vec<u8>>,
+    events: VecDeque<AllocationEvent>,
+    failed: bool,
+}
+
+impl Allocation {
+    /// Starts a Binding (for the server-reflexive address) and an Allocate.
+    pub(crate) fn new(config: RelayConfig, seed: u64, now: Instant) -> Self {
+        let mut allocation = Self {
+            config,
+            local: None,
+            realm: None,
+            nonce: None,
+            server_reflexive: None,
+            relayed: None,
+            refresh_at: None,
+            keepalive_at: Some(now + KEEPALIVE_INTERVAL),
+            pending: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            channel_by_peer: BTreeMap::new(),
+            next_channel: FIRST_CHANNEL,
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            failed: false,
+        };
+        allocation.send(RequestKind::Binding, now);
+        allocation.send(RequestKind::Allocate, now);
+        allocation
+    }
+
+    pub(crate) fn id(&self) -> RelayId {
+        self.config.id
+    }
+
+    pub(crate) fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    pub(crate) fn server(&self) -> SocketAddr {
+        self.config.server
+    }
+
+    pub(crate) fn local(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
+    pub(crate) fn relayed(&self) -> Option<SocketAddr> {
+        self.relayed
+    }
+
+    pub(crate) fn server_reflexive(&self) -> Option<SocketAddr> {
+        self.server_reflexive
+    }
+
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// The channel to `peer`, binding one if there is none yet. Data may be sent on it at once,
+    /// also while its ChannelBind is still in flight (it is queued right behind the bind).
+    pub(crate) fn channel_to(&mut self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        if self.failed || self.relayed.is_none() || peer.is_ipv4() != self.config.server.is_ipv4() {
+            return None;
+        }
+        if let Some(channel) = self.channel_by_peer.get(&peer) {
+            return Some(*channel);
+        }
+        let channel = self.free_channel()?;
+        self.channels.insert(
+            channel,
+            Channel {
+                peer,
+                bound: false,
+                refresh_at: None,
+            },
+        );
+        self.channel_by_peer.insert(peer, channel);
+        tracing::debug!(target: "node::turn", rid = %self.config.id, %peer, channel, "binding channel");
+        self.send(RequestKind::ChannelBind { channel, peer }, now);
+        Some(channel)
+    }
+
+    fn free_channel(&mut self) -> Option<u16> {
+        let span = usize::from(LAST_CHANNEL - FIRST_CHANNEL) + 1;
+        for _ in 0..span {
+            let candidate = self.next_channel;
+            self.next_channel = if candidate == LAST_CHANNEL {
+                FIRST_CHANNEL
+            } else {
+                candidate + 1
+            };
+            if !self.channels.contains_key(&candidate) {
+                return Some(candidate);
+            }
+        }
+        None
+    }
+
+    /// Handles a parsed datagram from this relay that arrived on `local`. Returns the peer and
+    /// its datagram when the message carried one.
+    pub(crate) fn handle<'a>(
+        &mut self,
+        message: RelayMessage<'a>,
+        local: SocketAddr,
+        now: Instant,
+    ) -> Option<(SocketAddr, Cow<'a, [u8]>)> {
+        match message {
+            RelayMessage::ChannelData { channel, payload } => {
+                let Some(c) = self.channels.get(&channel) else {
+                    tracing::debug!(target: "node::turn", rid = %self.config.id, channel, "data on an unknown channel");
+                    return None;
+                };
+                Some((c.peer, Cow::Borrowed(payload)))
+            }
+            RelayMessage::Stun(message) => {
+                if message.method() == DATA && message.class() == MessageClass::Indication {
+                    // Rare: the node binds channels, so a copy out of the message is fine.
+                    return message::data_indication(&message)
+                        .map(|(peer, data)| (peer, Cow::Owned(data.to_vec())));
+                }
+                self.handle_response(*message, local, now);
+                None
+            }
+        }
+    }
+
+    fn handle_response(&mut self, response: StunMessage, local: SocketAddr, now: Instant) {
+        let Some(request) = self.pending.remove(&response.transaction_id()) else {
+            // Late answers to retransmitted or abandoned requests end here.
+            tracing::debug!(target: "node::turn", rid = %self.config.id, method = ?response.method(), "response to no pending request");
+            return;
+        };
+        if !self.integrity_ok(&response, request.authenticated) {
+            tracing::debug!(target: "node::turn", rid = %self.config.id, "response with bad MESSAGE-INTEGRITY");
+            self.pending.insert(response.transaction_id(), request);
+            return;
+        }
+        if self.local.is_none() {
+            self.local = Some(local);
+        }
+        match response.class() {
+            MessageClass::SuccessResponse => self.on_success(request.kind, &response, now),
+            MessageClass::ErrorResponse => self.on_error(request, &response, now),
+            MessageClass::Request | MessageClass::Indication => {
+                tracing::debug!(target: "node::turn", rid = %self.config.id, "unexpected message class");
+            }
+        }
+    }
+
+    /// Responses to authenticated requests carry MESSAGE-INTEGRITY made with our key; a wrong
+    /// one is dropped (the real answer may still come), a missing one is tolerated.
+    fn integrity_ok(&self, response: &StunMessage, authenticated: bool) -> bool {
+        let (Some(realm), true) = (&self.realm, authenticated) else {
+            return true;
+        };
+        let Some(integrity) = response.get_attribute::<MessageIntegrity>() else {
+            return true;
+        };
+        let Ok(username) = Username::new(self.config.username.clone()) else {
+            return false;
+        };
+        integrity
+            .check_long_term_credential(&username, realm, &self.config.password)
+            .is_ok()
+    }
+
+    fn on_success(&mut self, kind: RequestKind, response: &StunMessage, now: Instant) {
+        let base = self.local.unwrap_or(self.config.server);
+        match kind {
+            RequestKind::Binding => {
+                if let Some(mapped) = response.get_attribute::<XorMappedAddress>() {
+                    self.set_server_reflexive(mapped.address(), base);
+                }
+            }
+            RequestKind::Allocate => {
+                if let Some(mapped) = response.get_attribute::<XorMappedAddress>() {
+                    self.set_server_reflexive(mapped.address(), base);
+                }
+                let lifetime = response
+                    .get_attribute::<Lifetime>()
+                    .map_or(Duration::from_secs(600), Lifetime::lifetime);
+                self.refresh_at = Some(now + lifetime / 2);
+                if let Some(relayed) = response.get_attribute::<XorRelayAddress>() {
+                    let addr = relayed.address();
+                    tracing::info!(target: "node::turn", rid = %self.config.id, relayed = %addr, ?lifetime, "allocated");
+                    self.relayed = Some(addr);
+                    self.events
+                        .push_back(AllocationEvent::Relayed { addr, base });
+                }
+            }
+            RequestKind::Refresh { lifetime } => {
+                if lifetime.is_zero() {
+                    tracing::debug!(target: "node::turn", rid = %self.config.id, "allocation deleted");
+                    return;
+                }
+                let granted = response
+                    .get_attribute::<Lifetime>()
+                    .map_or(lifetime, Lifetime::lifetime);
+                self.refresh_at = Some(now + granted / 2);
+            }
+            RequestKind::ChannelBind { channel, peer } => {
+                if let Some(c) = self.channels.get_mut(&channel) {
+                    if c.peer == peer {
+                        c.bound = true;
+                        c.refresh_at = Some(now + CHANNEL_LIFETIME / 2);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_error(&mut self, request: Pending, response: &StunMessage, now: Instant) {
+        let code = response
+            .get_attribute::<ErrorCode>()
+            .map_or(0, ErrorCode::code);
+        let rid = self.config.id;
+        match code {
+            UNAUTHORIZED if !request.authenticated => {
+                // The expected first answer: it brings the realm and nonce to authenticate with.
+                self.realm = response.get_attribute::<Realm>().cloned();
+                self.nonce = response.get_attribute::<Nonce>().cloned();
+                if self.realm.is_none() || self.nonce.is_none() {
+                    tracing::debug!(target: "node::turn", rid = %rid, "401 without realm or nonce");
+                    return self.fail();
+                }
+                self.send(request.kind, now);
+            }
+            STALE_NONCE => {
+                self.nonce = response.get_attribute::<Nonce>().cloned();
+                self.send(request.kind, now);
+            }
+            ALLOCATION_MISMATCH => match request.kind {
+                RequestKind::Allocate => {
+                    // A previous allocation from this 5-tuple is still there: delete, retry.
+                    self.send(
+                        RequestKind::Refresh {
+                            lifetime: Duration::ZERO,
+                        },
+                        now,
+                    );
+                    self.send(RequestKind::Allocate, now);
+                }
+                RequestKind::Refresh { .. } | RequestKind::ChannelBind { .. } => {
+                    // The relay forgot us (it restarted): start over.
+                    tracing::info!(target: "node::turn", rid = %rid, "relay lost our allocation; allocating again");
+                    self.reset(now);
+                }
+                RequestKind::Binding => {}
+            },
+            _ => {
+                tracing::warn!(target: "node::turn", rid = %rid, code, kind = ?request.kind, "relay refused request");
+                match request.kind {
+                    RequestKind::ChannelBind { channel, peer } => {
+                        self.forget_channel(channel, peer)
+                    }
+                    RequestKind::Allocate | RequestKind::Refresh { .. } => self.fail(),
+                    RequestKind::Binding => {}
+                }
+            }
+        }
+    }
+
+    fn set_server_reflexive(&mut self, addr: SocketAddr, base: SocketAddr) {
+        if self.server_reflexive != Some(addr) {
+            self.server_reflexive = Some(addr);
+            self.events
+                .push_back(AllocationEvent::ServerReflexive { addr, base });
+        }
+    }
+
+    fn forget_channel(&mut self, channel: u16, peer: SocketAddr) {
+        self.channels.remove(&channel);
+        if self.channel_by_peer.get(&peer) == Some(&channel) {
+            self.channel_by_peer.remove(&peer);
+        }
+    }
+
+    /// Drops the relayed address and every channel, and allocates anew.
+    fn reset(&mut self, now: Instant) {
+        self.lose_relayed();
+        self.channels.clear();
+        self.channel_by_peer.clear();
+        self.pending.clear();
+        self.refresh_at = None;
+        self.send(RequestKind::Allocate, now);
+    }
+
+    fn lose_relayed(&mut self) {
+        if let Some(addr) = self.relayed.take() {
+            let base = self.local.unwrap_or(self.config.server);
+            self.events
+                .push_back(AllocationEvent::RelayedLost { addr, base });
+        }
+    }
+
+    fn fail(&mut self) {
+        if self.failed {
+            return;
+        }
+        tracing::info!(target: "node::turn", rid = %self.config.id, "relay failed");
+        self.failed = true;
+        self.lose_relayed();
+        self.pending.clear();
+        self.channels.clear();
+        self.channel_by_peer.clear();
+        self.refresh_at = None;
+        self.keepalive_at = None;
+        self.events.push_back(AllocationEvent::Failed);
+    }
+
+    /// Deletes the allocation on the relay (best effort, not retransmitted).
+    pub(crate) fn release(&mut self, now: Instant) {
+        if self.relayed.is_some() && !self.failed {
+            self.send(
+                RequestKind::Refresh {
+                    lifetime: Duration::ZERO,
+                },
+                now,
+            );
+        }
+        self.pending.clear();
+    }
+
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.failed {
+            return;
+        }
+        let due: Vec<TransactionId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.next_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(p) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            if p.attempts >= MAX_ATTEMPTS {
+                tracing::info!(target: "node::turn", rid = %self.config.id, kind = ?p.kind, "request unanswered");
+                self.fail();
+                return;
+            }
+            p.attempts += 1;
+            p.next_at = now + INITIAL_RTO * 2u32.pow(p.attempts - 1);
+            self.transmits.push_back(p.bytes.clone());
+        }
+        if self.keepalive_at.is_some_and(|t| t <= now) {
+            self.keepalive_at = Some(now + KEEPALIVE_INTERVAL);
+            if !self
+                .pending
+                .values()
+                .any(|p| p.kind == RequestKind::Binding)
+            {
+                self.send(RequestKind::Binding, now);
+            }
+        }
+        if self.refresh_at.is_some_and(|t| t <= now) {
+            self.refresh_at = None;
+            self.send(
+                RequestKind::Refresh {
+                    lifetime: Duration::from_secs(600),
+                },
+                now,
+            );
+        }
+        let refresh: Vec<(u16, SocketAddr)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.refresh_at.is_some_and(|t| t <= now))
+            .map(|(n, c)| (*n, c.peer))
+            .collect();
+        for (channel, peer) in refresh {
+            if let Some(c) = self.channels.get_mut(&channel) {
+                c.refresh_at = None;
+            }
+            self.send(RequestKind::ChannelBind { channel, peer }, now);
+        }
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        if self.failed {
+            return None;
+        }
+        let pending = self.pending.values().map(|p| p.next_at);
+        let channels = self.channels.values().filter_map(|c| c.refresh_at);
+        pending
+            .chain(channels)
+            .chain(self.refresh_at)
+            .chain(self.keepalive_at)
+            .min()
+    }
+
+    pub(crate) fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmits.pop_front()
+    }
+
+    pub(crate) fn poll_event(&mut self) -> Option<AllocationEvent> {
+        self.events.pop_front()
+    }
+
+    fn send(&mut self, kind: RequestKind, now: Instant) {
+        let id = message::transaction_id(&mut self.rng);
+        let (method, authenticate): (Method, bool) = match kind {
+            RequestKind::Binding => (BINDING, false),
+            RequestKind::Allocate => (ALLOCATE, self.realm.is_some()),
+            RequestKind::Refresh { .. } => (REFRESH, true),
+            RequestKind::ChannelBind { .. } => (CHANNEL_BIND, true),
+        };
+        let mut request: StunMessage = Message::new(MessageClass::Request, method, id);
+        match kind {
+            RequestKind::Binding => {}
+            RequestKind::Allocate => {
+                request.add_attribute(RequestedTransport::new(UDP));
+            }
+            RequestKind::Refresh { lifetime } => {
+                if let Ok(l) = Lifetime::new(lifetime) {
+                    request.add_attribute(l);
+                }
+            }
+            RequestKind::ChannelBind { channel, peer } => {
+                let Ok(number) = ChannelNumber::new(channel) else {
+                    return;
+                };
+                request.add_attribute(number);
+                request.add_attribute(XorPeerAddress::new(peer));
+            }
+        }
+        if authenticate && !self.authenticate(&mut request) {
+            return;
+        }
+        let Some(bytes) = message::encode(request) else {
+            tracing::debug!(target: "node::turn", "could not encode request");
+            return;
+        };
+        self.transmits.push_back(bytes.clone());
+        self.pending.insert(
+            id,
+            Pending {
+                kind,
+                bytes,
+                attempts: 1,
+                next_at: now + INITIAL_RTO,
+                authenticated: authenticate,
+            },
+        );
+    }
+
+    /// Adds USERNAME, REALM, NONCE and MESSAGE-INTEGRITY; false if we cannot yet.
+    fn authenticate(&self, request: &mut StunMessage) -> bool {
+        let (Some(realm), Some(nonce)) = (&self.realm, &self.nonce) else {
+            return false;
+        };
+        let Ok(username) = Username::new(self.config.username.clone()) else {
+            return false;
+        };
+        request.add_attribute(username.clone());
+        request.add_attribute(realm.clone());
+        request.add_attribute(nonce.clone());
+        match MessageIntegrity::new_long_term_credential(
+            request,
+            &username,
+            realm,
+            &self.config.password,
+        ) {
+            Ok(integrity) => {
+                request.add_attribute(integrity);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)]
+
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    const SECRET: &str = "test-secret";
+    const UNIX: u64 = 1_800_000_000;
+
+    fn client() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 40000)
+    }
+
+    fn server_addr() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)), 3478)
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9)), 51820)
+    }
+
+    fn setup(now: Instant) -> (Allocation, relay_sim::Server) {
+        let server = relay_sim::Server::new(
+            relay_sim::Config::new("test", SECRET, Ipv4Addr::new(203, 0, 113, 1)),
+            [7; 32],
+            now,
+            UNIX,
+        )
+        .unwrap();
+        let (username, password) = relay_sim::auth::rest_credentials(SECRET, UNIX + 3600, "c1");
+        let config = RelayConfig {
+            id: RelayId(1),
+            server: server_addr(),
+            username,
+            password,
+        };
+        (Allocation::new(config, 1, now), server)
+    }
+
+    /// Carries datagrams both ways until both sides are quiet; returns how many went to the relay.
+    fn exchange(a: &mut Allocation, s: &mut relay_sim::Server, now: Instant) -> usize {
+        let mut sent = 0;
+        loop {
+            let mut moved = false;
+            while let Some(bytes) = a.poll_transmit() {
+                s.handle_input(now, client(), server_addr(), &bytes);
+                sent += 1;
+                moved = true;
+            }
+            while s.poll_event().is_some() {}
+            while let Some(t) = s.poll_transmit() {
+                if t.dst == client() {
+                    let message = RelayMessage::parse(&t.payload).unwrap();
+                    a.handle(message, client(), now);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return sent;
+            }
+        }
+    }
+
+    fn events(a: &mut Allocation) -> Vec<AllocationEvent> {
+        std::iter::from_fn(|| a.poll_event()).collect()
+    }
+
+    #[test]
+    fn allocates_after_the_401_challenge() {
+        let now = Instant::now();
+        let (mut a, mut s) = setup(now);
+        let sent = exchange(&mut a, &mut s, now);
+        assert_eq!(
+            sent, 3,
+            "binding, unauthenticated allocate, authenticated allocate"
+        );
+        let events = events(&mut a);
+        assert!(
+            matches!(events[0], AllocationEvent::ServerReflexive { addr, .. } if addr == client())
+        );
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, AllocationEvent::Relayed { addr, .. } if addr.ip() == server_addr().ip())));
+        assert!(a.relayed().is_some());
+        assert_eq!(s.allocation_count(), 1);
+    }
+
+    #[test]
+    fn channel_data_may_follow_a_bind_in_flight_and_a_peer_is_bound_once() {
+        let now = Instant::now();
+        let (mut a, mut s) = setup(now);
+        exchange(&mut a, &mut s, now);
+        let channel = a.channel_to(peer(), now).unwrap();
+        assert_eq!(
+            a.channel_to(peer(), now),
+            Some(channel),
+            "in flight: same channel, no new bind"
+        );
+        let binds: Vec<Vec<u8>> = std::iter::from_fn(|| a.poll_transmit()).collect();
+        assert_eq!(binds.len(), 1);
+        // The data goes right behind the bind; the relay takes both in order.
+        s.handle_input(now, client(), server_addr(), &binds[0]);
+        let mut data = message::channel_data_header(channel, 5).to_vec();
+        data.extend_from_slice(b"hello");
+        s.handle_input(now, client(), server_addr(), &data);
+        let to_peer: Vec<_> = std::iter::from_fn(|| s.poll_transmit())
+            .filter(|t| t.dst == peer())
+            .collect();
+        assert_eq!(to_peer.len(), 1);
+        assert_eq!(to_peer[0].payload, b"hello");
+    }
+
+    #[test]
+    fn late_responses_are_ignored() {
+        let now = Instant::now();
+        let (mut a, mut s) = setup(now);
+        // Every request is sent twice (a retransmission), so every answer arrives twice.
+        let first: Vec<Vec<u8>> = std::iter::from_fn(|| a.poll_transmit()).collect();
+        for bytes in first.iter().chain(first.iter()) {
+            s.handle_input(now, client(), server_addr(), bytes);
+        }
+        let answers: Vec<_> = std::iter::from_fn(|| s.poll_transmit()).collect();
+        assert_eq!(answers.len(), 4);
+        for t in &answers {
+            a.handle(RelayMessage::parse(&t.payload).unwrap(), client(), now);
+        }
+        let events = events(&mut a);
+        assert_eq!(
+            events.len(),
+            1,
+            "one server-reflexive address, no duplicates: {events:?}"
+        );
+        assert!(!a.is_failed());
+    }
+
+    #[test]
+    fn a_silent_relay_fails_the_allocation_after_the_retransmissions() {
+        let start = Instant::now();
+        let (mut a, _) = setup(start);
+        assert_eq!(std::iter::from_fn(|| a.poll_transmit()).count(), 2);
+        let mut sent = 0;
+        let mut now = start;
+        while let Some(t) = a.poll_timeout() {
+            now = t;
+            a.handle_timeout(now);
+            sent += std::iter::from_fn(|| a.poll_transmit()).count();
+            if a.is_failed() {
+                break;
+            }
+        }
+        assert!(a.is_failed());
+        assert_eq!(events(&mut a), vec![AllocationEvent::Failed]);
+        assert_eq!(
+            sent,
+            2 * (MAX_ATTEMPTS as usize - 1),
+            "retransmissions of both requests"
+        );
+        let waited = now - start;
+        assert_eq!(
+            waited,
+            Duration::from_millis(15_500),
+            "0.5 + 1 + 2 + 4 + 8 s"
+        );
+    }
+
+    #[test]
+    fn a_stale_nonce_is_replaced_and_the_request_repeated() {
+        let now = Instant::now();
+        let (mut a, mut s) = setup(now);
+        exchange(&mut a, &mut s, now);
+        a.nonce = Some(Nonce::new("not-the-relays-nonce".to_owned()).unwrap());
+        a.channel_to(peer(), now).unwrap();
+        exchange(&mut a, &mut s, now);
+        let channel = *a
+            .channels
+            .values()
+            .next()
+            .map(|c| c.bound)
+            .iter()
+            .next()
+            .unwrap();
+        assert!(channel, "bound after the 438 retry");
+    }
+}

@@ -445,3 +445,22 @@ fn garbage_is_dropped_and_counted_without_touching_connections() {
     net.run_for(Duration::from_millis(100));
     assert_eq!(payloads(&net, gateway, client), vec![b"unharmed".to_vec()]);
 }
+
+#[test]
+fn a_dead_path_fails_the_connection_after_the_grace() {
+    init_tracing();
+    let mut net = MemNet::new(Instant::now());
+    let (client, gateway) = pair(&mut net);
+    net.connect(client, gateway);
+    net.run_for(Duration::from_secs(2));
+    net.set_filter(|_| true);
+    let cut = net.elapsed();
+    net.run_for(Duration::from_secs(120));
+    let failed = failures(&net, client);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].1, FailReason::IceDisconnected);
+    // ICE gives up after its unanswered checks (sparse ones once the connection is idle, so
+    // about a minute here), then the grace runs.
+    assert!(failed[0].0 >= cut + node::MIGRATION_GRACE, "{failed:?}");
+    assert!(failed[0].0 <= cut + Duration::from_secs(90), "{failed:?}");
+}

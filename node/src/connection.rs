@@ -35,6 +35,10 @@ const ACTIVE_STUN_INTERVAL: Duration = Duration::from_secs(3);
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(15);
 /// ICE must find a path within this long of the connection's creation or last new candidate.
 pub const ICE_SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long ICE may stay disconnected, e.g. while a relay is replaced and the new candidates are
+/// on their way, before the connection is declared failed.
+pub const MIGRATION_GRACE: Duration = Duration::from_secs(2);
+
 /// At most one proactive WireGuard roll-over (on upsert) per this long.
 pub const ROLLOVER_DEBOUNCE: Duration = Duration::from_secs(20);
 
@@ -100,6 +104,8 @@ pub(crate) struct Connection {
     idle: bool,
     last_activity: Instant,
     setup_deadline: Option<Instant>,
+    /// Set while ICE is disconnected: the connection fails unless ICE recovers by then.
+    disconnected_deadline: Option<Instant>,
     last_rollover: Option<Instant>,
     next_wireguard_tick: Instant,
 
@@ -150,6 +156,7 @@ impl Connection {
             idle: false,
             last_activity: now,
             setup_deadline: Some(now + ICE_SETUP_TIMEOUT),
+            disconnected_deadline: None,
             last_rollover: None,
             next_wireguard_tick: now,
             events: VecDeque::new(),
@@ -480,6 +487,7 @@ impl Connection {
         };
         consider(self.ice.poll_timeout(), "ice");
         consider(self.setup_deadline, "ice setup deadline");
+        consider(self.disconnected_deadline, "migration grace");
         consider(self.handshake_deadline(), "handshake deadline");
         if !self.idle && self.ice.state().is_connected() {
             consider(Some(self.last_activity + IDLE_AFTER), "idle check");
@@ -510,6 +518,9 @@ impl Connection {
         self.ice.handle_timeout(now);
         self.drain_ice(now, pool, transmits);
 
+        if self.disconnected_deadline.is_some_and(|t| now >= t) {
+            self.fail(FailReason::IceDisconnected);
+        }
         if self.setup_deadline.is_some_and(|t| now >= t) {
             self.fail(FailReason::IceTimeout);
         }
@@ -628,12 +639,19 @@ impl Connection {
         match state {
             IceConnectionState::Connected | IceConnectionState::Completed => {
                 self.setup_deadline = None;
+                self.disconnected_deadline = None;
                 if self.ice_connected_at.is_none() {
                     self.ice_connected_at = Some(now);
                 }
             }
-            IceConnectionState::Disconnected => self.fail(FailReason::IceDisconnected),
-            IceConnectionState::New | IceConnectionState::Checking => {}
+            IceConnectionState::Disconnected => {
+                self.disconnected_deadline
+                    .get_or_insert(now + MIGRATION_GRACE);
+            }
+            // New candidates revived the checks; the setup deadline bounds them from here.
+            IceConnectionState::New | IceConnectionState::Checking => {
+                self.disconnected_deadline = None;
+            }
         }
     }
 

@@ -14,6 +14,8 @@ mod node;
 pub mod packet;
 mod peer_id;
 pub mod pool;
+pub mod portal;
+pub mod runtime;
 pub mod turn;
 mod wireguard;
 

@@ -1,0 +1,910 @@
+//! [`Portal`]: the control plane's sans-IO core.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use node::candidate::IceCandidate;
+use node::ids::{ClientId, GatewayId, RelayId, ResourceId};
+use node::portal::frame::{Frame, HEARTBEAT, PHOENIX_TOPIC, PHX_JOIN, PHX_LEAVE};
+use node::portal::messages::{
+    AuthorizeFlow, ClientCandidates, ClientEgress, ClientIngress, ClientInit, ConnectionDetails,
+    FlowClient, GatewayCandidates, GatewayEgress, GatewayIngress, GatewayInit, RequestConnection,
+};
+use node::portal::{
+    AccessRevoked, Authorization, IceCredentials, Interface, JoinPayload, Message, PresharedKey,
+    PublicKey, Relay, RelaysPresence, ResourceDeleted,
+};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde_json::json;
+
+use crate::credentials::rest_credentials;
+use crate::seed::{ClientSeed, GatewaySeed, PolicySeed, RelaySeed, ResourceSeed, SeedFile};
+
+/// How long an authorization lasts when its policy does not say.
+pub const DEFAULT_AUTHORIZATION: Duration = Duration::from_secs(3600);
+
+/// What the portal is started with besides the seed file.
+#[derive(Clone)]
+pub struct PortalConfig {
+    /// Shared with the relays; signs relay credentials.
+    pub relay_secret: String,
+    /// Seeds every random choice (PSKs, ICE credentials, gateway picks).
+    pub seed: u64,
+    /// Which start of the portal this is: each generation draws different keys from the same
+    /// seed, so a restart rotates every PSK.
+    pub generation: u64,
+    /// See [`DEFAULT_AUTHORIZATION`].
+    pub default_authorization: Duration,
+    /// How long relay credentials stay valid.
+    pub relay_credentials_lifetime: Duration,
+}
+
+impl PortalConfig {
+    /// Defaults for everything but the secret and the seed.
+    pub fn new(relay_secret: impl Into<String>, seed: u64) -> Self {
+        Self {
+            relay_secret: relay_secret.into(),
+            seed,
+            generation: 0,
+            default_authorization: DEFAULT_AUTHORIZATION,
+            relay_credentials_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl fmt::Debug for PortalConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PortalConfig")
+            .field("relay_secret", &"<redacted>")
+            .field("seed", &self.seed)
+            .field("generation", &self.generation)
+            .field("default_authorization", &self.default_authorization)
+            .field(
+                "relay_credentials_lifetime",
+                &self.relay_credentials_lifetime,
+            )
+            .finish()
+    }
+}
+
+/// Who is on the other end of a socket, as its token says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Identity {
+    /// A client.
+    Client(ClientId),
+    /// A gateway.
+    Gateway(GatewayId),
+}
+
+impl Identity {
+    fn room(self) -> &'static str {
+        match self {
+            Self::Client(_) => "client",
+            Self::Gateway(_) => "gateway",
+        }
+    }
+
+    fn id(self) -> u64 {
+        match self {
+            Self::Client(ClientId(id)) | Self::Gateway(GatewayId(id)) => id,
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Client(id) => write!(f, "{id}"),
+            Self::Gateway(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// A socket, numbered by the runtime; never reused, even across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// What the runtime must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a text frame on a socket.
+    Send {
+        /// The socket.
+        conn: ConnId,
+        /// The frame.
+        text: String,
+    },
+    /// Close a socket (with this reason in the close frame).
+    Close {
+        /// The socket.
+        conn: ConnId,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct Session {
+    identity: Identity,
+    /// The joined room and the node's key, once joined.
+    joined: Option<(String, PublicKey)>,
+}
+
+/// What a client–gateway pair shares for one portal generation.
+struct Pair {
+    psk: PresharedKey,
+    client_ice: IceCredentials,
+    gateway_ice: IceCredentials,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    gateway: GatewayId,
+    expires_at: u64,
+}
+
+/// The control plane's sans-IO core.
+///
+/// # Driving it
+/// The runtime authenticates a socket's token with [`Self::authenticate`], numbers the socket
+/// and announces it with [`Self::connect`], feeds every text frame to [`Self::handle_text`] and
+/// reports the end with [`Self::disconnect`]. Administrative changes go through
+/// [`Self::add_resource`], [`Self::remove_resource`], [`Self::add_policy`], [`Self::revoke`],
+/// [`Self::add_relay`] and [`Self::remove_relay`]. After every call, drain
+/// [`Self::poll_output`]. Wall-clock time comes in as `now` (for expiries); randomness from the
+/// seed and generation in [`PortalConfig`].
+///
+/// A restart is a new `Portal` from the same seed file with the next generation: every session
+/// and every piece of signalling state (PSKs, ICE credentials, authorizations) is gone.
+pub struct Portal {
+    config: PortalConfig,
+    rng: ChaCha20Rng,
+
+    clients: BTreeMap<ClientId, ClientSeed>,
+    gateways: BTreeMap<GatewayId, GatewaySeed>,
+    tokens: BTreeMap<String, Identity>,
+    resources: BTreeMap<ResourceId, ResourceSeed>,
+    policies: BTreeMap<(ClientId, ResourceId), PolicySeed>,
+    relays: BTreeMap<RelayId, SocketAddr>,
+
+    sessions: BTreeMap<ConnId, Session>,
+    /// The socket of each node that has one (joined or not).
+    online: BTreeMap<Identity, ConnId>,
+    pairs: BTreeMap<(ClientId, GatewayId), Pair>,
+    flows: BTreeMap<(ClientId, ResourceId), Flow>,
+
+    outputs: VecDeque<Output>,
+}
+
+fn unix(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Portal {
+    /// A portal serving `seed`; `config.generation` tells restarts apart.
+    pub fn new(seed: &SeedFile, config: PortalConfig) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(config.seed);
+        rng.set_stream(config.generation);
+        let tokens = seed
+            .clients
+            .iter()
+            .map(|c| (c.token.clone(), Identity::Client(c.id)))
+            .chain(
+                seed.gateways
+                    .iter()
+                    .map(|g| (g.token.clone(), Identity::Gateway(g.id))),
+            )
+            .collect();
+        Self {
+            rng,
+            clients: seed.clients.iter().map(|c| (c.id, c.clone())).collect(),
+            gateways: seed.gateways.iter().map(|g| (g.id, g.clone())).collect(),
+            tokens,
+            resources: seed.resources.iter().map(|r| (r.id, r.clone())).collect(),
+            policies: seed
+                .policies
+                .iter()
+                .map(|p| ((p.client_id, p.resource_id), *p))
+                .collect(),
+            relays: seed.relays.iter().map(|r| (r.id, r.address)).collect(),
+            sessions: BTreeMap::new(),
+            online: BTreeMap::new(),
+            pairs: BTreeMap::new(),
+            flows: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            config,
+        }
+    }
+
+    /// Who a token belongs to; `None` means the socket must be refused.
+    pub fn authenticate(&self, token: &str) -> Option<Identity> {
+        self.tokens.get(token).copied()
+    }
+
+    /// A new socket for `identity`. An older socket of the same node is closed.
+    pub fn connect(&mut self, conn: ConnId, identity: Identity, _now: SystemTime) {
+        if let Some(old) = self.online.insert(identity, conn) {
+            tracing::info!(node = %identity, "Replacing the node's previous connection");
+            self.sessions.remove(&old);
+            self.outputs.push_back(Output::Close {
+                conn: old,
+                reason: "replaced by a newer connection".into(),
+            });
+        }
+        tracing::info!(node = %identity, conn = conn.0, "Node connected");
+        self.sessions.insert(
+            conn,
+            Session {
+                identity,
+                joined: None,
+            },
+        );
+    }
+
+    /// The socket is gone.
+    pub fn disconnect(&mut self, conn: ConnId, _now: SystemTime) {
+        let Some(session) = self.sessions.remove(&conn) else {
+            return;
+        };
+        if self.online.get(&session.identity) == Some(&conn) {
+            self.online.remove(&session.identity);
+        }
+        tracing::info!(node = %session.identity, conn = conn.0, "Node disconnected");
+    }
+
+    /// Whether the node has joined its room.
+    pub fn is_joined(&self, identity: Identity) -> bool {
+        self.joined_conn(identity).is_some()
+    }
+
+    /// The preshared key of a client–gateway pair in this generation, if a flow created one
+    /// (for simulation checks).
+    pub fn preshared_key(&self, cid: ClientId, gid: GatewayId) -> Option<PresharedKey> {
+        self.pairs.get(&(cid, gid)).map(|p| p.psk)
+    }
+
+    /// The next thing for the runtime to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// A text frame from a socket.
+    pub fn handle_text(&mut self, conn: ConnId, text: &str, now: SystemTime) {
+        let Some(identity) = self.sessions.get(&conn).map(|s| s.identity) else {
+            tracing::debug!(conn = conn.0, "Frame from an unknown socket");
+            return;
+        };
+        let frame = match Frame::parse(text) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::debug!(node = %identity, %error, "Dropping malformed frame");
+                return;
+            }
+        };
+        if frame.topic == PHOENIX_TOPIC {
+            if frame.event == HEARTBEAT {
+                self.reply_ok(conn, &frame, json!({}));
+            } else {
+                tracing::debug!(event = %frame.event, "Ignoring unknown phoenix event");
+            }
+            return;
+        }
+        if frame.event == PHX_JOIN {
+            self.join(conn, identity, &frame, now);
+            return;
+        }
+        let joined_topic = self
+            .sessions
+            .get(&conn)
+            .and_then(|s| s.joined.as_ref())
+            .map(|(topic, _)| topic.clone());
+        if joined_topic.as_deref() != Some(frame.topic.as_str()) {
+            self.reply_error(conn, &frame, "not_joined");
+            return;
+        }
+        if frame.event == PHX_LEAVE {
+            if let Some(session) = self.sessions.get_mut(&conn) {
+                session.joined = None;
+            }
+            self.reply_ok(conn, &frame, json!({}));
+            return;
+        }
+        match identity {
+            Identity::Client(cid) => match ClientEgress::from_frame(&frame) {
+                Ok(Some(message)) => self.handle_client(conn, cid, &frame, message, now),
+                Ok(None) => {
+                    tracing::debug!(%cid, event = %frame.event, "Ignoring unknown event");
+                    self.reply_error(conn, &frame, "unknown_event");
+                }
+                Err(error) => {
+                    tracing::debug!(%cid, %error, "Rejecting message");
+                    self.reply_error(conn, &frame, "invalid_payload");
+                }
+            },
+            Identity::Gateway(gid) => match GatewayEgress::from_frame(&frame) {
+                Ok(Some(message)) => self.handle_gateway(conn, gid, &frame, message, now),
+                Ok(None) => {
+                    tracing::debug!(%gid, event = %frame.event, "Ignoring unknown event");
+                    self.reply_error(conn, &frame, "unknown_event");
+                }
+                Err(error) => {
+                    tracing::debug!(%gid, %error, "Rejecting message");
+                    self.reply_error(conn, &frame, "invalid_payload");
+                }
+            },
+        }
+    }
+
+    /// Adds or changes a resource and tells the clients allowed to reach it and the gateways of
+    /// its site.
+    pub fn add_resource(&mut self, resource: ResourceSeed, now: SystemTime) {
+        let rid = resource.id;
+        if let Some(old) = self.resources.get(&rid) {
+            if old.site != resource.site {
+                // The old site's gateways no longer serve it.
+                let old = old.clone();
+                self.end_flows_of_resource(rid, now);
+                let deleted = ResourceDeleted { id: rid };
+                for gid in self.gateways_of_site(&old.site) {
+                    self.push_gateway(gid, &GatewayIngress::ResourceDeleted(deleted));
+                }
+            }
+        }
+        tracing::debug!(%rid, site = %resource.site, "Resource created or updated");
+        let description = resource.description();
+        self.resources.insert(rid, resource.clone());
+        for cid in self.clients_with_policy(rid) {
+            self.push_client(
+                cid,
+                &ClientIngress::ResourceCreatedOrUpdated(description.clone()),
+            );
+        }
+        for gid in self.gateways_of_site(&resource.site) {
+            self.push_gateway(
+                gid,
+                &GatewayIngress::ResourceCreatedOrUpdated(description.clone()),
+            );
+        }
+    }
+
+    /// Deletes a resource, its policies and its flows. Returns whether it existed.
+    pub fn remove_resource(&mut self, rid: ResourceId, _now: SystemTime) -> bool {
+        let Some(resource) = self.resources.remove(&rid) else {
+            return false;
+        };
+        tracing::debug!(%rid, "Resource deleted");
+        let deleted = ResourceDeleted { id: rid };
+        for cid in self.clients_with_policy(rid) {
+            self.push_client(cid, &ClientIngress::ResourceDeleted(deleted));
+        }
+        for gid in self.gateways_of_site(&resource.site) {
+            self.push_gateway(gid, &GatewayIngress::ResourceDeleted(deleted));
+        }
+        self.policies.retain(|(_, r), _| *r != rid);
+        self.flows.retain(|(_, r), _| *r != rid);
+        true
+    }
+
+    /// Lets a client reach a resource (or changes how long its authorizations last).
+    pub fn add_policy(&mut self, policy: PolicySeed, _now: SystemTime) {
+        let (cid, rid) = (policy.client_id, policy.resource_id);
+        tracing::debug!(%cid, %rid, "Policy added");
+        self.policies.insert((cid, rid), policy);
+        if let Some(resource) = self.resources.get(&rid) {
+            let description = resource.description();
+            self.push_client(cid, &ClientIngress::ResourceCreatedOrUpdated(description));
+        }
+    }
+
+    /// Takes a client's access to a resource away: the policy goes, and the client and the
+    /// gateway of a current flow are told. Returns whether there was a policy.
+    pub fn revoke(&mut self, cid: ClientId, rid: ResourceId, _now: SystemTime) -> bool {
+        let had_policy = self.policies.remove(&(cid, rid)).is_some();
+        let flow = self.flows.remove(&(cid, rid));
+        if !had_policy && flow.is_none() {
+            return false;
+        }
+        tracing::debug!(%cid, %rid, "Access revoked");
+        let revoked = AccessRevoked {
+            client_id: cid,
+            resource_id: rid,
+        };
+        if let Some(flow) = flow {
+            self.push_gateway(flow.gateway, &GatewayIngress::AccessRevoked(revoked));
+        }
+        self.push_client(cid, &ClientIngress::AccessRevoked(revoked));
+        had_policy
+    }
+
+    /// A relay came online: every joined node gets credentials for it.
+    pub fn add_relay(&mut self, relay: RelaySeed, now: SystemTime) {
+        tracing::debug!(relay = %relay.id, addr = %relay.address, "Relay connected");
+        self.relays.insert(relay.id, relay.address);
+        for (identity, conn) in self.joined_nodes() {
+            let presence = RelaysPresence {
+                connected: vec![self.relay_for(identity, relay.id, relay.address, now)],
+                disconnected_ids: vec![],
+            };
+            self.push_presence(conn, identity, presence);
+        }
+    }
+
+    /// A relay went away: every joined node is told to stop using it. Returns whether it was
+    /// known.
+    pub fn remove_relay(&mut self, id: RelayId, _now: SystemTime) -> bool {
+        if self.relays.remove(&id).is_none() {
+            return false;
+        }
+        tracing::debug!(relay = %id, "Relay disconnected");
+        for (identity, conn) in self.joined_nodes() {
+            let presence = RelaysPresence {
+                connected: vec![],
+                disconnected_ids: vec![id],
+            };
+            self.push_presence(conn, identity, presence);
+        }
+        true
+    }
+
+    fn join(&mut self, conn: ConnId, identity: Identity, frame: &Frame, now: SystemTime) {
+        if !topic_matches(&frame.topic, identity) {
+            tracing::debug!(node = %identity, topic = %frame.topic, "Join of a foreign topic");
+            self.reply_error(conn, frame, "unmatched_topic");
+            return;
+        }
+        let payload: JoinPayload = match serde_json::from_value(frame.payload.clone()) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::debug!(node = %identity, %error, "Invalid join payload");
+                self.reply_error(conn, frame, "invalid_payload");
+                return;
+            }
+        };
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.joined = Some((frame.topic.clone(), payload.public_key));
+        }
+        tracing::info!(node = %identity, "Node joined");
+        self.reply_ok(conn, frame, json!({}));
+        let now_unix = unix(now);
+        let relays: Vec<Relay> = self
+            .relays
+            .iter()
+            .map(|(&id, &addr)| self.relay_for(identity, id, addr, now))
+            .collect();
+        match identity {
+            Identity::Client(cid) => {
+                let Some(client) = self.clients.get(&cid) else {
+                    return;
+                };
+                let interface = Interface {
+                    ipv4: client.ipv4,
+                    ipv6: client.ipv6,
+                };
+                let resources = self
+                    .policies
+                    .keys()
+                    .filter(|(c, _)| *c == cid)
+                    .filter_map(|(_, rid)| self.resources.get(rid))
+                    .map(ResourceSeed::description)
+                    .collect();
+                let init = ClientIngress::Init(ClientInit {
+                    interface,
+                    resources,
+                    relays,
+                });
+                self.send(conn, &frame.topic, &init);
+            }
+            Identity::Gateway(gid) => {
+                let authorizations = self
+                    .flows
+                    .iter()
+                    .filter(|(_, f)| f.gateway == gid && f.expires_at > now_unix)
+                    .map(|(&(client_id, resource_id), f)| Authorization {
+                        client_id,
+                        resource_id,
+                        expires_at: f.expires_at,
+                    })
+                    .collect();
+                let init = GatewayIngress::Init(GatewayInit {
+                    relays,
+                    authorizations,
+                });
+                self.send(conn, &frame.topic, &init);
+            }
+        }
+    }
+
+    fn handle_client(
+        &mut self,
+        conn: ConnId,
+        cid: ClientId,
+        frame: &Frame,
+        message: ClientEgress,
+        now: SystemTime,
+    ) {
+        match message {
+            ClientEgress::RequestConnection(RequestConnection { resource_id }) => {
+                match self.authorize(cid, resource_id, now) {
+                    Ok(gid) => {
+                        self.reply_ok(conn, frame, json!({"gateway_id": gid}));
+                        self.announce_flow(cid, gid, resource_id);
+                    }
+                    Err(reason) => {
+                        tracing::debug!(%cid, rid = %resource_id, reason, "Connection refused");
+                        self.reply_error(conn, frame, reason);
+                    }
+                }
+            }
+            ClientEgress::IceCandidates(GatewayCandidates {
+                gateway_id,
+                candidates,
+            }) => {
+                let message = GatewayIngress::IceCandidates(ClientCandidates {
+                    client_id: cid,
+                    candidates: valid(candidates),
+                });
+                self.relay_to_gateway(conn, frame, cid, gateway_id, &message, now);
+            }
+            ClientEgress::InvalidateIceCandidates(GatewayCandidates {
+                gateway_id,
+                candidates,
+            }) => {
+                let message = GatewayIngress::InvalidateIceCandidates(ClientCandidates {
+                    client_id: cid,
+                    candidates: valid(candidates),
+                });
+                self.relay_to_gateway(conn, frame, cid, gateway_id, &message, now);
+            }
+        }
+    }
+
+    fn handle_gateway(
+        &mut self,
+        conn: ConnId,
+        gid: GatewayId,
+        frame: &Frame,
+        message: GatewayEgress,
+        now: SystemTime,
+    ) {
+        let (cid, message) = match message {
+            GatewayEgress::IceCandidates(ClientCandidates {
+                client_id,
+                candidates,
+            }) => (
+                client_id,
+                ClientIngress::IceCandidates(GatewayCandidates {
+                    gateway_id: gid,
+                    candidates: valid(candidates),
+                }),
+            ),
+            GatewayEgress::InvalidateIceCandidates(ClientCandidates {
+                client_id,
+                candidates,
+            }) => (
+                client_id,
+                ClientIngress::InvalidateIceCandidates(GatewayCandidates {
+                    gateway_id: gid,
+                    candidates: valid(candidates),
+                }),
+            ),
+        };
+        if !self.has_flow(cid, gid, now) {
+            tracing::debug!(%cid, %gid, "Dropping candidates for a pair without a flow");
+            self.reply_error(conn, frame, "unauthorized");
+            return;
+        }
+        let Some(client_conn) = self.joined_conn(Identity::Client(cid)) else {
+            self.reply_error(conn, frame, "offline");
+            return;
+        };
+        tracing::trace!(%cid, %gid, "Relaying candidates to the client");
+        self.send_joined(client_conn, &message);
+        self.reply_ok(conn, frame, json!({}));
+    }
+
+    fn relay_to_gateway(
+        &mut self,
+        conn: ConnId,
+        frame: &Frame,
+        cid: ClientId,
+        gid: GatewayId,
+        message: &GatewayIngress,
+        now: SystemTime,
+    ) {
+        if !self.has_flow(cid, gid, now) {
+            tracing::debug!(%cid, %gid, "Dropping candidates for a pair without a flow");
+            self.reply_error(conn, frame, "unauthorized");
+            return;
+        }
+        let Some(gateway_conn) = self.joined_conn(Identity::Gateway(gid)) else {
+            self.reply_error(conn, frame, "offline");
+            return;
+        };
+        tracing::trace!(%cid, %gid, "Relaying candidates to the gateway");
+        self.send_joined(gateway_conn, message);
+        self.reply_ok(conn, frame, json!({}));
+    }
+
+    /// Checks the policy and picks a gateway; records the flow. Errors are reply reasons.
+    fn authorize(
+        &mut self,
+        cid: ClientId,
+        rid: ResourceId,
+        now: SystemTime,
+    ) -> Result<GatewayId, &'static str> {
+        // Unknown resources and forbidden ones look the same, so ids cannot be probed.
+        let policy = *self.policies.get(&(cid, rid)).ok_or("unauthorized")?;
+        let site = self.resources.get(&rid).ok_or("unauthorized")?.site.clone();
+        let candidates: Vec<GatewayId> = self
+            .gateways_of_site(&site)
+            .into_iter()
+            .filter(|gid| self.is_joined(Identity::Gateway(*gid)))
+            .collect();
+        // Stick to a gateway the client already has a connection with.
+        let sticky = candidates
+            .iter()
+            .copied()
+            .find(|gid| self.pairs.contains_key(&(cid, *gid)));
+        let gid = match sticky {
+            Some(gid) => gid,
+            None if candidates.is_empty() => return Err("offline"),
+            None => candidates[self.rng.gen_range(0..candidates.len())],
+        };
+        let duration = policy
+            .duration_secs
+            .map_or(self.config.default_authorization, Duration::from_secs);
+        let expires_at = unix(now).saturating_add(duration.as_secs());
+        self.flows.insert(
+            (cid, rid),
+            Flow {
+                gateway: gid,
+                expires_at,
+            },
+        );
+        if !self.pairs.contains_key(&(cid, gid)) {
+            let pair = self.new_pair();
+            self.pairs.insert((cid, gid), pair);
+        }
+        tracing::info!(%cid, %gid, %rid, expires_at, "Flow authorized");
+        Ok(gid)
+    }
+
+    /// Sends `authorize_flow` to the gateway and `flow_authorized` to the client.
+    fn announce_flow(&mut self, cid: ClientId, gid: GatewayId, rid: ResourceId) {
+        let (Some(client_key), Some(gateway_key)) = (
+            self.public_key(Identity::Client(cid)),
+            self.public_key(Identity::Gateway(gid)),
+        ) else {
+            return;
+        };
+        let (Some(pair), Some(flow), Some(client), Some(resource)) = (
+            self.pairs.get(&(cid, gid)),
+            self.flows.get(&(cid, rid)),
+            self.clients.get(&cid),
+            self.resources.get(&rid),
+        ) else {
+            return;
+        };
+        let authorize = GatewayIngress::AuthorizeFlow(AuthorizeFlow {
+            client: FlowClient {
+                id: cid,
+                public_key: client_key,
+                ipv4: client.ipv4,
+                ipv6: client.ipv6,
+            },
+            resource: resource.description(),
+            client_ice: pair.client_ice.clone(),
+            gateway_ice: pair.gateway_ice.clone(),
+            preshared_key: pair.psk,
+            expires_at: flow.expires_at,
+        });
+        let details = ClientIngress::FlowAuthorized(ConnectionDetails {
+            resource_id: rid,
+            gateway_id: gid,
+            gateway_public_key: gateway_key,
+            client_ice: pair.client_ice.clone(),
+            gateway_ice: pair.gateway_ice.clone(),
+            preshared_key: pair.psk,
+            expires_at: flow.expires_at,
+        });
+        self.push_gateway(gid, &authorize);
+        self.push_client(cid, &details);
+    }
+
+    fn new_pair(&mut self) -> Pair {
+        let mut psk = [0u8; 32];
+        self.rng.fill_bytes(&mut psk);
+        let client_ice = self.ice_credentials();
+        let gateway_ice = self.ice_credentials();
+        Pair {
+            psk: PresharedKey::from_bytes(psk),
+            client_ice,
+            gateway_ice,
+        }
+    }
+
+    fn ice_credentials(&mut self) -> IceCredentials {
+        const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let mut s = |n: usize| -> String {
+            (0..n)
+                .map(|_| char::from(CHARS[self.rng.gen_range(0..CHARS.len())]))
+                .collect()
+        };
+        IceCredentials {
+            username: s(8),
+            password: s(24),
+        }
+    }
+
+    fn relay_for(
+        &self,
+        identity: Identity,
+        id: RelayId,
+        address: SocketAddr,
+        now: SystemTime,
+    ) -> Relay {
+        let expires_at = unix(now).saturating_add(self.config.relay_credentials_lifetime.as_secs());
+        let (username, password) =
+            rest_credentials(&self.config.relay_secret, expires_at, &identity.to_string());
+        Relay {
+            id,
+            address,
+            username,
+            password,
+            expires_at,
+        }
+    }
+
+    fn has_flow(&self, cid: ClientId, gid: GatewayId, now: SystemTime) -> bool {
+        let now = unix(now);
+        self.flows
+            .iter()
+            .any(|((c, _), f)| *c == cid && f.gateway == gid && f.expires_at > now)
+    }
+
+    fn end_flows_of_resource(&mut self, rid: ResourceId, _now: SystemTime) {
+        let ended: Vec<(ClientId, Flow)> = self
+            .flows
+            .iter()
+            .filter(|((_, r), _)| *r == rid)
+            .map(|(&(c, _), f)| (c, *f))
+            .collect();
+        for (cid, flow) in ended {
+            self.flows.remove(&(cid, rid));
+            let revoked = AccessRevoked {
+                client_id: cid,
+                resource_id: rid,
+            };
+            self.push_gateway(flow.gateway, &GatewayIngress::AccessRevoked(revoked));
+        }
+    }
+
+    fn clients_with_policy(&self, rid: ResourceId) -> Vec<ClientId> {
+        self.policies
+            .keys()
+            .filter(|(_, r)| *r == rid)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    fn gateways_of_site(&self, site: &str) -> Vec<GatewayId> {
+        self.gateways
+            .values()
+            .filter(|g| g.site == site)
+            .map(|g| g.id)
+            .collect()
+    }
+
+    fn joined_conn(&self, identity: Identity) -> Option<ConnId> {
+        let conn = *self.online.get(&identity)?;
+        self.sessions.get(&conn)?.joined.as_ref()?;
+        Some(conn)
+    }
+
+    fn joined_nodes(&self) -> Vec<(Identity, ConnId)> {
+        self.online
+            .iter()
+            .filter(|(_, conn)| self.sessions.get(conn).is_some_and(|s| s.joined.is_some()))
+            .map(|(&i, &c)| (i, c))
+            .collect()
+    }
+
+    fn public_key(&self, identity: Identity) -> Option<PublicKey> {
+        let conn = self.joined_conn(identity)?;
+        self.sessions
+            .get(&conn)?
+            .joined
+            .as_ref()
+            .map(|(_, key)| *key)
+    }
+
+    fn push_presence(&mut self, conn: ConnId, identity: Identity, presence: RelaysPresence) {
+        match identity {
+            Identity::Client(_) => {
+                self.send_joined(conn, &ClientIngress::RelaysPresence(presence));
+            }
+            Identity::Gateway(_) => {
+                self.send_joined(conn, &GatewayIngress::RelaysPresence(presence));
+            }
+        }
+    }
+
+    fn push_client(&mut self, cid: ClientId, message: &ClientIngress) {
+        if let Some(conn) = self.joined_conn(Identity::Client(cid)) {
+            self.send_joined(conn, message);
+        }
+    }
+
+    fn push_gateway(&mut self, gid: GatewayId, message: &GatewayIngress) {
+        if let Some(conn) = self.joined_conn(Identity::Gateway(gid)) {
+            self.send_joined(conn, message);
+        }
+    }
+
+    /// Pushes on the room the socket joined.
+    fn send_joined(&mut self, conn: ConnId, message: &impl Message) {
+        let Some(topic) = self
+            .sessions
+            .get(&conn)
+            .and_then(|s| s.joined.as_ref())
+            .map(|(topic, _)| topic.clone())
+        else {
+            return;
+        };
+        self.send(conn, &topic, message);
+    }
+
+    fn send(&mut self, conn: ConnId, topic: &str, message: &impl Message) {
+        match Frame::message(topic, message, None) {
+            Ok(frame) => self.outputs.push_back(Output::Send {
+                conn,
+                text: frame.to_text(),
+            }),
+            Err(error) => tracing::warn!(%error, event = message.event(), "Cannot encode message"),
+        }
+    }
+
+    fn reply_ok(&mut self, conn: ConnId, frame: &Frame, response: serde_json::Value) {
+        if let Some(reference) = frame.reference {
+            let text = Frame::reply_ok(&frame.topic, reference, response).to_text();
+            self.outputs.push_back(Output::Send { conn, text });
+        }
+    }
+
+    fn reply_error(&mut self, conn: ConnId, frame: &Frame, reason: &str) {
+        if let Some(reference) = frame.reference {
+            let text = Frame::reply_error(&frame.topic, reference, reason).to_text();
+            self.outputs.push_back(Output::Send { conn, text });
+        }
+    }
+}
+
+/// `client`, or `client:<id>` with the node's own id (`client:3` or `client:c3`).
+fn topic_matches(topic: &str, identity: Identity) -> bool {
+    let (room, id) = match topic.split_once(':') {
+        Some((room, id)) => (room, Some(id)),
+        None => (topic, None),
+    };
+    room == identity.room()
+        && id.is_none_or(|id| id == identity.id().to_string() || id == identity.to_string())
+}
+
+/// Keeps the strings that are valid candidates, as they were sent.
+fn valid(candidates: Vec<String>) -> Vec<String> {
+    candidates
+        .into_iter()
+        .filter(|c| match IceCandidate::parse(c) {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::debug!(%error, candidate = %c, "Dropping malformed candidate");
+                false
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,575 @@
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime};
+
+use node::portal::frame::{ReplyStatus, PHX_REPLY};
+use node::portal::ResourceAddress;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::credentials::verify;
+
+const SECRET: &str = "relay-secret";
+const CANDIDATE: &str = "candidate:1 1 udp 2130706431 10.0.0.1 5000 typ host";
+
+fn seed_file() -> SeedFile {
+    SeedFile::parse(include_str!("../../examples/seed.json")).unwrap()
+}
+
+fn t0() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+}
+
+fn portal(seed: u64, generation: u64) -> Portal {
+    let mut config = PortalConfig::new(SECRET, seed);
+    config.generation = generation;
+    Portal::new(&seed_file(), config)
+}
+
+/// A test driver: numbers sockets and sorts the outputs by socket.
+struct World {
+    portal: Portal,
+    next: u64,
+    refs: u64,
+    now: SystemTime,
+}
+
+const C1: Identity = Identity::Client(ClientId(1));
+const C2: Identity = Identity::Client(ClientId(2));
+const G1: Identity = Identity::Gateway(GatewayId(1));
+const G3: Identity = Identity::Gateway(GatewayId(3));
+
+fn key(identity: Identity) -> PublicKey {
+    let b = match identity {
+        Identity::Client(ClientId(n)) => n as u8,
+        Identity::Gateway(GatewayId(n)) => 100 + n as u8,
+    };
+    PublicKey::from_bytes([b; 32])
+}
+
+impl World {
+    fn new(portal: Portal) -> Self {
+        Self {
+            portal,
+            next: 1,
+            refs: 1,
+            now: t0(),
+        }
+    }
+
+    /// Connects and joins; returns the socket and drains the join's outputs.
+    fn join(&mut self, identity: Identity) -> ConnId {
+        let conn = ConnId(self.next);
+        self.next += 1;
+        self.portal.connect(conn, identity, self.now);
+        let room = identity.room();
+        self.send(conn, room, "phx_join", json!({"public_key": key(identity)}));
+        let out = self.drain();
+        assert_eq!(out[0].0, conn);
+        assert_eq!(out[0].1.payload["status"], "ok", "{:?}", out[0].1);
+        assert_eq!(out[1].1.event, "init");
+        conn
+    }
+
+    fn send(&mut self, conn: ConnId, topic: &str, event: &str, payload: Value) -> u64 {
+        let r = self.refs;
+        self.refs += 1;
+        let text =
+            json!({"topic": topic, "event": event, "payload": payload, "ref": r}).to_string();
+        self.portal.handle_text(conn, &text, self.now);
+        r
+    }
+
+    fn drain(&mut self) -> Vec<(ConnId, Frame)> {
+        std::iter::from_fn(|| self.portal.poll_output())
+            .map(|o| match o {
+                Output::Send { conn, text } => (conn, Frame::parse(&text).unwrap()),
+                Output::Close { conn, reason } => panic!("unexpected close of {conn:?}: {reason}"),
+            })
+            .collect()
+    }
+
+    fn request(&mut self, conn: ConnId, rid: u64) -> Vec<(ConnId, Frame)> {
+        self.send(
+            conn,
+            "client",
+            "request_connection",
+            json!({"resource_id": rid}),
+        );
+        self.drain()
+    }
+}
+
+fn reply_status(frame: &Frame) -> ReplyStatus {
+    assert_eq!(frame.event, PHX_REPLY);
+    frame.as_reply().unwrap().status
+}
+
+fn authorize_flow(frame: &Frame) -> AuthorizeFlow {
+    match GatewayIngress::from_frame(frame).unwrap() {
+        Some(GatewayIngress::AuthorizeFlow(a)) => a,
+        other => panic!("not authorize_flow: {other:?}"),
+    }
+}
+
+fn flow_authorized(frame: &Frame) -> ConnectionDetails {
+    match ClientIngress::from_frame(frame).unwrap() {
+        Some(ClientIngress::FlowAuthorized(d)) => d,
+        other => panic!("not flow_authorized: {other:?}"),
+    }
+}
+
+#[test]
+fn init_carries_interface_resources_and_relays() {
+    let mut w = World::new(portal(1, 0));
+    let conn = ConnId(1);
+    w.portal.connect(conn, C1, w.now);
+    w.send(
+        conn,
+        "client:c1",
+        "phx_join",
+        json!({"public_key": key(C1)}),
+    );
+    let out = w.drain();
+    let Some(ClientIngress::Init(init)) = ClientIngress::from_frame(&out[1].1).unwrap() else {
+        panic!("no init");
+    };
+    assert_eq!(out[1].1.topic, "client:c1");
+    assert_eq!(init.interface.ipv4, Ipv4Addr::new(100, 64, 0, 1));
+    let ids: Vec<_> = init.resources.iter().map(|r| r.id.0).collect();
+    assert_eq!(ids, vec![1, 2], "only resources with a policy");
+    assert_eq!(init.relays.len(), 1);
+}
+
+#[test]
+fn joins_of_foreign_topics_or_without_a_key_are_refused() {
+    let mut w = World::new(portal(1, 0));
+    w.portal.connect(ConnId(1), C1, w.now);
+    for (topic, payload) in [
+        ("gateway", json!({"public_key": key(C1)})),
+        ("client:c2", json!({"public_key": key(C1)})),
+        ("client", json!({"public_key": "short"})),
+    ] {
+        w.send(ConnId(1), topic, "phx_join", payload);
+        let out = w.drain();
+        assert_eq!(out.len(), 1, "{topic}");
+        assert_eq!(reply_status(&out[0].1), ReplyStatus::Error);
+    }
+    w.request(ConnId(1), 1)
+        .iter()
+        .for_each(|(_, f)| assert_eq!(f.as_reply().unwrap().reason(), "not_joined"));
+}
+
+#[test]
+fn an_allowed_request_authorizes_a_flow_on_both_sides_with_one_psk() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let g1 = w.join(G1);
+
+    let out = w.request(c1, 1);
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!((out[0].0, reply_status(&out[0].1)), (c1, ReplyStatus::Ok));
+    assert_eq!(out[1].0, g1);
+    let authorize = authorize_flow(&out[1].1);
+    assert_eq!(out[2].0, c1);
+    let details = flow_authorized(&out[2].1);
+
+    assert_eq!(details.gateway_id, GatewayId(1));
+    assert_eq!(details.gateway_public_key, key(G1));
+    assert_eq!(authorize.client.id, ClientId(1));
+    assert_eq!(authorize.client.public_key, key(C1));
+    assert_eq!(authorize.client.ipv4, Ipv4Addr::new(100, 64, 0, 1));
+    assert_eq!(authorize.resource.id, ResourceId(1));
+    assert_eq!(authorize.preshared_key, details.preshared_key);
+    assert_eq!(
+        w.portal.preshared_key(ClientId(1), GatewayId(1)),
+        Some(details.preshared_key)
+    );
+    assert_eq!(authorize.client_ice, details.client_ice);
+    assert_eq!(authorize.gateway_ice, details.gateway_ice);
+    assert_ne!(details.client_ice, details.gateway_ice);
+
+    // A second resource through the same gateway keeps the pair's keys.
+    let out = w.request(c1, 2);
+    assert_eq!(
+        flow_authorized(&out[2].1).preshared_key,
+        details.preshared_key
+    );
+}
+
+#[test]
+fn a_request_without_policy_or_for_an_unknown_resource_gets_an_error_and_no_flow() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let _g3 = w.join(G3);
+    for rid in [3, 99] {
+        let out = w.request(c1, rid);
+        assert_eq!(
+            out.len(),
+            1,
+            "no authorize_flow, no flow_authorized: {out:?}"
+        );
+        assert_eq!(out[0].0, c1);
+        assert_eq!(out[0].1.as_reply().unwrap().reason(), "unauthorized");
+    }
+    // Candidates for a gateway without a flow are not relayed.
+    w.send(
+        c1,
+        "client",
+        "ice_candidates",
+        json!({"gateway_id": 3, "candidates": [CANDIDATE]}),
+    );
+    let out = w.drain();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.as_reply().unwrap().reason(), "unauthorized");
+}
+
+#[test]
+fn a_request_with_no_gateway_of_the_site_online_is_refused() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let out = w.request(c1, 1);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.as_reply().unwrap().reason(), "offline");
+}
+
+#[test]
+fn candidates_reach_the_right_peer_and_only_it() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let c2 = w.join(C2);
+    let g1 = w.join(G1);
+    let g2 = w.join(Identity::Gateway(GatewayId(2)));
+    let g3 = w.join(G3);
+    let out = w.request(c1, 1);
+    let gid = flow_authorized(&out[2].1).gateway_id;
+    let (gw, other_gw) = if gid == GatewayId(1) {
+        (g1, g2)
+    } else {
+        (g2, g1)
+    };
+    let _ = w.request(c2, 3);
+
+    w.send(
+        c1,
+        "client",
+        "ice_candidates",
+        json!({"gateway_id": gid, "candidates": ["candidate:junk", CANDIDATE]}),
+    );
+    let out = w.drain();
+    let pushes: Vec<_> = out.iter().filter(|(_, f)| f.event != PHX_REPLY).collect();
+    assert_eq!(pushes.len(), 1, "{out:?}");
+    assert_eq!(pushes[0].0, gw);
+    assert_ne!(pushes[0].0, other_gw);
+    assert_eq!(
+        pushes[0].1.payload,
+        json!({"client_id": 1, "candidates": [CANDIDATE]})
+    );
+
+    w.send(
+        gw,
+        "gateway",
+        "invalidate_ice_candidates",
+        json!({"client_id": 1, "candidates": [CANDIDATE]}),
+    );
+    let out = w.drain();
+    let pushes: Vec<_> = out.iter().filter(|(_, f)| f.event != PHX_REPLY).collect();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].0, c1);
+    assert_eq!(pushes[0].1.event, "invalidate_ice_candidates");
+    assert_eq!(pushes[0].1.payload["gateway_id"], json!(gid));
+
+    // g3 serves c2, not c1: its candidates for c1 go nowhere.
+    w.send(
+        g3,
+        "gateway",
+        "ice_candidates",
+        json!({"client_id": 1, "candidates": [CANDIDATE]}),
+    );
+    let out = w.drain();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, g3);
+    assert_eq!(reply_status(&out[0].1), ReplyStatus::Error);
+    assert!(out.iter().all(|(conn, _)| *conn != c1 && *conn != c2));
+}
+
+#[test]
+fn a_restart_rotates_psks_and_forgets_sessions() {
+    let psk_of = |generation| {
+        let mut w = World::new(portal(1, generation));
+        let c1 = w.join(C1);
+        w.join(G1);
+        let out = w.request(c1, 1);
+        flow_authorized(&out[2].1).preshared_key
+    };
+    assert_eq!(
+        psk_of(0),
+        psk_of(0),
+        "deterministic for a seed and generation"
+    );
+    assert_ne!(psk_of(0), psk_of(1), "a restart rotates the PSK");
+
+    // Sessions and flows live only in memory.
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    w.join(G1);
+    w.request(c1, 1);
+    let mut restarted = World::new(portal(1, 1));
+    assert!(!restarted.portal.is_joined(C1));
+    restarted.portal.handle_text(
+        c1,
+        r#"{"topic":"client","event":"request_connection","payload":{"resource_id":1},"ref":1}"#,
+        t0(),
+    );
+    assert_eq!(
+        restarted.drain(),
+        vec![],
+        "old sockets mean nothing to the new portal"
+    );
+    restarted.join(G1);
+    assert!(restarted.portal.is_joined(G1));
+    assert!(!restarted.portal.is_joined(C1));
+}
+
+#[test]
+fn gateway_init_lists_current_authorizations() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let g1 = w.join(G1);
+    w.join(Identity::Gateway(GatewayId(2)));
+    let gid = flow_authorized(&w.request(c1, 1)[2].1).gateway_id;
+    let conn = if gid == GatewayId(1) { g1 } else { ConnId(3) };
+    let identity = Identity::Gateway(gid);
+    w.portal.disconnect(conn, w.now);
+    let new = ConnId(10);
+    w.portal.connect(new, identity, w.now);
+    w.send(
+        new,
+        "gateway",
+        "phx_join",
+        json!({"public_key": key(identity)}),
+    );
+    let out = w.drain();
+    let Some(GatewayIngress::Init(init)) = GatewayIngress::from_frame(&out[1].1).unwrap() else {
+        panic!("no init");
+    };
+    assert_eq!(init.authorizations.len(), 1);
+    assert_eq!(init.authorizations[0].client_id, ClientId(1));
+    assert_eq!(
+        init.authorizations[0].expires_at,
+        1_700_000_000 + 28_800,
+        "policy duration"
+    );
+}
+
+#[test]
+fn authorizations_expire() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    w.join(G1);
+    w.join(Identity::Gateway(GatewayId(2)));
+    let out = w.request(c1, 2);
+    let details = flow_authorized(&out[2].1);
+    assert_eq!(
+        details.expires_at,
+        1_700_000_000 + DEFAULT_AUTHORIZATION.as_secs(),
+        "no duration in the policy: the default"
+    );
+    let gid = details.gateway_id;
+    let send_candidates = |w: &mut World| {
+        w.send(
+            c1,
+            "client",
+            "ice_candidates",
+            json!({"gateway_id": gid, "candidates": [CANDIDATE]}),
+        );
+        w.drain()
+    };
+    assert_eq!(send_candidates(&mut w).len(), 2, "relayed + reply");
+    w.now += DEFAULT_AUTHORIZATION;
+    let out = send_candidates(&mut w);
+    assert_eq!(out.len(), 1, "expired: not relayed");
+    assert_eq!(out[0].1.as_reply().unwrap().reason(), "unauthorized");
+}
+
+#[test]
+fn deleting_a_resource_tells_its_clients_and_gateways() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let c2 = w.join(C2);
+    let g1 = w.join(G1);
+    let g3 = w.join(G3);
+    assert!(w.portal.remove_resource(ResourceId(1), w.now));
+    let out = w.drain();
+    let targets: Vec<_> = out.iter().map(|(c, f)| (*c, f.event.as_str())).collect();
+    assert_eq!(
+        targets,
+        vec![(c1, "resource_deleted"), (g1, "resource_deleted")],
+        "not c2 (no policy), not g3 (other site)"
+    );
+    let _ = (c2, g3);
+    assert!(!w.portal.remove_resource(ResourceId(1), w.now));
+    let out = w.request(c1, 1);
+    assert_eq!(out[0].1.as_reply().unwrap().reason(), "unauthorized");
+}
+
+#[test]
+fn revoking_access_tells_the_client_and_the_flows_gateway() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let g1 = w.join(G1);
+    w.request(c1, 1);
+    assert!(w.portal.revoke(ClientId(1), ResourceId(1), w.now));
+    let out = w.drain();
+    let targets: Vec<_> = out.iter().map(|(c, f)| (*c, f.event.as_str())).collect();
+    assert_eq!(
+        targets,
+        vec![(g1, "access_revoked"), (c1, "access_revoked")]
+    );
+    assert_eq!(out[0].1.payload, json!({"client_id": 1, "resource_id": 1}));
+    let out = w.request(c1, 1);
+    assert_eq!(out[0].1.as_reply().unwrap().reason(), "unauthorized");
+    assert!(!w.portal.revoke(ClientId(1), ResourceId(1), w.now));
+}
+
+#[test]
+fn new_resources_and_policies_are_pushed() {
+    let mut w = World::new(portal(1, 0));
+    let c2 = w.join(C2);
+    let g3 = w.join(G3);
+    let resource = ResourceSeed {
+        id: ResourceId(40),
+        name: "printer".into(),
+        site: "lab".into(),
+        address: ResourceAddress::Host {
+            address: "172.16.0.9".parse().unwrap(),
+        },
+    };
+    w.portal.add_resource(resource, w.now);
+    let out = w.drain();
+    assert_eq!(
+        out.len(),
+        1,
+        "only the lab gateway: no client has a policy yet"
+    );
+    assert_eq!(
+        (out[0].0, out[0].1.event.as_str()),
+        (g3, "resource_created_or_updated")
+    );
+
+    w.portal.add_policy(
+        PolicySeed {
+            client_id: ClientId(2),
+            resource_id: ResourceId(40),
+            duration_secs: Some(60),
+        },
+        w.now,
+    );
+    let out = w.drain();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].0, out[0].1.event.as_str()),
+        (c2, "resource_created_or_updated")
+    );
+    let out = w.request(c2, 40);
+    assert_eq!(flow_authorized(&out[2].1).expires_at, 1_700_000_060);
+}
+
+#[test]
+fn relay_presence_and_credentials() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let g1 = w.join(G1);
+    w.portal.add_relay(
+        RelaySeed {
+            id: RelayId(2),
+            address: "198.51.100.3:3478".parse().unwrap(),
+        },
+        w.now,
+    );
+    let out = w.drain();
+    assert_eq!(out.len(), 2);
+    for (conn, frame) in &out {
+        assert_eq!(frame.event, "relays_presence");
+        let relay = match (
+            *conn == c1,
+            ClientIngress::from_frame(frame),
+            GatewayIngress::from_frame(frame),
+        ) {
+            (true, Ok(Some(ClientIngress::RelaysPresence(p))), _) => p.connected[0].clone(),
+            (false, _, Ok(Some(GatewayIngress::RelaysPresence(p)))) => p.connected[0].clone(),
+            other => panic!("{other:?}"),
+        };
+        let id = if *conn == c1 { "c1" } else { "g1" };
+        assert_eq!(relay.username, format!("{}:{id}", relay.expires_at));
+        assert!(relay.expires_at > 1_700_000_000);
+        assert!(verify(
+            SECRET,
+            &relay.username,
+            &relay.password,
+            1_700_000_000
+        ));
+        assert!(!verify(
+            "wrong",
+            &relay.username,
+            &relay.password,
+            1_700_000_000
+        ));
+    }
+    let _ = g1;
+    assert!(w.portal.remove_relay(RelayId(2), w.now));
+    let out = w.drain();
+    assert_eq!(out.len(), 2);
+    assert!(out
+        .iter()
+        .all(|(_, f)| f.payload["disconnected_ids"] == json!([2])));
+    assert!(!w.portal.remove_relay(RelayId(2), w.now));
+}
+
+#[test]
+fn a_second_socket_replaces_the_first() {
+    let mut w = World::new(portal(1, 0));
+    let old = w.join(C1);
+    w.portal.connect(ConnId(9), C1, w.now);
+    assert_eq!(
+        w.portal.poll_output(),
+        Some(Output::Close {
+            conn: old,
+            reason: "replaced by a newer connection".into()
+        })
+    );
+    w.portal.disconnect(old, w.now);
+    assert!(!w.portal.is_joined(C1));
+}
+
+#[test]
+fn heartbeats_are_answered_and_junk_is_survived() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    w.send(c1, "phoenix", "heartbeat", json!({}));
+    let out = w.drain();
+    assert_eq!(reply_status(&out[0].1), ReplyStatus::Ok);
+    for junk in [
+        "",
+        "{",
+        "[1]",
+        "\u{0}",
+        r#"{"topic":"client","event":"x","payload":{},"ref":1}"#,
+    ] {
+        w.portal.handle_text(c1, junk, w.now);
+    }
+    w.send(
+        c1,
+        "client",
+        "request_connection",
+        json!({"resource_id": "one"}),
+    );
+    let replies = w.drain();
+    assert_eq!(
+        replies.len(),
+        2,
+        "unknown event and invalid payload get error replies"
+    );
+    assert!(replies
+        .iter()
+        .all(|(_, f)| reply_status(f) == ReplyStatus::Error));
+}

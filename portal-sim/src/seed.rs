@@ -1,0 +1,254 @@
+//! The portal's configuration: who exists, what they may reach, where the relays are.
+//!
+//! ```json
+//! {
+//!   "clients":   [{"id": 1, "name": "alice", "token": "tok-c1", "ipv4": "100.64.0.1", "ipv6": "fd00::1"}],
+//!   "gateways":  [{"id": 1, "name": "hq-1", "token": "tok-g1", "site": "hq"}],
+//!   "resources": [{"id": 1, "name": "db", "site": "hq", "type": "host", "address": "10.0.0.5"}],
+//!   "policies":  [{"client_id": 1, "resource_id": 1, "duration_secs": 3600}],
+//!   "relays":    [{"id": 1, "address": "203.0.113.9:3478"}]
+//! }
+//! ```
+//!
+//! Public keys are not configured: nodes send theirs when they join.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+
+use node::ids::{ClientId, GatewayId, RelayId, ResourceId};
+use node::portal::{ResourceAddress, ResourceDescription};
+use serde::{Deserialize, Serialize};
+
+/// Why a seed file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SeedError {
+    /// The file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not a valid seed file.
+    #[error("invalid seed file")]
+    Json(#[from] serde_json::Error),
+    /// Two entries share an id or token, or a policy names something that does not exist.
+    #[error("inconsistent seed file: {0}")]
+    Inconsistent(String),
+}
+
+/// A user's device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSeed {
+    /// Its id.
+    pub id: ClientId,
+    /// For operators.
+    #[serde(default)]
+    pub name: String,
+    /// The secret in its WebSocket URL.
+    pub token: String,
+    /// Its IPv4 tunnel address.
+    pub ipv4: Ipv4Addr,
+    /// Its IPv6 tunnel address.
+    pub ipv6: Ipv6Addr,
+}
+
+/// A gateway; gateways of one site are interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySeed {
+    /// Its id.
+    pub id: GatewayId,
+    /// For operators.
+    #[serde(default)]
+    pub name: String,
+    /// The secret in its WebSocket URL.
+    pub token: String,
+    /// The site it serves.
+    pub site: String,
+}
+
+/// A resource, reachable through the gateways of its site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceSeed {
+    /// Its id.
+    pub id: ResourceId,
+    /// A human-readable name.
+    pub name: String,
+    /// The site whose gateways reach it.
+    pub site: String,
+    /// What it covers: `"type": "host"` or `"cidr"`, and `"address"`.
+    #[serde(flatten)]
+    pub address: ResourceAddress,
+}
+
+impl ResourceSeed {
+    /// The resource as nodes see it.
+    pub fn description(&self) -> ResourceDescription {
+        ResourceDescription {
+            id: self.id,
+            name: self.name.clone(),
+            address: self.address,
+        }
+    }
+}
+
+/// A client may reach a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySeed {
+    /// Who.
+    pub client_id: ClientId,
+    /// What.
+    pub resource_id: ResourceId,
+    /// How long one authorization lasts; the portal's default if absent.
+    #[serde(default)]
+    pub duration_secs: Option<u64>,
+}
+
+/// A TURN relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySeed {
+    /// Its id.
+    pub id: RelayId,
+    /// Where it listens.
+    pub address: SocketAddr,
+}
+
+/// The whole seed file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedFile {
+    /// Clients.
+    #[serde(default)]
+    pub clients: Vec<ClientSeed>,
+    /// Gateways.
+    #[serde(default)]
+    pub gateways: Vec<GatewaySeed>,
+    /// Resources.
+    #[serde(default)]
+    pub resources: Vec<ResourceSeed>,
+    /// Policies.
+    #[serde(default)]
+    pub policies: Vec<PolicySeed>,
+    /// Relays.
+    #[serde(default)]
+    pub relays: Vec<RelaySeed>,
+}
+
+impl SeedFile {
+    /// Reads and validates a seed file.
+    pub fn load(path: &Path) -> Result<Self, SeedError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates a seed file.
+    pub fn parse(text: &str) -> Result<Self, SeedError> {
+        let seed: Self = serde_json::from_str(text)?;
+        seed.validate()?;
+        Ok(seed)
+    }
+
+    /// Checks that ids and tokens are unique and that policies name existing entries.
+    pub fn validate(&self) -> Result<(), SeedError> {
+        fn unique<T: Ord + std::fmt::Display>(
+            what: &str,
+            items: impl IntoIterator<Item = T>,
+        ) -> Result<(), SeedError> {
+            let mut seen = BTreeSet::new();
+            for item in items {
+                if !seen.insert(item.to_string()) {
+                    return Err(SeedError::Inconsistent(format!("duplicate {what} {item}")));
+                }
+            }
+            Ok(())
+        }
+        unique("client id", self.clients.iter().map(|c| c.id))?;
+        unique("gateway id", self.gateways.iter().map(|g| g.id))?;
+        unique("resource id", self.resources.iter().map(|r| r.id))?;
+        unique("relay id", self.relays.iter().map(|r| r.id))?;
+        unique("client ipv4", self.clients.iter().map(|c| c.ipv4))?;
+        unique("client ipv6", self.clients.iter().map(|c| c.ipv6))?;
+        let tokens = self
+            .clients
+            .iter()
+            .map(|c| &c.token)
+            .chain(self.gateways.iter().map(|g| &g.token));
+        let mut seen = BTreeSet::new();
+        for token in tokens {
+            if token.is_empty() {
+                return Err(SeedError::Inconsistent("empty token".into()));
+            }
+            if !seen.insert(token) {
+                // The token itself is a secret: do not print it.
+                return Err(SeedError::Inconsistent("duplicate token".into()));
+            }
+        }
+        for p in &self.policies {
+            if !self.clients.iter().any(|c| c.id == p.client_id) {
+                return Err(SeedError::Inconsistent(format!(
+                    "policy for unknown client {}",
+                    p.client_id
+                )));
+            }
+            if !self.resources.iter().any(|r| r.id == p.resource_id) {
+                return Err(SeedError::Inconsistent(format!(
+                    "policy for unknown resource {}",
+                    p.resource_id
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../examples/seed.json");
+
+    #[test]
+    fn the_example_seed_file_is_valid() {
+        let seed = SeedFile::parse(EXAMPLE).unwrap();
+        assert!(!seed.clients.is_empty());
+        assert!(!seed.gateways.is_empty());
+        assert!(seed
+            .resources
+            .iter()
+            .any(|r| matches!(r.address, ResourceAddress::Cidr { .. })));
+    }
+
+    #[test]
+    fn bad_seed_files_are_refused() {
+        for (text, what) in [
+            ("{", "truncated"),
+            (r#"{"clients": [{"id": 1}]}"#, "missing fields"),
+            (r#"{"clinets": []}"#, "typo"),
+            (
+                r#"{"gateways": [{"id": 1, "token": "a", "site": "x"}, {"id": 1, "token": "b", "site": "x"}]}"#,
+                "duplicate id",
+            ),
+            (
+                r#"{"gateways": [{"id": 1, "token": "a", "site": "x"}, {"id": 2, "token": "a", "site": "x"}]}"#,
+                "duplicate token",
+            ),
+            (
+                r#"{"policies": [{"client_id": 1, "resource_id": 1}]}"#,
+                "dangling policy",
+            ),
+        ] {
+            assert!(SeedFile::parse(text).is_err(), "{what}");
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The portal on real WebSockets.
+//!
+//! Generic over the listener ([`Listener`]) and its streams (`AsyncRead + AsyncWrite + Unpin`),
+//! so the simulation can run this very code over simulated TCP. The core ([`Portal`]) sits
+//! behind one mutex; every call drains its outputs into per-connection queues under that same
+//! lock, so frames reach each socket in the order the core produced them.
+//!
+//! A node connects to `/<anything>/websocket?token=<token>`; an unknown or missing token is
+//! refused at the upgrade with HTTP 401.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::{ConnId, Identity, Output, Portal};
+
+/// How long a socket may stay silent (nodes heartbeat every 30 s) before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Something that accepts connections: a TCP listener, or a simulated one.
+pub trait Listener: Send + 'static {
+    /// A connection.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Waits for the next connection.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
+        tokio::net::TcpListener::accept(self).await
+    }
+}
+
+/// Where the server reads wall-clock time (the simulation passes its own).
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// The real wall clock.
+pub fn system_clock() -> Clock {
+    // The runtime is the one place that reads real time.
+    #[allow(clippy::disallowed_methods)]
+    Arc::new(SystemTime::now)
+}
+
+enum Outbound {
+    Text(String),
+    Close(String),
+}
+
+struct State {
+    portal: Portal,
+    conns: BTreeMap<ConnId, mpsc::UnboundedSender<Outbound>>,
+    next_conn: u64,
+}
+
+impl State {
+    /// Hands the core's outputs to the connections.
+    fn dispatch(&mut self) {
+        while let Some(output) = self.portal.poll_output() {
+            let (conn, message) = match output {
+                Output::Send { conn, text } => (conn, Outbound::Text(text)),
+                Output::Close { conn, reason } => (conn, Outbound::Close(reason)),
+            };
+            if let Some(tx) = self.conns.get(&conn) {
+                // A closed queue means the connection task is already gone.
+                let _ = tx.send(message);
+            }
+        }
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    clock: Clock,
+    idle_timeout: Duration,
+}
+
+/// A handle on a running (or about to run) portal server; clones share the same portal.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// A server around `portal`, reading time from `clock`.
+    pub fn new(portal: Portal, clock: Clock) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    portal,
+                    conns: BTreeMap::new(),
+                    next_conn: 1,
+                }),
+                clock,
+                idle_timeout: IDLE_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Accepts connections until `listener` fails. Dropping the future (or aborting its task)
+    /// stops the server and closes every socket.
+    pub async fn serve<L: Listener>(&self, mut listener: L) -> io::Result<()> {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = accepted?;
+                    let shared = Arc::clone(&self.shared);
+                    connections.spawn(async move { handle_connection(shared, stream, peer).await });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    }
+
+    /// Changes the portal's state (add a resource, revoke a policy, ...) and sends what it
+    /// pushes. `f` gets the portal and the current time.
+    pub fn with_portal<R>(&self, f: impl FnOnce(&mut Portal, SystemTime) -> R) -> R {
+        let now = (self.shared.clock)();
+        let mut state = lock(&self.shared);
+        let r = f(&mut state.portal, now);
+        state.dispatch();
+        r
+    }
+
+    /// Replaces the portal with a new one (a restart): every socket is closed, so nodes
+    /// reconnect and join the new portal.
+    pub fn restart(&self, portal: Portal) {
+        let mut state = lock(&self.shared);
+        state.portal = portal;
+        for (_, tx) in std::mem::take(&mut state.conns) {
+            let _ = tx.send(Outbound::Close("portal restarting".into()));
+        }
+        tracing::info!("Portal restarted");
+    }
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    // A panic while holding the lock leaves the portal as consistent as its last call; keep
+    // serving rather than poisoning every other connection.
+    shared
+        .state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The `token` query parameter of a request URI.
+fn token(request: &Request) -> Option<&str> {
+    request
+        .uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "token")
+        .map(|(_, v)| v)
+}
+
+fn unauthorized(reason: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(reason.to_owned()));
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    response
+}
+
+async fn handle_connection<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut identity = None;
+    // The error type is tungstenite's callback contract, not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, response: Response| {
+        let found = token(request).and_then(|t| lock(&shared).portal.authenticate(t));
+        match found {
+            Some(id) => {
+                identity = Some(id);
+                Ok(response)
+            }
+            None => {
+                tracing::info!(%peer, path = %request.uri().path(), "Refusing unknown token");
+                Err(unauthorized("unknown or missing token"))
+            }
+        }
+    };
+    let ws = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
+        Ok(ws) => ws,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "WebSocket upgrade failed");
+            return;
+        }
+    };
+    let Some(identity) = identity else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let conn = {
+        let now = (shared.clock)();
+        let mut state = lock(&shared);
+        let conn = ConnId(state.next_conn);
+        state.next_conn += 1;
+        state.conns.insert(conn, tx);
+        state.portal.connect(conn, identity, now);
+        state.dispatch();
+        conn
+    };
+    let span = match identity {
+        Identity::Client(cid) => tracing::info_span!("conn", %cid, %peer),
+        Identity::Gateway(gid) => tracing::info_span!("conn", %gid, %peer),
+    };
+    let _entered = span.enter();
+    let (mut sink, mut source) = ws.split();
+    let idle = tokio::time::sleep(shared.idle_timeout);
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            outbound = rx.recv() => match outbound {
+                Some(Outbound::Text(text)) => {
+                    if let Err(error) = sink.send(WsMessage::text(text)).await {
+                        tracing::debug!(%error, "Send failed");
+                        break;
+                    }
+                }
+                Some(Outbound::Close(reason)) => {
+                    close(&mut sink, &reason).await;
+                    break;
+                }
+                None => {
+                    close(&mut sink, "portal restarting").await;
+                    break;
+                }
+            },
+            inbound = source.next() => match inbound {
+                Some(Ok(WsMessage::Text(text))) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + shared.idle_timeout);
+                    let now = (shared.clock)();
+                    let mut state = lock(&shared);
+                    state.portal.handle_text(conn, text.as_str(), now);
+                    state.dispatch();
+                }
+                Some(Ok(WsMessage::Close(_))) | None => break,
+                Some(Ok(
+                    WsMessage::Binary(_)
+                    | WsMessage::Ping(_)
+                    | WsMessage::Pong(_)
+                    | WsMessage::Frame(_),
+                )) => {}
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "Receive failed");
+                    break;
+                }
+            },
+            () = &mut idle => {
+                tracing::info!("Closing silent connection");
+                close(&mut sink, "heartbeat timeout").await;
+                break;
+            }
+        }
+    }
+    let now = (shared.clock)();
+    let mut state = lock(&shared);
+    state.conns.remove(&conn);
+    state.portal.disconnect(conn, now);
+    state.dispatch();
+}
+
+async fn close<S>(sink: &mut S, reason: &str)
+where
+    S: futures_util::Sink<WsMessage> + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::Policy,
+        reason: reason.into(),
+    };
+    let _ = sink.send(WsMessage::Close(Some(frame))).await;
+}

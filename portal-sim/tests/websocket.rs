@@ -1,0 +1,289 @@
+//! The portal server on a real WebSocket, with nodes driven through `PhoenixChannel`.
+#![allow(clippy::unwrap_used, clippy::wildcard_enum_match_arm)] // test helpers; events not waited for are skipped
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use node::ids::{ClientId, GatewayId, ResourceId};
+use node::portal::messages::{
+    ClientEgress, ClientIngress, GatewayCandidates, GatewayEgress, GatewayIngress,
+    RequestConnection,
+};
+use node::portal::{
+    ChannelConfig, ConnectionError, Event, Input, JoinPayload, Message, PhoenixChannel,
+    PresharedKey, PublicKey, ReplyError, RequestId,
+};
+use portal_sim::server::{system_clock, Server};
+use portal_sim::{Portal, PortalConfig, SeedFile};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const CANDIDATE: &str = "candidate:1 1 udp 2130706431 10.0.0.1 5000 typ host";
+
+/// Tests take a real `Instant`; the channel only compares them.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn portal(generation: u64) -> Portal {
+    let seed = SeedFile::parse(include_str!("../examples/seed.json")).unwrap();
+    let mut config = PortalConfig::new("secret", 7);
+    config.generation = generation;
+    Portal::new(&seed, config)
+}
+
+async fn start(generation: u64) -> (String, JoinHandle<()>) {
+    let (url, _, task) = start_server(generation).await;
+    (url, task)
+}
+
+async fn start_server(generation: u64) -> (String, Server, JoinHandle<()>) {
+    let server = Server::new(portal(generation), system_clock());
+    let handle = server.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = server.serve(listener).await;
+    });
+    (format!("ws://{addr}"), handle, task)
+}
+
+/// A node: a `PhoenixChannel` driven over a tokio-tungstenite socket.
+struct Peer<I, E> {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    channel: PhoenixChannel<I, E>,
+}
+
+impl<I: Message + std::fmt::Debug, E: Message> Peer<I, E> {
+    async fn connect(url: &str, topic: &str, key: u8) -> Self {
+        let config = ChannelConfig::new(
+            topic,
+            JoinPayload {
+                public_key: PublicKey::from_bytes([key; 32]),
+            },
+        );
+        let mut channel = PhoenixChannel::new(config, u64::from(key));
+        assert!(matches!(channel.poll_event(), Some(Event::OpenSocket)));
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        channel.handle_input(now(), Input::Opened);
+        Self { ws, channel }
+    }
+
+    /// Sends (or holds back) a message and writes whatever the channel wants written.
+    async fn send(&mut self, message: &E) -> RequestId {
+        let id = self.channel.send(message).unwrap();
+        self.flush().await;
+        id
+    }
+
+    async fn flush(&mut self) {
+        while let Some(text) = self.channel.poll_transmit() {
+            self.ws.send(WsMessage::text(text)).await.unwrap();
+        }
+    }
+
+    async fn next_event(&mut self) -> Event<I> {
+        loop {
+            self.flush().await;
+            if let Some(event) = self.channel.poll_event() {
+                return event;
+            }
+            let message = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .expect("no event within 5 s");
+            match message {
+                Some(Ok(WsMessage::Text(text))) => {
+                    self.channel.handle_input(now(), Input::Text(text.as_str()));
+                }
+                Some(Ok(WsMessage::Close(frame))) => {
+                    let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                    let error = ConnectionError::Closed { reason };
+                    self.channel.handle_input(now(), Input::Closed(&error));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    let error = ConnectionError::Io(error.to_string());
+                    self.channel.handle_input(now(), Input::Closed(&error));
+                }
+                None => {
+                    let error = ConnectionError::Io("stream ended".into());
+                    self.channel.handle_input(now(), Input::Closed(&error));
+                }
+            }
+        }
+    }
+
+    /// Skips events until `pick` returns something.
+    async fn wait_for<T>(&mut self, mut pick: impl FnMut(Event<I>) -> Option<T>) -> T {
+        loop {
+            if let Some(t) = pick(self.next_event().await) {
+                return t;
+            }
+        }
+    }
+}
+
+type Client = Peer<ClientIngress, ClientEgress>;
+type Gateway = Peer<GatewayIngress, GatewayEgress>;
+
+async fn joined_pair(url: &str) -> (Client, Gateway) {
+    let mut gateway = Gateway::connect(
+        &format!("{url}/gateway/websocket?token=gateway-token-1"),
+        "gateway:1",
+        101,
+    )
+    .await;
+    gateway
+        .wait_for(|e| matches!(e, Event::Message(GatewayIngress::Init(_))).then_some(()))
+        .await;
+    let client = Client::connect(
+        &format!("{url}/client/websocket?token=client-token-1"),
+        "client",
+        1,
+    )
+    .await;
+    (client, gateway)
+}
+
+/// Requests resource 1 and returns the PSK each side got.
+async fn connect_flow(client: &mut Client, gateway: &mut Gateway) -> (PresharedKey, PresharedKey) {
+    let request = client
+        .send(&ClientEgress::RequestConnection(RequestConnection {
+            resource_id: ResourceId(1),
+        }))
+        .await;
+    let details = client
+        .wait_for(|e| match e {
+            Event::Reply { id, result } if id == request => {
+                assert!(result.is_ok(), "{result:?}");
+                None
+            }
+            Event::Message(ClientIngress::FlowAuthorized(d)) => Some(d),
+            _ => None,
+        })
+        .await;
+    let authorize = gateway
+        .wait_for(|e| match e {
+            Event::Message(GatewayIngress::AuthorizeFlow(a)) => Some(a),
+            _ => None,
+        })
+        .await;
+    assert_eq!(details.gateway_id, GatewayId(1));
+    assert_eq!(details.gateway_public_key, PublicKey::from_bytes([101; 32]));
+    assert_eq!(authorize.client.id, ClientId(1));
+    assert_eq!(authorize.client.public_key, PublicKey::from_bytes([1; 32]));
+    assert_eq!(authorize.client_ice, details.client_ice);
+    assert_eq!(authorize.gateway_ice, details.gateway_ice);
+    (details.preshared_key, authorize.preshared_key)
+}
+
+#[tokio::test]
+async fn nodes_are_introduced_over_websockets_and_a_restart_rotates_the_psk() {
+    let (url, server) = start(0).await;
+
+    // An unknown token is refused at the upgrade.
+    let refused =
+        tokio_tungstenite::connect_async(format!("{url}/client/websocket?token=nope")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401);
+        }
+        other => panic!("expected HTTP 401, got {other:?}"),
+    }
+
+    let (mut client, mut gateway) = joined_pair(&url).await;
+    let (client_psk, gateway_psk) = connect_flow(&mut client, &mut gateway).await;
+    assert_eq!(client_psk, gateway_psk);
+
+    // Candidates go through the portal to the gateway.
+    client
+        .send(&ClientEgress::IceCandidates(GatewayCandidates {
+            gateway_id: GatewayId(1),
+            candidates: vec![CANDIDATE.into()],
+        }))
+        .await;
+    let candidates = gateway
+        .wait_for(|e| match e {
+            Event::Message(GatewayIngress::IceCandidates(c)) => Some(c),
+            _ => None,
+        })
+        .await;
+    assert_eq!(candidates.client_id, ClientId(1));
+    assert_eq!(
+        candidates.parse()[0].addr(),
+        "10.0.0.1:5000".parse().unwrap()
+    );
+
+    // A resource without a policy: an error reply, no flow.
+    let denied = client
+        .send(&ClientEgress::RequestConnection(RequestConnection {
+            resource_id: ResourceId(3),
+        }))
+        .await;
+    let result = client
+        .wait_for(|e| match e {
+            Event::Reply { id, result } if id == denied => Some(result),
+            Event::Message(ClientIngress::FlowAuthorized(d)) => panic!("unexpected flow {d:?}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        result,
+        Err(ReplyError::Rejected {
+            reason: "unauthorized".into()
+        })
+    );
+
+    // Restart: the old server goes away with its sockets, a new one knows nothing.
+    server.abort();
+    let _ = server.await;
+    client
+        .wait_for(|e| matches!(e, Event::Disconnected { .. }).then_some(()))
+        .await;
+    let (url, _server) = start(1).await;
+    let (mut client, mut gateway) = joined_pair(&url).await;
+    let (new_psk, new_gateway_psk) = connect_flow(&mut client, &mut gateway).await;
+    assert_eq!(new_psk, new_gateway_psk);
+    assert_ne!(new_psk, client_psk, "a restart rotates the PSK");
+}
+
+#[tokio::test]
+async fn an_in_place_restart_closes_every_socket_and_a_second_socket_replaces_the_first() {
+    let (url, server, _task) = start_server(0).await;
+    let url = format!("{url}/client/websocket?token=client-token-1");
+    let mut first = Client::connect(&url, "client", 1).await;
+    first
+        .wait_for(|e| matches!(e, Event::Connected).then_some(()))
+        .await;
+
+    // The same token again: the older socket is closed with a reason.
+    let mut second = Client::connect(&url, "client", 1).await;
+    second
+        .wait_for(|e| matches!(e, Event::Connected).then_some(()))
+        .await;
+    let reason = first
+        .wait_for(|e| match e {
+            Event::Disconnected { reason } => Some(reason.to_string()),
+            _ => None,
+        })
+        .await;
+    assert!(reason.contains("replaced"), "{reason}");
+
+    server.restart(portal(1));
+    let reason = second
+        .wait_for(|e| match e {
+            Event::Disconnected { reason } => Some(reason.to_string()),
+            _ => None,
+        })
+        .await;
+    assert!(reason.contains("restarting"), "{reason}");
+
+    // Nodes come back to the new portal.
+    let mut third = Client::connect(&url, "client", 1).await;
+    third
+        .wait_for(|e| matches!(e, Event::Connected).then_some(()))
+        .await;
+}

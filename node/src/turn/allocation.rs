@@ -266,14 +266,15 @@ impl Allocation {
         }
     }
 
-    /// Responses to authenticated requests carry MESSAGE-INTEGRITY made with our key; a wrong
-    /// one is dropped (the real answer may still come), a missing one is tolerated.
+    /// Success responses to authenticated requests must carry MESSAGE-INTEGRITY made with our
+    /// key (RFC 8489 §9.2.4), so nobody without the password can forge a relayed address or a
+    /// channel. A wrong one is dropped and the real answer may still come. Error responses
+    /// (401, 438) cannot be protected and are taken as they are.
     fn integrity_ok(&self, response: &StunMessage, authenticated: bool) -> bool {
-        let (Some(realm), true) = (&self.realm, authenticated) else {
-            return true;
-        };
-        let Some(integrity) = response.get_attribute::<MessageIntegrity>() else {
-            return true;
+        let integrity = response.get_attribute::<MessageIntegrity>();
+        let required = authenticated && response.class() == MessageClass::SuccessResponse;
+        let (Some(realm), Some(integrity)) = (&self.realm, integrity) else {
+            return !required;
         };
         let Ok(username) = Username::new(self.config.username.clone()) else {
             return false;

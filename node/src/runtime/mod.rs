@@ -5,6 +5,8 @@
 //! purpose: read whatever is ready, hand it to the engine, write out what the engine produced,
 //! sleep until the engine's next deadline.
 
+mod control;
+mod portal_driver;
 mod tokio_io;
 
 use std::future::Future;
@@ -17,7 +19,11 @@ use tokio::sync::mpsc;
 use crate::pool::Buffer;
 use crate::Transmit;
 
-pub use tokio_io::{TokioClock, TokioSocket};
+pub use control::{
+    Connector, ControlCommand, ControlInput, ControlLink, NoControl, WebSocketLink, CONNECT_TIMEOUT,
+};
+pub use portal_driver::PortalDriver;
+pub use tokio_io::{TcpConnector, TokioClock, TokioSocket};
 
 /// A bound UDP socket.
 pub trait DatagramSocket {
@@ -60,6 +66,14 @@ pub trait Engine {
     fn poll_transmit(&mut self) -> Option<Transmit>;
     /// The next IP packet for the device.
     fn poll_device_packet(&mut self) -> Option<Buffer>;
+    /// Something happened on the link to the portal.
+    fn handle_control(&mut self, input: ControlInput, now: Instant) {
+        let _ = (input, now);
+    }
+    /// The next thing for the link to the portal to do.
+    fn poll_control(&mut self) -> Option<ControlCommand> {
+        None
+    }
 }
 
 /// A change applied to the engine from outside the loop (control plane, test driver), with the
@@ -78,11 +92,12 @@ pub enum RunError {
 }
 
 /// Runs `engine` until the command channel closes (a clean stop) or I/O fails.
-pub async fn run<E, S, C, D>(
+pub async fn run<E, S, C, D, L>(
     engine: &mut E,
     socket: &S,
     clock: &C,
     device: &mut D,
+    control: &mut L,
     commands: &mut mpsc::UnboundedReceiver<Command<E>>,
 ) -> Result<(), RunError>
 where
@@ -90,12 +105,16 @@ where
     S: DatagramSocket,
     C: Clock,
     D: Device,
+    L: ControlLink,
 {
     let local = socket.local_addr().map_err(RunError::Receive)?;
     let mut buf = vec![0u8; crate::pool::BUFFER_SIZE];
     let mut device_open = true;
     loop {
         flush(engine, socket, device).await?;
+        while let Some(command) = engine.poll_control() {
+            control.apply(command);
+        }
         let deadline = engine.poll_timeout();
         let sleep = async {
             match deadline {
@@ -111,6 +130,7 @@ where
                 Some(command) => command(engine, clock.now()),
                 None => return Ok(()),
             },
+            input = control.recv() => engine.handle_control(input, clock.now()),
             received = socket.recv_from(&mut buf) => {
                 let (n, from) = received.map_err(RunError::Receive)?;
                 engine.handle_datagram(local, from, &buf[..n], clock.now());

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{Clock, DatagramSocket};
+use super::{Clock, Connector, DatagramSocket};
 
 /// A tokio UDP socket.
 #[derive(Debug)]
@@ -36,5 +36,20 @@ impl Clock for TokioClock {
 
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
         tokio::time::sleep_until(deadline.into())
+    }
+}
+
+/// Opens TCP connections to the portal.
+#[derive(Debug, Clone)]
+pub struct TcpConnector {
+    /// The portal's address (host:port, resolved on every connect).
+    pub addr: String,
+}
+
+impl Connector for TcpConnector {
+    type Stream = tokio::net::TcpStream;
+
+    fn connect(&self) -> impl Future<Output = io::Result<Self::Stream>> {
+        tokio::net::TcpStream::connect(self.addr.clone())
     }
 }

@@ -1,0 +1,234 @@
+//! The runtime's connection to the portal: a WebSocket over whatever byte stream a
+//! [`Connector`] opens (TCP in production, turmoil's TCP in the simulation).
+//!
+//! The engine's [`crate::portal::PhoenixChannel`] decides when to open and close; the link only
+//! carries text frames. Every socket gets a generation number, so input from a socket the engine
+//! already gave up on never reaches it.
+
+use std::future::Future;
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::portal::ConnectionError;
+
+/// How long opening the stream and the WebSocket handshake may take together.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the link reports to the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlInput {
+    /// The socket asked for is open.
+    Opened,
+    /// A text frame arrived.
+    Text(String),
+    /// The socket could not be opened, or it closed.
+    Closed(ConnectionError),
+}
+
+/// What the engine asks of the link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlCommand {
+    /// Open a socket (closing the current one).
+    Open,
+    /// Close the current socket.
+    Close,
+    /// Send a text frame on the current socket.
+    Send(String),
+}
+
+/// The engine's link to the portal, as the event loop uses it.
+pub trait ControlLink {
+    /// Carries out a command of the engine.
+    fn apply(&mut self, command: ControlCommand);
+    /// The next input for the engine.
+    fn recv(&mut self) -> impl Future<Output = ControlInput>;
+}
+
+/// No portal: nothing ever arrives (for nodes driven directly, as in tests).
+#[derive(Debug, Default)]
+pub struct NoControl;
+
+impl ControlLink for NoControl {
+    fn apply(&mut self, _: ControlCommand) {}
+
+    fn recv(&mut self) -> impl Future<Output = ControlInput> {
+        std::future::pending()
+    }
+}
+
+/// Opens the byte stream a WebSocket runs over.
+pub trait Connector: 'static {
+    /// The stream.
+    type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
+    /// Opens a new stream to the portal.
+    fn connect(&self) -> impl Future<Output = io::Result<Self::Stream>>;
+}
+
+/// A WebSocket to the portal. Its tasks are spawned with `spawn_local`: run it inside a
+/// `LocalSet` (the simulation's hosts are; production runs the node on a current-thread
+/// runtime with one).
+pub struct WebSocketLink<C> {
+    connector: Rc<C>,
+    url: String,
+    generation: u64,
+    inbound_tx: mpsc::UnboundedSender<(u64, ControlInput)>,
+    inbound_rx: mpsc::UnboundedReceiver<(u64, ControlInput)>,
+    outbound: Option<mpsc::UnboundedSender<String>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl<C: Connector> WebSocketLink<C> {
+    /// A link that connects with `connector` and requests `url` (its path and query carry the
+    /// node's token; the host part only fills the Host header).
+    pub fn new(connector: C, url: impl Into<String>) -> Self {
+        let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+        Self {
+            connector: Rc::new(connector),
+            url: url.into(),
+            generation: 0,
+            inbound_tx,
+            inbound_rx,
+            outbound: None,
+            task: None,
+        }
+    }
+
+    fn close(&mut self) {
+        self.outbound = None;
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        // Whatever the old socket still reports is stale from here on.
+        self.generation += 1;
+    }
+
+    fn open(&mut self) {
+        self.close();
+        let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
+        self.outbound = Some(outbound_tx);
+        let generation = self.generation;
+        let inbound = self.inbound_tx.clone();
+        let connector = Rc::clone(&self.connector);
+        let url = self.url.clone();
+        self.task = Some(tokio::task::spawn_local(async move {
+            let report = |input| {
+                let _ = inbound.send((generation, input));
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, handshake(&*connector, &url)).await {
+                Ok(Ok(ws)) => {
+                    report(ControlInput::Opened);
+                    let error = pump(ws, outbound_rx, &report).await;
+                    report(ControlInput::Closed(error));
+                }
+                Ok(Err(error)) => report(ControlInput::Closed(error)),
+                Err(_) => report(ControlInput::Closed(ConnectionError::Io(
+                    "connecting timed out".to_owned(),
+                ))),
+            }
+        }));
+    }
+}
+
+impl<C: Connector> ControlLink for WebSocketLink<C> {
+    fn apply(&mut self, command: ControlCommand) {
+        match command {
+            ControlCommand::Open => self.open(),
+            ControlCommand::Close => self.close(),
+            ControlCommand::Send(text) => {
+                if let Some(outbound) = &self.outbound {
+                    let _ = outbound.send(text);
+                }
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> ControlInput {
+        loop {
+            match self.inbound_rx.recv().await {
+                Some((generation, input)) if generation == self.generation => return input,
+                Some(_) => continue,
+                // We hold a sender ourselves, so the channel never closes.
+                None => return std::future::pending().await,
+            }
+        }
+    }
+}
+
+type Ws<S> = tokio_tungstenite::WebSocketStream<S>;
+
+async fn handshake<C: Connector>(
+    connector: &C,
+    url: &str,
+) -> Result<Ws<C::Stream>, ConnectionError> {
+    let stream = connector
+        .connect()
+        .await
+        .map_err(|e| ConnectionError::Io(e.to_string()))?;
+    match tokio_tungstenite::client_async(url, stream).await {
+        Ok((ws, _response)) => Ok(ws),
+        Err(error) => Err(to_connection_error(error)),
+    }
+}
+
+/// Moves frames until the socket fails or closes; returns why it ended.
+async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: Ws<S>,
+    mut outbound: mpsc::UnboundedReceiver<String>,
+    report: &impl Fn(ControlInput),
+) -> ConnectionError {
+    loop {
+        tokio::select! {
+            biased;
+            text = outbound.recv() => {
+                let Some(text) = text else {
+                    let _ = ws.close(None).await;
+                    return ConnectionError::Closed { reason: "closed by the node".to_owned() };
+                };
+                if let Err(error) = ws.send(Message::text(text)).await {
+                    return to_connection_error(error);
+                }
+            }
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(text))) => report(ControlInput::Text(text.as_str().to_owned())),
+                Some(Ok(Message::Close(frame))) => {
+                    let reason = frame.map(|f| f.reason.as_str().to_owned()).unwrap_or_default();
+                    return ConnectionError::Closed { reason };
+                }
+                Some(Ok(
+                    Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_),
+                )) => {}
+                Some(Err(error)) => return to_connection_error(error),
+                None => return ConnectionError::Closed { reason: String::new() },
+            },
+        }
+    }
+}
+
+fn to_connection_error(error: tungstenite::Error) -> ConnectionError {
+    match error {
+        tungstenite::Error::Http(response) => ConnectionError::Http {
+            status: response.status().as_u16(),
+        },
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            ConnectionError::Closed {
+                reason: String::new(),
+            }
+        }
+        other @ (tungstenite::Error::Io(_)
+        | tungstenite::Error::Tls(_)
+        | tungstenite::Error::Capacity(_)
+        | tungstenite::Error::Protocol(_)
+        | tungstenite::Error::WriteBufferFull(_)
+        | tungstenite::Error::Utf8(_)
+        | tungstenite::Error::AttackAttempt
+        | tungstenite::Error::Url(_)
+        | tungstenite::Error::HttpFormat(_)) => ConnectionError::Io(other.to_string()),
+    }
+}

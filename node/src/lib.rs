@@ -16,6 +16,7 @@ mod peer_id;
 pub mod pool;
 pub mod portal;
 pub mod runtime;
+pub mod tunnel;
 pub mod turn;
 mod wireguard;
 

@@ -6,6 +6,7 @@
 //! sleep until the engine's next deadline.
 
 mod control;
+mod engines;
 mod portal_driver;
 mod tokio_io;
 
@@ -22,6 +23,7 @@ use crate::Transmit;
 pub use control::{
     Connector, ControlCommand, ControlInput, ControlLink, NoControl, WebSocketLink, CONNECT_TIMEOUT,
 };
+pub use engines::{ClientEngine, EngineEvent, GatewayEngine};
 pub use portal_driver::PortalDriver;
 pub use tokio_io::{TcpConnector, TokioClock, TokioSocket};
 
@@ -160,4 +162,44 @@ async fn flush<E: Engine, S: DatagramSocket, D: Device>(
         device.send(&packet).await.map_err(RunError::Device)?;
     }
     Ok(())
+}
+
+/// A device made of two channels: packets written to it come out of `outgoing`, packets sent
+/// into `incoming` are read from it. The simulation's and the tests' stand-in for a TUN device.
+#[derive(Debug)]
+pub struct ChannelDevice {
+    incoming: mpsc::UnboundedReceiver<Vec<u8>>,
+    outgoing: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl ChannelDevice {
+    /// The device, the sender feeding it, and the receiver of what it writes.
+    pub fn new() -> (
+        Self,
+        mpsc::UnboundedSender<Vec<u8>>,
+        mpsc::UnboundedReceiver<Vec<u8>>,
+    ) {
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        (
+            Self {
+                incoming: in_rx,
+                outgoing: out_tx,
+            },
+            in_tx,
+            out_rx,
+        )
+    }
+}
+
+impl Device for ChannelDevice {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        self.incoming.recv().await
+    }
+
+    async fn send(&mut self, packet: &[u8]) -> io::Result<()> {
+        // Nobody reading is a device nobody looks at, not an error of the tunnel.
+        let _ = self.outgoing.send(packet.to_vec());
+        Ok(())
+    }
 }

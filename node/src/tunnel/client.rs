@@ -1,0 +1,609 @@
+//! The client's tunnel: resources, on-demand connections to gateways, packets held back meanwhile.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use boringtun::x25519::StaticSecret;
+
+use super::{apply_relays_presence, earliest, push_transmit, replace_relays, ResourceTable};
+use crate::ids::{GatewayId, ResourceId};
+use crate::packet::IpPacket;
+use crate::pool::Buffer;
+use crate::portal::messages::{
+    ClientEgress, ClientIngress, ClientInit, ConnectionDetails, GatewayCandidates,
+    RequestConnection,
+};
+use crate::portal::{Interface, IpNetwork, ResourceDescription};
+use crate::{Event, FailReason, Node, PublicKey, Role, Transmit, Upsert};
+
+/// Packets held back per resource while its connection is pending; the oldest go first.
+pub const PENDING_QUEUE_CAPACITY: usize = 32;
+
+/// How long a connection request may stay unanswered before its packets are dropped and the
+/// next packet asks again (the portal's refusal arrives as a reply the tunnel does not see).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the client tells its runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The portal assigned (new) tunnel addresses: configure the TUN device.
+    InterfaceUpdated(Interface),
+    /// The networks to route into the TUN device changed; this is the full set.
+    RoutesUpdated(BTreeSet<IpNetwork>),
+    /// Packets flow to this gateway.
+    GatewayConnected(GatewayId),
+    /// The connection to this gateway is gone; the next packet for its resources asks again.
+    GatewayDisconnected {
+        /// The gateway.
+        gateway: GatewayId,
+        /// Why.
+        reason: FailReason,
+    },
+}
+
+/// Counters of what the client dropped, by reason.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientStats {
+    /// TUN packets whose destination is in no resource.
+    pub no_resource: u64,
+    /// Held-back packets dropped because their queue was full (the oldest go).
+    pub queue_overflow: u64,
+    /// Held-back packets dropped because the connection failed, the request timed out or the
+    /// resource went away.
+    pub queue_dropped: u64,
+    /// Packets from a gateway whose source is in no resource that gateway serves.
+    pub unexpected_source: u64,
+    /// Packets the node refused to encrypt.
+    pub encapsulate_errors: u64,
+}
+
+/// Packets held back for one resource, bounded.
+#[derive(Debug, Default)]
+struct PacketQueue(VecDeque<IpPacket>);
+
+impl PacketQueue {
+    /// Queues a copy of `packet`; returns whether the oldest had to go.
+    fn push<B: AsRef<[u8]>>(&mut self, packet: &IpPacket<B>) -> bool {
+        let Ok(copy) = IpPacket::parse(packet.as_bytes().to_vec()) else {
+            return false;
+        };
+        let overflow = self.0.len() >= PENDING_QUEUE_CAPACITY;
+        if overflow {
+            self.0.pop_front();
+        }
+        self.0.push_back(copy);
+        overflow
+    }
+
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+}
+
+/// Where a resource's packets go.
+#[derive(Debug)]
+enum Route {
+    /// A connection was requested and not answered yet.
+    Requested {
+        deadline: Instant,
+        queue: PacketQueue,
+    },
+    /// The portal named the gateway; `queue` holds packets until its connection is up.
+    Gateway {
+        gateway: GatewayId,
+        queue: PacketQueue,
+    },
+}
+
+impl Route {
+    fn queue_mut(&mut self) -> &mut PacketQueue {
+        match self {
+            Route::Requested { queue, .. } | Route::Gateway { queue, .. } => queue,
+        }
+    }
+
+    fn into_queue(self) -> PacketQueue {
+        match self {
+            Route::Requested { queue, .. } | Route::Gateway { queue, .. } => queue,
+        }
+    }
+
+    fn gateway(&self) -> Option<GatewayId> {
+        match self {
+            Route::Requested { .. } => None,
+            Route::Gateway { gateway, .. } => Some(*gateway),
+        }
+    }
+}
+
+/// The client: a [`Node<GatewayId>`](Node) plus resources, routes and pending connections.
+///
+/// See the [module docs](super) for how to drive it. Packets for a resource without a
+/// connection are held back ([`PENDING_QUEUE_CAPACITY`] per resource) while one connection
+/// request is outstanding, and sent in order once the gateway's connection is established.
+pub struct ClientTunnel {
+    node: Node<GatewayId>,
+    interface: Option<Interface>,
+    resources: BTreeMap<ResourceId, ResourceDescription>,
+    /// Networks to resources; of several resources with one network, the lowest id.
+    table: ResourceTable<ResourceId>,
+    routes: BTreeMap<ResourceId, Route>,
+    /// Gateways with a connection in the node, and whether it is established.
+    gateways: BTreeMap<GatewayId, bool>,
+    transmits: VecDeque<Transmit>,
+    egress: VecDeque<ClientEgress>,
+    events: VecDeque<ClientEvent>,
+    stats: ClientStats,
+}
+
+impl ClientTunnel {
+    /// A client whose key and every other random choice come from `seed`.
+    pub fn new(seed: u64, now: Instant) -> Self {
+        Self::from_node(Node::new(Role::Client, seed, now))
+    }
+
+    /// A client with a configured static key.
+    pub fn with_private_key(private_key: StaticSecret, seed: u64, now: Instant) -> Self {
+        Self::from_node(Node::with_private_key(Role::Client, private_key, seed, now))
+    }
+
+    fn from_node(node: Node<GatewayId>) -> Self {
+        Self {
+            node,
+            interface: None,
+            resources: BTreeMap::new(),
+            table: ResourceTable::new(),
+            routes: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            egress: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: ClientStats::default(),
+        }
+    }
+
+    /// The WireGuard public key to join the portal with.
+    pub fn public_key(&self) -> PublicKey {
+        self.node.public_key()
+    }
+
+    /// The node underneath, for its connections and counters.
+    pub fn node(&self) -> &Node<GatewayId> {
+        &self.node
+    }
+
+    /// What the tunnel dropped.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// The tunnel addresses, once the portal sent them.
+    pub fn interface(&self) -> Option<Interface> {
+        self.interface
+    }
+
+    /// The gateway packets to `rid` go to, once the portal named one.
+    pub fn gateway_of(&self, rid: ResourceId) -> Option<GatewayId> {
+        self.routes.get(&rid).and_then(Route::gateway)
+    }
+
+    /// A local address peers may reach this client on.
+    pub fn add_local_address(&mut self, addr: SocketAddr, now: Instant) {
+        self.node.add_local_address(addr);
+        self.drain_node(now);
+    }
+
+    /// An IP packet read from the TUN device. Returns the datagram to send right away, if any.
+    pub fn handle_tun_packet<B: AsRef<[u8]>>(
+        &mut self,
+        packet: &IpPacket<B>,
+        now: Instant,
+    ) -> Option<Transmit> {
+        let dst = packet.destination();
+        let Some((_, &rid)) = self.table.longest_match(dst) else {
+            self.stats.no_resource += 1;
+            tracing::debug!(%dst, "no resource for destination: dropped");
+            return None;
+        };
+        let route = match self.routes.get_mut(&rid) {
+            Some(route) => route,
+            None => {
+                tracing::debug!(%rid, "requesting a connection");
+                self.egress
+                    .push_back(ClientEgress::RequestConnection(RequestConnection {
+                        resource_id: rid,
+                    }));
+                self.routes.entry(rid).or_insert(Route::Requested {
+                    deadline: now + REQUEST_TIMEOUT,
+                    queue: PacketQueue::default(),
+                })
+            }
+        };
+        let gateway = match route {
+            Route::Gateway { gateway, .. } if self.gateways.get(gateway) == Some(&true) => *gateway,
+            Route::Gateway { gateway, queue } => {
+                tracing::trace!(%rid, gid = %gateway, "connection not up yet: packet held back");
+                if queue.push(packet) {
+                    self.stats.queue_overflow += 1;
+                }
+                return None;
+            }
+            Route::Requested { queue, .. } => {
+                tracing::debug!(%rid, "connection already requested: packet held back");
+                if queue.push(packet) {
+                    self.stats.queue_overflow += 1;
+                    tracing::debug!(%rid, "pending queue full: dropped the oldest packet");
+                }
+                return None;
+            }
+        };
+        match self.node.encapsulate(gateway, packet, now) {
+            Ok(transmit) => transmit,
+            Err(error) => {
+                self.stats.encapsulate_errors += 1;
+                tracing::debug!(gid = %gateway, %rid, %error, "cannot encapsulate");
+                None
+            }
+        }
+    }
+
+    /// A datagram from the network. Returns the packet for the TUN device, if it carried one
+    /// from a gateway that serves its source.
+    pub fn handle_network_input(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Option<IpPacket<Buffer>> {
+        let result = self.node.decapsulate(local, from, datagram, now);
+        self.drain_node(now);
+        // Errors are counted and logged by the node.
+        let (gateway, packet) = result.ok().flatten()?;
+        let src = packet.source();
+        if !self.is_served_by(gateway, src) {
+            self.stats.unexpected_source += 1;
+            tracing::debug!(gid = %gateway, %src, "source in no resource of this gateway: dropped");
+            return None;
+        }
+        Some(packet)
+    }
+
+    /// Whether `src` lies in a resource routed to `gateway`.
+    fn is_served_by(&self, gateway: GatewayId, src: IpAddr) -> bool {
+        let best = self
+            .table
+            .longest_match(src)
+            .and_then(|(_, rid)| self.routes.get(rid))
+            .and_then(Route::gateway);
+        if best == Some(gateway) {
+            return true;
+        }
+        // A less specific resource of this gateway may contain it too.
+        self.routes.iter().any(|(rid, route)| {
+            route.gateway() == Some(gateway)
+                && self
+                    .resources
+                    .get(rid)
+                    .is_some_and(|r| r.address.contains(src))
+        })
+    }
+
+    /// A message from the portal.
+    pub fn handle_portal_message(&mut self, message: ClientIngress, now: Instant) {
+        match message {
+            ClientIngress::Init(init) => self.handle_init(init, now),
+            ClientIngress::FlowAuthorized(details) => self.handle_flow_authorized(details, now),
+            ClientIngress::IceCandidates(GatewayCandidates {
+                gateway_id,
+                candidates,
+            }) => {
+                self.node.add_remote_candidates(
+                    gateway_id,
+                    candidates.iter().map(String::as_str),
+                    now,
+                );
+            }
+            ClientIngress::InvalidateIceCandidates(GatewayCandidates {
+                gateway_id,
+                candidates,
+            }) => {
+                for candidate in &candidates {
+                    self.node
+                        .remove_remote_candidate(gateway_id, candidate, now);
+                }
+            }
+            ClientIngress::ResourceCreatedOrUpdated(resource) => {
+                tracing::debug!(rid = %resource.id, address = ?resource.address, "resource created or updated");
+                self.resources.insert(resource.id, resource);
+                self.rebuild_table();
+            }
+            ClientIngress::ResourceDeleted(deleted) => {
+                tracing::info!(rid = %deleted.id, "resource deleted");
+                self.remove_resource(deleted.id);
+            }
+            ClientIngress::AccessRevoked(revoked) => {
+                tracing::info!(rid = %revoked.resource_id, "access revoked");
+                self.remove_resource(revoked.resource_id);
+            }
+            ClientIngress::RelaysPresence(presence) => {
+                apply_relays_presence(&mut self.node, &presence, now);
+            }
+        }
+        self.drain_node(now);
+    }
+
+    /// The portal refused a connection request (its reply to `request_connection` was an
+    /// error): the held-back packets are dropped and the next packet asks again.
+    pub fn handle_connection_request_failed(&mut self, rid: ResourceId) {
+        if let Some(Route::Requested { .. }) = self.routes.get(&rid) {
+            if let Some(route) = self.routes.remove(&rid) {
+                tracing::debug!(%rid, "connection request refused");
+                self.drop_queue(route.into_queue());
+            }
+        }
+    }
+
+    fn handle_init(&mut self, init: ClientInit, now: Instant) {
+        let ClientInit {
+            interface,
+            resources,
+            relays,
+        } = init;
+        tracing::info!(
+            ipv4 = %interface.ipv4,
+            ipv6 = %interface.ipv6,
+            resources = resources.len(),
+            relays = relays.len(),
+            "init"
+        );
+        if self.interface != Some(interface) {
+            self.interface = Some(interface);
+            self.events
+                .push_back(ClientEvent::InterfaceUpdated(interface));
+        }
+        let listed: BTreeSet<ResourceId> = resources.iter().map(|r| r.id).collect();
+        let gone: Vec<ResourceId> = self
+            .resources
+            .keys()
+            .filter(|rid| !listed.contains(rid))
+            .copied()
+            .collect();
+        for rid in gone {
+            self.resources.remove(&rid);
+            if let Some(route) = self.routes.remove(&rid) {
+                self.drop_queue(route.into_queue());
+            }
+        }
+        for resource in resources {
+            self.resources.insert(resource.id, resource);
+        }
+        self.rebuild_table();
+        replace_relays(&mut self.node, &relays, now);
+    }
+
+    fn handle_flow_authorized(&mut self, details: ConnectionDetails, now: Instant) {
+        let ConnectionDetails {
+            resource_id: rid,
+            gateway_id: gid,
+            gateway_public_key,
+            client_ice,
+            gateway_ice,
+            preshared_key,
+            expires_at: _,
+        } = details;
+        if !self.resources.contains_key(&rid) {
+            tracing::debug!(%rid, %gid, "flow for an unknown resource: ignored");
+            return;
+        }
+        let outcome = self.node.upsert_connection(
+            gid,
+            gateway_public_key.into(),
+            preshared_key.into(),
+            client_ice.into(),
+            gateway_ice.into(),
+            now,
+        );
+        let established = match outcome {
+            Upsert::Created | Upsert::Replaced => false,
+            Upsert::Kept => self.node.connection(gid).is_some_and(|c| c.established),
+        };
+        self.gateways.insert(gid, established);
+        tracing::info!(%rid, %gid, ?outcome, "flow authorized");
+        let queue = self
+            .routes
+            .remove(&rid)
+            .map(Route::into_queue)
+            .unwrap_or_default();
+        self.routes.insert(
+            rid,
+            Route::Gateway {
+                gateway: gid,
+                queue,
+            },
+        );
+        if established {
+            self.flush(gid, now);
+        }
+    }
+
+    /// Advances timers: the node's, and connection requests that went unanswered.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.node.handle_timeout(now);
+        let expired: Vec<ResourceId> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| matches!(r, Route::Requested { deadline, .. } if *deadline <= now))
+            .map(|(rid, _)| *rid)
+            .collect();
+        for rid in expired {
+            if let Some(route) = self.routes.remove(&rid) {
+                tracing::debug!(%rid, "connection request unanswered: held-back packets dropped");
+                self.drop_queue(route.into_queue());
+            }
+        }
+        self.drain_node(now);
+    }
+
+    /// When to call [`ClientTunnel::handle_timeout`] next, and why.
+    pub fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
+        let request = self
+            .routes
+            .values()
+            .filter_map(|r| match r {
+                Route::Requested { deadline, .. } => Some(*deadline),
+                Route::Gateway { .. } => None,
+            })
+            .min()
+            .map(|t| (t, "connection request"));
+        earliest(self.node.poll_timeout(), request)
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits
+            .pop_front()
+            .or_else(|| self.node.poll_transmit())
+    }
+
+    /// The next message for the portal.
+    pub fn poll_portal_message(&mut self) -> Option<ClientEgress> {
+        self.egress.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    fn remove_resource(&mut self, rid: ResourceId) {
+        self.resources.remove(&rid);
+        if let Some(route) = self.routes.remove(&rid) {
+            self.drop_queue(route.into_queue());
+        }
+        self.rebuild_table();
+    }
+
+    fn drop_queue(&mut self, queue: PacketQueue) {
+        self.stats.queue_dropped += queue.len();
+    }
+
+    /// Rebuilds the lookup table from the resources; tells the runtime if the routes changed.
+    fn rebuild_table(&mut self) {
+        let before: BTreeSet<IpNetwork> = self.table.iter().map(|(n, _)| n).collect();
+        let mut table = ResourceTable::new();
+        for (rid, resource) in &self.resources {
+            let network = resource.address.network();
+            if table.get(&network).is_none() {
+                table.insert(network, *rid);
+            }
+        }
+        self.table = table;
+        let after: BTreeSet<IpNetwork> = self.table.iter().map(|(n, _)| n).collect();
+        if before != after {
+            self.events.push_back(ClientEvent::RoutesUpdated(after));
+        }
+    }
+
+    /// Sends what was held back for the resources of `gateway`, each resource's in order.
+    fn flush(&mut self, gateway: GatewayId, now: Instant) {
+        let mut held = Vec::new();
+        for (rid, route) in &mut self.routes {
+            if route.gateway() == Some(gateway) {
+                let queue = std::mem::take(route.queue_mut());
+                if queue.len() > 0 {
+                    tracing::debug!(%rid, gid = %gateway, packets = queue.len(), "sending held-back packets");
+                }
+                held.extend(queue.0);
+            }
+        }
+        for packet in held {
+            match self.node.encapsulate(gateway, &packet, now) {
+                Ok(transmit) => push_transmit(&mut self.node, &mut self.transmits, transmit),
+                Err(error) => {
+                    self.stats.encapsulate_errors += 1;
+                    tracing::debug!(gid = %gateway, %error, "cannot encapsulate held-back packet");
+                }
+            }
+        }
+    }
+
+    /// Turns the node's events into portal messages, flushes and unbinds.
+    fn drain_node(&mut self, now: Instant) {
+        while let Some(event) = self.node.poll_event() {
+            match event {
+                Event::NewIceCandidate {
+                    connection,
+                    candidate,
+                } => self.push_candidate(connection, candidate, false),
+                Event::InvalidateIceCandidate {
+                    connection,
+                    candidate,
+                } => self.push_candidate(connection, candidate, true),
+                Event::ConnectionEstablished(gid) => {
+                    tracing::info!(%gid, "connected to gateway");
+                    self.gateways.insert(gid, true);
+                    self.events.push_back(ClientEvent::GatewayConnected(gid));
+                    self.flush(gid, now);
+                }
+                Event::ConnectionIdle(gid) => tracing::debug!(%gid, "connection idle"),
+                Event::ConnectionFailed { connection, reason } => {
+                    self.on_connection_failed(connection, reason);
+                }
+            }
+        }
+    }
+
+    fn on_connection_failed(&mut self, gid: GatewayId, reason: FailReason) {
+        tracing::info!(%gid, %reason, "connection to gateway failed");
+        self.gateways.remove(&gid);
+        let unbound: Vec<ResourceId> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| r.gateway() == Some(gid))
+            .map(|(rid, _)| *rid)
+            .collect();
+        for rid in unbound {
+            if let Some(route) = self.routes.remove(&rid) {
+                self.drop_queue(route.into_queue());
+            }
+        }
+        self.events.push_back(ClientEvent::GatewayDisconnected {
+            gateway: gid,
+            reason,
+        });
+    }
+
+    /// Queues a candidate for the portal, in the same message as the previous one if that was
+    /// of the same kind and for the same gateway.
+    fn push_candidate(&mut self, gateway: GatewayId, candidate: String, invalidate: bool) {
+        match (self.egress.back_mut(), invalidate) {
+            (Some(ClientEgress::IceCandidates(last)), false)
+            | (Some(ClientEgress::InvalidateIceCandidates(last)), true)
+                if last.gateway_id == gateway =>
+            {
+                last.candidates.push(candidate);
+                return;
+            }
+            (
+                Some(
+                    ClientEgress::IceCandidates(_)
+                    | ClientEgress::InvalidateIceCandidates(_)
+                    | ClientEgress::RequestConnection(_),
+                )
+                | None,
+                _,
+            ) => {}
+        }
+        let candidates = GatewayCandidates {
+            gateway_id: gateway,
+            candidates: vec![candidate],
+        };
+        self.egress.push_back(if invalidate {
+            ClientEgress::InvalidateIceCandidates(candidates)
+        } else {
+            ClientEgress::IceCandidates(candidates)
+        });
+    }
+}

@@ -1,0 +1,866 @@
+//! Tests of the client and gateway tunnels.
+//!
+//! [`World`] drives one client and one gateway over an in-memory, zero-latency link with a
+//! virtual clock, and plays the portal: it turns each side's egress messages into the other
+//! side's ingress messages and answers connection requests for the resources its policy allows.
+
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use super::*;
+use crate::ids::{ClientId, GatewayId, ResourceId};
+use crate::packet::{IpPacket, Transport};
+use crate::portal::messages::{
+    AuthorizeFlow, ClientCandidates, ClientEgress, ClientIngress, ClientInit, ConnectionDetails,
+    FlowClient, GatewayCandidates, GatewayEgress, GatewayIngress, GatewayInit,
+};
+use crate::portal::{
+    AccessRevoked, Authorization, IceCredentials, Interface, IpNetwork, PresharedKey,
+    ResourceAddress, ResourceDescription,
+};
+use crate::Transmit;
+
+const CID: ClientId = ClientId(1);
+const GID: GatewayId = GatewayId(1);
+/// A range.
+const R1: ResourceId = ResourceId(1);
+/// A host.
+const R2: ResourceId = ResourceId(2);
+/// An IPv6 range.
+const R3: ResourceId = ResourceId(3);
+/// Unix time when every test starts.
+const WALL_SECS: u64 = 1_700_000_000;
+
+fn client_addr() -> SocketAddr {
+    "192.0.2.1:50000".parse().unwrap()
+}
+
+fn gateway_addr() -> SocketAddr {
+    "198.51.100.1:51820".parse().unwrap()
+}
+
+fn interface() -> Interface {
+    Interface {
+        ipv4: Ipv4Addr::new(100, 64, 0, 1),
+        ipv6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+    }
+}
+
+fn v4() -> IpAddr {
+    IpAddr::V4(interface().ipv4)
+}
+
+fn v6() -> IpAddr {
+    IpAddr::V6(interface().ipv6)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn sock(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+fn resource(rid: ResourceId) -> ResourceDescription {
+    let address = match rid {
+        R1 => ResourceAddress::Cidr {
+            address: "10.0.0.0/24".parse().unwrap(),
+        },
+        R2 => ResourceAddress::Host {
+            address: ip("10.0.1.5"),
+        },
+        R3 => ResourceAddress::Cidr {
+            address: "fd10::/64".parse().unwrap(),
+        },
+        other => ResourceAddress::Cidr {
+            address: IpNetwork::new(IpAddr::V4(Ipv4Addr::new(10, 9, other.0 as u8, 0)), 24)
+                .unwrap(),
+        },
+    };
+    ResourceDescription {
+        id: rid,
+        name: rid.to_string(),
+        address,
+    }
+}
+
+fn creds(u: &str) -> IceCredentials {
+    IceCredentials {
+        username: u.into(),
+        password: format!("{u}-password-0123456789abc"),
+    }
+}
+
+fn udp(src: IpAddr, dst: IpAddr, payload: &[u8]) -> IpPacket {
+    IpPacket::udp(sock(src, 5353), sock(dst, 53), payload).unwrap()
+}
+
+/// The portal, as far as one client and one gateway see it.
+struct Portal {
+    client_key: crate::portal::PublicKey,
+    gateway_key: crate::portal::PublicKey,
+    psk: [u8; 32],
+    /// The policy: resources the client may reach, and until when (unix seconds).
+    allowed: BTreeMap<ResourceId, u64>,
+    /// Resources whose `authorize_flow` the gateway does not get (it already has them).
+    gateway_silent: BTreeSet<ResourceId>,
+    /// Every `request_connection`, in order.
+    requests: Vec<ResourceId>,
+    /// Whether requests wait in `held` instead of being answered.
+    hold: bool,
+    held: Vec<ResourceId>,
+}
+
+impl Portal {
+    fn authorize_flow(&self, rid: ResourceId) -> AuthorizeFlow {
+        AuthorizeFlow {
+            client: FlowClient {
+                id: CID,
+                public_key: self.client_key,
+                ipv4: interface().ipv4,
+                ipv6: interface().ipv6,
+            },
+            resource: resource(rid),
+            client_ice: creds("cccc"),
+            gateway_ice: creds("gggg"),
+            preshared_key: PresharedKey::from_bytes(self.psk),
+            expires_at: self.allowed.get(&rid).copied().unwrap_or(WALL_SECS + 3600),
+        }
+    }
+
+    fn flow_authorized(&self, rid: ResourceId) -> ConnectionDetails {
+        ConnectionDetails {
+            resource_id: rid,
+            gateway_id: GID,
+            gateway_public_key: self.gateway_key,
+            client_ice: creds("cccc"),
+            gateway_ice: creds("gggg"),
+            preshared_key: PresharedKey::from_bytes(self.psk),
+            expires_at: self.allowed.get(&rid).copied().unwrap_or(WALL_SECS + 3600),
+        }
+    }
+}
+
+/// One client, one gateway, a link between them and the portal, on a virtual clock.
+struct World {
+    start: Instant,
+    now: Instant,
+    client: ClientTunnel,
+    gateway: GatewayTunnel,
+    portal: Portal,
+    /// Whether the link carries datagrams.
+    link_up: bool,
+    /// What reached the client's TUN device.
+    client_tun: Vec<Vec<u8>>,
+    /// What reached the resource network.
+    gateway_tun: Vec<Vec<u8>>,
+    client_events: Vec<ClientEvent>,
+    gateway_events: Vec<GatewayEvent>,
+}
+
+impl World {
+    /// The client knows R1, R2 and R3; the policy allows `allowed` for an hour.
+    fn new(allowed: &[ResourceId]) -> Self {
+        let now = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(WALL_SECS);
+        let mut client = ClientTunnel::new(1, now);
+        let mut gateway = GatewayTunnel::new(2, now, wall);
+        client.add_local_address(client_addr(), now);
+        gateway.add_local_address(gateway_addr(), now);
+        let portal = Portal {
+            client_key: client.public_key().into(),
+            gateway_key: gateway.public_key().into(),
+            psk: [7; 32],
+            allowed: allowed.iter().map(|r| (*r, WALL_SECS + 3600)).collect(),
+            gateway_silent: BTreeSet::new(),
+            requests: Vec::new(),
+            hold: false,
+            held: Vec::new(),
+        };
+        let mut world = Self {
+            start: now,
+            now,
+            client,
+            gateway,
+            portal,
+            link_up: true,
+            client_tun: Vec::new(),
+            gateway_tun: Vec::new(),
+            client_events: Vec::new(),
+            gateway_events: Vec::new(),
+        };
+        world.client.handle_portal_message(
+            ClientIngress::Init(ClientInit {
+                interface: interface(),
+                resources: vec![resource(R1), resource(R2), resource(R3)],
+                relays: vec![],
+            }),
+            now,
+        );
+        world.gateway.handle_portal_message(
+            GatewayIngress::Init(GatewayInit {
+                relays: vec![],
+                authorizations: vec![],
+            }),
+            now,
+        );
+        world.settle();
+        world
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// A packet from the client's TUN device.
+    fn client_sends(&mut self, packet: &IpPacket) {
+        let transmit = self.client.handle_tun_packet(packet, self.now);
+        self.deliver_to_gateway(transmit);
+        self.settle();
+    }
+
+    /// A packet from the resource network.
+    fn resource_sends(&mut self, packet: &IpPacket) {
+        let transmit = self.gateway.handle_tun_packet(packet, self.now);
+        self.deliver_to_client(transmit);
+        self.settle();
+    }
+
+    fn deliver_to_gateway(&mut self, transmit: Option<Transmit>) {
+        let Some(t) = transmit.filter(|t| self.link_up && t.dst == gateway_addr()) else {
+            return;
+        };
+        let packet =
+            self.gateway
+                .handle_network_input(gateway_addr(), client_addr(), &t.payload, self.now);
+        self.gateway_tun
+            .extend(packet.map(|p| p.as_bytes().to_vec()));
+    }
+
+    fn deliver_to_client(&mut self, transmit: Option<Transmit>) {
+        let Some(t) = transmit.filter(|t| self.link_up && t.dst == client_addr()) else {
+            return;
+        };
+        let packet =
+            self.client
+                .handle_network_input(client_addr(), gateway_addr(), &t.payload, self.now);
+        self.client_tun
+            .extend(packet.map(|p| p.as_bytes().to_vec()));
+    }
+
+    /// Answers a connection request, or holds it.
+    fn request(&mut self, rid: ResourceId) {
+        if self.portal.hold {
+            self.portal.held.push(rid);
+            return;
+        }
+        if !self.portal.allowed.contains_key(&rid) {
+            return;
+        }
+        if !self.portal.gateway_silent.contains(&rid) {
+            let flow = self.portal.authorize_flow(rid);
+            self.gateway
+                .handle_portal_message(GatewayIngress::AuthorizeFlow(flow), self.now);
+        }
+        let details = self.portal.flow_authorized(rid);
+        self.client
+            .handle_portal_message(ClientIngress::FlowAuthorized(details), self.now);
+    }
+
+    /// Answers the held requests.
+    fn release(&mut self) {
+        self.portal.hold = false;
+        for rid in std::mem::take(&mut self.portal.held) {
+            self.request(rid);
+        }
+        self.settle();
+    }
+
+    /// Moves messages, datagrams and events until nothing moves. Returns whether anything did.
+    fn step(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(message) = self.client.poll_portal_message() {
+            moved = true;
+            match message {
+                ClientEgress::RequestConnection(r) => {
+                    self.portal.requests.push(r.resource_id);
+                    self.request(r.resource_id);
+                }
+                ClientEgress::IceCandidates(GatewayCandidates { candidates, .. }) => {
+                    let m = GatewayIngress::IceCandidates(ClientCandidates {
+                        client_id: CID,
+                        candidates,
+                    });
+                    self.gateway.handle_portal_message(m, self.now);
+                }
+                ClientEgress::InvalidateIceCandidates(GatewayCandidates { candidates, .. }) => {
+                    let m = GatewayIngress::InvalidateIceCandidates(ClientCandidates {
+                        client_id: CID,
+                        candidates,
+                    });
+                    self.gateway.handle_portal_message(m, self.now);
+                }
+            }
+        }
+        while let Some(message) = self.gateway.poll_portal_message() {
+            moved = true;
+            let m = match message {
+                GatewayEgress::IceCandidates(ClientCandidates { candidates, .. }) => {
+                    ClientIngress::IceCandidates(GatewayCandidates {
+                        gateway_id: GID,
+                        candidates,
+                    })
+                }
+                GatewayEgress::InvalidateIceCandidates(ClientCandidates { candidates, .. }) => {
+                    ClientIngress::InvalidateIceCandidates(GatewayCandidates {
+                        gateway_id: GID,
+                        candidates,
+                    })
+                }
+            };
+            self.client.handle_portal_message(m, self.now);
+        }
+        while let Some(t) = self.client.poll_transmit() {
+            moved = true;
+            self.deliver_to_gateway(Some(t));
+        }
+        while let Some(t) = self.gateway.poll_transmit() {
+            moved = true;
+            self.deliver_to_client(Some(t));
+        }
+        while let Some(e) = self.client.poll_event() {
+            moved = true;
+            self.client_events.push(e);
+        }
+        while let Some(e) = self.gateway.poll_event() {
+            moved = true;
+            self.gateway_events.push(e);
+        }
+        moved
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("the world does not settle");
+    }
+
+    /// Runs timers and traffic for `duration` of virtual time.
+    fn run_for(&mut self, duration: Duration) {
+        let deadline = self.now + duration;
+        for _ in 0..1_000_000 {
+            self.settle();
+            let next = [self.client.poll_timeout(), self.gateway.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .map(|(t, _)| t)
+                .min();
+            let Some(next) = next.filter(|t| *t <= deadline) else {
+                self.now = deadline;
+                self.client.handle_timeout(self.now);
+                self.gateway.handle_timeout(self.now);
+                self.settle();
+                return;
+            };
+            self.now = self.now.max(next);
+            self.client.handle_timeout(self.now);
+            self.gateway.handle_timeout(self.now);
+        }
+        panic!("timers do not advance");
+    }
+
+    /// Connects to the resources by sending one packet to each and running until delivered.
+    fn connect(&mut self, targets: &[IpAddr]) {
+        for (i, dst) in targets.iter().enumerate() {
+            let src = if dst.is_ipv4() { v4() } else { v6() };
+            self.client_sends(&udp(src, *dst, format!("hello {i}").as_bytes()));
+        }
+        self.run_for(Duration::from_secs(2));
+        assert_eq!(
+            self.gateway_tun.len(),
+            targets.len(),
+            "every first packet arrives"
+        );
+        assert!(self
+            .client_events
+            .contains(&ClientEvent::GatewayConnected(GID)));
+        self.gateway_tun.clear();
+    }
+}
+
+fn is_prohibited(bytes: &[u8], from: IpAddr, to: IpAddr) -> bool {
+    let packet = IpPacket::parse(bytes).unwrap();
+    let kind = match packet.transport() {
+        Transport::Icmpv4 {
+            icmp_type, code, ..
+        } => (icmp_type, code) == (3, 13),
+        Transport::Icmpv6 {
+            icmp_type, code, ..
+        } => (icmp_type, code) == (1, 1),
+        Transport::Udp { .. }
+        | Transport::Tcp { .. }
+        | Transport::Other(_)
+        | Transport::Fragment => false,
+    };
+    kind && packet.source() == from && packet.destination() == to && packet.checksums_valid()
+}
+
+#[test]
+fn client_reaches_authorized_resource_and_reply_comes_back() {
+    let mut w = World::new(&[R1, R3]);
+    let echo = IpPacket::icmp_echo_request(v4(), ip("10.0.0.7"), 9, 1, b"ping").unwrap();
+    w.client_sends(&echo);
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.gateway_tun, vec![echo.as_bytes().to_vec()], "unchanged");
+    assert_eq!(w.portal.requests, vec![R1]);
+
+    let reply = IpPacket::icmp_echo_reply(ip("10.0.0.7"), v4(), 9, 1, b"ping").unwrap();
+    w.resource_sends(&reply);
+    assert_eq!(w.client_tun, vec![reply.as_bytes().to_vec()]);
+
+    // UDP, both ways, over the established connection; and IPv6 to another resource.
+    let query = udp(v4(), ip("10.0.0.53"), b"query");
+    w.client_sends(&query);
+    let answer = IpPacket::udp(sock(ip("10.0.0.53"), 53), sock(v4(), 5353), b"answer").unwrap();
+    w.resource_sends(&answer);
+    let query6 = udp(v6(), ip("fd10::8"), b"query6");
+    w.client_sends(&query6);
+    w.run_for(Duration::from_secs(1));
+    let answer6 = IpPacket::udp(sock(ip("fd10::8"), 53), sock(v6(), 5353), b"answer6").unwrap();
+    w.resource_sends(&answer6);
+
+    assert_eq!(
+        w.gateway_tun,
+        vec![
+            echo.as_bytes().to_vec(),
+            query.as_bytes().to_vec(),
+            query6.as_bytes().to_vec()
+        ]
+    );
+    assert_eq!(
+        w.client_tun,
+        vec![
+            reply.as_bytes().to_vec(),
+            answer.as_bytes().to_vec(),
+            answer6.as_bytes().to_vec()
+        ]
+    );
+    assert_eq!(w.portal.requests, vec![R1, R3]);
+    assert_eq!(w.client.stats(), &ClientStats::default());
+    assert_eq!(w.gateway.stats(), &GatewayStats::default());
+}
+
+#[test]
+fn unauthorized_destination_is_answered_with_icmp_prohibited() {
+    let mut w = World::new(&[R1, R2]);
+    w.connect(&[ip("10.0.0.7"), ip("10.0.1.5")]);
+    // The revocation reaches the gateway; the client still routes R2 there.
+    w.gateway.handle_portal_message(
+        GatewayIngress::AccessRevoked(AccessRevoked {
+            client_id: CID,
+            resource_id: R2,
+        }),
+        w.now,
+    );
+    w.settle();
+
+    let dropped = udp(v4(), ip("10.0.1.5"), b"secret");
+    w.client_sends(&dropped);
+
+    assert!(w.gateway_tun.is_empty(), "nothing reaches the resource");
+    assert_eq!(w.gateway.stats().unauthorized, 1);
+    assert_eq!(w.client_tun.len(), 1);
+    assert!(is_prohibited(&w.client_tun[0], ip("10.0.1.5"), v4()));
+    let reply = IpPacket::parse(w.client_tun[0].as_slice()).unwrap();
+    assert!(reply.payload().starts_with(dropped.as_bytes()), "quotes it");
+
+    // R1 is still fine.
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"fine"));
+    assert_eq!(w.gateway_tun.len(), 1);
+}
+
+#[test]
+fn wrong_source_from_an_authenticated_client_is_dropped() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    w.client_sends(&udp(ip("100.64.0.99"), ip("10.0.0.7"), b"spoofed"));
+    w.client_sends(&udp(ip("fd00::99"), ip("fd10::1"), b"unrouted"));
+    assert!(w.gateway_tun.is_empty());
+    assert!(w.client_tun.is_empty(), "a spoofed source is not answered");
+    assert_eq!(w.gateway.stats().wrong_source, 1);
+    // The IPv6 packet was not even sent: R3 is not allowed, so no gateway serves it.
+    assert_eq!(w.portal.requests, vec![R1, R3]);
+}
+
+#[test]
+fn pending_packets_make_one_request_and_arrive_in_order() {
+    let mut w = World::new(&[R1]);
+    let packets: Vec<IpPacket> = (0..5u8)
+        .map(|i| udp(v4(), ip("10.0.0.53"), &[i; 10]))
+        .collect();
+    // Two before the portal answers, three after it answered but before the connection is up.
+    for p in &packets[..2] {
+        assert!(w.client.handle_tun_packet(p, w.now).is_none());
+    }
+    w.settle();
+    assert_eq!(w.client.gateway_of(R1), Some(GID));
+    for p in &packets[2..] {
+        w.client_sends(p);
+    }
+    assert!(w.gateway_tun.is_empty());
+    w.run_for(Duration::from_secs(2));
+
+    assert_eq!(w.portal.requests, vec![R1], "exactly one request");
+    let expected: Vec<Vec<u8>> = packets.iter().map(|p| p.as_bytes().to_vec()).collect();
+    assert_eq!(w.gateway_tun, expected);
+    assert_eq!(w.client.stats().queue_overflow, 0);
+}
+
+#[test]
+fn pending_queue_overflow_drops_the_oldest() {
+    let mut w = World::new(&[R1]);
+    w.portal.hold = true;
+    let packets: Vec<IpPacket> = (0..40u8)
+        .map(|i| udp(v4(), ip("10.0.0.53"), &[i; 10]))
+        .collect();
+    for p in &packets {
+        w.client_sends(p);
+    }
+    assert_eq!(w.portal.requests, vec![R1]);
+    assert_eq!(w.client.stats().queue_overflow, 8);
+    w.release();
+    w.run_for(Duration::from_secs(2));
+
+    let expected: Vec<Vec<u8>> = packets[8..].iter().map(|p| p.as_bytes().to_vec()).collect();
+    assert_eq!(w.gateway_tun, expected);
+}
+
+#[test]
+fn unanswered_request_times_out_and_the_next_packet_asks_again() {
+    let mut w = World::new(&[R1]);
+    w.portal.hold = true;
+    w.client_sends(&udp(v4(), ip("10.0.0.53"), b"a"));
+    w.run_for(REQUEST_TIMEOUT);
+    assert_eq!(w.client.stats().queue_dropped, 1);
+    w.client_sends(&udp(v4(), ip("10.0.0.53"), b"b"));
+    assert_eq!(w.portal.requests, vec![R1, R1]);
+}
+
+#[test]
+fn packets_without_a_resource_are_dropped() {
+    let mut w = World::new(&[R1]);
+    w.client_sends(&udp(v4(), ip("192.168.1.1"), b"nowhere"));
+    assert_eq!(w.client.stats().no_resource, 1);
+    assert!(w.portal.requests.is_empty());
+}
+
+#[test]
+fn authorization_expiry_removes_access_at_the_expiry() {
+    let mut w = World::new(&[R1, R2]);
+    w.portal.allowed.insert(R2, WALL_SECS + 60);
+    w.connect(&[ip("10.0.0.7"), ip("10.0.1.5")]);
+
+    w.run_for(Duration::from_secs(60) - w.elapsed() - Duration::from_millis(1));
+    w.client_sends(&udp(v4(), ip("10.0.1.5"), b"just in time"));
+    assert_eq!(w.gateway_tun.len(), 1);
+
+    w.run_for(Duration::from_millis(1));
+    assert_eq!(w.elapsed(), Duration::from_secs(60));
+    assert!(w.gateway_events.contains(&GatewayEvent::FlowEnded {
+        client: CID,
+        resource: R2,
+        reason: FlowEndReason::Expired,
+    }));
+    assert!(!w.gateway.is_authorized(CID, R2, w.now));
+    w.client_sends(&udp(v4(), ip("10.0.1.5"), b"too late"));
+    assert_eq!(w.gateway_tun.len(), 1);
+    assert!(is_prohibited(
+        w.client_tun.last().unwrap(),
+        ip("10.0.1.5"),
+        v4()
+    ));
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"still fine"));
+    assert_eq!(w.gateway_tun.len(), 2);
+}
+
+#[test]
+fn expiries_are_removed_in_time_and_key_order() {
+    let now = Instant::now();
+    let wall = UNIX_EPOCH + Duration::from_secs(WALL_SECS);
+    let mut gateway = GatewayTunnel::new(3, now, wall);
+    let flow = |cid: u64, rid: ResourceId, secs: u64| {
+        let mut f = Portal {
+            client_key: crate::portal::PublicKey::from_bytes([cid as u8; 32]),
+            gateway_key: crate::portal::PublicKey::from_bytes([0; 32]),
+            psk: [1; 32],
+            allowed: BTreeMap::from([(rid, WALL_SECS + secs)]),
+            gateway_silent: BTreeSet::new(),
+            requests: vec![],
+            hold: false,
+            held: vec![],
+        }
+        .authorize_flow(rid);
+        f.client.id = ClientId(cid);
+        f.client.ipv4 = Ipv4Addr::new(100, 64, 0, cid as u8);
+        f.client.ipv6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, cid as u16);
+        GatewayIngress::AuthorizeFlow(f)
+    };
+    for (cid, rid, secs) in [(2, R1, 60), (1, R2, 60), (3, R1, 30), (1, R1, 60)] {
+        gateway.handle_portal_message(flow(cid, rid, secs), now);
+    }
+    let drain = |g: &mut GatewayTunnel| {
+        std::iter::from_fn(|| g.poll_event())
+            .filter_map(|e| match e {
+                GatewayEvent::FlowEnded {
+                    client,
+                    resource,
+                    reason: FlowEndReason::Expired,
+                } => Some((client, resource)),
+                GatewayEvent::ClientConnected(_)
+                | GatewayEvent::ClientDisconnected { .. }
+                | GatewayEvent::FlowEnded { .. } => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let t30 = now + Duration::from_secs(30);
+    let t60 = now + Duration::from_secs(60);
+    assert!(gateway.poll_timeout().unwrap().0 <= t30);
+
+    gateway.handle_timeout(t30 - Duration::from_millis(1));
+    assert!(drain(&mut gateway).is_empty());
+    gateway.handle_timeout(t30);
+    assert_eq!(drain(&mut gateway), vec![(ClientId(3), R1)]);
+    assert!(gateway.poll_timeout().unwrap().0 <= t60);
+    assert!(
+        gateway.node().connection(ClientId(3)).is_none(),
+        "forgotten"
+    );
+
+    gateway.handle_timeout(t60);
+    assert_eq!(
+        drain(&mut gateway),
+        vec![(ClientId(1), R1), (ClientId(1), R2), (ClientId(2), R1)]
+    );
+    assert_eq!(gateway.authorizations().count(), 0);
+    assert_eq!(gateway.node().connections().count(), 0);
+}
+
+#[test]
+fn gateway_init_revokes_exactly_the_unlisted_authorizations() {
+    let mut w = World::new(&[R1, R2]);
+    w.connect(&[ip("10.0.0.7"), ip("10.0.1.5")]);
+    w.gateway_events.clear();
+    w.gateway.handle_portal_message(
+        GatewayIngress::Init(GatewayInit {
+            relays: vec![],
+            authorizations: vec![Authorization {
+                client_id: CID,
+                resource_id: R1,
+                expires_at: WALL_SECS + 7200,
+            }],
+        }),
+        w.now,
+    );
+    w.settle();
+    assert_eq!(
+        w.gateway_events,
+        vec![GatewayEvent::FlowEnded {
+            client: CID,
+            resource: R2,
+            reason: FlowEndReason::NotInInit,
+        }]
+    );
+    let left: Vec<_> = w.gateway.authorizations().collect();
+    assert_eq!(
+        left,
+        vec![(CID, R1, w.start + Duration::from_secs(7200))],
+        "kept, with the new expiry"
+    );
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"ok"));
+    w.client_sends(&udp(v4(), ip("10.0.1.5"), b"no"));
+    assert_eq!(w.gateway_tun.len(), 1);
+    assert!(is_prohibited(
+        w.client_tun.last().unwrap(),
+        ip("10.0.1.5"),
+        v4()
+    ));
+}
+
+#[test]
+fn access_survives_a_connection_failure() {
+    let mut w = World::new(&[R1, R2]);
+    w.connect(&[ip("10.0.0.7"), ip("10.0.1.5")]);
+    w.link_up = false;
+    // Idle connections probe sparsely, so noticing the loss takes a few minutes.
+    w.run_for(Duration::from_secs(300));
+    assert!(w
+        .gateway_events
+        .iter()
+        .any(|e| matches!(e, GatewayEvent::ClientDisconnected { client: CID, .. })));
+    assert!(w
+        .client_events
+        .iter()
+        .any(|e| matches!(e, ClientEvent::GatewayDisconnected { gateway: GID, .. })));
+    assert_eq!(
+        w.client.gateway_of(R1),
+        None,
+        "the client forgot the binding"
+    );
+    assert_eq!(w.gateway.authorizations().count(), 2, "the gateway did not");
+
+    // The client reconnects through R1; the gateway hears nothing new about R2.
+    w.link_up = true;
+    w.portal.gateway_silent.insert(R2);
+    w.connect(&[ip("10.0.0.7")]);
+    w.client_sends(&udp(v4(), ip("10.0.1.5"), b"still mine"));
+    assert_eq!(w.gateway_tun.len(), 1, "R2 still authorized at the gateway");
+    assert_eq!(w.portal.requests, vec![R1, R2, R1, R2]);
+}
+
+#[test]
+fn same_flow_again_keeps_the_connection_and_resends_candidates() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    let index = w.gateway.node().connection(CID).unwrap().index;
+
+    // The client lost its state and asked again: same keys, same credentials.
+    let flow = w.portal.authorize_flow(R1);
+    w.gateway
+        .handle_portal_message(GatewayIngress::AuthorizeFlow(flow), w.now);
+    assert_eq!(w.gateway.node().connection(CID).unwrap().index, index);
+    match w.gateway.poll_portal_message() {
+        Some(GatewayEgress::IceCandidates(c)) => {
+            assert_eq!(c.client_id, CID);
+            assert!(!c.candidates.is_empty());
+        }
+        other => panic!("expected candidates, got {other:?}"),
+    }
+    w.settle();
+
+    // A new PSK replaces the tunnel.
+    w.portal.psk = [8; 32];
+    let flow = w.portal.authorize_flow(R1);
+    w.gateway
+        .handle_portal_message(GatewayIngress::AuthorizeFlow(flow), w.now);
+    assert_ne!(w.gateway.node().connection(CID).unwrap().index, index);
+}
+
+#[test]
+fn client_drops_tunnel_packets_from_outside_the_gateway_resources() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    // The gateway believes the client may reach 10.9.9.0/24; the client knows nothing of it.
+    let mut flow = w.portal.authorize_flow(ResourceId(9));
+    flow.resource = resource(ResourceId(9));
+    w.gateway
+        .handle_portal_message(GatewayIngress::AuthorizeFlow(flow), w.now);
+    w.settle();
+    w.resource_sends(&udp(ip("10.9.9.1"), v4(), b"unsolicited"));
+    assert!(w.client_tun.is_empty());
+    assert_eq!(w.client.stats().unexpected_source, 1);
+    // And the gateway refuses replies from outside the client's authorizations.
+    w.resource_sends(&udp(ip("10.0.1.5"), v4(), b"not authorized"));
+    assert_eq!(w.gateway.stats().unauthorized_reply, 1);
+}
+
+#[test]
+fn revoked_resource_is_no_longer_routed() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    w.client.handle_portal_message(
+        ClientIngress::AccessRevoked(AccessRevoked {
+            client_id: CID,
+            resource_id: R1,
+        }),
+        w.now,
+    );
+    w.settle();
+    assert!(w
+        .client_events
+        .iter()
+        .any(|e| matches!(e, ClientEvent::RoutesUpdated(routes) if routes.len() == 2)));
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"gone"));
+    assert_eq!(w.client.stats().no_resource, 1);
+    assert!(w.gateway_tun.is_empty());
+}
+
+#[test]
+fn icmp_prohibited_replies_have_valid_checksums() {
+    let cases = [
+        udp(v4(), ip("10.0.0.7"), b"x"),
+        udp(v6(), ip("fd10::7"), b"x"),
+        IpPacket::icmp_echo_request(v4(), ip("10.0.0.7"), 1, 2, &[0; 3]).unwrap(),
+        IpPacket::icmp_echo_request(v6(), ip("fd10::7"), 1, 2, &[0; 3]).unwrap(),
+        udp(v4(), ip("10.0.0.7"), &[0xab; 1400]),
+        udp(v6(), ip("fd10::7"), &[0xab; 1400]),
+    ];
+    for dropped in &cases {
+        let reply = prohibited_reply(dropped).unwrap();
+        assert!(reply.checksums_valid(), "{reply:?}");
+        assert!(is_prohibited(
+            reply.as_bytes(),
+            dropped.destination(),
+            dropped.source()
+        ));
+        let limit = if dropped.source().is_ipv4() {
+            576
+        } else {
+            1280
+        };
+        assert!(reply.as_bytes().len() <= limit);
+        let quoted = reply.payload();
+        assert_eq!(quoted, &dropped.as_bytes()[..quoted.len()]);
+        assert!(
+            prohibited_reply(&reply).is_none(),
+            "no error about an error"
+        );
+    }
+}
+
+#[test]
+fn resource_table_finds_the_longest_prefix() {
+    let mut table = ResourceTable::new();
+    let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+    table.insert(net("10.0.0.0/8"), 'a');
+    table.insert(net("10.1.0.0/16"), 'b');
+    table.insert(net("10.1.2.3"), 'c');
+    table.insert(net("0.0.0.0/0"), 'd');
+    table.insert(net("fd00::/8"), 'e');
+    table.insert(net("fd00:1::/32"), 'f');
+    let find = |t: &ResourceTable<char>, s: &str| t.longest_match(ip(s)).map(|(_, v)| *v);
+    assert_eq!(find(&table, "10.1.2.3"), Some('c'));
+    assert_eq!(find(&table, "10.1.2.4"), Some('b'));
+    assert_eq!(find(&table, "10.2.0.1"), Some('a'));
+    assert_eq!(find(&table, "192.0.2.1"), Some('d'));
+    assert_eq!(find(&table, "fd00:1::5"), Some('f'));
+    assert_eq!(find(&table, "fd00:2::5"), Some('e'));
+    assert_eq!(find(&table, "2001:db8::1"), None);
+    assert_eq!(table.len(), 6);
+
+    assert_eq!(table.remove(&net("10.1.0.0/16")), Some('b'));
+    assert_eq!(find(&table, "10.1.2.4"), Some('a'));
+    assert_eq!(table.remove(&net("10.1.0.0/16")), None);
+    assert_eq!(
+        table.longest_match(ip("10.1.2.3")).map(|(n, _)| n),
+        Some(net("10.1.2.3/32"))
+    );
+}
+
+#[test]
+fn wall_clock_maps_unix_times_to_instants() {
+    let now = Instant::now();
+    let clock = WallClock::new(now, UNIX_EPOCH + Duration::from_secs(WALL_SECS));
+    assert_eq!(
+        clock.instant_at(WALL_SECS + 5),
+        now + Duration::from_secs(5)
+    );
+    assert!(clock.instant_at(WALL_SECS - 5) <= now);
+    assert!(clock.instant_at(u64::MAX) > now + Duration::from_secs(3600 * 24 * 365));
+}

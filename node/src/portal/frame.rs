@@ -231,6 +231,16 @@ mod tests {
         assert_eq!(Frame::parse(&frame.to_text()).unwrap(), frame);
     }
 
+    /// Found by the `portal_message` fuzz target: without exact float parsing, a number such as
+    /// `1700000E300` came back as a different float after one re-encoding.
+    #[test]
+    fn floats_in_payloads_round_trip_exactly() {
+        let text = r#"{"topic":"client","event":"init","payload":{"x":[{"id":7,"expires_at":1700000E300}]},"ref":null}"#;
+        let frame = Frame::parse(text).unwrap();
+
+        assert_eq!(Frame::parse(&frame.to_text()).unwrap(), frame);
+    }
+
     #[test]
     fn accepts_string_refs_and_extra_fields() {
         let frame = Frame::parse(

@@ -11,6 +11,10 @@ require() { # require COMMAND DEBIAN-PACKAGE
 # (tools are added here as the tests that drive them land)
 require turnutils_uclient coturn # relay-sim/tests/interop.rs, relay-sim/scripts/bench-vs-coturn.sh
 require turnserver coturn        # node/src/turn/coturn_interop.rs
+require ip iproute2              # tests/e2e.rs (scripts/e2e.sh): namespaces, veth, routes
+require iptables iptables        # tests/e2e.rs: the NATs (masquerade), blocking direct UDP
+require iperf3 iperf3            # tests/e2e.rs: TCP transfers through the tunnel
+require ping iputils-ping        # tests/e2e.rs
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -21,4 +25,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-cargo test --workspace --all-targets "$@"
+# Unit, integration and interop tests of every crate.
+cargo test --workspace --all-targets --exclude zta "$@"
+# The whole-system tests: the deterministic simulation (256 cases, fast only when optimised; the
+# release profile keeps debug assertions off but the same code) and the end-to-end test in
+# network namespaces with the real binaries.
+cargo test --release -p zta "$@"

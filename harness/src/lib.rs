@@ -5,3 +5,5 @@
 
 pub mod memnet;
 pub mod nat;
+pub mod sim;
+pub mod world;

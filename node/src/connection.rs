@@ -35,6 +35,12 @@ const ACTIVE_STUN_INTERVAL: Duration = Duration::from_secs(3);
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(15);
 /// ICE must find a path within this long of the connection's creation or last new candidate.
 pub const ICE_SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// WireGuard's message type of a handshake initiation.
+const HANDSHAKE_INITIATION: u8 = 1;
+
+/// Peer-reflexive remote candidates learned per connection at most (see `handle_stun`).
+const MAX_PEER_REFLEXIVE: usize = 8;
+
 /// How long ICE may stay disconnected, e.g. while a relay is replaced and the new candidates are
 /// on their way, before the connection is declared failed.
 pub const MIGRATION_GRACE: Duration = Duration::from_secs(2);
@@ -94,6 +100,8 @@ pub(crate) struct Connection {
     span: tracing::Span,
 
     path: Option<Path>,
+    /// Since when handshake initiations have gone out without a new session.
+    rekey_since: Option<Instant>,
     /// Our relayed candidates' addresses and their relays: a path from one of them is relayed.
     relayed: BTreeMap<SocketAddr, RelayId>,
     /// Where the last authenticated WireGuard packet came from: the controlled side's route
@@ -149,6 +157,7 @@ impl Connection {
             rng,
             span: p.span,
             path: None,
+            rekey_since: None,
             relayed: BTreeMap::new(),
             wg_endpoint: None,
             ice_connected_at: None,
@@ -290,7 +299,9 @@ impl Connection {
             self.events
                 .push_back(ConnEvent::NewLocalCandidate(candidate));
         }
-        let Some(path) = self.path else {
+        // Only the client rolls over: the portal upserts both ends at once, and two handshake
+        // initiations crossing each other leave neither side with the session the other uses.
+        let (Some(path), Role::Client) = (self.path, self.role) else {
             return;
         };
         if self
@@ -307,7 +318,7 @@ impl Connection {
         let result = self
             .tunnel
             .handshake_initiation(now, &mut buf.storage_mut()[header..], true);
-        if let Some(t) = self.network_result(result, buf, header, path) {
+        if let Some(t) = self.network_result(result, buf, header, path, now) {
             transmits.push_back(t);
         }
     }
@@ -358,6 +369,7 @@ impl Connection {
         match result {
             Output::Network(range) => {
                 buf.set_range(header + range.start..header + range.end);
+                self.note_sent(&buf, now);
                 Ok(Some(Transmit {
                     src: Some(path.local),
                     dst: path.remote,
@@ -429,9 +441,36 @@ impl Connection {
             let result =
                 self.tunnel
                     .decapsulate(now, from.ip(), &[], &mut buf.storage_mut()[header..]);
-            match self.network_result(result, buf, header, path) {
+            match self.network_result(result, buf, header, path, now) {
                 Some(t) => transmits.push_back(t),
                 None => break,
+            }
+        }
+    }
+
+    /// Remembers when the current run of unanswered handshake initiations began.
+    fn note_sent(&mut self, datagram: &[u8], now: Instant) {
+        if datagram.first() == Some(&HANDSHAKE_INITIATION) && self.rekey_since.is_none() {
+            self.rekey_since = Some(now);
+        }
+    }
+
+    /// An established connection whose handshakes go unanswered fails after the same deadline
+    /// as a new one. boringtun itself would keep trying for 90 s and then log an error; the peer
+    /// is gone by then (restarted, or its path is), and the caller should set up anew.
+    fn check_rekey(&mut self, now: Instant) {
+        let Some(since) = self.rekey_since else {
+            return;
+        };
+        let trying_for = now.saturating_duration_since(since);
+        match self.tunnel.time_since_last_handshake(now) {
+            // boringtun stamps events with the time of its last timer tick, so a session that
+            // completed right after the first initiation may look up to a tick older.
+            Some(age) if age <= trying_for + WIREGUARD_TICK => self.rekey_since = None,
+            Some(_) | None => {
+                if self.established && trying_for >= HANDSHAKE_DEADLINE {
+                    self.fail(FailReason::HandshakeTimeout);
+                }
             }
         }
     }
@@ -455,6 +494,13 @@ impl Connection {
         transmits: &mut VecDeque<Transmit>,
     ) -> bool {
         let _guard = self.span.clone().entered();
+        if message.is_binding_request() && self.too_many_peer_reflexive(from) {
+            // Two address-and-port-dependent NATs feed each other: every check from a new
+            // mapping teaches the other side a new peer-reflexive address, whose triggered
+            // check opens yet another mapping. Past a handful, new ones are not learned.
+            tracing::debug!(%from, "check from yet another unknown address: ignored");
+            return true;
+        }
         fastrand::seed(self.rng.u64(..));
         let accepted = self.ice.handle_packet(
             now,
@@ -470,6 +516,19 @@ impl Connection {
         self.ice.handle_timeout(now);
         self.drain_ice(now, pool, transmits);
         accepted
+    }
+
+    fn too_many_peer_reflexive(&self, from: SocketAddr) -> bool {
+        let mut peer_reflexive = 0;
+        for c in self.ice.remote_candidates() {
+            if c.addr() == from {
+                return false;
+            }
+            if c.kind() == is::CandidateKind::PeerReflexive {
+                peer_reflexive += 1;
+            }
+        }
+        peer_reflexive >= MAX_PEER_REFLEXIVE
     }
 
     pub(crate) fn accepts(&self, message: &StunMessage<'_>) -> bool {
@@ -562,26 +621,29 @@ impl Connection {
             Output::Err(e) => tracing::debug!(error = ?e, "WireGuard timers"),
             result @ (Output::Network(_) | Output::Tunnel(_) | Output::Done) => {
                 if let Some(path) = route {
-                    if let Some(t) = self.network_result(result, buf, header, path) {
+                    if let Some(t) = self.network_result(result, buf, header, path, now) {
                         transmits.push_back(t);
                     }
                 }
             }
         }
         self.check_established(now);
+        self.check_rekey(now);
     }
 
     /// Turns a boringtun result that should go to the network into a transmit on `path`.
     fn network_result(
-        &self,
+        &mut self,
         result: Output,
         mut buf: Buffer,
         header: usize,
         path: Path,
+        now: Instant,
     ) -> Option<Transmit> {
         match result {
             Output::Network(range) => {
                 buf.set_range(header + range.start..header + range.end);
+                self.note_sent(&buf, now);
                 if let Some(idx) = handshake_sender_index(&buf) {
                     tracing::debug!(local_idx = %SessionIdx(idx), remote = %path.remote, "sending WireGuard handshake");
                 }
@@ -675,7 +737,7 @@ impl Connection {
             let result =
                 self.tunnel
                     .handshake_initiation(now, &mut buf.storage_mut()[header..], true);
-            if let Some(t) = self.network_result(result, buf, header, path) {
+            if let Some(t) = self.network_result(result, buf, header, path, now) {
                 transmits.push_back(t);
             }
         }

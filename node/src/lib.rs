@@ -5,6 +5,7 @@
 //! out what it asks for.
 
 pub mod candidate;
+pub mod cli;
 mod connection;
 pub mod datagram;
 mod error;

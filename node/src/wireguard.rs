@@ -118,6 +118,12 @@ impl Tunnel {
         Output::from_result(base, self.tunn.format_handshake_initiation(dst, force))
     }
 
+    /// How long ago the current session's handshake completed, if there is a session.
+    pub(crate) fn time_since_last_handshake(&mut self, now: Instant) -> Option<Duration> {
+        self.set_clock(now);
+        self.tunn.time_since_last_handshake()
+    }
+
     /// Whether a session exists that data can be sent on.
     pub(crate) fn has_session(&mut self, now: Instant) -> bool {
         self.set_clock(now);

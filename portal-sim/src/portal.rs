@@ -498,7 +498,7 @@ impl Portal {
                 self.send(conn, &frame.topic, &init);
             }
             Identity::Gateway(gid) => {
-                let authorizations = self
+                let mut authorizations: Vec<Authorization> = self
                     .flows
                     .iter()
                     .filter(|(_, f)| f.gateway == gid && f.expires_at > now_unix)
@@ -508,6 +508,30 @@ impl Portal {
                         expires_at: f.expires_at,
                     })
                     .collect();
+                // Flows are signalling state and do not survive a portal restart, but access
+                // does: every pair a policy allows on this gateway's site stays listed, so
+                // the gateway keeps the tunnels it has and revokes only what policy removed.
+                // (The gateway ignores pairs it never had a flow for.)
+                let site = self.gateways.get(&gid).map(|g| g.site.clone());
+                for (&(client_id, resource_id), policy) in &self.policies {
+                    let on_site = self
+                        .resources
+                        .get(&resource_id)
+                        .is_some_and(|r| Some(&r.site) == site.as_ref());
+                    let listed = authorizations
+                        .iter()
+                        .any(|a| a.client_id == client_id && a.resource_id == resource_id);
+                    if on_site && !listed {
+                        let duration = policy
+                            .duration_secs
+                            .map_or(self.config.default_authorization, Duration::from_secs);
+                        authorizations.push(Authorization {
+                            client_id,
+                            resource_id,
+                            expires_at: now_unix.saturating_add(duration.as_secs()),
+                        });
+                    }
+                }
                 let init = GatewayIngress::Init(GatewayInit {
                     relays,
                     authorizations,
@@ -758,11 +782,24 @@ impl Portal {
         }
     }
 
+    /// Whether candidates may pass between `cid` and `gid`: they have a live flow, or a policy
+    /// lets the client reach something on the gateway's site. The second covers connections
+    /// that outlived a portal restart (flows are not kept across one, tunnels are), which must
+    /// still be able to migrate to new candidates.
     fn has_flow(&self, cid: ClientId, gid: GatewayId, now: SystemTime) -> bool {
         let now = unix(now);
-        self.flows
+        let flow = self
+            .flows
             .iter()
-            .any(|((c, _), f)| *c == cid && f.gateway == gid && f.expires_at > now)
+            .any(|((c, _), f)| *c == cid && f.gateway == gid && f.expires_at > now);
+        let site = self.gateways.get(&gid).map(|g| &g.site);
+        flow || self.policies.keys().any(|(c, rid)| {
+            *c == cid
+                && self
+                    .resources
+                    .get(rid)
+                    .is_some_and(|r| Some(&r.site) == site)
+        })
     }
 
     fn end_flows_of_resource(&mut self, rid: ResourceId, _now: SystemTime) {

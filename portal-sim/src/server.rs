@@ -118,6 +118,7 @@ impl Server {
         let mut connections = JoinSet::new();
         loop {
             tokio::select! {
+                biased;
                 accepted = listener.accept() => {
                     let (stream, peer) = accepted?;
                     let shared = Arc::clone(&self.shared);
@@ -227,6 +228,7 @@ where
     tokio::pin!(idle);
     loop {
         tokio::select! {
+            biased;
             outbound = rx.recv() => match outbound {
                 Some(Outbound::Text(text)) => {
                     if let Err(error) = sink.send(WsMessage::text(text)).await {

@@ -30,9 +30,14 @@ pub(super) enum FromRelay<'a> {
 impl<TId: PeerId> Node<TId> {
     /// Starts using a relay the portal announced: an allocation for a relayed candidate and a
     /// server-reflexive one. Announcing the same relay again with the same settings keeps it.
+    ///
+    /// New credentials for a relay in use (the portal mints fresh ones on every init) do not
+    /// disturb its allocation: an allocation stays bound to the credentials it was made with,
+    /// and the new ones are used when it has to be made again.
     pub fn add_relay(&mut self, config: RelayConfig, now: Instant) {
-        if let Some(existing) = self.allocations.get(&config.id) {
-            if existing.config() == &config && !existing.is_failed() {
+        if let Some(existing) = self.allocations.get_mut(&config.id) {
+            if existing.server() == config.server && !existing.is_failed() {
+                existing.set_next_credentials(config.username, config.password);
                 return;
             }
             self.remove_relay(config.id, now);

@@ -9,6 +9,7 @@ mod control;
 mod engines;
 mod portal_driver;
 mod tokio_io;
+mod tun;
 
 use std::future::Future;
 use std::io;
@@ -26,6 +27,7 @@ pub use control::{
 pub use engines::{ClientEngine, EngineEvent, GatewayEngine};
 pub use portal_driver::PortalDriver;
 pub use tokio_io::{TcpConnector, TokioClock, TokioSocket};
+pub use tun::{TunConfig, TunDevice};
 
 /// A bound UDP socket.
 pub trait DatagramSocket {

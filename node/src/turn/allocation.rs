@@ -40,11 +40,14 @@ const LAST_CHANNEL: u16 = 0x4FFF;
 /// A Binding to the relay this often keeps the NAT mapping towards it open and notices a relay
 /// that went away long before the next refresh would.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(25);
+/// How long to wait before allocating again when an old allocation holds our 5-tuple.
+const ALLOCATE_RETRY: Duration = Duration::from_secs(60);
 /// UDP, as REQUESTED-TRANSPORT wants it (RFC 8656 §18.7).
 const UDP: u8 = 17;
 
 const UNAUTHORIZED: u16 = 401;
 const ALLOCATION_MISMATCH: u16 = 437;
+const WRONG_CREDENTIALS: u16 = 441;
 const STALE_NONCE: u16 = 438;
 
 /// What the portal tells a node about a relay.
@@ -119,6 +122,12 @@ pub(crate) struct Allocation {
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<AllocationEvent>,
     failed: bool,
+    /// A 437 to Allocate was answered by deleting and allocating once; a second one is final.
+    mismatch_retried: bool,
+    /// When to try allocating again after the relay refused our 5-tuple.
+    retry_allocate_at: Option<Instant>,
+    /// Credentials announced after this allocation was made; used when it is made again.
+    next_credentials: Option<(String, String)>,
 }
 
 impl Allocation {
@@ -141,6 +150,9 @@ impl Allocation {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             failed: false,
+            mismatch_retried: false,
+            retry_allocate_at: None,
+            next_credentials: None,
         };
         allocation.send(RequestKind::Binding, now);
         allocation.send(RequestKind::Allocate, now);
@@ -151,8 +163,21 @@ impl Allocation {
         self.config.id
     }
 
-    pub(crate) fn config(&self) -> &RelayConfig {
-        &self.config
+    /// Keeps fresh credentials for the next time the allocation has to be made.
+    pub(crate) fn set_next_credentials(&mut self, username: String, password: String) {
+        if username != self.config.username || password != self.config.password {
+            self.next_credentials = Some((username, password));
+        }
+    }
+
+    /// Switches to the credentials announced last, if there are any.
+    fn take_next_credentials(&mut self) -> bool {
+        let Some((username, password)) = self.next_credentials.take() else {
+            return false;
+        };
+        self.config.username = username;
+        self.config.password = password;
+        true
     }
 
     pub(crate) fn server(&self) -> SocketAddr {
@@ -271,10 +296,15 @@ impl Allocation {
     /// channel. A wrong one is dropped and the real answer may still come. Error responses
     /// (401, 438) cannot be protected and are taken as they are.
     fn integrity_ok(&self, response: &StunMessage, authenticated: bool) -> bool {
+        // An error cannot grant anything; at worst it makes us retry. A relay that signs a 437
+        // with the key of the allocation in the way (a previous holder of our NAT port) must
+        // still be heard, or we would retransmit into it until the relay counts as dead.
+        if response.class() != MessageClass::SuccessResponse {
+            return true;
+        }
         let integrity = response.get_attribute::<MessageIntegrity>();
-        let required = authenticated && response.class() == MessageClass::SuccessResponse;
         let (Some(realm), Some(integrity)) = (&self.realm, integrity) else {
-            return !required;
+            return !authenticated;
         };
         let Ok(username) = Username::new(self.config.username.clone()) else {
             return false;
@@ -289,7 +319,16 @@ impl Allocation {
         match kind {
             RequestKind::Binding => {
                 if let Some(mapped) = response.get_attribute::<XorMappedAddress>() {
+                    let moved = self
+                        .server_reflexive
+                        .is_some_and(|known| known != mapped.address());
                     self.set_server_reflexive(mapped.address(), base);
+                    if moved && self.relayed.is_some() {
+                        // Our NAT gave us a new public port: the relay keys allocations by
+                        // 5-tuple, so ours is now unreachable (and expires on its own).
+                        tracing::info!(target: "node::turn", rid = %self.config.id, mapped = %mapped.address(), "public address changed; allocating again");
+                        self.reset(now);
+                    }
                 }
             }
             RequestKind::Allocate => {
@@ -335,6 +374,11 @@ impl Allocation {
             .map_or(0, ErrorCode::code);
         let rid = self.config.id;
         match code {
+            // Our credentials expired (or were replaced); newer ones start a new allocation.
+            UNAUTHORIZED if request.authenticated && self.next_credentials.is_some() => {
+                tracing::info!(target: "node::turn", rid = %rid, "credentials refused; allocating with the new ones");
+                self.reset(now);
+            }
             UNAUTHORIZED if !request.authenticated => {
                 // The expected first answer: it brings the realm and nonce to authenticate with.
                 self.realm = response.get_attribute::<Realm>().cloned();
@@ -349,9 +393,22 @@ impl Allocation {
                 self.nonce = response.get_attribute::<Nonce>().cloned();
                 self.send(request.kind, now);
             }
+            // The 5-tuple now belongs to another allocation (our NAT mapping moved onto a port
+            // someone else allocated from): ours is gone from here.
+            WRONG_CREDENTIALS
+                if matches!(
+                    request.kind,
+                    RequestKind::Refresh { lifetime } if !lifetime.is_zero()
+                ) || matches!(request.kind, RequestKind::ChannelBind { .. }) =>
+            {
+                tracing::info!(target: "node::turn", rid = %rid, "relay knows our 5-tuple under other credentials; allocating again");
+                self.reset(now);
+            }
             ALLOCATION_MISMATCH => match request.kind {
-                RequestKind::Allocate => {
-                    // A previous allocation from this 5-tuple is still there: delete, retry.
+                RequestKind::Allocate if !self.mismatch_retried => {
+                    // A previous allocation from this 5-tuple is still there (ours, from before
+                    // a lost response): delete it and try once more.
+                    self.mismatch_retried = true;
                     self.send(
                         RequestKind::Refresh {
                             lifetime: Duration::ZERO,
@@ -360,6 +417,13 @@ impl Allocation {
                     );
                     self.send(RequestKind::Allocate, now);
                 }
+                RequestKind::Allocate => {
+                    // Someone else's allocation holds this 5-tuple (a previous holder of our
+                    // NAT port); only its expiry frees it. The relay still answers Bindings, so
+                    // the server-reflexive address stays; allocating is tried again later.
+                    tracing::info!(target: "node::turn", rid = %rid, "5-tuple still allocated on the relay; trying again later");
+                    self.retry_allocate_at = Some(now + ALLOCATE_RETRY);
+                }
                 RequestKind::Refresh { .. } | RequestKind::ChannelBind { .. } => {
                     // The relay forgot us (it restarted): start over.
                     tracing::info!(target: "node::turn", rid = %rid, "relay lost our allocation; allocating again");
@@ -367,6 +431,10 @@ impl Allocation {
                 }
                 RequestKind::Binding => {}
             },
+            // Deleting an allocation that is not ours (or already gone): nothing to undo.
+            _ if matches!(request.kind, RequestKind::Refresh { lifetime } if lifetime.is_zero()) => {
+                tracing::debug!(target: "node::turn", rid = %rid, code, "relay refused the deletion");
+            }
             _ => {
                 tracing::warn!(target: "node::turn", rid = %rid, code, kind = ?request.kind, "relay refused request");
                 match request.kind {
@@ -397,6 +465,7 @@ impl Allocation {
 
     /// Drops the relayed address and every channel, and allocates anew.
     fn reset(&mut self, now: Instant) {
+        self.take_next_credentials();
         self.lose_relayed();
         self.channels.clear();
         self.channel_by_peer.clear();
@@ -464,6 +533,11 @@ impl Allocation {
             p.next_at = now + INITIAL_RTO * 2u32.pow(p.attempts - 1);
             self.transmits.push_back(p.bytes.clone());
         }
+        if self.retry_allocate_at.is_some_and(|t| t <= now) {
+            self.retry_allocate_at = None;
+            self.mismatch_retried = false;
+            self.send(RequestKind::Allocate, now);
+        }
         if self.keepalive_at.is_some_and(|t| t <= now) {
             self.keepalive_at = Some(now + KEEPALIVE_INTERVAL);
             if !self
@@ -507,6 +581,7 @@ impl Allocation {
             .chain(channels)
             .chain(self.refresh_at)
             .chain(self.keepalive_at)
+            .chain(self.retry_allocate_at)
             .min()
     }
 

@@ -352,12 +352,24 @@ fn gateway_init_lists_current_authorizations() {
     let Some(GatewayIngress::Init(init)) = GatewayIngress::from_frame(&out[1].1).unwrap() else {
         panic!("no init");
     };
-    assert_eq!(init.authorizations.len(), 1);
-    assert_eq!(init.authorizations[0].client_id, ClientId(1));
+    // The live flow, with its policy's duration, and every other pair the policies allow on
+    // this gateway's site (so a portal restart, which forgets flows, revokes nothing); nothing
+    // of another site.
+    let listed: Vec<(ClientId, ResourceId, u64)> = init
+        .authorizations
+        .iter()
+        .map(|a| (a.client_id, a.resource_id, a.expires_at))
+        .collect();
     assert_eq!(
-        init.authorizations[0].expires_at,
-        1_700_000_000 + 28_800,
-        "policy duration"
+        listed,
+        vec![
+            (ClientId(1), ResourceId(1), 1_700_000_000 + 28_800),
+            (
+                ClientId(1),
+                ResourceId(2),
+                1_700_000_000 + DEFAULT_AUTHORIZATION.as_secs()
+            ),
+        ]
     );
 }
 
@@ -386,8 +398,19 @@ fn authorizations_expire() {
     };
     assert_eq!(send_candidates(&mut w).len(), 2, "relayed + reply");
     w.now += DEFAULT_AUTHORIZATION;
+    // The flow expired (the gateway stops forwarding data), but the policy still lets the pair
+    // talk: a connection may keep migrating and the next request renews the flow.
+    assert_eq!(
+        send_candidates(&mut w).len(),
+        2,
+        "policy still allows signalling"
+    );
+    let now = w.now;
+    w.portal.revoke(ClientId(1), ResourceId(2), now);
+    w.portal.revoke(ClientId(1), ResourceId(1), now);
+    w.drain();
     let out = send_candidates(&mut w);
-    assert_eq!(out.len(), 1, "expired: not relayed");
+    assert_eq!(out.len(), 1, "expired and no policy: not relayed");
     assert_eq!(out[0].1.as_reply().unwrap().reason(), "unauthorized");
 }
 

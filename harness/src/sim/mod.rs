@@ -1,0 +1,6 @@
+//! The deterministic simulation of a whole deployment, and the reference model it is checked
+//! against (see `tests/sim.rs`).
+
+pub mod hosts;
+pub mod model;
+pub mod world;

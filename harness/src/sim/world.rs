@@ -1,0 +1,455 @@
+//! The simulated deployment: a portal, two relays, two clients behind one NAT, a gateway behind
+//! another, and the resources behind the gateway, all running production code in turmoil.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use node::packet::IpPacket;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::hosts::{
+    client_host, client_tunnel_ip, gateway_host, portal_host, relay_host, DeviceTap, NodeHost,
+    ResourceLog,
+};
+use super::model::{Side, CLIENTS, RELAYS, RESOURCES};
+use crate::world::{
+    links, sim_builder, Faults, Filtering, MappingBehaviour, NatCommand, NatConfig, NatHandle,
+    NatShim, SimSettings, Trace,
+};
+
+/// The secret portal and relays share for TURN credentials.
+const RELAY_SECRET: &str = "sim-relay-secret";
+/// The UDP port nodes bind inside their host.
+const NODE_PORT: u16 = 51820;
+
+/// The resources' addresses: a single host, a host inside a CIDR resource, another host.
+pub const RESOURCE_IPS: [Ipv4Addr; RESOURCES] = [
+    Ipv4Addr::new(10, 0, 0, 1),
+    Ipv4Addr::new(10, 1, 0, 7),
+    Ipv4Addr::new(10, 0, 0, 3),
+];
+
+const PORTAL: &str = "portal";
+const RELAY_NAMES: [&str; RELAYS] = ["relay1", "relay2"];
+const NAT_C: &str = "nat-c";
+const NAT_G: &str = "nat-g";
+const CLIENT_NAMES: [&str; CLIENTS] = ["client1", "client2"];
+const GATEWAY: &str = "gateway1";
+
+/// How the two NATs behave; chosen from the seed so cases cover the combinations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NatTypes {
+    /// The clients' NAT.
+    pub clients: (MappingBehaviour, Filtering),
+    /// The gateway's NAT.
+    pub gateway: (MappingBehaviour, Filtering),
+}
+
+/// The world and the driver's handles into it.
+pub struct World<'a> {
+    /// The turmoil simulation.
+    pub sim: turmoil::Sim<'a>,
+    /// Everything that happened, hashed for the determinism check.
+    pub trace: Trace,
+    /// The clients' devices.
+    pub taps: Vec<Rc<DeviceTap>>,
+    /// What reached the resources.
+    pub resources: Rc<ResourceLog>,
+    /// The NAT boxes.
+    pub nats: [NatHandle; 2],
+    /// The NATs' behaviour.
+    pub nat_types: NatTypes,
+    /// The policies the portal is (re)started with.
+    pub policies: Rc<RefCell<BTreeSet<(usize, usize)>>>,
+    portal: Rc<RefCell<Option<portal_sim::server::Server>>>,
+    relay_crashed: [bool; RELAYS],
+    next_payload: u64,
+}
+
+impl<'a> World<'a> {
+    /// Builds the world for `seed` with the initial `policies`.
+    pub fn new(seed: u64, policies: BTreeSet<(usize, usize)>) -> Self {
+        let mut settings = SimSettings::new(seed, Duration::from_secs(24 * 3600));
+        settings.latency = Duration::from_millis(10);
+        let epoch = settings.unix_epoch_secs;
+        let mut sim = sim_builder(&settings).build();
+        // Keeping every line costs memory; the hash alone decides determinism.
+        let trace = if std::env::var_os("SIM_TRACE").is_some() {
+            Trace::with_lines()
+        } else {
+            Trace::new()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+
+        // Addresses follow the order of first lookup.
+        let mut names = vec![PORTAL];
+        names.extend(RELAY_NAMES);
+        names.extend([NAT_C, NAT_G]);
+        names.extend(CLIENT_NAMES);
+        names.push(GATEWAY);
+        let ip = |sim: &turmoil::Sim<'_>, name: &str| sim.lookup(name);
+        for name in &names {
+            ip(&sim, name);
+        }
+        let ipv4 = |sim: &turmoil::Sim<'_>, name: &str| match sim.lookup(name) {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+
+        let nat_types = NatTypes {
+            clients: (pick_mapping(&mut rng), pick_filtering(&mut rng)),
+            gateway: (pick_mapping(&mut rng), pick_filtering(&mut rng)),
+        };
+        let client_ips: Vec<IpAddr> = CLIENT_NAMES.iter().map(|n| ip(&sim, n)).collect();
+        let nat_c = NatHandle::new(
+            NAT_C,
+            NatConfig::new(ip(&sim, NAT_C), client_ips)
+                .mapping(nat_types.clients.0)
+                .filtering(nat_types.clients.1),
+            Faults::new(seed ^ 0xC),
+            trace.clone(),
+        );
+        let nat_g = NatHandle::new(
+            NAT_G,
+            NatConfig::new(ip(&sim, NAT_G), [ip(&sim, GATEWAY)])
+                .mapping(nat_types.gateway.0)
+                .filtering(nat_types.gateway.1)
+                .ports(50_000..=50_999),
+            Faults::new(seed ^ 0x6),
+            trace.clone(),
+        );
+
+        let relays: Vec<(u64, SocketAddr)> = RELAY_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    i as u64 + 1,
+                    SocketAddr::new(ip(&sim, n), crate::world::TURN_PORT),
+                )
+            })
+            .collect();
+        let policies = Rc::new(RefCell::new(policies));
+        let portal = Rc::new(RefCell::new(None));
+        let generation = Rc::new(Cell::new(0u64));
+        {
+            let (policies, portal, generation, relays) = (
+                Rc::clone(&policies),
+                Rc::clone(&portal),
+                Rc::clone(&generation),
+                relays.clone(),
+            );
+            sim.host(PORTAL, move || {
+                generation.set(generation.get() + 1);
+                let seed_file = seed_file(&policies.borrow(), &relays);
+                let mut config = portal_sim::PortalConfig::new(RELAY_SECRET, seed);
+                config.generation = generation.get();
+                let state = portal_sim::Portal::new(&seed_file, config);
+                portal_host(state, epoch, Rc::clone(&portal))
+            });
+        }
+        for (i, name) in RELAY_NAMES.iter().enumerate() {
+            let public_ip = ipv4(&sim, name);
+            let relay_seed = seed.wrapping_add(100 + i as u64);
+            sim.host(*name, move || {
+                relay_host(public_ip, RELAY_SECRET.to_owned(), relay_seed, epoch)
+            });
+        }
+        {
+            let nat = nat_c.clone();
+            sim.host(NAT_C, move || nat.clone().run());
+            let nat = nat_g.clone();
+            sim.host(NAT_G, move || nat.clone().run());
+        }
+
+        let mut taps = Vec::new();
+        for (i, name) in CLIENT_NAMES.iter().enumerate() {
+            let tap = Rc::new(DeviceTap::default());
+            taps.push(Rc::clone(&tap));
+            let cfg = NodeHost {
+                name: (*name).to_owned(),
+                token: format!("client-token-{}", i + 1),
+                seed: seed.wrapping_mul(31).wrapping_add(i as u64),
+                portal: PORTAL.to_owned(),
+            };
+            let inside_ip = ip(&sim, name);
+            let via = nat_c.inside_addr();
+            let trace = trace.clone();
+            let boots = Rc::new(Cell::new(0u16));
+            sim.host(*name, move || {
+                let (mut cfg, tap, trace) = (cfg.clone(), Rc::clone(&tap), trace.clone());
+                let boot = next_boot(&boots);
+                let inside = SocketAddr::new(inside_ip, NODE_PORT + boot);
+                cfg.seed = cfg.seed.wrapping_add(u64::from(boot) << 32);
+                async move {
+                    let socket = NatShim::bind(inside, via).await?;
+                    client_host(cfg, socket, tap, trace).await
+                }
+            });
+        }
+        let resources = Rc::new(ResourceLog::default());
+        {
+            let cfg = NodeHost {
+                name: GATEWAY.to_owned(),
+                token: "gateway-token-1".to_owned(),
+                seed: seed.wrapping_mul(37).wrapping_add(7),
+                portal: PORTAL.to_owned(),
+            };
+            let inside_ip = ip(&sim, GATEWAY);
+            let via = nat_g.inside_addr();
+            let (trace, resources) = (trace.clone(), Rc::clone(&resources));
+            let boots = Rc::new(Cell::new(0u16));
+            sim.host(GATEWAY, move || {
+                let (mut cfg, resources, trace) =
+                    (cfg.clone(), Rc::clone(&resources), trace.clone());
+                let boot = next_boot(&boots);
+                let inside = SocketAddr::new(inside_ip, NODE_PORT + boot);
+                cfg.seed = cfg.seed.wrapping_add(u64::from(boot) << 32);
+                async move {
+                    let socket = NatShim::bind(inside, via).await?;
+                    gateway_host(cfg, socket, epoch, resources, trace).await
+                }
+            });
+        }
+
+        // Outsiders reach inside hosts only through their NAT (the portal's TCP replies aside).
+        let inside: Vec<&str> = CLIENT_NAMES.iter().copied().chain([GATEWAY]).collect();
+        let outsiders: Vec<&str> = RELAY_NAMES
+            .iter()
+            .copied()
+            .chain([NAT_C, NAT_G])
+            .chain(inside.iter().copied())
+            .collect();
+        for host in &inside {
+            let others: Vec<&str> = outsiders.iter().copied().filter(|o| o != host).collect();
+            let own_nat = if *host == GATEWAY { NAT_G } else { NAT_C };
+            let others: Vec<&str> = others.into_iter().filter(|o| *o != own_nat).collect();
+            links::isolate_inside(&sim, &[host], &others);
+        }
+
+        Self {
+            sim,
+            trace,
+            taps,
+            resources,
+            nats: [nat_c, nat_g],
+            nat_types,
+            policies,
+            portal,
+            relay_crashed: [false; RELAYS],
+            next_payload: 0,
+        }
+    }
+
+    /// Runs the simulation for `d`.
+    pub fn run_for(&mut self, d: Duration) -> turmoil::Result {
+        let target = self.sim.elapsed() + d;
+        while self.sim.elapsed() < target {
+            self.sim.step()?;
+        }
+        Ok(())
+    }
+
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.sim.elapsed()
+    }
+
+    /// A payload no packet carried before, naming its sender.
+    pub fn fresh_payload(&mut self, client: usize) -> Vec<u8> {
+        self.next_payload += 1;
+        format!("probe c{} #{}", client + 1, self.next_payload).into_bytes()
+    }
+
+    /// Hands a packet to a client's device. False if the client is not running.
+    pub fn inject(&mut self, client: usize, packet: Vec<u8>) -> bool {
+        let sent = self.taps[client]
+            .inject
+            .borrow()
+            .as_ref()
+            .is_some_and(|tx| tx.send(packet).is_ok());
+        self.trace.record_at(
+            self.sim.elapsed(),
+            "driver",
+            format!("inject c{} sent={sent}", client + 1),
+        );
+        sent
+    }
+
+    /// How many echoes of `payload` came back to `client`.
+    pub fn echoes(&self, client: usize, payload: &[u8]) -> usize {
+        self.taps[client]
+            .received
+            .borrow()
+            .iter()
+            .filter(|seen| {
+                IpPacket::parse(seen.packet.as_slice()).is_ok_and(|p| p.payload() == payload)
+            })
+            .count()
+    }
+
+    /// How many times `payload` reached the resource network, and from which sources.
+    pub fn arrivals(&self, payload: &[u8]) -> Vec<(IpAddr, IpAddr)> {
+        self.resources
+            .arrived
+            .borrow()
+            .iter()
+            .filter_map(|seen| {
+                let p = IpPacket::parse(seen.packet.as_slice()).ok()?;
+                (p.payload() == payload).then(|| (p.source(), p.destination()))
+            })
+            .collect()
+    }
+
+    /// Restarts the portal: every socket drops, every preshared key is new.
+    pub fn restart_portal(&mut self) {
+        self.sim.bounce(PORTAL);
+    }
+
+    /// A NAT forgets every mapping.
+    pub fn flush_nat(&mut self, side: Side) {
+        let nat = match side {
+            Side::Clients => &self.nats[0],
+            Side::Gateway => &self.nats[1],
+        };
+        nat.command(NatCommand::FlushAll);
+    }
+
+    /// Crashes a relay.
+    pub fn crash_relay(&mut self, relay: usize) {
+        self.sim.crash(RELAY_NAMES[relay]);
+        self.relay_crashed[relay] = true;
+    }
+
+    /// Starts a crashed relay again (empty).
+    pub fn restart_relay(&mut self, relay: usize) {
+        if self.relay_crashed[relay] {
+            self.sim.bounce(RELAY_NAMES[relay]);
+            self.relay_crashed[relay] = false;
+        }
+    }
+
+    /// Blocks (or unblocks) direct UDP between the two NATs.
+    pub fn block_direct(&mut self, blocked: bool) {
+        if blocked {
+            self.sim.partition(NAT_C, NAT_G);
+        } else {
+            self.sim.repair(NAT_C, NAT_G);
+        }
+    }
+
+    /// Restarts the gateway (all its state is lost).
+    pub fn restart_gateway(&mut self) {
+        self.sim.bounce(GATEWAY);
+    }
+
+    /// Restarts a client (all its state is lost).
+    pub fn restart_client(&mut self, client: usize) {
+        self.taps[client].inject.borrow_mut().take();
+        self.sim.bounce(CLIENT_NAMES[client]);
+    }
+
+    /// Changes a policy at the portal, now and for every later restart.
+    pub fn set_policy(&mut self, client: usize, resource: usize, allowed: bool) {
+        let cid = node::ids::ClientId(client as u64 + 1);
+        let rid = node::ids::ResourceId(resource as u64 + 1);
+        if allowed {
+            self.policies.borrow_mut().insert((client, resource));
+        } else {
+            self.policies.borrow_mut().remove(&(client, resource));
+        }
+        if let Some(server) = self.portal.borrow().as_ref() {
+            server.with_portal(|portal, now| {
+                if allowed {
+                    let policy = portal_sim::seed::PolicySeed {
+                        client_id: cid,
+                        resource_id: rid,
+                        duration_secs: None,
+                    };
+                    portal.add_policy(policy, now);
+                } else {
+                    portal.revoke(cid, rid, now);
+                }
+            });
+        }
+    }
+}
+
+/// The how-manieth start of a host this is. A restarted node binds a new port, as an
+/// ephemeral bind does, and draws new randomness, as a new process does: it must not inherit
+/// its previous incarnation's NAT mapping, relay allocations or transaction ids.
+fn next_boot(boots: &Cell<u16>) -> u16 {
+    let boot = boots.get();
+    boots.set(boot.wrapping_add(1) % 100);
+    boot
+}
+
+fn pick_mapping(rng: &mut ChaCha8Rng) -> MappingBehaviour {
+    match rng.gen_range(0..3) {
+        0 => MappingBehaviour::EndpointIndependent,
+        1 => MappingBehaviour::AddressDependent,
+        _ => MappingBehaviour::AddressAndPortDependent,
+    }
+}
+
+fn pick_filtering(rng: &mut ChaCha8Rng) -> Filtering {
+    match rng.gen_range(0..3) {
+        0 => Filtering::EndpointIndependent,
+        1 => Filtering::AddressDependent,
+        _ => Filtering::AddressAndPortDependent,
+    }
+}
+
+/// The portal's seed file for the current policies.
+fn seed_file(
+    policies: &BTreeSet<(usize, usize)>,
+    relays: &[(u64, SocketAddr)],
+) -> portal_sim::SeedFile {
+    let clients: Vec<String> = (0..CLIENTS)
+        .map(|i| {
+            let id = i as u64 + 1;
+            format!(
+                r#"{{"id":{id},"name":"client{id}","token":"client-token-{id}","ipv4":"{}","ipv6":"fd00:2021:1111::{id}"}}"#,
+                client_tunnel_ip(id)
+            )
+        })
+        .collect();
+    let resources = format!(
+        r#"[{{"id":1,"name":"r1","site":"hq","type":"host","address":"{}"}},
+            {{"id":2,"name":"r2","site":"hq","type":"cidr","address":"10.1.0.0/24"}},
+            {{"id":3,"name":"r3","site":"hq","type":"host","address":"{}"}}]"#,
+        RESOURCE_IPS[0], RESOURCE_IPS[2]
+    );
+    let policies: Vec<String> = policies
+        .iter()
+        .map(|(c, r)| format!(r#"{{"client_id":{},"resource_id":{}}}"#, c + 1, r + 1))
+        .collect();
+    let relays: Vec<String> = relays
+        .iter()
+        .map(|(id, addr)| format!(r#"{{"id":{id},"address":"{addr}"}}"#))
+        .collect();
+    let json = format!(
+        r#"{{"clients":[{}],"gateways":[{{"id":1,"name":"gateway1","token":"gateway-token-1","site":"hq"}}],"resources":{resources},"policies":[{}],"relays":[{}]}}"#,
+        clients.join(","),
+        policies.join(","),
+        relays.join(",")
+    );
+    match portal_sim::SeedFile::parse(&json) {
+        Ok(seed) => seed,
+        Err(error) => panic!("the simulation's seed file is invalid: {error}"),
+    }
+}
+
+/// A UDP packet from client `client` (0-based) to resource `resource` carrying `payload`.
+pub fn probe_packet(client: usize, resource: usize, payload: &[u8]) -> Vec<u8> {
+    let src = SocketAddr::new(client_tunnel_ip(client as u64 + 1), 40_000);
+    let dst = SocketAddr::new(IpAddr::V4(RESOURCE_IPS[resource]), 7);
+    match IpPacket::udp(src, dst, payload) {
+        Ok(p) => p.into_inner(),
+        Err(error) => panic!("cannot build a probe: {error}"),
+    }
+}

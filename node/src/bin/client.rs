@@ -1,0 +1,87 @@
+//! `client`: puts the resources a user may reach behind a TUN device and tunnels their traffic to
+//! the gateways that serve them.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use node::cli::{self, CommonArgs, Fatal, HostSocket, Watched};
+use node::runtime::{
+    ClientEngine, Clock as _, EngineEvent, TcpConnector, TokioClock, TunConfig, TunDevice,
+    WebSocketLink,
+};
+use node::tunnel::{ClientEvent, ClientTunnel};
+
+/// zta client: reach the resources the portal authorizes, through a TUN device.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Name of the TUN device (created at start, removed at exit).
+    #[arg(long, env = "ZTA_TUN_NAME", default_value = "zta-client")]
+    tun_name: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(error) = cli::init_logging(&args.common.log, args.common.log_json) {
+        eprintln!("client: {error:#}");
+        return ExitCode::from(2);
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("client: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let common = args.common;
+    let endpoint = cli::portal_endpoint(&common.portal_url, "client", &common.token)?;
+    let seed = common.seed.unwrap_or_else(rand::random);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let socket = HostSocket::bind(common.listen, &endpoint.connect).await?;
+        let addresses = cli::local_addresses(&socket, &common.advertise);
+        let mut device = TunDevice::create(&args.tun_name, common.mtu)
+            .with_context(|| format!("cannot create the TUN device {:?} (root or CAP_NET_ADMIN needed)", args.tun_name))?;
+        tracing::info!(?addresses, device = device.name(), portal = %endpoint.connect, "Client starting");
+
+        let now = TokioClock.now();
+        let mut tunnel = ClientTunnel::new(seed, now);
+        for addr in addresses {
+            tunnel.add_local_address(addr, now);
+        }
+        let engine = ClientEngine::new(tunnel, "client", seed.rotate_left(32));
+        let mut config = TunConfig::new(device.name());
+        let fatal = Fatal::default();
+        let raise = fatal.clone();
+        let mut engine = Watched::new(engine, move |event: EngineEvent<ClientEvent>| match event {
+            EngineEvent::Tunnel(ClientEvent::InterfaceUpdated(interface)) => {
+                config.set_interface(interface);
+            }
+            EngineEvent::Tunnel(ClientEvent::RoutesUpdated(routes)) => config.set_routes(&routes),
+            EngineEvent::Tunnel(ClientEvent::GatewayConnected(gateway)) => {
+                tracing::info!(%gateway, "Gateway connected");
+            }
+            EngineEvent::Tunnel(ClientEvent::GatewayDisconnected { gateway, reason }) => {
+                tracing::info!(%gateway, ?reason, "Gateway disconnected");
+            }
+            EngineEvent::PortalConnected => tracing::info!("Portal connected"),
+            EngineEvent::PortalDisconnected(reason) => {
+                tracing::warn!(%reason, "Portal disconnected, reconnecting");
+            }
+            EngineEvent::PortalFatal(reason) => raise.raise(reason),
+        });
+        let mut link = WebSocketLink::new(TcpConnector { addr: endpoint.connect }, endpoint.url);
+        cli::drive(&mut engine, &socket, &mut device, &mut link, &fatal).await
+        // The TUN device, its addresses and routes go when `device` is dropped here.
+    })
+}

@@ -1,0 +1,124 @@
+//! `gateway`: admits authorized clients' traffic to the resource network behind it, through a
+//! TUN device.
+//!
+//! Packets from clients leave the TUN device with the client's tunnel address as their source
+//! and the kernel forwards them (IP forwarding is switched on at start unless
+//! `--no-enable-forwarding`). Replies must come back: either masquerade the client range on the
+//! resource-facing interface (`iptables -t nat -A POSTROUTING -s 100.64.0.0/10 -o eth1 -j
+//! MASQUERADE`, what the e2e test does), or route the client ranges to this host on the resource
+//! network.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use clap::Parser;
+use node::cli::{self, CommonArgs, Fatal, HostSocket, Watched};
+use node::portal::IpNetwork;
+use node::runtime::{
+    Clock as _, EngineEvent, GatewayEngine, TcpConnector, TokioClock, TunConfig, TunDevice,
+    WebSocketLink,
+};
+use node::tunnel::{GatewayEvent, GatewayTunnel};
+
+/// zta gateway: forwards authorized clients' packets to the resources behind it.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Name of the TUN device (created at start, removed at exit).
+    #[arg(long, env = "ZTA_TUN_NAME", default_value = "zta-gateway")]
+    tun_name: String,
+    /// The clients' tunnel address ranges (the portal's), routed into the TUN device;
+    /// comma-separated.
+    #[arg(
+        long,
+        env = "ZTA_CLIENT_RANGES",
+        value_delimiter = ',',
+        default_value = "100.64.0.0/10,fd00:2021:1111::/48"
+    )]
+    client_ranges: Vec<IpNetwork>,
+    /// Leave the kernel's IP forwarding settings alone (by default the gateway switches on
+    /// `net.ipv4.ip_forward` and `net.ipv6.conf.all.forwarding`).
+    #[arg(long, env = "ZTA_NO_ENABLE_FORWARDING")]
+    no_enable_forwarding: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(error) = cli::init_logging(&args.common.log, args.common.log_json) {
+        eprintln!("gateway: {error:#}");
+        return ExitCode::from(2);
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gateway: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn enable_forwarding() -> anyhow::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .context("cannot enable IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")?;
+    if let Err(error) = std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1") {
+        tracing::warn!(%error, "cannot enable IPv6 forwarding");
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let common = args.common;
+    let endpoint = cli::portal_endpoint(&common.portal_url, "gateway", &common.token)?;
+    let seed = common.seed.unwrap_or_else(rand::random);
+    if !args.no_enable_forwarding {
+        enable_forwarding()?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let socket = HostSocket::bind(common.listen, &endpoint.connect).await?;
+        let addresses = cli::local_addresses(&socket, &common.advertise);
+        let mut device = TunDevice::create(&args.tun_name, common.mtu)
+            .with_context(|| format!("cannot create the TUN device {:?} (root or CAP_NET_ADMIN needed)", args.tun_name))?;
+        let mut config = TunConfig::new(device.name());
+        config.set_routes(&args.client_ranges.iter().copied().collect::<BTreeSet<_>>());
+        tracing::info!(?addresses, device = device.name(), portal = %endpoint.connect, "Gateway starting");
+
+        let now = TokioClock.now();
+        // The one wall-clock read: it maps the portal's unix expiry times onto instants.
+        #[allow(clippy::disallowed_methods)]
+        let wall = SystemTime::now();
+        let mut tunnel = GatewayTunnel::new(seed, now, wall);
+        for addr in addresses {
+            tunnel.add_local_address(addr, now);
+        }
+        let engine = GatewayEngine::new(tunnel, "gateway", seed.rotate_left(32));
+        let fatal = Fatal::default();
+        let raise = fatal.clone();
+        let mut engine = Watched::new(engine, move |event: EngineEvent<GatewayEvent>| match event {
+            EngineEvent::Tunnel(GatewayEvent::ClientConnected(client)) => {
+                tracing::info!(%client, "Client connected");
+            }
+            EngineEvent::Tunnel(GatewayEvent::ClientDisconnected { client, reason }) => {
+                tracing::info!(%client, ?reason, "Client disconnected");
+            }
+            EngineEvent::Tunnel(GatewayEvent::FlowEnded { client, resource, reason }) => {
+                tracing::info!(%client, %resource, ?reason, "Flow ended");
+            }
+            EngineEvent::PortalConnected => tracing::info!("Portal connected"),
+            EngineEvent::PortalDisconnected(reason) => {
+                tracing::warn!(%reason, "Portal disconnected, reconnecting");
+            }
+            EngineEvent::PortalFatal(reason) => raise.raise(reason),
+        });
+        let mut link = WebSocketLink::new(TcpConnector { addr: endpoint.connect }, endpoint.url);
+        cli::drive(&mut engine, &socket, &mut device, &mut link, &fatal).await
+    })
+}

@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# End-to-end test of the real binaries in network namespaces, with the kernel's own NAT in the path.
+#
+#   cli (client, 192.168.1.2) -- natc (masquerade) --+
+#                                                      pub (portal 192.0.2.10, relays .11 and .12)
+#   res (10.0.0.5, 10.0.0.6) -- gw (gateway, 192.168.2.2) -- natg (masquerade) --+
+#
+# pub routes between the two NATs' public sides (203.0.113.2 and 198.51.100.2), so blocking
+# forwarded UDP in pub blocks the direct path between the NATs and leaves only the relays.
+# The gateway masquerades the clients' range on the resource side; res has no route back.
+#
+# Checks, in order: ping and a 10 MiB TCP transfer (iperf3) client -> 10.0.0.5; 10.0.0.6, a
+# resource the client has no policy for, is unreachable and sees nothing; with direct UDP
+# blocked, traffic flows through a relay; killing that relay during a transfer, the transfer
+# completes through the other one; restarting the portal keeps the tunnel, and after it returns
+# new connections work.
+#
+# Needs root, iproute2, iptables, iperf3, ping (scripts/test.sh installs them). Binaries come from
+# BIN_DIR, or are built with cargo (debug) when it is unset. Every namespace, process and
+# temporary file is removed on exit, whatever the outcome.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail() {
+  echo "e2e: FAIL: $*" >&2
+  exit 1
+}
+step() { echo "e2e: [$(($(date +%s) - START))s] $*"; }
+START=$(date +%s)
+
+[ "$(id -u)" -eq 0 ] || fail "must run as root (it creates network namespaces and TUN devices)"
+for tool in ip iptables iperf3 ping; do
+  command -v "$tool" >/dev/null 2>&1 ||
+    fail "'$tool' is missing: run scripts/test.sh as root, or apt-get install iproute2 iptables iperf3 iputils-ping"
+done
+[ -c /dev/net/tun ] || fail "/dev/net/tun is missing"
+
+if [ -z "${BIN_DIR:-}" ]; then
+  "${CARGO:-cargo}" build --quiet -p node --bin client --bin gateway -p portal-sim --bin portal \
+    -p relay-sim --bin relay
+  BIN_DIR="${CARGO_TARGET_DIR:-target}/debug"
+fi
+BIN_DIR=$(cd "$BIN_DIR" && pwd)
+START=$(date +%s)
+for bin in client gateway portal relay; do
+  [ -x "$BIN_DIR/$bin" ] || fail "$BIN_DIR/$bin is missing"
+done
+
+ID=${ZTA_E2E_ID:-$$}
+NS_PUB=zta$ID-pub NS_NATC=zta$ID-natc NS_CLI=zta$ID-cli NS_NATG=zta$ID-natg NS_GW=zta$ID-gw NS_RES=zta$ID-res
+ALL_NS=("$NS_PUB" "$NS_NATC" "$NS_CLI" "$NS_NATG" "$NS_GW" "$NS_RES")
+WORK=$(mktemp -d /tmp/zta-e2e.XXXXXX)
+declare -A PIDS=()
+
+cleanup() {
+  local status=$?
+  set +e
+  for name in "${!PIDS[@]}"; do kill "${PIDS[$name]}" 2>/dev/null; done
+  for name in "${!PIDS[@]}"; do wait "${PIDS[$name]}" 2>/dev/null; done
+  if [ "$status" -ne 0 ]; then
+    for log in "$WORK"/*.log; do
+      [ -f "$log" ] || continue
+      echo "----- $(basename "$log") (last 40 lines)" >&2
+      tail -n 40 "$log" >&2
+    done
+  fi
+  for ns in "${ALL_NS[@]}"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null; done
+  for ns in "${ALL_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
+  rm -rf "$WORK"
+  if [ "$status" -eq 0 ]; then echo "e2e: PASS ($(($(date +%s) - START))s)"; fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+in_ns() { # in_ns NS COMMAND...
+  local ns=$1
+  shift
+  ip netns exec "$ns" "$@"
+}
+start() { # start NAME NS COMMAND... (background, logs to $WORK/NAME.log)
+  local name=$1 ns=$2
+  shift 2
+  ip netns exec "$ns" "$@" >"$WORK/$name.log" 2>&1 &
+  PIDS[$name]=$!
+}
+stop() { # stop NAME
+  kill "${PIDS[$1]}" 2>/dev/null || true
+  wait "${PIDS[$1]}" 2>/dev/null || true
+  unset "PIDS[$1]"
+}
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local seconds=$1 deadline=$(($(date +%s) + $1)) what=$2
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "timed out after ${seconds}s waiting for: $what"
+    sleep 0.2
+  done
+}
+link() { # link NS_A IF_A ADDR_A NS_B IF_B ADDR_B
+  ip link add "$2" netns "$1" type veth peer name "$5" netns "$4"
+  in_ns "$1" ip addr add "$3" dev "$2"
+  in_ns "$4" ip addr add "$6" dev "$5"
+  in_ns "$1" ip link set "$2" up
+  in_ns "$4" ip link set "$5" up
+}
+forwarding() { in_ns "$1" sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'; }
+
+step "namespaces"
+for ns in "${ALL_NS[@]}"; do
+  ip netns add "$ns"
+  in_ns "$ns" ip link set lo up
+done
+# The public internet: the portal and both relays live in pub, which routes between the NATs.
+in_ns "$NS_PUB" ip addr add 192.0.2.10/32 dev lo
+in_ns "$NS_PUB" ip addr add 192.0.2.11/32 dev lo
+in_ns "$NS_PUB" ip addr add 192.0.2.12/32 dev lo
+link "$NS_PUB" pc 203.0.113.1/24 "$NS_NATC" wan 203.0.113.2/24
+link "$NS_PUB" pg 198.51.100.1/24 "$NS_NATG" wan 198.51.100.2/24
+forwarding "$NS_PUB"
+# Byte counters of what reaches each relay (control and relayed data).
+in_ns "$NS_PUB" iptables -A INPUT -p udp -d 192.0.2.11
+in_ns "$NS_PUB" iptables -A INPUT -p udp -d 192.0.2.12
+# Client behind its NAT.
+link "$NS_NATC" lan 192.168.1.1/24 "$NS_CLI" eth0 192.168.1.2/24
+in_ns "$NS_NATC" ip route add default via 203.0.113.1
+in_ns "$NS_NATC" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE
+forwarding "$NS_NATC"
+in_ns "$NS_CLI" ip route add default via 192.168.1.1
+# Gateway behind its NAT, with the resource network on its other side.
+link "$NS_NATG" lan 192.168.2.1/24 "$NS_GW" eth0 192.168.2.2/24
+in_ns "$NS_NATG" ip route add default via 198.51.100.1
+in_ns "$NS_NATG" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE
+forwarding "$NS_NATG"
+in_ns "$NS_GW" ip route add default via 192.168.2.1
+link "$NS_GW" res 10.0.0.1/24 "$NS_RES" eth0 10.0.0.5/24
+in_ns "$NS_RES" ip addr add 10.0.0.6/24 dev eth0
+in_ns "$NS_GW" iptables -t nat -A POSTROUTING -s 100.64.0.0/10 -o res -j MASQUERADE
+# Counts whatever reaches the resource the client is not authorized for.
+in_ns "$NS_RES" iptables -A INPUT -d 10.0.0.6
+
+cat >"$WORK/seed.json" <<'JSON'
+{
+  "clients": [{ "id": 1, "name": "laptop", "token": "client-token", "ipv4": "100.64.0.1", "ipv6": "fd00:2021:1111::1" }],
+  "gateways": [{ "id": 1, "name": "gw", "token": "gateway-token", "site": "hq" }],
+  "resources": [
+    { "id": 1, "name": "allowed", "site": "hq", "type": "host", "address": "10.0.0.5" },
+    { "id": 2, "name": "forbidden", "site": "hq", "type": "host", "address": "10.0.0.6" }
+  ],
+  "policies": [{ "client_id": 1, "resource_id": 1 }],
+  "relays": [{ "id": 1, "address": "192.0.2.11:3478" }, { "id": 2, "address": "192.0.2.12:3478" }]
+}
+JSON
+
+SECRET=e2e-relay-secret
+LOG=${ZTA_E2E_LOG:-info}
+start_portal() {
+  start portal "$NS_PUB" env PORTAL_RELAY_SECRET=$SECRET RUST_LOG="$LOG" "$BIN_DIR/portal" \
+    --listen 192.0.2.10:8080 --seed-file "$WORK/seed.json"
+}
+start_relay() { # start_relay N PORTS
+  start "relay$1" "$NS_PUB" env RELAY_AUTH_SECRET=$SECRET RUST_LOG="$LOG" "$BIN_DIR/relay" \
+    --listen "192.0.2.1$1:3478" --relay-ports "$2"
+}
+
+step "starting portal, relays, gateway, client"
+start_portal
+start_relay 1 50000-50999
+start_relay 2 51000-51999
+wait_for 10 "portal listening" in_ns "$NS_PUB" bash -c 'exec 3<>/dev/tcp/192.0.2.10/8080'
+start gateway "$NS_GW" env RUST_LOG="$LOG" "$BIN_DIR/gateway" --portal-url ws://192.0.2.10:8080 \
+  --token gateway-token --tun-name zta-gw
+start client "$NS_CLI" env RUST_LOG="$LOG" "$BIN_DIR/client" --portal-url ws://192.0.2.10:8080 \
+  --token client-token --tun-name zta-cl
+wait_for 15 "client route to 10.0.0.5 through its TUN device" \
+  sh -c "ip -n $NS_CLI route show 10.0.0.5 | grep -q zta-cl"
+
+in_ns "$NS_RES" iperf3 -s -B 10.0.0.5 >"$WORK/iperf-server.log" 2>&1 &
+PIDS[iperf_server]=$!
+
+ping_ok() { in_ns "$NS_CLI" ping -c 1 -W 1 "$1"; }
+transfer() { # transfer BYTES [SECONDS]: a TCP transfer client -> 10.0.0.5, one retry for the server
+  in_ns "$NS_CLI" timeout "${2:-30}" iperf3 -c 10.0.0.5 -n "$1" --connect-timeout 3000 >"$WORK/iperf.out" 2>&1 ||
+    fail "TCP transfer of $1 to 10.0.0.5 failed: $(tail -n 3 "$WORK/iperf.out")"
+  grep -E "receiver$" "$WORK/iperf.out" | sed 's/^/e2e:   /'
+}
+
+step "ping 10.0.0.5"
+wait_for 20 "a ping answer from 10.0.0.5" ping_ok 10.0.0.5
+in_ns "$NS_CLI" ping -c 5 -i 0.2 -W 1 10.0.0.5 >"$WORK/ping.out" || fail "ping loss: $(tail -n 2 "$WORK/ping.out")"
+wait_for 5 "iperf3 server" in_ns "$NS_RES" bash -c 'exec 3<>/dev/tcp/10.0.0.5/5201'
+step "10 MiB TCP transfer"
+transfer 10M
+
+step "unauthorized resource 10.0.0.6"
+if in_ns "$NS_CLI" ping -c 3 -i 0.3 -W 1 10.0.0.6 >/dev/null 2>&1; then
+  fail "10.0.0.6 answered a ping, the client has no policy for it"
+fi
+if in_ns "$NS_CLI" timeout 3 bash -c 'exec 3<>/dev/tcp/10.0.0.6/5201' 2>/dev/null; then
+  fail "a TCP connection to 10.0.0.6 succeeded"
+fi
+seen=$(in_ns "$NS_RES" iptables -L INPUT -v -x -n | awk '$8 == "10.0.0.6" { print $1 }')
+[ "$seen" = "0" ] || fail "10.0.0.6 received $seen packets"
+
+relay_bytes() { in_ns "$NS_PUB" iptables -L INPUT -v -x -n | awk -v d="192.0.2.1$1" '$8 == d { print $2 }'; }
+step "blocking direct UDP between the NATs"
+in_ns "$NS_PUB" iptables -I FORWARD -p udp -j DROP
+blocked_at=$(date +%s)
+wait_for 40 "traffic again after the direct path was blocked" ping_ok 10.0.0.5
+step "  traffic flows again $(($(date +%s) - blocked_at))s after the block"
+before1=$(relay_bytes 1) before2=$(relay_bytes 2)
+transfer 5M
+used1=$(($(relay_bytes 1) - before1)) used2=$(($(relay_bytes 2) - before2))
+echo "e2e:   bytes to relay 1: $used1, relay 2: $used2"
+if [ "$used1" -gt 3000000 ]; then
+  in_use=1 other=2
+elif [ "$used2" -gt 3000000 ]; then
+  in_use=2 other=1
+else
+  fail "the 5 MiB transfer did not go through a relay (relay 1: $used1 B, relay 2: $used2 B)"
+fi
+
+step "killing relay $in_use during a transfer"
+# The transfer (TCP) must survive: the connection moves to relay $other within RELAY_FAILOVER
+# seconds (ICE consent and the WireGuard keepalive notice the dead relay first), and TCP
+# retransmits across the gap.
+RELAY_FAILOVER=45
+in_ns "$NS_CLI" timeout 90 iperf3 -c 10.0.0.5 -t 8 --connect-timeout 3000 >"$WORK/iperf-kill.out" 2>&1 &
+PIDS[iperf_kill]=$!
+sleep 2
+stop "relay$in_use"
+killed_at=$(date +%s)
+wait_for $RELAY_FAILOVER "traffic through relay $other after relay $in_use died" ping_ok 10.0.0.5
+step "  traffic again $(($(date +%s) - killed_at))s after the kill"
+wait "${PIDS[iperf_kill]}" || fail "the transfer broke when relay $in_use died: $(tail -n 3 "$WORK/iperf-kill.out")"
+unset "PIDS[iperf_kill]"
+grep -E "receiver$" "$WORK/iperf-kill.out" | sed 's/^/e2e:   /'
+before_other=$(relay_bytes "$other")
+transfer 2M
+moved=$(($(relay_bytes "$other") - before_other))
+[ "$moved" -gt 1500000 ] || fail "a 2 MiB transfer after relay $in_use died put only $moved bytes through relay $other"
+step "  the transfer completed; relay $other carries the traffic now"
+
+step "restarting the portal"
+# While the portal is away the established tunnel carries on. When it returns (a new generation:
+# new PSKs, new relay credentials, no memory of authorizations) its `init` to the gateway lists
+# no authorization, so the gateway ends the flow; the client's next packets find the connection
+# dead and ask again. New connections must work within PORTAL_RECOVERY seconds of its return.
+PORTAL_RECOVERY=60
+stop portal
+in_ns "$NS_CLI" ping -c 5 -i 0.4 -W 1 10.0.0.5 >"$WORK/ping.out" || fail "the tunnel broke while the portal was away: $(tail -n 2 "$WORK/ping.out")"
+connected_before=$(grep -c "Portal connected" "$WORK/client.log" || true)
+start_portal
+returned_at=$(date +%s)
+wait_for 30 "the client back on the portal" \
+  sh -c "[ \$(grep -c 'Portal connected' '$WORK/client.log') -gt $connected_before ]"
+wait_for $PORTAL_RECOVERY "a ping answer after the portal returned" ping_ok 10.0.0.5
+step "  traffic again $(($(date +%s) - returned_at))s after the portal returned"
+transfer 2M
+step "all checks passed"

@@ -1,11 +1,16 @@
-//! `harness run --seed N`: a client and a gateway connect through the in-memory network and
-//! exchange traffic; the timeline of what happened is printed.
+//! `harness run --seed N`: one seed of a whole simulated deployment, with its timeline.
+//! `harness pair --seed N`: a client and a gateway on the in-memory network (the core alone).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use harness::memnet::MemNet;
+use harness::sim::case::{generate, run_case_traced, Counts};
+use harness::sim::model::Transition;
+
+/// Transitions per case in the `run` command.
+const CASE_LENGTH: usize = 12;
 
 #[derive(Parser)]
 #[command(about = "The simulated world of the zero-trust access system")]
@@ -16,9 +21,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Connect a client behind a NAT to a gateway and exchange traffic, printing a timeline.
+    /// Simulate a whole deployment (portal, two relays, two clients and a gateway behind NATs)
+    /// through a sequence of traffic and faults drawn from the seed, checked against the
+    /// reference model; print the timeline and a summary.
     Run {
-        /// Decides every random choice: keys, ICE credentials, tie-breakers, timings.
+        /// Decides the world and the sequence: NAT types, keys, every random choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print only `trace-hash: <hex>`.
+        #[arg(long)]
+        trace_hash: bool,
+        /// Run this many seeds (from `--seed` on) and print the coverage line and a summary.
+        #[arg(long)]
+        cases: Option<u64>,
+        /// Log filter for the nodes' own logs (e.g. `info`); off by default.
+        #[arg(long, env = "RUST_LOG", default_value = "off")]
+        log: String,
+    },
+    /// Connect a client behind a NAT to a gateway on the in-memory network and exchange traffic.
+    Pair {
+        /// Decides keys, ICE credentials, tie-breakers and the link latency.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Simulated seconds to run after the connection is set up.
@@ -33,16 +55,121 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { seed, seconds, log } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log)?)
-                .init();
-            run(seed, seconds)
+        Command::Run {
+            seed,
+            trace_hash,
+            cases,
+            log,
+        } => {
+            init_logging(&log)?;
+            match cases {
+                Some(cases) => run_many(seed, cases),
+                None => run_one(seed, trace_hash),
+            }
+        }
+        Command::Pair { seed, seconds, log } => {
+            init_logging(&log)?;
+            pair(seed, seconds)
         }
     }
 }
 
-fn run(seed: u64, seconds: u64) -> anyhow::Result<()> {
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
+        .init();
+    Ok(())
+}
+
+fn run_one(seed: u64, only_hash: bool) -> anyhow::Result<()> {
+    let transitions = generate(seed, CASE_LENGTH);
+    #[allow(clippy::disallowed_methods)] // wall time for the speed figure only
+    let started = Instant::now();
+    let (case, result) = run_case_traced(seed, &transitions, !only_hash);
+    let wall = started.elapsed();
+    if only_hash {
+        println!("trace-hash: {:016x}", case.world.trace.hash());
+        return result.map_err(anyhow::Error::msg);
+    }
+    let t = case.world.nat_types;
+    println!(
+        "seed {seed}: NATs clients {:?}/{:?}, gateway {:?}/{:?}",
+        t.clients.0, t.clients.1, t.gateway.0, t.gateway.1
+    );
+    println!("{:>10}  {:<10} event", "sim time", "host");
+    for line in case.world.trace.lines() {
+        println!("{line}");
+    }
+    println!();
+    summary(&case.counts, &transitions);
+    let sim = case.world.elapsed();
+    println!(
+        "simulated {:.0} s in {:.2} s wall ({:.0} sim-s per wall-s); trace-hash: {:016x}",
+        sim.as_secs_f64(),
+        wall.as_secs_f64(),
+        sim.as_secs_f64() / wall.as_secs_f64().max(1e-9),
+        case.world.trace.hash()
+    );
+    if let Err(e) = &result {
+        println!("FAILED: {e}");
+        println!("replay: cargo run --release -p harness -- run --seed {seed}");
+    }
+    result.map_err(anyhow::Error::msg)
+}
+
+fn summary(counts: &Counts, transitions: &[Transition]) {
+    let get = |k: &str| counts.0.get(k).copied().unwrap_or(0);
+    let faults: u64 = counts
+        .0
+        .iter()
+        .filter(|(k, _)| {
+            !k.starts_with("checked:")
+                && !k.starts_with("nat:")
+                && *k != "send"
+                && *k != "advance_time"
+        })
+        .map(|(_, v)| v)
+        .sum();
+    println!(
+        "packets sent {}: delivered {} (required), refused {} (required), uncertain {}; faults and changes injected {faults}; transitions {}",
+        get("send"),
+        get("checked:delivered"),
+        get("checked:refused"),
+        get("checked:uncertain"),
+        transitions.len()
+    );
+}
+
+fn run_many(first: u64, cases: u64) -> anyhow::Result<()> {
+    let mut total = Counts::default();
+    let mut failed = Vec::new();
+    #[allow(clippy::disallowed_methods)] // wall time for the speed figure only
+    let started = Instant::now();
+    let mut simulated = Duration::ZERO;
+    for seed in first..first.saturating_add(cases) {
+        let transitions = generate(seed, CASE_LENGTH);
+        let (case, result) = run_case_traced(seed, &transitions, false);
+        simulated += case.world.elapsed();
+        total.merge(&case.counts);
+        if let Err(e) = result {
+            println!("seed {seed} FAILED: {e}");
+            println!("replay: cargo run --release -p harness -- run --seed {seed}");
+            failed.push(seed);
+        }
+    }
+    let wall = started.elapsed().as_secs_f64().max(1e-9);
+    println!("sim coverage: {}", total.line());
+    println!(
+        "{cases} cases, {} failed; {:.0} sim-s per wall-s, {:.0} cases per minute",
+        failed.len(),
+        simulated.as_secs_f64() / wall,
+        cases as f64 / wall * 60.0
+    );
+    anyhow::ensure!(failed.is_empty(), "failing seeds: {failed:?}");
+    Ok(())
+}
+
+fn pair(seed: u64, seconds: u64) -> anyhow::Result<()> {
     // The simulation's clock starts at an arbitrary point: nothing reads real time after this.
     #[allow(clippy::disallowed_methods)]
     let start = Instant::now();
@@ -74,11 +201,6 @@ fn run(seed: u64, seconds: u64) -> anyhow::Result<()> {
     let at_client = net.host(client).received.len();
     println!();
     println!("packets: client -> gateway {at_gateway}/{sent_each_way}, gateway -> client {at_client}/{sent_each_way}");
-    println!(
-        "dropped datagrams: client {}, gateway {}",
-        net.host(client).errors.len(),
-        net.host(gateway).errors.len()
-    );
     anyhow::ensure!(
         at_gateway as u64 == sent_each_way && at_client as u64 == sent_each_way,
         "packets were lost"

@@ -10,12 +10,15 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use harness::memnet::{HostId, MemNet};
 use node::datagram::DatagramKind;
 use node::{Event, FailReason, Upsert};
+use tracing_subscriber::layer::SubscriberExt;
 
 fn pair(net: &mut MemNet) -> (HostId, HostId) {
     let client = net.add_client("client", 1, addr(10, 0, 0, 1, 5000), None, 1);
@@ -336,6 +339,53 @@ fn idle_connection_sends_sparse_keepalives_and_wakes_up() {
         payloads(&net, gateway, client),
         vec![b"hello".to_vec(), b"wake".to_vec()]
     );
+}
+
+/// boringtun drops an idle session's keys after 180 s and the whole tunnel, with an error, at
+/// 540 s unless a handshake happened: the client renews idle sessions, so hours of silence
+/// leave the connection up and usable at once.
+#[test]
+fn an_idle_connection_outlives_wireguard_key_lifetimes() {
+    let errors = ErrorCounter::default();
+    let subscriber = tracing_subscriber::registry().with(errors.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut net = MemNet::new(Instant::now());
+    let (client, gateway) = pair(&mut net);
+    net.connect(client, gateway);
+    net.send(client, gateway, b"before").unwrap();
+    net.run_for(Duration::from_secs(2));
+
+    net.run_for(Duration::from_secs(3 * 3600));
+    for host in [client, gateway] {
+        assert!(
+            failures(&net, host).is_empty(),
+            "{:?}",
+            failures(&net, host)
+        );
+    }
+    assert_eq!(established_at(&net, client).len(), 1);
+
+    net.send(client, gateway, b"after").unwrap();
+    net.send(gateway, client, b"back").unwrap();
+    net.run_for(Duration::from_millis(200));
+    assert_eq!(
+        payloads(&net, gateway, client),
+        vec![b"before".to_vec(), b"after".to_vec()]
+    );
+    assert_eq!(payloads(&net, client, gateway), vec![b"back".to_vec()]);
+    assert_eq!(errors.0.load(Ordering::Relaxed), 0, "an ERROR was logged");
+}
+
+/// Counts ERROR events (on this thread, where the test installs it).
+#[derive(Clone, Default)]
+struct ErrorCounter(Arc<AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ErrorCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() == tracing::Level::ERROR {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[test]

@@ -17,8 +17,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::pool::Buffer;
 use crate::runtime::{
-    run, ClientEngine, Command, ControlCommand, ControlInput, DatagramSocket, Engine, EngineEvent,
-    GatewayEngine, TcpConnector, TokioClock, TunDevice, WebSocketLink,
+    run, BatchSocket, ClientEngine, Command, ControlCommand, ControlInput, DatagramSocket, Engine,
+    EngineEvent, GatewayEngine, RecvBatch, TcpConnector, TokioClock, TunDevice, WebSocketLink,
 };
 use crate::tunnel::{ClientEvent, GatewayEvent};
 use crate::Transmit;
@@ -159,7 +159,7 @@ fn percent_encode(s: &str) -> String {
 /// is why they are not advertised unless asked for (`--advertise`).
 #[derive(Debug)]
 pub struct HostSocket {
-    socket: tokio::net::UdpSocket,
+    socket: BatchSocket,
     local: SocketAddr,
 }
 
@@ -176,6 +176,7 @@ impl HostSocket {
         } else {
             bound
         };
+        let socket = BatchSocket::new(socket).context("cannot set up the UDP socket")?;
         Ok(Self { socket, local })
     }
 
@@ -217,6 +218,14 @@ impl DatagramSocket for HostSocket {
 
     fn send_to(&self, buf: &[u8], dst: SocketAddr) -> impl Future<Output = io::Result<usize>> {
         self.socket.send_to(buf, dst)
+    }
+
+    fn recv_batch(&self, batch: &mut RecvBatch) -> impl Future<Output = io::Result<()>> {
+        self.socket.recv_batch(batch)
+    }
+
+    fn send_batch(&self, transmits: &[Transmit]) -> impl Future<Output = ()> {
+        self.socket.send_batch(transmits)
     }
 }
 
@@ -285,6 +294,11 @@ impl<E: Observed, H: FnMut(EngineEvent<E::Event>)> Engine for Watched<E, H> {
 
     fn handle_device_packet(&mut self, packet: Vec<u8>, now: Instant) {
         self.engine.handle_device_packet(packet, now);
+        self.dispatch();
+    }
+
+    fn handle_device_bytes(&mut self, packet: &[u8], now: Instant) {
+        self.engine.handle_device_bytes(packet, now);
         self.dispatch();
     }
 

@@ -35,6 +35,11 @@ const ACTIVE_STUN_INTERVAL: Duration = Duration::from_secs(3);
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(15);
 /// ICE must find a path within this long of the connection's creation or last new candidate.
 pub const ICE_SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The client renews a session this old even when no data flows (boringtun gives up at 540 s).
+const IDLE_REKEY: Duration = Duration::from_secs(300);
+/// A session this old means the peer stopped renewing it.
+const SESSION_GIVE_UP: Duration = Duration::from_secs(480);
+
 /// WireGuard's message type of a handshake initiation.
 const HANDSHAKE_INITIATION: u8 = 1;
 
@@ -629,6 +634,43 @@ impl Connection {
         }
         self.check_established(now);
         self.check_rekey(now);
+        self.check_session_age(now, pool, transmits);
+    }
+
+    /// WireGuard renews keys only when data flows, and boringtun drops (and logs as an error)
+    /// a session that reached 540 s. An idle connection is expected, so the client renews the
+    /// session well before that, and a side whose session still gets that old has a peer that
+    /// stopped renewing it: the connection fails instead, and is set up anew when needed.
+    fn check_session_age(
+        &mut self,
+        now: Instant,
+        pool: &BufferPool,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        if !self.established {
+            return;
+        }
+        let Some(age) = self.tunnel.session_age(now) else {
+            return;
+        };
+        if age >= SESSION_GIVE_UP {
+            self.fail(FailReason::SessionExpired);
+            return;
+        }
+        let (Role::Client, Some(path), None) = (self.role, self.route(), self.rekey_since) else {
+            return;
+        };
+        if age >= IDLE_REKEY {
+            tracing::debug!(?age, "renewing an idle session");
+            let mut buf = pool.pull();
+            let header = path.header_len();
+            let result =
+                self.tunnel
+                    .handshake_initiation(now, &mut buf.storage_mut()[header..], true);
+            if let Some(t) = self.network_result(result, buf, header, path, now) {
+                transmits.push_back(t);
+            }
+        }
     }
 
     /// Turns a boringtun result that should go to the network into a transmit on `path`.

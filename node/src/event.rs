@@ -42,6 +42,8 @@ pub enum FailReason {
     IceDisconnected,
     /// ICE was connected but no WireGuard session came up in time: usually a wrong key or PSK.
     HandshakeTimeout,
+    /// The session kept going without a new handshake for too long: the peer stopped rekeying.
+    SessionExpired,
 }
 
 impl fmt::Display for FailReason {
@@ -52,6 +54,7 @@ impl fmt::Display for FailReason {
             FailReason::HandshakeTimeout => {
                 "no WireGuard session within the handshake deadline (wrong key or PSK?)"
             }
+            FailReason::SessionExpired => "the peer stopped renewing the WireGuard session",
         })
     }
 }

@@ -54,6 +54,10 @@ pub(crate) struct Tunnel {
     tunn: Tunn,
     epoch: Instant,
     high_water: Duration,
+    /// When the newest session's handshake completed, as last seen. boringtun forgets a session
+    /// 180 s after its handshake (and with it the time), but keeps counting towards its 540 s
+    /// error from that moment, so the age of an idle connection's keys has to be kept here.
+    session_since: Option<Instant>,
 }
 
 impl Tunnel {
@@ -72,6 +76,7 @@ impl Tunnel {
             tunn: Tunn::new(private, remote, Some(psk), None, index.get(), None),
             epoch,
             high_water,
+            session_since: None,
         }
     }
 
@@ -121,13 +126,24 @@ impl Tunnel {
     /// How long ago the current session's handshake completed, if there is a session.
     pub(crate) fn time_since_last_handshake(&mut self, now: Instant) -> Option<Duration> {
         self.set_clock(now);
-        self.tunn.time_since_last_handshake()
+        let age = self.tunn.time_since_last_handshake();
+        if let Some(age) = age {
+            self.session_since = now.checked_sub(age);
+        }
+        age
+    }
+
+    /// How long ago the newest session's handshake completed, even once boringtun dropped the
+    /// session; `None` before the first one.
+    pub(crate) fn session_age(&mut self, now: Instant) -> Option<Duration> {
+        self.time_since_last_handshake(now);
+        self.session_since
+            .map(|since| now.saturating_duration_since(since))
     }
 
     /// Whether a session exists that data can be sent on.
     pub(crate) fn has_session(&mut self, now: Instant) -> bool {
-        self.set_clock(now);
-        self.tunn.time_since_last_handshake().is_some()
+        self.time_since_last_handshake(now).is_some()
     }
 }
 

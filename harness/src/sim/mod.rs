@@ -1,6 +1,7 @@
 //! The deterministic simulation of a whole deployment, and the reference model it is checked
 //! against (see `tests/sim.rs`).
 
+pub mod case;
 pub mod hosts;
 pub mod model;
 pub mod world;

@@ -73,12 +73,18 @@ pub struct World<'a> {
 impl<'a> World<'a> {
     /// Builds the world for `seed` with the initial `policies`.
     pub fn new(seed: u64, policies: BTreeSet<(usize, usize)>) -> Self {
+        // Keeping every line costs memory; the hash alone decides determinism.
+        let keep_lines = std::env::var_os("SIM_TRACE").is_some();
+        Self::with_trace(seed, policies, keep_lines)
+    }
+
+    /// Builds the world, keeping the trace's text lines if `keep_lines`.
+    pub fn with_trace(seed: u64, policies: BTreeSet<(usize, usize)>, keep_lines: bool) -> Self {
         let mut settings = SimSettings::new(seed, Duration::from_secs(24 * 3600));
         settings.latency = Duration::from_millis(10);
         let epoch = settings.unix_epoch_secs;
         let mut sim = sim_builder(&settings).build();
-        // Keeping every line costs memory; the hash alone decides determinism.
-        let trace = if std::env::var_os("SIM_TRACE").is_some() {
+        let trace = if keep_lines {
             Trace::with_lines()
         } else {
             Trace::new()

@@ -140,6 +140,11 @@ impl Engine for ClientEngine {
     }
 
     fn handle_device_packet(&mut self, packet: Vec<u8>, now: Instant) {
+        self.handle_device_bytes(&packet, now);
+    }
+
+    fn handle_device_bytes(&mut self, packet: &[u8], now: Instant) {
+        // Parsed in place: the tunnel only reads the packet (it encrypts into a pooled buffer).
         match IpPacket::parse(packet) {
             Ok(packet) => {
                 if let Some(t) = self.tunnel.handle_tun_packet(&packet, now) {
@@ -273,6 +278,11 @@ impl Engine for GatewayEngine {
     }
 
     fn handle_device_packet(&mut self, packet: Vec<u8>, now: Instant) {
+        self.handle_device_bytes(&packet, now);
+    }
+
+    fn handle_device_bytes(&mut self, packet: &[u8], now: Instant) {
+        // Parsed in place: the tunnel only reads the packet (it encrypts into a pooled buffer).
         match IpPacket::parse(packet) {
             Ok(packet) => {
                 if let Some(t) = self.tunnel.handle_tun_packet(&packet, now) {

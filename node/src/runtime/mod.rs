@@ -10,6 +10,7 @@ mod engines;
 mod portal_driver;
 mod tokio_io;
 mod tun;
+mod udp;
 
 use std::future::Future;
 use std::io;
@@ -28,6 +29,7 @@ pub use engines::{ClientEngine, EngineEvent, GatewayEngine};
 pub use portal_driver::PortalDriver;
 pub use tokio_io::{TcpConnector, TokioClock, TokioSocket};
 pub use tun::{TunConfig, TunDevice};
+pub use udp::BatchSocket;
 
 /// A bound UDP socket.
 pub trait DatagramSocket {
@@ -38,6 +40,102 @@ pub trait DatagramSocket {
     fn recv_from(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<(usize, SocketAddr)>>;
     /// Sends one datagram.
     fn send_to(&self, buf: &[u8], dst: SocketAddr) -> impl Future<Output = io::Result<usize>>;
+    /// Waits for datagrams and reads what is ready into `batch` (cleared first), as many as
+    /// the platform reads in one call. Must be cancel-safe, like [`DatagramSocket::recv_from`].
+    /// The default reads one datagram with `recv_from`.
+    fn recv_batch(&self, batch: &mut RecvBatch) -> impl Future<Output = io::Result<()>> {
+        async move {
+            batch.clear();
+            let (n, from) = self.recv_from(batch.buffer(0)).await?;
+            batch.push(0, from, n, n);
+            Ok(())
+        }
+    }
+    /// Sends `transmits`, in as few calls as the platform allows. A datagram that cannot be
+    /// sent (unreachable network) is lost, which every protocol above copes with; only waiting
+    /// for room in the send buffer is done here. The default sends them one by one.
+    fn send_batch(&self, transmits: &[Transmit]) -> impl Future<Output = ()> {
+        async move {
+            for transmit in transmits {
+                if let Err(error) = self.send_to(&transmit.payload, transmit.dst).await {
+                    tracing::debug!(dst = %transmit.dst, %error, "send failed");
+                }
+            }
+        }
+    }
+}
+
+/// Datagrams read in one call: storage for [`RECV_BATCH`] of them, each large enough for a GRO
+/// run of segments (a run is one `(from, len, stride)` entry).
+#[derive(Debug)]
+pub struct RecvBatch {
+    buffers: Vec<Vec<u8>>,
+    received: Vec<Received>,
+}
+
+/// How many datagrams (or GRO runs) one [`RecvBatch`] holds.
+pub const RECV_BATCH: usize = 32;
+
+#[derive(Debug, Clone, Copy)]
+struct Received {
+    buffer: usize,
+    from: SocketAddr,
+    len: usize,
+    stride: usize,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecvBatch {
+    /// Empty, with its buffers allocated once (they are reused for every read).
+    pub fn new() -> Self {
+        Self {
+            buffers: vec![vec![0; crate::pool::BUFFER_SIZE]; RECV_BATCH],
+            received: Vec::with_capacity(RECV_BATCH),
+        }
+    }
+
+    /// Forgets what was read.
+    pub fn clear(&mut self) {
+        self.received.clear();
+    }
+
+    /// Buffer `i` to read into.
+    ///
+    /// # Panics
+    /// If `i >= RECV_BATCH`.
+    pub fn buffer(&mut self, i: usize) -> &mut [u8] {
+        &mut self.buffers[i]
+    }
+
+    /// All the buffers, to read into at once.
+    pub fn buffers_mut(&mut self) -> &mut [Vec<u8>] {
+        &mut self.buffers
+    }
+
+    /// Records that buffer `i` holds `len` bytes from `from`: datagrams of `stride` bytes each
+    /// (the last may be shorter), or one datagram when `stride >= len`.
+    pub fn push(&mut self, i: usize, from: SocketAddr, len: usize, stride: usize) {
+        self.received.push(Received {
+            buffer: i,
+            from,
+            len: len.min(self.buffers[i].len()),
+            stride: stride.max(1),
+        });
+    }
+
+    /// Every datagram read, GRO runs split into their segments.
+    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        self.received.iter().flat_map(move |r| {
+            self.buffers[r.buffer][..r.len]
+                .chunks(r.stride)
+                .map(move |segment| (r.from, segment))
+        })
+    }
 }
 
 /// The monotonic clock the engine is driven with.
@@ -54,6 +152,116 @@ pub trait Device {
     fn recv(&mut self) -> impl Future<Output = Option<Vec<u8>>>;
     /// Writes a packet to the device.
     fn send(&mut self, packet: &[u8]) -> impl Future<Output = io::Result<()>>;
+    /// Waits for packets and reads what is ready into `batch` (cleared first); `false` when
+    /// the device is closed. Must be cancel-safe. The default reads one with [`Device::recv`].
+    fn recv_batch(&mut self, batch: &mut PacketBatch) -> impl Future<Output = bool> {
+        async move {
+            batch.clear();
+            match self.recv().await {
+                Some(packet) => {
+                    batch.push(&packet);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+    /// Writes `packets`, in as few calls as the device allows. The default writes them one by
+    /// one with [`Device::send`].
+    fn send_batch(&mut self, packets: &[Buffer]) -> impl Future<Output = io::Result<()>> {
+        async move {
+            for packet in packets {
+                self.send(packet).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// IP packets read from a device in one call, in buffers reused from read to read.
+#[derive(Debug, Default)]
+pub struct PacketBatch {
+    buffers: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    len: usize,
+    offset: usize,
+}
+
+impl PacketBatch {
+    /// `count` buffers of `size` bytes, packets starting `offset` bytes in (room a device
+    /// writes a header into).
+    pub fn new(count: usize, size: usize, offset: usize) -> Self {
+        Self {
+            buffers: vec![vec![0; size + offset]; count.max(1)],
+            sizes: vec![0; count.max(1)],
+            len: 0,
+            offset,
+        }
+    }
+
+    /// Forgets what was read.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends a copy of `packet` (growing the batch if needed: the default, one-packet path).
+    pub fn push(&mut self, packet: &[u8]) {
+        if self.len == self.buffers.len() {
+            self.buffers.push(Vec::new());
+            self.sizes.push(0);
+        }
+        let buffer = &mut self.buffers[self.len];
+        buffer.clear();
+        buffer.resize(self.offset, 0);
+        buffer.extend_from_slice(packet);
+        self.sizes[self.len] = packet.len();
+        self.len += 1;
+    }
+
+    /// Makes room for at least `count` packets of `size` bytes (after the offset), keeping the
+    /// buffers it has: a device sizes the loop's batch to what it reads at once.
+    pub fn reserve(&mut self, count: usize, size: usize) {
+        if self.buffers.len() < count {
+            self.buffers.resize_with(count, Vec::new);
+            self.sizes.resize(count, 0);
+        }
+        for buffer in &mut self.buffers {
+            if buffer.len() < self.offset + size {
+                buffer.resize(self.offset + size, 0);
+            }
+        }
+    }
+
+    /// The buffers, their sizes and the offset, for a device to read into; then [`Self::set_len`].
+    pub fn parts_mut(&mut self) -> (&mut [Vec<u8>], &mut [usize], usize) {
+        (&mut self.buffers, &mut self.sizes, self.offset)
+    }
+
+    /// Records that the first `len` buffers hold packets.
+    pub fn set_len(&mut self, len: usize) {
+        self.len = len.min(self.buffers.len());
+    }
+
+    /// How many packets it holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The packets.
+    pub fn packets(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.buffers[..self.len]
+            .iter()
+            .zip(&self.sizes)
+            .map(|(buffer, &size)| {
+                let end = (self.offset + size).min(buffer.len());
+                &buffer[self.offset.min(end)..end]
+            })
+    }
 }
 
 /// The sans-IO side: a node, or a client's or gateway's tunnel state around one.
@@ -62,6 +270,11 @@ pub trait Engine {
     fn handle_datagram(&mut self, local: SocketAddr, from: SocketAddr, bytes: &[u8], now: Instant);
     /// An IP packet came from the device.
     fn handle_device_packet(&mut self, packet: Vec<u8>, now: Instant);
+    /// An IP packet came from the device, borrowed from the loop's read buffer: engines that
+    /// only read the packet avoid an allocation per packet. The default copies it.
+    fn handle_device_bytes(&mut self, packet: &[u8], now: Instant) {
+        self.handle_device_packet(packet.to_vec(), now);
+    }
     /// A deadline from [`Engine::poll_timeout`] passed.
     fn handle_timeout(&mut self, now: Instant);
     /// The next deadline.
@@ -112,10 +325,15 @@ where
     L: ControlLink,
 {
     let local = socket.local_addr().map_err(RunError::Receive)?;
-    let mut buf = vec![0u8; crate::pool::BUFFER_SIZE];
+    // Read into buffers allocated once: a whole batch of datagrams or packets per wake-up, so
+    // the cost of waking (and of a syscall, where the socket or device batches) is shared by
+    // many packets under load.
+    let mut datagrams = RecvBatch::new();
+    let mut packets = PacketBatch::new(1, crate::pool::BUFFER_SIZE, 0);
+    let mut outgoing = Outgoing::default();
     let mut device_open = true;
     loop {
-        flush(engine, socket, device).await?;
+        flush(engine, socket, device, &mut outgoing).await?;
         while let Some(command) = engine.poll_control() {
             control.apply(command);
         }
@@ -127,7 +345,8 @@ where
             }
         };
         // Control first, then the network (STUN and handshakes must not starve behind a
-        // flood from the device), then the device, then timers.
+        // flood from the device), then the device, then timers. Each turn takes at most one
+        // batch from the network and one from the device before flushing what they produced.
         tokio::select! {
             biased;
             command = commands.recv() => match command {
@@ -135,35 +354,85 @@ where
                 None => return Ok(()),
             },
             input = control.recv() => engine.handle_control(input, clock.now()),
-            received = socket.recv_from(&mut buf) => {
-                let (n, from) = received.map_err(RunError::Receive)?;
-                engine.handle_datagram(local, from, &buf[..n], clock.now());
+            received = socket.recv_batch(&mut datagrams) => {
+                received.map_err(RunError::Receive)?;
+                let now = clock.now();
+                for (i, (from, bytes)) in datagrams.datagrams().enumerate() {
+                    // A batch of GRO runs is up to a thousand packets: written out as they
+                    // go, so the packets in flight fit in the engine's buffer pool (beyond
+                    // it every packet would be a fresh 64 KiB allocation).
+                    if i > 0 && i.is_multiple_of(FLUSH_EVERY) {
+                        flush(engine, socket, device, &mut outgoing).await?;
+                    }
+                    engine.handle_datagram(local, from, bytes, now);
+                }
             }
-            packet = device.recv(), if device_open => match packet {
-                Some(packet) => engine.handle_device_packet(packet, clock.now()),
-                None => device_open = false,
+            open = device.recv_batch(&mut packets), if device_open => {
+                if open {
+                    let now = clock.now();
+                    for (i, packet) in packets.packets().enumerate() {
+                        if i > 0 && i.is_multiple_of(FLUSH_EVERY) {
+                            flush(engine, socket, device, &mut outgoing).await?;
+                        }
+                        engine.handle_device_bytes(packet, now);
+                    }
+                } else {
+                    device_open = false;
+                }
             },
             () = sleep => engine.handle_timeout(clock.now()),
         }
     }
 }
 
+/// Packets handled from one batch between two flushes: large enough for GSO and GRO runs of
+/// 64 KiB, well under the engine's buffer pool.
+const FLUSH_EVERY: usize = 64;
+
+/// What the engine produced in one turn, gathered to be written in batches; the vectors are
+/// reused from turn to turn.
+#[derive(Default)]
+struct Outgoing {
+    transmits: Vec<Transmit>,
+    packets: Vec<Buffer>,
+}
+
 async fn flush<E: Engine, S: DatagramSocket, D: Device>(
     engine: &mut E,
     socket: &S,
     device: &mut D,
+    out: &mut Outgoing,
 ) -> Result<(), RunError> {
-    while let Some(transmit) = engine.poll_transmit() {
-        // A send that fails (unreachable network, full buffer) is a lost datagram, which every
-        // protocol above copes with.
-        if let Err(error) = socket.send_to(&transmit.payload, transmit.dst).await {
-            tracing::debug!(dst = %transmit.dst, %error, "send failed");
+    // Bounded, so a long queue in the engine is written in several batches rather than
+    // holding every buffer at once.
+    const MAX_BATCH: usize = 256;
+    loop {
+        while out.transmits.len() < MAX_BATCH {
+            match engine.poll_transmit() {
+                Some(transmit) => out.transmits.push(transmit),
+                None => break,
+            }
+        }
+        while out.packets.len() < MAX_BATCH {
+            match engine.poll_device_packet() {
+                Some(packet) => out.packets.push(packet),
+                None => break,
+            }
+        }
+        if out.transmits.is_empty() && out.packets.is_empty() {
+            return Ok(());
+        }
+        if !out.transmits.is_empty() {
+            socket.send_batch(&out.transmits).await;
+            // Dropping them returns their buffers to the pool.
+            out.transmits.clear();
+        }
+        if !out.packets.is_empty() {
+            let written = device.send_batch(&out.packets).await;
+            out.packets.clear();
+            written.map_err(RunError::Device)?;
         }
     }
-    while let Some(packet) = engine.poll_device_packet() {
-        device.send(&packet).await.map_err(RunError::Device)?;
-    }
-    Ok(())
 }
 
 /// A device made of two channels: packets written to it come out of `outgoing`, packets sent

@@ -84,6 +84,18 @@ enum RequestKind {
     ChannelBind { channel: u16, peer: SocketAddr },
 }
 
+impl RequestKind {
+    /// The STUN method of the request, which its response must carry too.
+    fn method(&self) -> Method {
+        match self {
+            Self::Binding => BINDING,
+            Self::Allocate => ALLOCATE,
+            Self::Refresh { .. } => REFRESH,
+            Self::ChannelBind { .. } => CHANNEL_BIND,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     kind: RequestKind,
@@ -274,7 +286,14 @@ impl Allocation {
             tracing::debug!(target: "node::turn", rid = %self.config.id, method = ?response.method(), "response to no pending request");
             return;
         };
-        if !self.integrity_ok(&response, request.authenticated) {
+        // The answer must be to the method we asked (RFC 8489 §6.3): a Binding success with a
+        // relayed address must not complete an Allocate that shares its transaction id.
+        if response.method() != request.kind.method() {
+            tracing::debug!(target: "node::turn", rid = %self.config.id, method = ?response.method(), "response of another method");
+            self.pending.insert(response.transaction_id(), request);
+            return;
+        }
+        if !self.integrity_ok(&response, &request) {
             tracing::debug!(target: "node::turn", rid = %self.config.id, "response with bad MESSAGE-INTEGRITY");
             self.pending.insert(response.transaction_id(), request);
             return;
@@ -291,11 +310,13 @@ impl Allocation {
         }
     }
 
-    /// Success responses to authenticated requests must carry MESSAGE-INTEGRITY made with our
+    /// Success responses to anything but a Binding must carry MESSAGE-INTEGRITY made with our
     /// key (RFC 8489 §9.2.4), so nobody without the password can forge a relayed address or a
-    /// channel. A wrong one is dropped and the real answer may still come. Error responses
-    /// (401, 438) cannot be protected and are taken as they are.
-    fn integrity_ok(&self, response: &StunMessage, authenticated: bool) -> bool {
+    /// channel. That includes the first, unauthenticated Allocate: a relay using long-term
+    /// credentials always challenges it (RFC 8656 §7.2), so an unsigned success to it is forged
+    /// (found by the `relay_ops` fuzz target). A wrong one is dropped and the real answer may
+    /// still come. Error responses (401, 438) cannot be protected and are taken as they are.
+    fn integrity_ok(&self, response: &StunMessage, request: &Pending) -> bool {
         // An error cannot grant anything; at worst it makes us retry. A relay that signs a 437
         // with the key of the allocation in the way (a previous holder of our NAT port) must
         // still be heard, or we would retransmit into it until the relay counts as dead.
@@ -304,7 +325,8 @@ impl Allocation {
         }
         let integrity = response.get_attribute::<MessageIntegrity>();
         let (Some(realm), Some(integrity)) = (&self.realm, integrity) else {
-            return !authenticated;
+            // A Binding carries no credentials and is answered unsigned.
+            return !request.authenticated && matches!(request.kind, RequestKind::Binding);
         };
         let Ok(username) = Username::new(self.config.username.clone()) else {
             return false;
@@ -753,6 +775,45 @@ mod tests {
             .any(|e| matches!(e, AllocationEvent::Relayed { addr, .. } if addr.ip() == server_addr().ip())));
         assert!(a.relayed().is_some());
         assert_eq!(s.allocation_count(), 1);
+    }
+
+    /// Regression (relay_ops fuzz target): an on-path attacker who saw the transaction id of
+    /// the first, unauthenticated Allocate answered it with an unsigned success carrying a
+    /// relayed address of its choosing, once as an Allocate and once as a Binding response;
+    /// both were taken. Now neither is, and the real exchange still completes.
+    #[test]
+    fn unsigned_or_mismatched_success_to_the_first_allocate_is_ignored() {
+        use bytecodec::EncodeExt;
+
+        let now = Instant::now();
+        let (mut a, mut s) = setup(now);
+        let requests: Vec<Vec<u8>> = std::iter::from_fn(|| a.poll_transmit()).collect();
+        let allocate = requests
+            .iter()
+            .find_map(|bytes| match RelayMessage::parse(bytes) {
+                Ok(RelayMessage::Stun(m)) if m.method() == ALLOCATE => Some(m.transaction_id()),
+                _ => None,
+            })
+            .unwrap();
+        let forged: SocketAddr = "6.6.6.6:666".parse().unwrap();
+        for method in [ALLOCATE, BINDING] {
+            let mut response: StunMessage =
+                Message::new(MessageClass::SuccessResponse, method, allocate);
+            response.add_attribute(XorRelayAddress::new(forged));
+            let bytes = stun_codec::MessageEncoder::new()
+                .encode_into_bytes(response)
+                .unwrap();
+            a.handle(RelayMessage::parse(&bytes).unwrap(), client(), now);
+            assert_eq!(a.relayed(), None, "took a forged {method:?} answer");
+        }
+        for bytes in requests {
+            s.handle_input(now, client(), server_addr(), &bytes);
+        }
+        while let Some(t) = s.poll_transmit() {
+            a.handle(RelayMessage::parse(&t.payload).unwrap(), client(), now);
+        }
+        exchange(&mut a, &mut s, now);
+        assert!(a.relayed().is_some_and(|r| r != forged));
     }
 
     #[test]

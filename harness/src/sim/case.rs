@@ -1,0 +1,280 @@
+//! One case of the simulation: a world, a sequence of transitions applied to it and to the
+//! model, and every check after every step. Shared by `tests/sim.rs`, the `run` command and the
+//! `sim` fuzz target.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use node::packet::IpPacket;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::hosts::client_tunnel_ip;
+use super::model::{
+    Expect, Model, Side, Transition, CLIENTS, RELAYS, RESOURCES, SEND_WINDOW, SETTLE, WARM_UP,
+};
+use super::world::{probe_packet, World, RESOURCE_IPS};
+
+/// What a case counted, for the coverage line and the summary.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts(pub BTreeMap<String, u64>);
+
+impl Counts {
+    /// Adds one to `key`.
+    pub fn bump(&mut self, key: impl Into<String>) {
+        *self.0.entry(key.into()).or_default() += 1;
+    }
+
+    /// Adds another case's counts.
+    pub fn merge(&mut self, other: &Counts) {
+        for (k, v) in &other.0 {
+            *self.0.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    /// `key=n` pairs, space separated.
+    pub fn line(&self) -> String {
+        let parts: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        parts.join(" ")
+    }
+}
+
+/// A running case.
+pub struct Case {
+    /// The simulated deployment.
+    pub world: World<'static>,
+    /// The reference model, in step with the world.
+    pub model: Model,
+    /// What happened so far.
+    pub counts: Counts,
+}
+
+impl Case {
+    /// Builds the world for `seed` and lets it settle.
+    pub fn start(seed: u64) -> Result<Self, String> {
+        let keep_lines = std::env::var_os("SIM_TRACE").is_some();
+        Self::start_traced(seed, keep_lines)
+    }
+
+    /// [`Case::start`], keeping the trace's text lines if `keep_lines` (for the timeline).
+    pub fn start_traced(seed: u64, keep_lines: bool) -> Result<Self, String> {
+        let model = Model::initial(seed);
+        let mut world = World::with_trace(seed, model.authorized.clone(), keep_lines);
+        world.run_for(WARM_UP).map_err(|e| e.to_string())?;
+        let mut counts = Counts::default();
+        let t = world.nat_types;
+        counts.bump(format!("nat:{:?}/{:?}", t.clients.0, t.gateway.0));
+        Ok(Self {
+            world,
+            model,
+            counts,
+        })
+    }
+
+    /// Applies `t` to the world and the model and checks the result.
+    pub fn step(&mut self, t: &Transition) -> Result<(), String> {
+        self.counts.bump(t.kind());
+        let before = self.model.clone();
+        self.model.apply(t);
+        let w = &mut self.world;
+        w.trace.record_at(w.elapsed(), "driver", t);
+        let run = |w: &mut World<'static>, d| w.run_for(d).map_err(|e| e.to_string());
+        match t {
+            Transition::Send { client, resource } => {
+                let expect = before.expect(*client, *resource, before.now);
+                let payload = w.fresh_payload(*client);
+                let injected = w.inject(*client, probe_packet(*client, *resource, &payload));
+                run(w, SEND_WINDOW)?;
+                let expect = if injected { expect } else { Expect::Uncertain };
+                let outcome = check_send(w, *client, *resource, &payload, expect)?;
+                // In the timeline too: what each packet did is the point of reading one.
+                let (arrived, echoed) = (w.arrivals(&payload).len(), w.echoes(*client, &payload));
+                w.trace.record_at(
+                    w.elapsed(),
+                    "driver",
+                    format_args!("{outcome} arrived={arrived} echoed={echoed}"),
+                );
+                self.counts.bump(outcome);
+            }
+            Transition::Advance { .. } => run(w, t.duration())?,
+            Transition::PortalRestart => w.restart_portal(),
+            Transition::NatExpiry(side) => w.flush_nat(*side),
+            Transition::RelayCrash(r) => w.crash_relay(*r),
+            Transition::RelayRestart(r) => w.restart_relay(*r),
+            Transition::BlockDirect => w.block_direct(true),
+            Transition::UnblockDirect => w.block_direct(false),
+            Transition::Revoke { client, resource } => w.set_policy(*client, *resource, false),
+            Transition::Authorize { client, resource } => w.set_policy(*client, *resource, true),
+            Transition::GatewayRestart => w.restart_gateway(),
+            Transition::ClientRestart(c) => w.restart_client(*c),
+        }
+        match t {
+            Transition::Send { .. } | Transition::Advance { .. } => {}
+            Transition::PortalRestart
+            | Transition::NatExpiry(_)
+            | Transition::RelayCrash(_)
+            | Transition::RelayRestart(_)
+            | Transition::BlockDirect
+            | Transition::UnblockDirect
+            | Transition::Revoke { .. }
+            | Transition::Authorize { .. }
+            | Transition::GatewayRestart
+            | Transition::ClientRestart(_) => run(&mut self.world, SETTLE)?,
+        }
+        check_invariants(&self.world)
+    }
+}
+
+/// Runs `transitions` from a fresh world for `seed`; the first failed check ends it and is
+/// returned next to the case.
+pub fn run_case(seed: u64, transitions: &[Transition]) -> (Case, Result<(), String>) {
+    let keep_lines = std::env::var_os("SIM_TRACE").is_some();
+    run_case_traced(seed, transitions, keep_lines)
+}
+
+/// [`run_case`], keeping the trace's text lines if `keep_lines`.
+pub fn run_case_traced(
+    seed: u64,
+    transitions: &[Transition],
+    keep_lines: bool,
+) -> (Case, Result<(), String>) {
+    let mut case = match Case::start_traced(seed, keep_lines) {
+        Ok(case) => case,
+        Err(e) => panic!("the world for seed {seed} did not start: {e}"),
+    };
+    for t in transitions {
+        if !case.model.allows(t) {
+            continue;
+        }
+        if let Err(e) = case.step(t) {
+            return (case, Err(format!("{t}: {e}")));
+        }
+    }
+    (case, Ok(()))
+}
+
+/// A transition sequence drawn from `seed`, with the same weights as the property test.
+pub fn generate(seed: u64, len: usize) -> Vec<Transition> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED);
+    let mut model = Model::initial(seed);
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let t = pick(&mut rng);
+        if model.allows(&t) {
+            model.apply(&t);
+            out.push(t);
+        }
+    }
+    out
+}
+
+fn pick(rng: &mut ChaCha8Rng) -> Transition {
+    let client = rng.gen_range(0..CLIENTS);
+    let resource = rng.gen_range(0..RESOURCES);
+    let relay = rng.gen_range(0..RELAYS);
+    match rng.gen_range(0..20) {
+        0..=5 => Transition::Send { client, resource },
+        6..=8 => Transition::Advance {
+            secs: match rng.gen_range(0..3) {
+                0 => rng.gen_range(1..=30),
+                1 => rng.gen_range(20..=45),
+                _ => rng.gen_range(60..=200),
+            },
+        },
+        9 => Transition::PortalRestart,
+        10 => Transition::NatExpiry(if rng.gen() {
+            Side::Clients
+        } else {
+            Side::Gateway
+        }),
+        11 => Transition::RelayCrash(relay),
+        12 => Transition::RelayRestart(relay),
+        13 => Transition::BlockDirect,
+        14 => Transition::UnblockDirect,
+        15 => Transition::Revoke { client, resource },
+        16 => Transition::Authorize { client, resource },
+        17 => Transition::GatewayRestart,
+        _ => Transition::ClientRestart(client),
+    }
+}
+
+/// Checks what became of a probe sent with expectation `expect`; returns what was checked.
+pub fn check_send(
+    w: &World<'static>,
+    client: usize,
+    resource: usize,
+    payload: &[u8],
+    expect: Expect,
+) -> Result<&'static str, String> {
+    let arrivals = w.arrivals(payload);
+    let echoes = w.echoes(client, payload);
+    let expected = (
+        client_tunnel_ip(client as u64 + 1),
+        IpAddr::V4(RESOURCE_IPS[resource]),
+    );
+    let what = String::from_utf8_lossy(payload);
+    match expect {
+        Expect::Delivered => {
+            if arrivals != vec![expected] {
+                return Err(format!(
+                    "{what} must arrive exactly once, arrived {arrivals:?}"
+                ));
+            }
+            if echoes != 1 {
+                return Err(format!(
+                    "{what}: its echo must come back exactly once, came {echoes}"
+                ));
+            }
+            Ok("checked:delivered")
+        }
+        Expect::Refused => {
+            if !arrivals.is_empty() {
+                return Err(format!("{what} reached a resource it may not reach"));
+            }
+            Ok("checked:refused")
+        }
+        Expect::Uncertain => {
+            if arrivals.len() > 1 || echoes > 1 {
+                return Err(format!("{what} was duplicated"));
+            }
+            Ok("checked:uncertain")
+        }
+    }
+}
+
+/// The invariants that hold after every step, faults or not.
+pub fn check_invariants(w: &World<'static>) -> Result<(), String> {
+    // No packet is ever delivered to the wrong client: every probe echo a client gets names
+    // that client as its sender.
+    for (i, tap) in w.taps.iter().enumerate() {
+        for seen in tap.received.borrow().iter() {
+            let Ok(p) = IpPacket::parse(seen.packet.as_slice()) else {
+                continue;
+            };
+            let owner = format!("probe c{} ", i + 1);
+            if p.payload().starts_with(b"probe c") && !p.payload().starts_with(owner.as_bytes()) {
+                return Err(format!(
+                    "client {} got someone else's packet: {:?}",
+                    i + 1,
+                    String::from_utf8_lossy(p.payload())
+                ));
+            }
+        }
+    }
+    // Every probe that reached a resource came from its sender's tunnel address.
+    for seen in w.resources.arrived.borrow().iter() {
+        let Ok(p) = IpPacket::parse(seen.packet.as_slice()) else {
+            continue;
+        };
+        if let Some(&digit) = p.payload().strip_prefix(b"probe c").and_then(|r| r.first()) {
+            let sender = u64::from(digit.saturating_sub(b'0'));
+            if p.source() != client_tunnel_ip(sender) {
+                return Err(format!(
+                    "a probe of client {sender} arrived from {}",
+                    p.source()
+                ));
+            }
+        }
+    }
+    Ok(())
+}

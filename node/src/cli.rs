@@ -224,7 +224,7 @@ impl DatagramSocket for HostSocket {
         self.socket.recv_batch(batch)
     }
 
-    fn send_batch(&self, transmits: &[Transmit]) -> impl Future<Output = ()> {
+    fn send_batch(&self, transmits: &mut Vec<Transmit>) -> impl Future<Output = ()> {
         self.socket.send_batch(transmits)
     }
 }

@@ -662,14 +662,7 @@ impl Connection {
         };
         if age >= IDLE_REKEY {
             tracing::debug!(?age, "renewing an idle session");
-            let mut buf = pool.pull();
-            let header = path.header_len();
-            let result =
-                self.tunnel
-                    .handshake_initiation(now, &mut buf.storage_mut()[header..], true);
-            if let Some(t) = self.network_result(result, buf, header, path, now) {
-                transmits.push_back(t);
-            }
+            self.initiate_handshake(path, now, pool, transmits);
         }
     }
 
@@ -774,14 +767,25 @@ impl Connection {
         // The controlling side starts WireGuard as soon as there is a path; `force` resends an
         // initiation that boringtun produced earlier, when there was nowhere to send it.
         if self.role == Role::Client && !self.established {
-            let mut buf = pool.pull();
-            let header = path.header_len();
-            let result =
-                self.tunnel
-                    .handshake_initiation(now, &mut buf.storage_mut()[header..], true);
-            if let Some(t) = self.network_result(result, buf, header, path, now) {
-                transmits.push_back(t);
-            }
+            self.initiate_handshake(path, now, pool, transmits);
+        }
+    }
+
+    /// Sends a handshake initiation on `path`, a new one even if boringtun has one in flight.
+    fn initiate_handshake(
+        &mut self,
+        path: Path,
+        now: Instant,
+        pool: &BufferPool,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        let mut buf = pool.pull();
+        let header = path.header_len();
+        let result = self
+            .tunnel
+            .handshake_initiation(now, &mut buf.storage_mut()[header..], true);
+        if let Some(t) = self.network_result(result, buf, header, path, now) {
+            transmits.push_back(t);
         }
     }
 

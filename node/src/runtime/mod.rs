@@ -51,12 +51,13 @@ pub trait DatagramSocket {
             Ok(())
         }
     }
-    /// Sends `transmits`, in as few calls as the platform allows. A datagram that cannot be
-    /// sent (unreachable network) is lost, which every protocol above copes with; only waiting
-    /// for room in the send buffer is done here. The default sends them one by one.
-    fn send_batch(&self, transmits: &[Transmit]) -> impl Future<Output = ()> {
+    /// Sends `transmits` and leaves the vector empty (a socket may take it over whole), in as
+    /// few calls as the platform allows. A datagram that cannot be sent (unreachable network)
+    /// is lost, which every protocol above copes with; only waiting for room (in the send
+    /// buffer, or a writer's queue) is done here. The default sends them one by one.
+    fn send_batch(&self, transmits: &mut Vec<Transmit>) -> impl Future<Output = ()> {
         async move {
-            for transmit in transmits {
+            for transmit in transmits.drain(..) {
                 if let Err(error) = self.send_to(&transmit.payload, transmit.dst).await {
                     tracing::debug!(dst = %transmit.dst, %error, "send failed");
                 }
@@ -423,9 +424,7 @@ async fn flush<E: Engine, S: DatagramSocket, D: Device>(
             return Ok(());
         }
         if !out.transmits.is_empty() {
-            socket.send_batch(&out.transmits).await;
-            // Dropping them returns their buffers to the pool.
-            out.transmits.clear();
+            socket.send_batch(&mut out.transmits).await;
         }
         if !out.packets.is_empty() {
             let written = device.send_batch(&out.packets).await;

@@ -1,19 +1,30 @@
-//! A UDP socket that reads and writes datagrams in batches (`quinn-udp`): `recvmmsg` with GRO
-//! on the way in, `sendmsg` with GSO on the way out, where the kernel offers them.
+//! A UDP socket served by two threads of its own, reading and writing in batches
+//! (`quinn-udp`): `recvmmsg` with GRO on the way in, `sendmsg` with GSO on the way out, where the
+//! kernel offers them.
 //!
 //! Under load a userspace tunnel spends most of its time in the kernel, one syscall and often
 //! one wake-up per datagram; reading up to [`RECV_BATCH`] datagrams (each possibly a GRO run of
 //! segments) per call and sending a run of equal-sized datagrams to one peer as one GSO call
-//! shares that cost among many packets.
+//! shares that cost among many packets. The syscalls run on the socket's own reader and writer
+//! threads, beside the event loop that encrypts and decrypts: a flood of outgoing traffic
+//! queues behind the writer and never delays reading (STUN consent checks, handshakes), and the
+//! other way round. Dropping the socket stops and joins both threads, so its port is free again
+//! when `drop` returns.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
+use crossbeam_queue::ArrayQueue;
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
-use tokio::io::Interest;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use tokio::sync::{mpsc, Mutex};
 
 use super::{DatagramSocket, RecvBatch, RECV_BATCH};
+use crate::pool::Buffer;
 use crate::Transmit;
 
 /// Socket buffer size asked for: a burst of a whole TCP window of tunnelled traffic must fit
@@ -21,36 +32,72 @@ use crate::Transmit;
 /// `net.core.{r,w}mem_max`.
 const SOCKET_BUFFER: usize = 8 << 20;
 
-/// Batches read in a row before the reader yields to the runtime, so the other tasks (the
-/// portal link) run even when datagrams never stop coming.
+/// Batches read in a row before the loop's read yields to the runtime, so the other branches
+/// of the loop (the device, timers) and other tasks (the portal link) run even when datagrams
+/// never stop coming.
 const YIELD_EVERY: u32 = 16;
 
 /// Largest GSO payload: a UDP datagram's length field is 16 bits.
 const MAX_GSO_BYTES: usize = 65_000;
 
-/// A batching UDP socket.
+/// Batches read ahead of the loop. Each holds [`RECV_BATCH`] buffers of 64 KiB (room for GRO
+/// runs), so few: the socket's own buffer absorbs bursts.
+const READ_AHEAD: usize = 2;
+
+/// Batches of transmits queued for the writer beyond the one it is sending. Their payloads are
+/// pool buffers, so this bounds what the node has in flight too.
+const WRITE_AHEAD: usize = 1;
+
+/// How long a thread waits for its socket before looking at the stop flag again (dropping the
+/// socket wakes the reader at once; this is the backstop).
+const POLL_TIMEOUT: Timespec = Timespec {
+    tv_sec: 0,
+    tv_nsec: 250_000_000,
+};
+
+/// A batching UDP socket with a reader and a writer thread.
 #[derive(Debug)]
 pub struct BatchSocket {
-    socket: tokio::net::UdpSocket,
-    state: UdpSocketState,
-    /// Where a GSO run is assembled (segments must be contiguous).
-    gso: RefCell<Vec<u8>>,
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    inbox: Mutex<Inbox>,
+    /// Read batches handed back to the reader, so reading allocates nothing.
+    free: Arc<ArrayQueue<RecvBatch>>,
+    outgoing: Option<mpsc::Sender<Vec<Transmit>>>,
+    /// Emptied transmit vectors handed back by the writer.
+    spent: Arc<ArrayQueue<Vec<Transmit>>>,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
     reads: Cell<u32>,
 }
 
+/// What the reader delivered, and the batch [`DatagramSocket::recv_from`] is part-way through.
+#[derive(Debug)]
+struct Inbox {
+    from_reader: Option<mpsc::Receiver<io::Result<RecvBatch>>>,
+    current: Option<(RecvBatch, usize)>,
+}
+
 impl BatchSocket {
-    /// Wraps a bound socket: switches on GRO and asks for larger buffers.
+    /// Takes over a bound socket: switches on GRO, asks for larger buffers and starts the
+    /// reader and writer threads.
     pub fn new(socket: tokio::net::UdpSocket) -> io::Result<Self> {
-        let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        let socket = Arc::new(socket.into_std()?);
+        // Non-blocking: the threads wait in poll(2) instead, which a blocking `recvmmsg` (it
+        // waits for a whole batch) would not allow, and which lets them notice a stop.
+        socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?;
+        let state = Arc::new(UdpSocketState::new(UdpSockRef::from(&*socket))?);
         // Best effort: a smaller buffer only costs throughput.
         for (what, result) in [
             (
                 "send",
-                state.set_send_buffer_size(UdpSockRef::from(&socket), SOCKET_BUFFER),
+                state.set_send_buffer_size(UdpSockRef::from(&*socket), SOCKET_BUFFER),
             ),
             (
                 "receive",
-                state.set_recv_buffer_size(UdpSockRef::from(&socket), SOCKET_BUFFER),
+                state.set_recv_buffer_size(UdpSockRef::from(&*socket), SOCKET_BUFFER),
             ),
         ] {
             if let Err(error) = result {
@@ -60,73 +107,135 @@ impl BatchSocket {
         tracing::debug!(
             gso_segments = state.max_gso_segments(),
             gro_segments = state.gro_segments(),
-            send_buffer = ?state.send_buffer_size(UdpSockRef::from(&socket)).ok(),
-            recv_buffer = ?state.recv_buffer_size(UdpSockRef::from(&socket)).ok(),
+            send_buffer = ?state.send_buffer_size(UdpSockRef::from(&*socket)).ok(),
+            recv_buffer = ?state.recv_buffer_size(UdpSockRef::from(&*socket)).ok(),
             "UDP socket"
         );
+        let stop = Arc::new(AtomicBool::new(false));
+        let free = Arc::new(ArrayQueue::new(READ_AHEAD + 2));
+        let spent = Arc::new(ArrayQueue::new(WRITE_AHEAD + 2));
+        let (to_loop, from_reader) = mpsc::channel(READ_AHEAD);
+        let (outgoing, to_writer) = mpsc::channel(WRITE_AHEAD);
+        let reader = {
+            let (socket, state, free, stop) = (
+                Arc::clone(&socket),
+                Arc::clone(&state),
+                Arc::clone(&free),
+                Arc::clone(&stop),
+            );
+            std::thread::Builder::new()
+                .name(format!("udp-read-{}", local.port()))
+                .spawn(move || read_loop(&socket, &state, &to_loop, &free, &stop))?
+        };
+        let writer = {
+            let (socket, spent) = (Arc::clone(&socket), Arc::clone(&spent));
+            std::thread::Builder::new()
+                .name(format!("udp-write-{}", local.port()))
+                .spawn(move || write_loop(&socket, &state, to_writer, &spent))?
+        };
         Ok(Self {
             socket,
-            state,
-            gso: RefCell::new(Vec::with_capacity(MAX_GSO_BYTES)),
+            local,
+            inbox: Mutex::new(Inbox {
+                from_reader: Some(from_reader),
+                current: None,
+            }),
+            free,
+            outgoing: Some(outgoing),
+            spent,
+            stop,
+            reader: Some(reader),
+            writer: Some(writer),
             reads: Cell::new(0),
         })
     }
 
     /// The address the socket is bound to.
     pub fn bound_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+        Ok(self.local)
     }
 
-    /// Sends `contents` to `dst`: one datagram, or with `segment` set a GSO run of datagrams
-    /// of that size (the last may be shorter). Waits for room in the send buffer.
-    async fn send_run(&self, dst: SocketAddr, contents: &[u8], segment: Option<usize>) {
-        let gso = self.state.max_gso_segments();
-        self.send_once(dst, contents, segment).await;
-        if let Some(size) = segment {
-            if gso > 1 && self.state.max_gso_segments() == 1 {
-                // The first GSO send told quinn-udp the path cannot segment (EIO or EINVAL
-                // from a driver): that run was lost, send it again one datagram at a time.
-                for datagram in contents.chunks(size) {
-                    self.send_once(dst, datagram, None).await;
-                }
-            }
+    /// The next batch from the reader.
+    async fn next_batch(inbox: &mut Inbox) -> io::Result<RecvBatch> {
+        let Some(from_reader) = inbox.from_reader.as_mut() else {
+            return Err(io::Error::other("the UDP socket is closed"));
+        };
+        match from_reader.recv().await {
+            Some(batch) => batch,
+            None => Err(io::Error::other("the UDP reader stopped")),
         }
     }
 
-    async fn send_once(&self, dst: SocketAddr, contents: &[u8], segment: Option<usize>) {
-        let transmit = quinn_udp::Transmit {
-            destination: dst,
-            ecn: None,
-            contents,
-            segment_size: segment,
-            src_ip: None,
+    fn recycle(&self, mut batch: RecvBatch) {
+        batch.clear();
+        // A full queue means the reader has enough; this one is freed.
+        let _ = self.free.push(batch);
+    }
+}
+
+impl Drop for BatchSocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Closing the channels ends a reader blocked on a full queue and lets the writer
+        // finish what it was given and stop.
+        self.inbox.get_mut().from_reader = None;
+        self.outgoing = None;
+        // Wakes a reader waiting for datagrams; the poll timeout is the backstop.
+        let me = match self.local.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::from((Ipv4Addr::LOCALHOST, self.local.port()))
+            }
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::from((Ipv6Addr::LOCALHOST, self.local.port()))
+            }
+            IpAddr::V4(_) | IpAddr::V6(_) => self.local,
         };
-        let sent = self
-            .socket
-            .async_io(Interest::WRITABLE, || {
-                self.state
-                    .try_send(UdpSockRef::from(&self.socket), &transmit)
-            })
-            .await;
-        if let Err(error) = sent {
-            // Lost datagrams (unreachable network, message too long) are for the protocols
-            // above to cope with.
-            tracing::debug!(%dst, %error, segments = ?segment.map(|s| contents.len().div_ceil(s)), "send failed");
+        let _ = self.socket.send_to(&[], me);
+        for thread in [self.reader.take(), self.writer.take()]
+            .into_iter()
+            .flatten()
+        {
+            if thread.join().is_err() {
+                tracing::error!("a UDP socket thread panicked");
+            }
         }
     }
 }
 
 impl DatagramSocket for BatchSocket {
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+        Ok(self.local)
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.socket.recv_from(buf).await
+        let mut inbox = self.inbox.lock().await;
+        loop {
+            if let Some((batch, next)) = inbox.current.as_mut() {
+                if let Some((from, datagram)) = batch.datagrams().nth(*next) {
+                    *next += 1;
+                    let n = datagram.len().min(buf.len());
+                    buf[..n].copy_from_slice(&datagram[..n]);
+                    return Ok((n, from));
+                }
+                if let Some((batch, _)) = inbox.current.take() {
+                    self.recycle(batch);
+                }
+            }
+            // Cancel-safe: the channel's `recv` is, and nothing is taken before it returns.
+            let batch = Self::next_batch(&mut inbox).await?;
+            inbox.current = Some((batch, 0));
+        }
     }
 
     async fn send_to(&self, buf: &[u8], dst: SocketAddr) -> io::Result<usize> {
-        self.socket.send_to(buf, dst).await
+        let mut one = vec![Transmit {
+            src: None,
+            dst,
+            payload: Buffer::from_slice(buf),
+            via: None,
+        }];
+        self.send_batch(&mut one).await;
+        Ok(buf.len())
     }
 
     async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
@@ -135,66 +244,221 @@ impl DatagramSocket for BatchSocket {
         if reads.is_multiple_of(YIELD_EVERY) {
             tokio::task::yield_now().await;
         }
+        let mut inbox = self.inbox.lock().await;
         batch.clear();
-        let mut meta = [RecvMeta::default(); RECV_BATCH];
-        // Cancel-safe: the closure runs only once the socket is readable, and reads or not
-        // in one synchronous call.
-        let n = self
-            .socket
-            .async_io(Interest::READABLE, || {
-                let buffers = batch.buffers_mut();
-                let mut iov: [IoSliceMut<'_>; RECV_BATCH] = iov_array(buffers);
-                self.state
-                    .recv(UdpSockRef::from(&self.socket), &mut iov, &mut meta)
-            })
-            .await?;
-        for (i, m) in meta.iter().take(n).enumerate() {
-            batch.push(i, m.addr, m.len, m.stride);
+        if let Some((partial, next)) = inbox.current.take() {
+            // Left over from `recv_from`: handed over one datagram per entry.
+            for (i, (from, datagram)) in partial.datagrams().skip(next).take(RECV_BATCH).enumerate()
+            {
+                let buffer = batch.buffer(i);
+                let n = datagram.len().min(buffer.len());
+                buffer[..n].copy_from_slice(&datagram[..n]);
+                batch.push(i, from, n, n);
+            }
+            self.recycle(partial);
+            return Ok(());
         }
+        // Cancel-safe: the channel's `recv` is, and nothing is taken before it returns.
+        let mut read = Self::next_batch(&mut inbox).await?;
+        std::mem::swap(batch, &mut read);
+        self.recycle(read);
         Ok(())
     }
 
-    async fn send_batch(&self, transmits: &[Transmit]) {
-        let max_segments = self.state.max_gso_segments().max(1);
-        let mut rest = transmits;
-        while let Some(first) = rest.first() {
-            // A GSO run: same destination, same size, except that the last may be shorter.
-            let size = first.payload.len();
-            let mut count = 1;
-            if max_segments > 1 && size > 0 {
-                let mut total = size;
-                while let Some(next) = rest.get(count) {
-                    if count >= max_segments
-                        || next.dst != first.dst
-                        || next.payload.len() > size
-                        || total + next.payload.len() > MAX_GSO_BYTES
-                    {
-                        break;
-                    }
-                    total += next.payload.len();
-                    count += 1;
-                    if next.payload.len() < size {
-                        break;
-                    }
+    async fn send_batch(&self, transmits: &mut Vec<Transmit>) {
+        if transmits.is_empty() {
+            return;
+        }
+        let empty = self
+            .spent
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(transmits.len()));
+        let batch = std::mem::replace(transmits, empty);
+        let Some(outgoing) = &self.outgoing else {
+            return;
+        };
+        // Waits while the writer is a batch behind: the loop slows to what the socket takes.
+        if outgoing.send(batch).await.is_err() {
+            tracing::debug!("the UDP writer stopped; datagrams dropped");
+        }
+    }
+}
+
+/// Waits until `socket` is ready for `flags`, or the poll timeout passed.
+fn wait(socket: &UdpSocket, flags: PollFlags) -> io::Result<()> {
+    let mut fds = [PollFd::new(socket, flags)];
+    match rustix::event::poll(&mut fds, Some(&POLL_TIMEOUT)) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
+fn read_loop(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    to_loop: &mpsc::Sender<io::Result<RecvBatch>>,
+    free: &ArrayQueue<RecvBatch>,
+    stop: &AtomicBool,
+) {
+    let mut meta = [RecvMeta::default(); RECV_BATCH];
+    let mut batch = free.pop().unwrap_or_default();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        batch.clear();
+        let read = {
+            let mut iov: [IoSliceMut<'_>; RECV_BATCH] = iov_array(batch.buffers_mut());
+            state.recv(UdpSockRef::from(socket), &mut iov, &mut meta)
+        };
+        match read {
+            Ok(n) => {
+                for (i, m) in meta.iter().take(n).enumerate() {
+                    batch.push(i, m.addr, m.len, m.stride);
+                }
+                let next = free.pop().unwrap_or_default();
+                // Blocks while the loop is behind; fails once the socket is dropped.
+                if to_loop
+                    .blocking_send(Ok(std::mem::replace(&mut batch, next)))
+                    .is_err()
+                {
+                    return;
                 }
             }
-            let (run, tail) = rest.split_at(count);
-            rest = tail;
-            if let [single] = run {
-                self.send_run(single.dst, &single.payload, None).await;
-                continue;
-            }
-            // Copied out before the await, so the RefCell is not borrowed across it.
-            let contents = {
-                let mut gso = self.gso.borrow_mut();
-                gso.clear();
-                for transmit in run {
-                    gso.extend_from_slice(&transmit.payload);
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if let Err(error) = wait(socket, PollFlags::IN) {
+                    let _ = to_loop.blocking_send(Err(error));
+                    return;
                 }
-                std::mem::take(&mut *gso)
-            };
-            self.send_run(first.dst, &contents, Some(size)).await;
-            *self.gso.borrow_mut() = contents;
+            }
+            // An ICMP error for an earlier send (a peer's port closed): that datagram is lost,
+            // the socket is fine.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                tracing::debug!(%error, "UDP receive error");
+            }
+            Err(error) => {
+                let _ = to_loop.blocking_send(Err(error));
+                return;
+            }
+        }
+    }
+}
+
+fn write_loop(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    mut from_loop: mpsc::Receiver<Vec<Transmit>>,
+    spent: &ArrayQueue<Vec<Transmit>>,
+) {
+    let mut gso = Vec::with_capacity(MAX_GSO_BYTES);
+    while let Some(mut transmits) = from_loop.blocking_recv() {
+        send_all(socket, state, &transmits, &mut gso);
+        // Dropping the transmits returns their buffers to the node's pool.
+        transmits.clear();
+        let _ = spent.push(transmits);
+    }
+}
+
+/// Sends `transmits`, runs of equal-sized datagrams to one destination as one GSO call.
+fn send_all(socket: &UdpSocket, state: &UdpSocketState, transmits: &[Transmit], gso: &mut Vec<u8>) {
+    let max_segments = state.max_gso_segments().max(1);
+    let mut rest = transmits;
+    while let Some(first) = rest.first() {
+        // A GSO run: same destination, same size, except that the last may be shorter.
+        let size = first.payload.len();
+        let mut count = 1;
+        if max_segments > 1 && size > 0 {
+            let mut total = size;
+            while let Some(next) = rest.get(count) {
+                if count >= max_segments
+                    || next.dst != first.dst
+                    || next.payload.len() > size
+                    || total + next.payload.len() > MAX_GSO_BYTES
+                {
+                    break;
+                }
+                total += next.payload.len();
+                count += 1;
+                if next.payload.len() < size {
+                    break;
+                }
+            }
+        }
+        let (run, tail) = rest.split_at(count);
+        rest = tail;
+        if let [single] = run {
+            send_run(socket, state, single.dst, &single.payload, None);
+            continue;
+        }
+        gso.clear();
+        for transmit in run {
+            gso.extend_from_slice(&transmit.payload);
+        }
+        send_run(socket, state, first.dst, gso, Some(size));
+    }
+}
+
+/// Sends `contents` to `dst`: one datagram, or with `segment` set a GSO run of datagrams of
+/// that size (the last may be shorter). Waits for room in the send buffer.
+fn send_run(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    dst: SocketAddr,
+    contents: &[u8],
+    segment: Option<usize>,
+) {
+    let gso = state.max_gso_segments();
+    send_once(socket, state, dst, contents, segment);
+    if let Some(size) = segment {
+        if gso > 1 && state.max_gso_segments() == 1 {
+            // The first GSO send told quinn-udp the path cannot segment (EIO or EINVAL from a
+            // driver): that run was lost, send it again one datagram at a time.
+            for datagram in contents.chunks(size) {
+                send_once(socket, state, dst, datagram, None);
+            }
+        }
+    }
+}
+
+fn send_once(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    dst: SocketAddr,
+    contents: &[u8],
+    segment: Option<usize>,
+) {
+    let transmit = quinn_udp::Transmit {
+        destination: dst,
+        ecn: None,
+        contents,
+        segment_size: segment,
+        src_ip: None,
+    };
+    loop {
+        match state.try_send(UdpSockRef::from(socket), &transmit) {
+            Ok(()) => return,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                if wait(socket, PollFlags::OUT).is_err() {
+                    return;
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                // Lost datagrams (unreachable network, message too long) are for the
+                // protocols above to cope with.
+                tracing::debug!(%dst, %error, segments = ?segment.map(|s| contents.len().div_ceil(s)), "send failed");
+                return;
+            }
         }
     }
 }
@@ -244,7 +508,9 @@ mod tests {
             transmit(&pool, other, 5, 5),
             transmit(&pool, dst, 7, 6),
         ];
-        a.send_batch(&transmits).await;
+        let mut transmits = transmits;
+        a.send_batch(&mut transmits).await;
+        assert!(transmits.is_empty());
         let mut got = Vec::new();
         let mut batch = RecvBatch::new();
         while got.len() < 5 {
@@ -266,16 +532,57 @@ mod tests {
         );
     }
 
+    /// Dropping the socket joins its threads, so the port is free at once: bind, use, drop
+    /// and bind the same port again, many times over.
     #[tokio::test(flavor = "current_thread")]
     async fn drop_and_rebind_the_same_port() {
+        let peer =
+            BatchSocket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
         let first =
             BatchSocket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
         let addr = first.local_addr().unwrap();
         drop(first);
-        for _ in 0..20 {
-            let socket =
-                BatchSocket::new(tokio::net::UdpSocket::bind(addr).await.unwrap()).unwrap();
+        let mut batch = RecvBatch::new();
+        for round in 0u8..50 {
+            let socket = BatchSocket::new(tokio::net::UdpSocket::bind(addr).await.unwrap())
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            socket
+                .send_to(&[round], peer.local_addr().unwrap())
+                .await
+                .unwrap();
+            peer.recv_batch(&mut batch).await.unwrap();
+            assert_eq!(
+                batch
+                    .datagrams()
+                    .map(|(from, b)| (from, b.to_vec()))
+                    .collect::<Vec<_>>(),
+                vec![(addr, vec![round])]
+            );
             drop(socket);
         }
+    }
+
+    /// `recv_from` and `recv_batch` may be mixed: a batch `recv_from` started is handed over
+    /// from where it stopped, nothing lost or repeated.
+    #[tokio::test(flavor = "current_thread")]
+    async fn single_reads_and_batches_share_the_stream() {
+        let a =
+            BatchSocket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        let b =
+            BatchSocket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        let dst = b.local_addr().unwrap();
+        let pool = BufferPool::new(8);
+        let mut transmits: Vec<Transmit> = (1..=4).map(|i| transmit(&pool, dst, 10, i)).collect();
+        a.send_batch(&mut transmits).await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        let (n, _) = b.recv_from(&mut buf).await.unwrap();
+        got.push(buf[..n].to_vec());
+        let mut batch = RecvBatch::new();
+        while got.len() < 4 {
+            b.recv_batch(&mut batch).await.unwrap();
+            got.extend(batch.datagrams().map(|(_, d)| d.to_vec()));
+        }
+        assert_eq!(got, (1..=4).map(|i| vec![i; 10]).collect::<Vec<_>>());
     }
 }

@@ -175,6 +175,9 @@ pub struct Portal {
     online: BTreeMap<Identity, ConnId>,
     pairs: BTreeMap<(ClientId, GatewayId), Pair>,
     flows: BTreeMap<(ClientId, ResourceId), Flow>,
+    /// The key each gateway last joined with: a gateway that rejoins with the same key is the
+    /// same process, and holds what it was told before.
+    gateway_keys: BTreeMap<GatewayId, PublicKey>,
 
     outputs: VecDeque<Output>,
 }
@@ -214,6 +217,7 @@ impl Portal {
             online: BTreeMap::new(),
             pairs: BTreeMap::new(),
             flows: BTreeMap::new(),
+            gateway_keys: BTreeMap::new(),
             outputs: VecDeque::new(),
             config,
         }
@@ -466,6 +470,7 @@ impl Portal {
         if let Some(session) = self.sessions.get_mut(&conn) {
             session.joined = Some((frame.topic.clone(), payload.public_key));
         }
+        let public_key = payload.public_key;
         tracing::info!(node = %identity, "Node joined");
         self.reply_ok(conn, frame, json!({}));
         let now_unix = unix(now);
@@ -537,6 +542,29 @@ impl Portal {
                     authorizations,
                 });
                 self.send(conn, &frame.topic, &init);
+                // A flow announced while the gateway's previous socket was already dead (a
+                // half-open TCP connection the portal had not noticed) never reached it, and
+                // the init extends only authorizations the gateway has: announce every live
+                // flow of this gateway again. A gateway that did get one keeps its connection
+                // (the parameters are unchanged), so the repeat costs only candidates. A
+                // restarted gateway (a new key) lost its flows with its connections, and
+                // their clients still hold connections to its previous key: announcing them
+                // would only start connections no client answers.
+                let same_process = self.gateway_keys.insert(gid, public_key) == Some(public_key);
+                if !same_process {
+                    return;
+                }
+                let live: Vec<(ClientId, ResourceId)> = self
+                    .flows
+                    .iter()
+                    .filter(|(_, f)| f.gateway == gid && f.expires_at > now_unix)
+                    .map(|(pair, _)| *pair)
+                    .collect();
+                for (cid, rid) in live {
+                    if let Some(authorize) = self.authorize_flow_message(cid, gid, rid) {
+                        self.push_gateway(gid, &authorize);
+                    }
+                }
             }
         }
     }
@@ -696,23 +724,19 @@ impl Portal {
         Ok(gid)
     }
 
-    /// Sends `authorize_flow` to the gateway and `flow_authorized` to the client.
-    fn announce_flow(&mut self, cid: ClientId, gid: GatewayId, rid: ResourceId) {
-        let (Some(client_key), Some(gateway_key)) = (
-            self.public_key(Identity::Client(cid)),
-            self.public_key(Identity::Gateway(gid)),
-        ) else {
-            return;
-        };
-        let (Some(pair), Some(flow), Some(client), Some(resource)) = (
-            self.pairs.get(&(cid, gid)),
-            self.flows.get(&(cid, rid)),
-            self.clients.get(&cid),
-            self.resources.get(&rid),
-        ) else {
-            return;
-        };
-        let authorize = GatewayIngress::AuthorizeFlow(AuthorizeFlow {
+    /// The `authorize_flow` for a flow, if both nodes are joined and the flow is known.
+    fn authorize_flow_message(
+        &self,
+        cid: ClientId,
+        gid: GatewayId,
+        rid: ResourceId,
+    ) -> Option<GatewayIngress> {
+        let client_key = self.public_key(Identity::Client(cid))?;
+        let pair = self.pairs.get(&(cid, gid))?;
+        let flow = self.flows.get(&(cid, rid))?;
+        let client = self.clients.get(&cid)?;
+        let resource = self.resources.get(&rid)?;
+        Some(GatewayIngress::AuthorizeFlow(AuthorizeFlow {
             client: FlowClient {
                 id: cid,
                 public_key: client_key,
@@ -724,7 +748,21 @@ impl Portal {
             gateway_ice: pair.gateway_ice.clone(),
             preshared_key: pair.psk,
             expires_at: flow.expires_at,
-        });
+        }))
+    }
+
+    /// Sends `authorize_flow` to the gateway and `flow_authorized` to the client.
+    fn announce_flow(&mut self, cid: ClientId, gid: GatewayId, rid: ResourceId) {
+        let (Some(gateway_key), Some(authorize)) = (
+            self.public_key(Identity::Gateway(gid)),
+            self.authorize_flow_message(cid, gid, rid),
+        ) else {
+            return;
+        };
+        let (Some(pair), Some(flow)) = (self.pairs.get(&(cid, gid)), self.flows.get(&(cid, rid)))
+        else {
+            return;
+        };
         let details = ClientIngress::FlowAuthorized(ConnectionDetails {
             resource_id: rid,
             gateway_id: gid,

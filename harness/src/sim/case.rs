@@ -11,7 +11,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::hosts::client_tunnel_ip;
 use super::model::{
-    Expect, Model, Side, Transition, CLIENTS, RELAYS, RESOURCES, SEND_WINDOW, SETTLE, WARM_UP,
+    Expect, Model, Proto, Side, Transition, CLIENTS, LINK_SITES, NODES, RELAYS, RESOURCES,
+    SEND_WINDOW, SETTLE, WARM_UP,
 };
 use super::world::{probe_packet, World, RESOURCE_IPS};
 
@@ -79,24 +80,57 @@ impl Case {
         let w = &mut self.world;
         w.trace.record_at(w.elapsed(), "driver", t);
         let run = |w: &mut World<'static>, d| w.run_for(d).map_err(|e| e.to_string());
-        match t {
-            Transition::Send { client, resource } => {
-                let expect = before.expect(*client, *resource, before.now);
-                let payload = w.fresh_payload(*client);
-                let injected = w.inject(*client, probe_packet(*client, *resource, &payload));
-                run(w, SEND_WINDOW)?;
-                let expect = if injected { expect } else { Expect::Uncertain };
-                let outcome = check_send(w, *client, *resource, &payload, expect)?;
-                // In the timeline too: what each packet did is the point of reading one.
-                let (arrived, echoed) = (w.arrivals(&payload).len(), w.echoes(*client, &payload));
-                w.trace.record_at(
-                    w.elapsed(),
-                    "driver",
-                    format_args!("{outcome} arrived={arrived} echoed={echoed}"),
-                );
-                self.counts.bump(outcome);
+        if let Some((client, resource, proto)) = t.probe() {
+            let expect = before.expect(client, resource, before.now);
+            let payload = w.fresh_payload(client);
+            let injected = w.inject(client, probe_packet(client, resource, &payload, proto));
+            run(w, SEND_WINDOW)?;
+            let expect = if injected { expect } else { Expect::Uncertain };
+            let unlimited = before.expect_unlimited(client, resource, before.now);
+            let outcome = self.check_probe(client, resource, &payload, expect, unlimited)?;
+            if outcome == "checked:refused" && before.expiring.contains_key(&(client, resource)) {
+                self.counts.bump("checked:refused_after_expiry");
             }
+            let cut = (0..NODES).any(|n| before.portal_unreachable(n, before.now));
+            if outcome == "checked:delivered" && cut {
+                self.counts.bump("checked:delivered_portal_cut");
+            }
+            self.counts.bump(format!("proto:{proto:?}").to_lowercase());
+            if outcome == "checked:delivered" {
+                if let Some(kind) = self.world.path_kind(client) {
+                    self.counts.bump(format!("path:{kind}"));
+                }
+            }
+            return check_invariants(&self.world);
+        }
+        match t {
+            Transition::Send { .. } | Transition::SendTcp { .. } | Transition::Ping { .. } => {}
             Transition::Advance { .. } => run(w, t.duration())?,
+            Transition::LossBurst { sites, secs } => {
+                w.loss_burst(*sites, true);
+                // Probes from every client to every resource, sent into the burst: those that
+                // may arrive must do so at most once, the others never.
+                let mut probes = Vec::new();
+                for client in 0..CLIENTS {
+                    for resource in 0..RESOURCES {
+                        let payload = w.fresh_payload(client);
+                        let packet = probe_packet(client, resource, &payload, Proto::Udp);
+                        let expect = match before.expect(client, resource, before.now) {
+                            Expect::Refused => Expect::Refused,
+                            Expect::Delivered | Expect::Uncertain => Expect::Uncertain,
+                        };
+                        w.inject(client, packet);
+                        probes.push((client, resource, payload, expect));
+                    }
+                }
+                run(w, std::time::Duration::from_secs(*secs))?;
+                w.loss_burst(*sites, false);
+                run(w, SETTLE)?;
+                for (client, resource, payload, expect) in probes {
+                    self.check_probe(client, resource, &payload, expect, expect)?;
+                }
+                return check_invariants(&self.world);
+            }
             Transition::PortalRestart => w.restart_portal(),
             Transition::NatExpiry(side) => w.flush_nat(*side),
             Transition::RelayCrash(r) => w.crash_relay(*r),
@@ -105,11 +139,27 @@ impl Case {
             Transition::UnblockDirect => w.block_direct(false),
             Transition::Revoke { client, resource } => w.set_policy(*client, *resource, false),
             Transition::Authorize { client, resource } => w.set_policy(*client, *resource, true),
+            Transition::AuthorizeFor {
+                client,
+                resource,
+                secs,
+            } => w.set_policy_for(*client, *resource, Some(*secs)),
             Transition::GatewayRestart => w.restart_gateway(),
             Transition::ClientRestart(c) => w.restart_client(*c),
+            Transition::PortalPartition { node, secs } => {
+                w.cut_portal(*node, std::time::Duration::from_secs(*secs));
+            }
+            Transition::Roam(c) => {
+                w.roam(*c);
+            }
+            Transition::RelayReplace(r) => w.replace_relay(*r),
         }
         match t {
-            Transition::Send { .. } | Transition::Advance { .. } => {}
+            Transition::Send { .. }
+            | Transition::SendTcp { .. }
+            | Transition::Ping { .. }
+            | Transition::Advance { .. }
+            | Transition::LossBurst { .. } => {}
             Transition::PortalRestart
             | Transition::NatExpiry(_)
             | Transition::RelayCrash(_)
@@ -119,9 +169,44 @@ impl Case {
             | Transition::Revoke { .. }
             | Transition::Authorize { .. }
             | Transition::GatewayRestart
-            | Transition::ClientRestart(_) => run(&mut self.world, SETTLE)?,
+            | Transition::ClientRestart(_)
+            | Transition::PortalPartition { .. }
+            | Transition::Roam(_)
+            | Transition::RelayReplace(_)
+            | Transition::AuthorizeFor { .. } => run(&mut self.world, SETTLE)?,
         }
         check_invariants(&self.world)
+    }
+
+    /// Checks a probe against `expect`, records the outcome in the timeline and the counts, and
+    /// tells the model when the pair's route is proven: the probe arrived and came back while
+    /// nothing but the expiry of authorizations (`unlimited` is the expectation without it)
+    /// allowed it not to.
+    fn check_probe(
+        &mut self,
+        client: usize,
+        resource: usize,
+        payload: &[u8],
+        expect: Expect,
+        unlimited: Expect,
+    ) -> Result<&'static str, String> {
+        let w = &mut self.world;
+        let outcome = check_send(w, client, resource, payload, expect)?;
+        // In the timeline too: what each packet did is the point of reading one.
+        let (arrived, echoed) = (w.arrivals(payload).len(), w.echoes(client, payload));
+        w.trace.record_at(
+            w.elapsed(),
+            "driver",
+            format_args!("{outcome} arrived={arrived} echoed={echoed}"),
+        );
+        self.counts.bump(outcome);
+        if arrived == 1 && echoed == 1 {
+            self.model.note_answered(client);
+            if unlimited == Expect::Delivered {
+                self.model.note_delivered(client, resource);
+            }
+        }
+        Ok(outcome)
     }
 }
 
@@ -172,8 +257,26 @@ fn pick(rng: &mut ChaCha8Rng) -> Transition {
     let client = rng.gen_range(0..CLIENTS);
     let resource = rng.gen_range(0..RESOURCES);
     let relay = rng.gen_range(0..RELAYS);
-    match rng.gen_range(0..20) {
-        0..=5 => Transition::Send { client, resource },
+    match rng.gen_range(0..28) {
+        0..=3 => Transition::Send { client, resource },
+        19 => Transition::SendTcp { client, resource },
+        20 => Transition::Ping { client, resource },
+        21 => Transition::LossBurst {
+            sites: rng.gen_range(1..(1u8 << LINK_SITES)),
+            secs: rng.gen_range(3..=15),
+        },
+        22 => Transition::PortalPartition {
+            node: rng.gen_range(0..NODES),
+            secs: rng.gen_range(5..=90),
+        },
+        23 => Transition::Roam(client),
+        24 => Transition::RelayReplace(relay),
+        25 => Transition::AuthorizeFor {
+            client,
+            resource,
+            secs: rng.gen_range(30..=120),
+        },
+        26..=27 => Transition::Send { client, resource },
         6..=8 => Transition::Advance {
             secs: match rng.gen_range(0..3) {
                 0 => rng.gen_range(1..=30),
@@ -194,7 +297,8 @@ fn pick(rng: &mut ChaCha8Rng) -> Transition {
         15 => Transition::Revoke { client, resource },
         16 => Transition::Authorize { client, resource },
         17 => Transition::GatewayRestart,
-        _ => Transition::ClientRestart(client),
+        18 => Transition::ClientRestart(client),
+        _ => Transition::Advance { secs: 10 },
     }
 }
 

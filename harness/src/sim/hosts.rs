@@ -10,16 +10,19 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
-use node::packet::{IpPacket, Transport};
+use node::packet::{IpPacket, TcpFlags, Transport};
 use node::runtime::{
     run, ChannelDevice, ClientEngine, Clock, Connector, DatagramSocket, Engine, EngineEvent,
     GatewayEngine, WebSocketLink,
 };
+use node::tunnel::{ClientEvent, GatewayEvent};
 use node::tunnel::{ClientTunnel, GatewayTunnel};
 use tokio::sync::mpsc;
 
+use crate::world::faulty_socket::FaultyNetwork;
 use crate::world::{
-    sim_time, sim_wall_clock, Trace, TurmoilClock, TurmoilListener, TurmoilNetwork,
+    sim_time, sim_wall_clock, Faults, NatShim, RoamingSocket, Trace, TurmoilClock, TurmoilListener,
+    TurmoilNetwork,
 };
 
 /// The portal's TCP port inside the simulation.
@@ -56,6 +59,12 @@ pub struct DeviceTap {
     pub inject: RefCell<Option<mpsc::UnboundedSender<Vec<u8>>>>,
     /// Packets the device wrote, in order.
     pub received: RefCell<Vec<Seen>>,
+    /// Tells the running host to rebind its socket to a new inside port; replaced on every
+    /// (re)start.
+    pub roam: RefCell<Option<mpsc::UnboundedSender<()>>>,
+    /// The path ICE nominated for the connection to the gateway, with its connection index,
+    /// as of the client's last step; `None` while there is no connection or no path.
+    pub path: RefCell<Option<(u32, node::Path)>>,
 }
 
 /// What reached the resource network behind a gateway.
@@ -82,14 +91,16 @@ pub async fn portal_host(
     Ok(())
 }
 
-/// Runs a TURN relay listening on UDP 3478 of its public address.
+/// Runs a TURN relay listening on UDP 3478 of its public address; every datagram it sends or
+/// receives goes through `faults`.
 pub async fn relay_host(
     public_ip: Ipv4Addr,
     secret: String,
     seed: u64,
     unix_epoch_secs: u64,
+    faults: Faults,
 ) -> turmoil::Result {
-    let net = TurmoilNetwork::new(unix_epoch_secs);
+    let net = FaultyNetwork::new(TurmoilNetwork::new(unix_epoch_secs), faults);
     let mut config = relay_sim::Config::new("sim", secret, public_ip);
     config.relay_ports = 49152..=49999;
     let mut key = [0u8; 32];
@@ -115,15 +126,45 @@ pub struct NodeHost {
     pub portal: String,
 }
 
-/// Runs a client on `socket`; its device is tapped by the driver.
-pub async fn client_host<S: DatagramSocket>(
+/// Runs a client on `socket`; its device is tapped by the driver, and on the tap's roam
+/// signal the socket is rebound to the next of `roam_ports` (the node keeps running).
+pub async fn client_host(
     cfg: NodeHost,
-    socket: S,
+    socket: NatShim,
+    nat: SocketAddr,
+    roam_ports: Rc<std::cell::Cell<u16>>,
     tap: Rc<DeviceTap>,
     trace: Trace,
 ) -> turmoil::Result {
     let now = TurmoilClock.now();
-    let local = socket.local_addr()?;
+    let local = socket.local_addr();
+    let socket = Rc::new(RoamingSocket::new(socket));
+    let (roam_tx, mut roam_rx) = mpsc::unbounded_channel();
+    *tap.roam.borrow_mut() = Some(roam_tx);
+    tap.path.borrow_mut().take();
+    {
+        let (socket, trace, name) = (Rc::clone(&socket), trace.clone(), cfg.name.clone());
+        tokio::task::spawn_local(async move {
+            while roam_rx.recv().await.is_some() {
+                let port = roam_ports.get();
+                roam_ports.set(if port >= ROAM_PORTS_END {
+                    ROAM_PORTS_START
+                } else {
+                    port + 1
+                });
+                let inside = SocketAddr::new(local.ip(), port);
+                match NatShim::bind(inside, nat).await {
+                    Ok(new) => {
+                        trace.record(&name, format_args!("roamed to {inside}"));
+                        socket.replace(new);
+                    }
+                    Err(error) => {
+                        trace.record(&name, format_args!("roam to {inside} failed: {error}"))
+                    }
+                }
+            }
+        });
+    }
     let mut tunnel = ClientTunnel::new(cfg.seed, now);
     tunnel.add_local_address(local, now);
     let engine = ClientEngine::new(tunnel, "client", cfg.seed.wrapping_add(1));
@@ -131,6 +172,7 @@ pub async fn client_host<S: DatagramSocket>(
         inner: engine,
         host: cfg.name.clone(),
         trace: trace.clone(),
+        tap: Some(Rc::clone(&tap)),
     };
     let mut link = link(&cfg, "client");
     let (mut device, inject, mut out) = ChannelDevice::new();
@@ -148,7 +190,7 @@ pub async fn client_host<S: DatagramSocket>(
     let (_keep, mut commands) = mpsc::unbounded_channel();
     run(
         &mut engine,
-        &socket,
+        &*socket,
         &TurmoilClock,
         &mut device,
         &mut link,
@@ -157,6 +199,11 @@ pub async fn client_host<S: DatagramSocket>(
     .await?;
     Ok(())
 }
+
+/// The inside ports a roaming client moves through, in turn.
+pub const ROAM_PORTS_START: u16 = 52_000;
+/// See [`ROAM_PORTS_START`].
+pub const ROAM_PORTS_END: u16 = 52_999;
 
 /// Runs a gateway on `socket`, with the resource network behind its device: every UDP datagram
 /// and ICMP echo request is answered, and everything that arrives is logged.
@@ -176,6 +223,7 @@ pub async fn gateway_host<S: DatagramSocket>(
         inner: engine,
         host: cfg.name.clone(),
         trace: trace.clone(),
+        tap: None,
     };
     let mut link = link(&cfg, "gateway");
     let (mut device, inject, mut out) = ChannelDevice::new();
@@ -216,7 +264,9 @@ fn link(cfg: &NodeHost, kind: &str) -> WebSocketLink<TurmoilConnector> {
     )
 }
 
-/// The resources' answer: UDP echoed back, ICMP echo requests replied to.
+/// The resources' answer: UDP echoed back, ICMP echo requests replied to, and a TCP segment
+/// with a payload answered by one carrying the same payload (acknowledging it; there is no
+/// connection state: the probes check delivery, not TCP).
 fn echo(bytes: &[u8]) -> Option<Vec<u8>> {
     let packet = IpPacket::parse(bytes).ok()?;
     let (src, dst) = (packet.source(), packet.destination());
@@ -238,6 +288,20 @@ fn echo(bytes: &[u8]) -> Option<Vec<u8>> {
         } if is_request(&packet) => {
             IpPacket::icmp_echo_reply(dst, src, echo.identifier, echo.sequence, packet.payload())
         }
+        Transport::Tcp {
+            src_port,
+            dst_port,
+            seq,
+            payload,
+            ..
+        } if !payload.is_empty() => IpPacket::tcp(
+            SocketAddr::new(dst, dst_port),
+            SocketAddr::new(src, src_port),
+            1,
+            seq.wrapping_add(u32::try_from(payload.len()).unwrap_or(0)),
+            TcpFlags::ACK | TcpFlags::PSH,
+            payload,
+        ),
         Transport::Tcp { .. }
         | Transport::Icmpv4 { .. }
         | Transport::Icmpv6 { .. }
@@ -263,26 +327,74 @@ struct Traced<E> {
     inner: E,
     host: String,
     trace: Trace,
+    /// A client's tap, where the nominated path is published.
+    tap: Option<Rc<DeviceTap>>,
 }
 
 /// Engines whose events can be traced.
 trait Events {
-    fn drain_events(&mut self, host: &str, trace: &Trace);
+    fn drain_events(&mut self, host: &str, trace: &Trace, tap: Option<&DeviceTap>);
 }
 
 impl Events for ClientEngine {
-    fn drain_events(&mut self, host: &str, trace: &Trace) {
+    fn drain_events(&mut self, host: &str, trace: &Trace, tap: Option<&DeviceTap>) {
         while let Some(event) = self.poll_event() {
-            trace.record(host, describe(&event));
+            let node = self.tunnel().node();
+            let line = if let EngineEvent::Tunnel(ClientEvent::GatewayConnected(gid)) = &event {
+                with_conn(describe(&event), node.connection(*gid).map(|c| c.index))
+            } else {
+                describe(&event)
+            };
+            trace.record(host, line);
+        }
+        if let Some(tap) = tap {
+            let node = self.tunnel().node();
+            let now = node
+                .connections()
+                .find_map(|gid| node.connection(gid))
+                .and_then(|c| c.path.map(|p| (c.index, p)));
+            let mut seen = tap.path.borrow_mut();
+            if *seen != now {
+                if let Some((index, path)) = now {
+                    let relayed = if path.relay.is_some() {
+                        " via our relay"
+                    } else {
+                        ""
+                    };
+                    trace.record(
+                        host,
+                        format_args!(
+                            "conn {index} path {} -> {}{relayed}",
+                            path.local, path.remote
+                        ),
+                    );
+                }
+                *seen = now;
+            }
         }
     }
 }
 
 impl Events for GatewayEngine {
-    fn drain_events(&mut self, host: &str, trace: &Trace) {
+    fn drain_events(&mut self, host: &str, trace: &Trace, _: Option<&DeviceTap>) {
         while let Some(event) = self.poll_event() {
-            trace.record(host, describe(&event));
+            let node = self.tunnel().node();
+            let line = if let EngineEvent::Tunnel(GatewayEvent::ClientConnected(cid)) = &event {
+                with_conn(describe(&event), node.connection(*cid).map(|c| c.index))
+            } else {
+                describe(&event)
+            };
+            trace.record(host, line);
         }
+    }
+}
+
+/// `line`, naming the connection by its index (the high 24 bits of its WireGuard session
+/// indices, as in the nodes' `(conn|session)` logs) when known.
+fn with_conn(line: String, index: Option<u32>) -> String {
+    match index {
+        Some(index) => format!("{line} conn {index}"),
+        None => line,
     }
 }
 
@@ -304,15 +416,18 @@ impl<E: Engine + Events> Engine for Traced<E> {
         now: std::time::Instant,
     ) {
         self.inner.handle_datagram(local, from, bytes, now);
-        self.inner.drain_events(&self.host, &self.trace);
+        self.inner
+            .drain_events(&self.host, &self.trace, self.tap.as_deref());
     }
     fn handle_device_packet(&mut self, packet: Vec<u8>, now: std::time::Instant) {
         self.inner.handle_device_packet(packet, now);
-        self.inner.drain_events(&self.host, &self.trace);
+        self.inner
+            .drain_events(&self.host, &self.trace, self.tap.as_deref());
     }
     fn handle_timeout(&mut self, now: std::time::Instant) {
         self.inner.handle_timeout(now);
-        self.inner.drain_events(&self.host, &self.trace);
+        self.inner
+            .drain_events(&self.host, &self.trace, self.tap.as_deref());
     }
     fn poll_timeout(&mut self) -> Option<std::time::Instant> {
         self.inner.poll_timeout()
@@ -325,7 +440,8 @@ impl<E: Engine + Events> Engine for Traced<E> {
     }
     fn handle_control(&mut self, input: node::runtime::ControlInput, now: std::time::Instant) {
         self.inner.handle_control(input, now);
-        self.inner.drain_events(&self.host, &self.trace);
+        self.inner
+            .drain_events(&self.host, &self.trace, self.tap.as_deref());
     }
     fn poll_control(&mut self) -> Option<node::runtime::ControlCommand> {
         self.inner.poll_control()

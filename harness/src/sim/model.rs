@@ -5,7 +5,7 @@
 //! authorized), never arrive (not authorized), or either (a fault is in the way). It knows
 //! nothing about ICE, WireGuard or TURN.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -13,8 +13,15 @@ use std::time::Duration;
 pub const CLIENTS: usize = 2;
 /// Resources behind the gateway.
 pub const RESOURCES: usize = 3;
-/// Relays.
-pub const RELAYS: usize = 2;
+/// Relay hosts. The portal announces two of them at a time; the third stands by for
+/// [`Transition::RelayReplace`].
+pub const RELAYS: usize = 3;
+/// Nodes with a portal connection that [`Transition::PortalPartition`] can cut: the clients,
+/// then the gateway.
+pub const NODES: usize = CLIENTS + 1;
+/// Places where [`Transition::LossBurst`] can degrade links: the clients' NAT, the gateway's
+/// NAT, then each relay.
+pub const LINK_SITES: usize = 2 + RELAYS;
 
 /// How long after the last fault was healed a connection may take to work again: ICE's
 /// consent checks on an idle connection (~70 s), the migration grace, a new connection request
@@ -29,6 +36,10 @@ pub const WARM_UP: Duration = Duration::from_secs(5);
 pub const SEND_WINDOW: Duration = Duration::from_secs(20);
 /// How long the world runs after a fault or a policy change before the next transition.
 pub const SETTLE: Duration = Duration::from_secs(2);
+/// How long after its portal link is healed a node may take to be back in business: the stale
+/// socket is noticed by a missed heartbeat (up to two intervals of 30 s), then a reconnect
+/// waits out its backoff (at most 30 s) and may take the connect timeout (10 s).
+pub const PORTAL_REJOIN: Duration = Duration::from_secs(100);
 
 /// The NAT in front of the clients or the one in front of the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -85,6 +96,51 @@ pub enum Transition {
     GatewayRestart,
     /// A client restarts and loses all its state.
     ClientRestart(usize),
+    /// A client sends a TCP segment to a resource; the resource echoes its payload.
+    SendTcp {
+        /// Which client.
+        client: usize,
+        /// Which resource.
+        resource: usize,
+    },
+    /// A client pings a resource (ICMP echo request); the resource replies.
+    Ping {
+        /// Which client.
+        client: usize,
+        /// Which resource.
+        resource: usize,
+    },
+    /// For `secs` the links of some places (bit `i` of `sites` is site `i`, see
+    /// [`LINK_SITES`]) lose, duplicate and reorder datagrams; every client sends a probe to
+    /// every resource as the burst starts.
+    LossBurst {
+        /// Which places, as a bit set.
+        sites: u8,
+        /// How long.
+        secs: u64,
+    },
+    /// The portal's TCP to one node (clients first, then the gateway) is cut for `secs`.
+    PortalPartition {
+        /// Which node, see [`NODES`].
+        node: usize,
+        /// How long until the cut heals.
+        secs: u64,
+    },
+    /// A client's NAT binding changes under it: its socket is rebound to a new inside port,
+    /// so it appears from a new public port, with its keys and connections kept.
+    Roam(usize),
+    /// The portal announces the standby relay and withdraws this one.
+    RelayReplace(usize),
+    /// The portal grants a client access to a resource through a policy whose
+    /// authorizations last `secs`: each connection request starts one, the gateway ends it.
+    AuthorizeFor {
+        /// Which client.
+        client: usize,
+        /// Which resource.
+        resource: usize,
+        /// How long each authorization lasts.
+        secs: u64,
+    },
 }
 
 impl fmt::Display for Transition {
@@ -92,6 +148,8 @@ impl fmt::Display for Transition {
         write!(f, "{}", self.kind())?;
         match self {
             Self::Send { client, resource }
+            | Self::SendTcp { client, resource }
+            | Self::Ping { client, resource }
             | Self::Revoke { client, resource }
             | Self::Authorize { client, resource } => {
                 write!(f, "(c{}, r{})", client + 1, resource + 1)
@@ -99,7 +157,15 @@ impl fmt::Display for Transition {
             Self::Advance { secs } => write!(f, "({secs}s)"),
             Self::NatExpiry(side) => write!(f, "({side:?})"),
             Self::RelayCrash(r) | Self::RelayRestart(r) => write!(f, "(t{})", r + 1),
-            Self::ClientRestart(c) => write!(f, "(c{})", c + 1),
+            Self::ClientRestart(c) | Self::Roam(c) => write!(f, "(c{})", c + 1),
+            Self::RelayReplace(r) => write!(f, "(t{})", r + 1),
+            Self::LossBurst { sites, secs } => write!(f, "({sites:#b}, {secs}s)"),
+            Self::PortalPartition { node, secs } => write!(f, "({}, {secs}s)", node_name(*node)),
+            Self::AuthorizeFor {
+                client,
+                resource,
+                secs,
+            } => write!(f, "(c{}, r{}, {secs}s)", client + 1, resource + 1),
             Self::PortalRestart
             | Self::BlockDirect
             | Self::UnblockDirect
@@ -124,14 +190,22 @@ impl Transition {
             Self::Authorize { .. } => "authorize",
             Self::GatewayRestart => "gateway_restart",
             Self::ClientRestart(_) => "client_restart",
+            Self::SendTcp { .. } => "send_tcp",
+            Self::Ping { .. } => "ping",
+            Self::LossBurst { .. } => "loss_burst",
+            Self::PortalPartition { .. } => "portal_partition",
+            Self::Roam(_) => "roam",
+            Self::RelayReplace(_) => "relay_replace",
+            Self::AuthorizeFor { .. } => "authorize_expiring",
         }
     }
 
     /// How long the world runs for this transition.
     pub fn duration(&self) -> Duration {
         match self {
-            Self::Send { .. } => SEND_WINDOW,
+            Self::Send { .. } | Self::SendTcp { .. } | Self::Ping { .. } => SEND_WINDOW,
             Self::Advance { secs } => Duration::from_secs(*secs),
+            Self::LossBurst { secs, .. } => Duration::from_secs(*secs) + SETTLE,
             Self::PortalRestart
             | Self::NatExpiry(_)
             | Self::RelayCrash(_)
@@ -141,12 +215,16 @@ impl Transition {
             | Self::Revoke { .. }
             | Self::Authorize { .. }
             | Self::GatewayRestart
-            | Self::ClientRestart(_) => SETTLE,
+            | Self::ClientRestart(_)
+            | Self::PortalPartition { .. }
+            | Self::Roam(_)
+            | Self::RelayReplace(_)
+            | Self::AuthorizeFor { .. } => SETTLE,
         }
     }
 
     /// Every kind, for the coverage check.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 19] = [
         "send",
         "advance_time",
         "portal_restart",
@@ -159,8 +237,72 @@ impl Transition {
         "authorize",
         "gateway_restart",
         "client_restart",
+        "send_tcp",
+        "ping",
+        "loss_burst",
+        "portal_partition",
+        "roam",
+        "relay_replace",
+        "authorize_expiring",
     ];
+
+    /// The probe this transition sends, if it is one: (client, resource, protocol).
+    pub fn probe(&self) -> Option<(usize, usize, Proto)> {
+        match self {
+            Self::Send { client, resource } => Some((*client, *resource, Proto::Udp)),
+            Self::SendTcp { client, resource } => Some((*client, *resource, Proto::Tcp)),
+            Self::Ping { client, resource } => Some((*client, *resource, Proto::Icmp)),
+            Self::Advance { .. }
+            | Self::PortalRestart
+            | Self::NatExpiry(_)
+            | Self::RelayCrash(_)
+            | Self::RelayRestart(_)
+            | Self::BlockDirect
+            | Self::UnblockDirect
+            | Self::Revoke { .. }
+            | Self::Authorize { .. }
+            | Self::GatewayRestart
+            | Self::ClientRestart(_)
+            | Self::LossBurst { .. }
+            | Self::PortalPartition { .. }
+            | Self::Roam(_)
+            | Self::RelayReplace(_)
+            | Self::AuthorizeFor { .. } => None,
+        }
+    }
 }
+
+/// What a probe is carried in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Proto {
+    /// A UDP datagram, echoed.
+    Udp,
+    /// A TCP segment, its payload echoed in a segment back.
+    Tcp,
+    /// An ICMP echo request, replied to.
+    Icmp,
+}
+
+/// `c1`, `c2`, ..., then `g1`.
+pub fn node_name(node: usize) -> String {
+    if node < CLIENTS {
+        format!("c{}", node + 1)
+    } else {
+        "g1".to_owned()
+    }
+}
+
+/// A pair whose authorizations expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiring {
+    /// How long one authorization lasts.
+    pub lasts: Duration,
+    /// No authorization of the pair started (or was extended) after this.
+    pub latest_start: Duration,
+}
+
+/// Slack on an authorization's end: the portal states expiries in whole unix seconds.
+pub const EXPIRY_SLACK: Duration = Duration::from_secs(2);
 
 /// What must happen to a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +322,25 @@ pub struct Model {
     pub authorized: BTreeSet<(usize, usize)>,
     /// Relays that are running.
     pub relays_up: [bool; RELAYS],
+    /// Relays the portal announces to the nodes.
+    pub relays_announced: [bool; RELAYS],
+    /// Until when each node's portal link is cut (see [`NODES`]), for cuts not yet over.
+    pub portal_cut_until: [Option<Duration>; NODES],
+    /// (client, resource) pairs whose last packet was required to arrive and did, with no
+    /// disruption since: the tunnel and the route are up, so packets must keep flowing even
+    /// while the portal is out of reach. Kept by the driver, which sees the outcomes.
+    pub established: BTreeSet<(usize, usize)>,
+    /// Pairs authorized by a policy whose authorizations expire (see
+    /// [`Transition::AuthorizeFor`]), with how long they last and the latest moment one may
+    /// have started or been extended.
+    pub expiring: BTreeMap<(usize, usize), Expiring>,
+    /// Clients that roamed and have not had a packet answered since. The gateway keeps
+    /// sending to a silently rebound client's old address (ICE on the controlled side does not
+    /// follow the client's new one), and the client notices only when its packets go
+    /// unanswered long enough to fail the connection and reconnect: how soon that is depends on
+    /// when it sends, so each of its packets counts as a disruption until one is answered
+    /// (kept by the driver, which sees the outcomes).
+    pub roamed_idle: BTreeSet<usize>,
     /// Whether direct UDP between the NATs is blocked.
     pub direct_blocked: bool,
     /// Simulated time at the start of the next transition.
@@ -197,6 +358,11 @@ impl Model {
         Self {
             authorized: [(0, 0), (0, 1), (1, 1), (1, 2)].into_iter().collect(),
             relays_up: [true; RELAYS],
+            relays_announced: [true, true, false],
+            portal_cut_until: [None; NODES],
+            established: BTreeSet::new(),
+            expiring: BTreeMap::new(),
+            roamed_idle: BTreeSet::new(),
             direct_blocked: false,
             now: WARM_UP,
             last_disruption: None,
@@ -206,34 +372,140 @@ impl Model {
 
     /// Whether some path between a client and the gateway exists at all.
     pub fn path_exists(&self) -> bool {
-        !self.direct_blocked || self.relays_up.iter().any(|up| *up)
+        let relay = (0..RELAYS).any(|r| self.relays_up[r] && self.relays_announced[r]);
+        !self.direct_blocked || relay
+    }
+
+    /// Whether a node's portal link is cut at `at`, or healed too recently for it to be back.
+    pub fn portal_unreachable(&self, node: usize, at: Duration) -> bool {
+        self.portal_cut_until[node].is_some_and(|until| at < until + PORTAL_REJOIN)
     }
 
     /// What must happen to a packet from `client` to `resource` sent at `at`.
+    ///
+    /// A pair whose authorizations expire: the client does not renew an authorization on its
+    /// own, so once the last one ended, a packet over the route it still has (the pair is
+    /// established) reaches the gateway and is refused there. Before that, or without a
+    /// route (the packet asks for a new authorization), either can happen.
     pub fn expect(&self, client: usize, resource: usize, at: Duration) -> Expect {
+        let pair = (client, resource);
+        if let Some(e) = self.expiring.get(&pair) {
+            if !self.authorized.contains(&pair) {
+                return Expect::Refused;
+            }
+            let ended = at > e.latest_start + e.lasts + EXPIRY_SLACK;
+            return if ended && self.established.contains(&pair) {
+                Expect::Refused
+            } else {
+                Expect::Uncertain
+            };
+        }
+        self.expect_unlimited(client, resource, at)
+    }
+
+    /// [`Model::expect`] as if every authorization lasted forever.
+    pub fn expect_unlimited(&self, client: usize, resource: usize, at: Duration) -> Expect {
         if !self.authorized.contains(&(client, resource)) {
             return Expect::Refused;
         }
         let recovered = self.last_disruption.is_none_or(|t| at >= t + RECOVERY);
-        if self.path_exists() && recovered {
-            Expect::Delivered
-        } else {
-            Expect::Uncertain
+        if !self.path_exists() || !recovered || self.roamed_idle.contains(&client) {
+            return Expect::Uncertain;
         }
+        // A new connection needs the portal on both ends; an established one needs neither.
+        let needs_portal = !self.established.contains(&(client, resource));
+        let cut = self.portal_unreachable(client, at) || self.portal_unreachable(CLIENTS, at);
+        if needs_portal && cut {
+            return Expect::Uncertain;
+        }
+        Expect::Delivered
+    }
+
+    /// Records that a packet of `client` arrived and its answer came back.
+    pub fn note_answered(&mut self, client: usize) {
+        self.roamed_idle.remove(&client);
+    }
+
+    /// Records that a packet from `client` to `resource` was required to arrive and did.
+    pub fn note_delivered(&mut self, client: usize, resource: usize) {
+        self.established.insert((client, resource));
     }
 
     /// The state after `t`; every transition runs the world for [`Transition::duration`].
     pub fn apply(&mut self, t: &Transition) {
-        let disrupt = |m: &mut Self| m.last_disruption = Some(m.now);
+        let disrupt = |m: &mut Self| {
+            m.last_disruption = Some(m.now);
+            m.established.clear();
+        };
+        for until in &mut self.portal_cut_until {
+            if until.is_some_and(|u| self.now >= u + PORTAL_REJOIN) {
+                *until = None;
+            }
+        }
+        self.extend_authorizations(t);
+        let senders: Vec<usize> = match (t.probe(), t) {
+            (Some((client, _, _)), _) => vec![client],
+            (None, Transition::LossBurst { .. }) => (0..CLIENTS).collect(),
+            (None, _) => Vec::new(),
+        };
+        for client in senders {
+            if self.roamed_idle.contains(&client) {
+                disrupt(self);
+            }
+        }
         match t {
             // A portal restart rotates the preshared keys but leaves established tunnels alone,
             // and nodes rejoin within a backoff: new connections must work right after it.
-            Transition::Send { .. } | Transition::Advance { .. } | Transition::PortalRestart => {}
-            // These break paths silently: the nodes find out through failed checks.
+            Transition::Send { .. }
+            | Transition::SendTcp { .. }
+            | Transition::Ping { .. }
+            | Transition::Advance { .. }
+            | Transition::PortalRestart => {}
+            Transition::AuthorizeFor {
+                client,
+                resource,
+                secs,
+            } => {
+                self.authorized.insert((*client, *resource));
+                self.expiring.insert(
+                    (*client, *resource),
+                    Expiring {
+                        lasts: Duration::from_secs(*secs),
+                        latest_start: self.now,
+                    },
+                );
+            }
+            // These break paths silently: the nodes find out through failed checks. A roaming
+            // client's peer keeps sending to the old address until ICE finds the new one; a
+            // replaced relay takes its allocations, and the relayed paths on them, along.
             Transition::NatExpiry(_)
             | Transition::GatewayRestart
             | Transition::ClientRestart(_) => {
                 disrupt(self);
+            }
+            Transition::Roam(c) => {
+                disrupt(self);
+                self.roamed_idle.insert(*c);
+            }
+            Transition::RelayReplace(r) => {
+                if let Some(standby) = (0..RELAYS).find(|s| !self.relays_announced[*s]) {
+                    self.relays_announced[standby] = true;
+                }
+                self.relays_announced[*r] = false;
+                // The nodes free their allocations on the withdrawn relay, so nothing refreshes
+                // the NAT mappings towards it any more: the server-reflexive addresses it
+                // taught (which paths may use) stop working when those mappings expire.
+                disrupt(self);
+                self.last_disruption = Some(self.now + crate::world::nat::DEFAULT_MAPPING_TIMEOUT);
+            }
+            // Lost checks and handshakes may fail connections: recovery counts from the end
+            // of the burst.
+            Transition::LossBurst { secs, .. } => {
+                disrupt(self);
+                self.last_disruption = Some(self.now + Duration::from_secs(*secs));
+            }
+            Transition::PortalPartition { node, secs } => {
+                self.portal_cut_until[*node] = Some(self.now + Duration::from_secs(*secs));
             }
             Transition::RelayCrash(r) => {
                 self.relays_up[*r] = false;
@@ -247,12 +519,59 @@ impl Model {
             Transition::UnblockDirect => self.direct_blocked = false,
             Transition::Revoke { client, resource } => {
                 self.authorized.remove(&(*client, *resource));
+                self.established.remove(&(*client, *resource));
+                self.expiring.remove(&(*client, *resource));
             }
             Transition::Authorize { client, resource } => {
                 self.authorized.insert((*client, *resource));
+                self.expiring.remove(&(*client, *resource));
             }
         }
         self.now += t.duration();
+    }
+
+    /// Moves the latest start of the expiring authorizations `t` may start or extend: a probe
+    /// may ask for one at any time within its window; a gateway that (re)joins the portal gets
+    /// every authorization it still has extended by a full duration.
+    fn extend_authorizations(&mut self, t: &Transition) {
+        let now = self.now;
+        let (pairs, until): (Vec<(usize, usize)>, Duration) = match t {
+            Transition::Send { client, resource }
+            | Transition::SendTcp { client, resource }
+            | Transition::Ping { client, resource } => {
+                (vec![(*client, *resource)], now + SEND_WINDOW)
+            }
+            Transition::LossBurst { .. } => {
+                (self.expiring.keys().copied().collect(), now + t.duration())
+            }
+            Transition::PortalRestart => (
+                self.expiring.keys().copied().collect(),
+                now + t.duration() + PORTAL_REJOIN,
+            ),
+            Transition::PortalPartition { node, secs } if *node == CLIENTS => (
+                self.expiring.keys().copied().collect(),
+                now + Duration::from_secs(*secs) + PORTAL_REJOIN,
+            ),
+            Transition::PortalPartition { .. }
+            | Transition::Advance { .. }
+            | Transition::NatExpiry(_)
+            | Transition::RelayCrash(_)
+            | Transition::RelayRestart(_)
+            | Transition::BlockDirect
+            | Transition::UnblockDirect
+            | Transition::Revoke { .. }
+            | Transition::Authorize { .. }
+            | Transition::GatewayRestart
+            | Transition::ClientRestart(_)
+            | Transition::Roam(_)
+            | Transition::RelayReplace(_)
+            | Transition::AuthorizeFor { .. } => return,
+        };
+        for pair in pairs {
+            if let Some(e) = self.expiring.get_mut(&pair) {
+                e.latest_start = e.latest_start.max(until);
+            }
+        }
     }
 
     /// Whether `t` makes sense now (a restart of a relay that runs does not).
@@ -262,18 +581,30 @@ impl Model {
             Transition::RelayRestart(r) => !self.relays_up[*r],
             Transition::BlockDirect => !self.direct_blocked,
             Transition::UnblockDirect => self.direct_blocked,
+            Transition::RelayReplace(r) => self.relays_announced[*r],
+            Transition::LossBurst { sites, .. } => {
+                *sites != 0 && usize::from(*sites) < 1 << LINK_SITES
+            }
+            // One cut per node at a time, and only once it is over, rejoin included.
+            Transition::PortalPartition { node, .. } => {
+                *node < NODES && self.portal_cut_until[*node].is_none()
+            }
             Transition::Revoke { client, resource } => {
                 self.authorized.contains(&(*client, *resource))
             }
-            Transition::Authorize { client, resource } => {
-                !self.authorized.contains(&(*client, *resource))
-            }
+            Transition::Authorize { client, resource }
+            | Transition::AuthorizeFor {
+                client, resource, ..
+            } => !self.authorized.contains(&(*client, *resource)),
             Transition::Send { .. }
             | Transition::Advance { .. }
             | Transition::PortalRestart
             | Transition::NatExpiry(_)
             | Transition::GatewayRestart
-            | Transition::ClientRestart(_) => true,
+            | Transition::ClientRestart(_)
+            | Transition::SendTcp { .. }
+            | Transition::Ping { .. }
+            | Transition::Roam(_) => true,
         }
     }
 }

@@ -1,8 +1,9 @@
-//! The simulated deployment: a portal, two relays, two clients behind one NAT, a gateway behind
-//! another, and the resources behind the gateway, all running production code in turmoil.
+//! The simulated deployment: a portal, three relays (two announced, one standing by), two
+//! clients behind one NAT, a gateway behind another, and the resources behind the gateway, all
+//! running production code in turmoil.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
@@ -15,10 +16,10 @@ use super::hosts::{
     client_host, client_tunnel_ip, gateway_host, portal_host, relay_host, DeviceTap, NodeHost,
     ResourceLog,
 };
-use super::model::{Side, CLIENTS, RELAYS, RESOURCES};
+use super::model::{Proto, Side, CLIENTS, LINK_SITES, NODES, RELAYS, RESOURCES};
 use crate::world::{
-    links, sim_builder, Faults, Filtering, MappingBehaviour, NatCommand, NatConfig, NatHandle,
-    NatShim, SimSettings, Trace,
+    links, sim_builder, Direction, Faults, Filtering, LinkProfile, MappingBehaviour, NatCommand,
+    NatConfig, NatHandle, NatShim, SimSettings, Trace,
 };
 
 /// The secret portal and relays share for TURN credentials.
@@ -34,7 +35,7 @@ pub const RESOURCE_IPS: [Ipv4Addr; RESOURCES] = [
 ];
 
 const PORTAL: &str = "portal";
-const RELAY_NAMES: [&str; RELAYS] = ["relay1", "relay2"];
+const RELAY_NAMES: [&str; RELAYS] = ["relay1", "relay2", "relay3"];
 const NAT_C: &str = "nat-c";
 const NAT_G: &str = "nat-g";
 const CLIENT_NAMES: [&str; CLIENTS] = ["client1", "client2"];
@@ -65,8 +66,17 @@ pub struct World<'a> {
     pub nat_types: NatTypes,
     /// The policies the portal is (re)started with.
     pub policies: Rc<RefCell<BTreeSet<(usize, usize)>>>,
+    /// How long the authorizations of a policy last, where not the portal's default.
+    pub durations: Rc<RefCell<BTreeMap<(usize, usize), u64>>>,
+    /// The relays the portal announces, and is (re)started with.
+    pub relays_announced: Rc<RefCell<BTreeSet<usize>>>,
     portal: Rc<RefCell<Option<portal_sim::server::Server>>>,
     relay_crashed: [bool; RELAYS],
+    /// The faults on the relays' sockets.
+    relay_faults: Vec<Faults>,
+    relays: Vec<(u64, SocketAddr)>,
+    /// Portal cuts to heal, by when.
+    heals: Vec<(Duration, usize)>,
     next_payload: u64,
 }
 
@@ -140,29 +150,49 @@ impl<'a> World<'a> {
             })
             .collect();
         let policies = Rc::new(RefCell::new(policies));
+        let durations = Rc::new(RefCell::new(BTreeMap::new()));
+        // The third relay stands by until a replacement announces it.
+        let relays_announced = Rc::new(RefCell::new(BTreeSet::from([0, 1])));
         let portal = Rc::new(RefCell::new(None));
         let generation = Rc::new(Cell::new(0u64));
         {
-            let (policies, portal, generation, relays) = (
+            let (policies, durations, portal, generation, relays, announced) = (
                 Rc::clone(&policies),
+                Rc::clone(&durations),
                 Rc::clone(&portal),
                 Rc::clone(&generation),
                 relays.clone(),
+                Rc::clone(&relays_announced),
             );
             sim.host(PORTAL, move || {
                 generation.set(generation.get() + 1);
-                let seed_file = seed_file(&policies.borrow(), &relays);
+                let relays: Vec<(u64, SocketAddr)> = relays
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| announced.borrow().contains(i))
+                    .map(|(_, r)| *r)
+                    .collect();
+                let seed_file = seed_file(&policies.borrow(), &durations.borrow(), &relays);
                 let mut config = portal_sim::PortalConfig::new(RELAY_SECRET, seed);
                 config.generation = generation.get();
                 let state = portal_sim::Portal::new(&seed_file, config);
                 portal_host(state, epoch, Rc::clone(&portal))
             });
         }
+        let mut relay_faults = Vec::new();
         for (i, name) in RELAY_NAMES.iter().enumerate() {
             let public_ip = ipv4(&sim, name);
             let relay_seed = seed.wrapping_add(100 + i as u64);
+            let faults = Faults::new(seed ^ (0x7E1A_0000 + i as u64));
+            relay_faults.push(faults.clone());
             sim.host(*name, move || {
-                relay_host(public_ip, RELAY_SECRET.to_owned(), relay_seed, epoch)
+                relay_host(
+                    public_ip,
+                    RELAY_SECRET.to_owned(),
+                    relay_seed,
+                    epoch,
+                    faults.clone(),
+                )
             });
         }
         {
@@ -186,14 +216,16 @@ impl<'a> World<'a> {
             let via = nat_c.inside_addr();
             let trace = trace.clone();
             let boots = Rc::new(Cell::new(0u16));
+            let roam_ports = Rc::new(Cell::new(super::hosts::ROAM_PORTS_START));
             sim.host(*name, move || {
                 let (mut cfg, tap, trace) = (cfg.clone(), Rc::clone(&tap), trace.clone());
+                let roam_ports = Rc::clone(&roam_ports);
                 let boot = next_boot(&boots);
                 let inside = SocketAddr::new(inside_ip, NODE_PORT + boot);
                 cfg.seed = cfg.seed.wrapping_add(u64::from(boot) << 32);
                 async move {
                     let socket = NatShim::bind(inside, via).await?;
-                    client_host(cfg, socket, tap, trace).await
+                    client_host(cfg, socket, via, roam_ports, tap, trace).await
                 }
             });
         }
@@ -245,19 +277,128 @@ impl<'a> World<'a> {
             nats: [nat_c, nat_g],
             nat_types,
             policies,
+            durations,
+            relays_announced,
             portal,
             relay_crashed: [false; RELAYS],
+            relay_faults,
+            relays,
+            heals: Vec::new(),
             next_payload: 0,
         }
     }
 
-    /// Runs the simulation for `d`.
+    /// Runs the simulation for `d`, healing portal cuts as they come due.
     pub fn run_for(&mut self, d: Duration) -> turmoil::Result {
         let target = self.sim.elapsed() + d;
         while self.sim.elapsed() < target {
+            if !self.heals.is_empty() {
+                self.heal_due();
+            }
             self.sim.step()?;
         }
         Ok(())
+    }
+
+    fn heal_due(&mut self) {
+        let now = self.sim.elapsed();
+        let (due, later): (Vec<_>, Vec<_>) = self.heals.iter().partition(|(at, _)| *at <= now);
+        self.heals = later;
+        for (_, node) in due {
+            self.sim.repair(PORTAL, node_host(node));
+            self.trace.record_at(
+                now,
+                "driver",
+                format_args!("portal link of {} healed", node_host(node)),
+            );
+        }
+    }
+
+    /// Cuts the portal's TCP to `node` (clients, then the gateway) for `d`.
+    pub fn cut_portal(&mut self, node: usize, d: Duration) {
+        if node >= NODES {
+            return;
+        }
+        self.sim.partition(PORTAL, node_host(node));
+        self.heals.push((self.sim.elapsed() + d, node));
+    }
+
+    /// Degrades (or, with `on` false, restores) the links of the places in `sites` (bit `i`
+    /// is site `i`: the clients' NAT, the gateway's NAT, the relays).
+    pub fn loss_burst(&mut self, sites: u8, on: bool) {
+        let profile = LinkProfile {
+            loss: 0.3,
+            duplicate: 0.2,
+            reorder: 0.2,
+            reorder_delay: Duration::from_millis(80),
+            jitter: Duration::from_millis(30),
+            ..LinkProfile::PERFECT
+        };
+        for site in 0..LINK_SITES {
+            if sites & (1 << site) == 0 {
+                continue;
+            }
+            let faults = match site {
+                0 | 1 => self.nats[site].faults(),
+                relay => &self.relay_faults[relay - 2],
+            };
+            if on {
+                faults.set_profile(Direction::Egress, profile);
+                faults.set_profile(Direction::Ingress, profile);
+            } else {
+                faults.clear();
+            }
+        }
+    }
+
+    /// Rebinds a client's socket to a new inside port. False if the client is not running.
+    pub fn roam(&mut self, client: usize) -> bool {
+        self.taps[client]
+            .roam
+            .borrow()
+            .as_ref()
+            .is_some_and(|tx| tx.send(()).is_ok())
+    }
+
+    /// The portal announces the standby relay and withdraws `old`.
+    pub fn replace_relay(&mut self, old: usize) {
+        let standby = (0..RELAYS).find(|r| !self.relays_announced.borrow().contains(r));
+        let Some(standby) = standby else {
+            return;
+        };
+        {
+            let mut announced = self.relays_announced.borrow_mut();
+            announced.insert(standby);
+            announced.remove(&old);
+        }
+        let (new_id, new_addr) = self.relays[standby];
+        let old_id = self.relays[old].0;
+        if let Some(server) = self.portal.borrow().as_ref() {
+            server.with_portal(|portal, now| {
+                let relay = portal_sim::seed::RelaySeed {
+                    id: node::ids::RelayId(new_id),
+                    address: new_addr,
+                };
+                portal.add_relay(relay, now);
+                portal.remove_relay(node::ids::RelayId(old_id), now);
+            });
+        }
+    }
+
+    /// What kind of path a client's connection to the gateway is on now: `relayed` (either
+    /// end's relayed candidate), `direct` (to the gateway's own address) or `srflx` (to the
+    /// gateway NAT's public address, learnt from a relay or from the checks themselves).
+    pub fn path_kind(&self, client: usize) -> Option<&'static str> {
+        let (_, path) = (*self.taps[client].path.borrow())?;
+        let remote = path.remote.ip();
+        let kind = if path.relay.is_some() || self.relays.iter().any(|(_, a)| a.ip() == remote) {
+            "relayed"
+        } else if remote == self.nats[1].public_ip() {
+            "srflx"
+        } else {
+            "direct"
+        };
+        Some(kind)
     }
 
     /// Simulated time since the start.
@@ -361,25 +502,39 @@ impl<'a> World<'a> {
 
     /// Changes a policy at the portal, now and for every later restart.
     pub fn set_policy(&mut self, client: usize, resource: usize, allowed: bool) {
+        if allowed {
+            self.set_policy_for(client, resource, None);
+            return;
+        }
         let cid = node::ids::ClientId(client as u64 + 1);
         let rid = node::ids::ResourceId(resource as u64 + 1);
-        if allowed {
-            self.policies.borrow_mut().insert((client, resource));
-        } else {
-            self.policies.borrow_mut().remove(&(client, resource));
-        }
+        self.policies.borrow_mut().remove(&(client, resource));
+        self.durations.borrow_mut().remove(&(client, resource));
         if let Some(server) = self.portal.borrow().as_ref() {
             server.with_portal(|portal, now| {
-                if allowed {
-                    let policy = portal_sim::seed::PolicySeed {
-                        client_id: cid,
-                        resource_id: rid,
-                        duration_secs: None,
-                    };
-                    portal.add_policy(policy, now);
-                } else {
-                    portal.revoke(cid, rid, now);
-                }
+                portal.revoke(cid, rid, now);
+            });
+        }
+    }
+
+    /// Grants a policy whose authorizations last `secs` (the portal's default if `None`), now
+    /// and for every later restart.
+    pub fn set_policy_for(&mut self, client: usize, resource: usize, secs: Option<u64>) {
+        let cid = node::ids::ClientId(client as u64 + 1);
+        let rid = node::ids::ResourceId(resource as u64 + 1);
+        self.policies.borrow_mut().insert((client, resource));
+        match secs {
+            Some(secs) => self.durations.borrow_mut().insert((client, resource), secs),
+            None => self.durations.borrow_mut().remove(&(client, resource)),
+        };
+        if let Some(server) = self.portal.borrow().as_ref() {
+            server.with_portal(|portal, now| {
+                let policy = portal_sim::seed::PolicySeed {
+                    client_id: cid,
+                    resource_id: rid,
+                    duration_secs: secs,
+                };
+                portal.add_policy(policy, now);
             });
         }
     }
@@ -413,6 +568,7 @@ fn pick_filtering(rng: &mut ChaCha8Rng) -> Filtering {
 /// The portal's seed file for the current policies.
 fn seed_file(
     policies: &BTreeSet<(usize, usize)>,
+    durations: &BTreeMap<(usize, usize), u64>,
     relays: &[(u64, SocketAddr)],
 ) -> portal_sim::SeedFile {
     let clients: Vec<String> = (0..CLIENTS)
@@ -432,7 +588,14 @@ fn seed_file(
     );
     let policies: Vec<String> = policies
         .iter()
-        .map(|(c, r)| format!(r#"{{"client_id":{},"resource_id":{}}}"#, c + 1, r + 1))
+        .map(|(c, r)| match durations.get(&(*c, *r)) {
+            Some(secs) => format!(
+                r#"{{"client_id":{},"resource_id":{},"duration_secs":{secs}}}"#,
+                c + 1,
+                r + 1
+            ),
+            None => format!(r#"{{"client_id":{},"resource_id":{}}}"#, c + 1, r + 1),
+        })
         .collect();
     let relays: Vec<String> = relays
         .iter()
@@ -450,12 +613,29 @@ fn seed_file(
     }
 }
 
-/// A UDP packet from client `client` (0-based) to resource `resource` carrying `payload`.
-pub fn probe_packet(client: usize, resource: usize, payload: &[u8]) -> Vec<u8> {
+/// A packet from client `client` (0-based) to resource `resource` carrying `payload`.
+pub fn probe_packet(client: usize, resource: usize, payload: &[u8], proto: Proto) -> Vec<u8> {
     let src = SocketAddr::new(client_tunnel_ip(client as u64 + 1), 40_000);
     let dst = SocketAddr::new(IpAddr::V4(RESOURCE_IPS[resource]), 7);
-    match IpPacket::udp(src, dst, payload) {
+    let packet = match proto {
+        Proto::Udp => IpPacket::udp(src, dst, payload),
+        Proto::Tcp => IpPacket::tcp(
+            src,
+            dst,
+            1,
+            1,
+            node::packet::TcpFlags::ACK | node::packet::TcpFlags::PSH,
+            payload,
+        ),
+        Proto::Icmp => IpPacket::icmp_echo_request(src.ip(), dst.ip(), 7, 1, payload),
+    };
+    match packet {
         Ok(p) => p.into_inner(),
         Err(error) => panic!("cannot build a probe: {error}"),
     }
+}
+
+/// The host name of a node with a portal connection (clients, then the gateway).
+fn node_host(node: usize) -> &'static str {
+    CLIENT_NAMES.get(node).copied().unwrap_or(GATEWAY)
 }

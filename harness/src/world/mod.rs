@@ -11,6 +11,7 @@
 //! - [`faults`] (what happens to a datagram: loss, delay, duplication, reordering, class
 //!   filters), [`faulty_socket`] (a socket wrapper that applies them) and [`links`] (turmoil's own
 //!   link settings, one-way partitions, and the swizzle fault).
+//! - [`roaming`]: a node socket that can be rebound to a new inside port under the running node.
 //! - [`probe`]: small public and inside hosts for tests (an echo that reports the source it saw, a
 //!   probe that sends on command and records what it receives).
 //! - [`trace`]: a deterministic event trace, hashed with a fixed hasher.
@@ -33,6 +34,7 @@ pub mod links;
 pub mod nat;
 pub mod nat_host;
 pub mod probe;
+pub mod roaming;
 pub mod shim;
 pub mod trace;
 pub mod turmoil_io;
@@ -45,6 +47,7 @@ pub use faulty_socket::FaultySocket;
 pub use links::{Swizzle, SwizzleMode};
 pub use nat::{Filtering, MappingBehaviour, NatConfig, NatStats};
 pub use nat_host::{NatCommand, NatHandle};
+pub use roaming::RoamingSocket;
 pub use shim::NatShim;
 pub use trace::Trace;
 pub use turmoil_io::{TurmoilClock, TurmoilListener, TurmoilNetwork, TurmoilSocket};

@@ -538,8 +538,16 @@ mod tests {
     async fn drop_and_rebind_the_same_port() {
         let peer =
             BatchSocket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
-        let first =
-            BatchSocket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        // A port below the ephemeral range, so no other test binding port 0 can be handed
+        // the port between a drop and the next bind.
+        let mut first = None;
+        for port in 20_000..21_000 {
+            if let Ok(socket) = tokio::net::UdpSocket::bind(("127.0.0.1", port)).await {
+                first = Some(BatchSocket::new(socket).unwrap());
+                break;
+            }
+        }
+        let first = first.expect("a free port in 20000..21000");
         let addr = first.local_addr().unwrap();
         drop(first);
         let mut batch = RecvBatch::new();

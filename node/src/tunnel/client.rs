@@ -411,6 +411,9 @@ impl ClientTunnel {
         };
         self.gateways.insert(gid, established);
         tracing::info!(%rid, %gid, ?outcome, "flow authorized");
+        if outcome != Upsert::Kept {
+            self.rebind_other_routes(gid, rid, now);
+        }
         let queue = self
             .routes
             .remove(&rid)
@@ -425,6 +428,36 @@ impl ClientTunnel {
         );
         if established {
             self.flush(gid, now);
+        }
+    }
+
+    /// A new connection to `gid` (new keys, PSK or credentials: the gateway may have restarted
+    /// and lost the authorizations of our other flows) serves the flow for `rid`; the
+    /// resources bound to `gid` through the previous one are asked for again, their held-back
+    /// packets kept, so that the gateway learns of them before their packets arrive.
+    fn rebind_other_routes(&mut self, gid: GatewayId, rid: ResourceId, now: Instant) {
+        let others: Vec<ResourceId> = self
+            .routes
+            .iter()
+            .filter(|(other, route)| **other != rid && route.gateway() == Some(gid))
+            .map(|(other, _)| *other)
+            .collect();
+        for other in others {
+            let Some(route) = self.routes.remove(&other) else {
+                continue;
+            };
+            tracing::debug!(rid = %other, %gid, "new connection to the gateway: asking again");
+            self.egress
+                .push_back(ClientEgress::RequestConnection(RequestConnection {
+                    resource_id: other,
+                }));
+            self.routes.insert(
+                other,
+                Route::Requested {
+                    deadline: now + REQUEST_TIMEOUT,
+                    queue: route.into_queue(),
+                },
+            );
         }
     }
 

@@ -86,8 +86,10 @@ struct Client {
 /// resource the client holds an unexpired authorization for. Authorizations end at their
 /// expiry (checked per packet, and removed by [`GatewayTunnel::handle_timeout`]), when the
 /// portal revokes them, when their resource is deleted, or when a fresh `init` omits them;
-/// never because a connection failed. A client with no authorization left is forgotten and its
-/// connection dropped.
+/// never because a connection failed. A client with no authorization left is forgotten (its
+/// packets are dropped), but its connection stays until it fails: the client is not told that
+/// its access ended and keeps its side, so a later flow must find the same connection here
+/// (closing it would leave the client sending into a session the gateway no longer has).
 pub struct GatewayTunnel {
     node: Node<ClientId>,
     clock: WallClock,
@@ -409,7 +411,7 @@ impl GatewayTunnel {
     }
 
     /// Logs and reports ended flows (given in (client, resource) order) and forgets clients
-    /// left without any authorization.
+    /// left without any authorization (keeping their connections, see [`GatewayTunnel`]).
     fn end_flows(&mut self, ended: Vec<(ClientId, ResourceId)>, reason: FlowEndReason) {
         for &(cid, rid) in &ended {
             match reason {
@@ -444,9 +446,7 @@ impl GatewayTunnel {
                 self.by_ip.remove(&ip);
             }
         }
-        if self.node.remove_connection(cid) {
-            tracing::info!(%cid, "no authorization left: connection closed");
-        }
+        tracing::info!(%cid, "no authorization left: client forgotten");
     }
 
     /// When to call [`GatewayTunnel::handle_timeout`] next, and why.

@@ -724,6 +724,64 @@ fn access_survives_a_connection_failure() {
     assert_eq!(w.portal.requests, vec![R1, R2, R1, R2]);
 }
 
+/// The gateway restarts (new key, no authorizations) while the client still has a connection
+/// to its previous incarnation. A flow for a second resource replaces the connection; the
+/// first resource's route must not keep pointing at a gateway that forgot its authorization.
+#[test]
+fn new_connection_after_gateway_restart_asks_again_for_the_other_resources() {
+    let mut w = World::new(&[R1, R2]);
+    w.connect(&[ip("10.0.0.7")]);
+
+    let wall = UNIX_EPOCH + Duration::from_secs(WALL_SECS) + w.elapsed();
+    w.gateway = GatewayTunnel::new(3, w.now, wall);
+    w.gateway.add_local_address(gateway_addr(), w.now);
+    w.gateway.handle_portal_message(
+        GatewayIngress::Init(GatewayInit {
+            relays: vec![],
+            authorizations: vec![],
+        }),
+        w.now,
+    );
+    w.portal.gateway_key = w.gateway.public_key().into();
+
+    w.client_sends(&udp(v4(), ip("10.0.1.5"), b"to R2"));
+    w.run_for(Duration::from_secs(2));
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"to R1 again"));
+    w.run_for(Duration::from_secs(2));
+    let payloads: Vec<Vec<u8>> = w
+        .gateway_tun
+        .iter()
+        .map(|p| IpPacket::parse(p.as_slice()).unwrap().payload().to_vec())
+        .collect();
+    assert_eq!(payloads, vec![b"to R2".to_vec(), b"to R1 again".to_vec()]);
+    assert_eq!(w.portal.requests, vec![R1, R2, R1]);
+}
+
+/// The client's last authorization is revoked and it then asks for another resource on the
+/// same gateway. The client kept its connection (it is not told the gateway's side ended), so
+/// the gateway must have kept its side too: the new flow's first packet arrives at once.
+#[test]
+fn last_revoked_flow_keeps_the_connection_for_the_next_one() {
+    let mut w = World::new(&[R1, R2]);
+    w.connect(&[ip("10.0.0.7")]);
+    let index = w.gateway.node().connection(CID).unwrap().index;
+    let revoked = AccessRevoked {
+        client_id: CID,
+        resource_id: R1,
+    };
+    w.gateway
+        .handle_portal_message(GatewayIngress::AccessRevoked(revoked), w.now);
+    w.client
+        .handle_portal_message(ClientIngress::AccessRevoked(revoked), w.now);
+    w.settle();
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"revoked"));
+    assert!(w.gateway_tun.is_empty());
+
+    w.client_sends(&udp(v4(), ip("10.0.1.5"), b"to R2"));
+    assert_eq!(w.gateway_tun.len(), 1, "arrives without a new handshake");
+    assert_eq!(w.gateway.node().connection(CID).unwrap().index, index);
+}
+
 #[test]
 fn same_flow_again_keeps_the_connection_and_resends_candidates() {
     let mut w = World::new(&[R1]);

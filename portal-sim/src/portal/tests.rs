@@ -373,6 +373,61 @@ fn gateway_init_lists_current_authorizations() {
     );
 }
 
+/// A flow announced on a gateway socket that was already dead never arrived; the gateway's next
+/// join must bring it (the init only extends authorizations the gateway already has).
+#[test]
+fn a_rejoining_gateway_gets_its_live_flows_again() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let g1 = w.join(G1);
+    w.portal.disconnect(g1, w.now);
+    let g2 = w.join(Identity::Gateway(GatewayId(2)));
+    let out = w.request(c1, 1);
+    let details = flow_authorized(&out[2].1);
+    assert_eq!(details.gateway_id, GatewayId(2));
+    let announced = authorize_flow(&out[1].1);
+
+    // The socket was half-open: the portal learns of it only when the gateway comes back.
+    let identity = Identity::Gateway(GatewayId(2));
+    let new = ConnId(10);
+    w.portal.connect(new, identity, w.now);
+    w.send(
+        new,
+        "gateway",
+        "phx_join",
+        json!({"public_key": key(identity)}),
+    );
+    let mut again = Vec::new();
+    while let Some(output) = w.portal.poll_output() {
+        match output {
+            Output::Send { conn, text } if conn == new => {
+                let frame = Frame::parse(&text).unwrap();
+                if frame.event == "authorize_flow" {
+                    again.push(authorize_flow(&frame));
+                }
+            }
+            Output::Close { conn, .. } => assert_eq!(conn, g2),
+            Output::Send { conn, .. } => panic!("unexpected send to {conn:?}"),
+        }
+    }
+    assert_eq!(again, vec![announced]);
+
+    // A restarted gateway (another key) lost its flows with its connections: nothing to repeat.
+    let newer = ConnId(11);
+    w.portal.connect(newer, identity, w.now);
+    let restarted = PublicKey::from_bytes([200; 32]);
+    w.send(
+        newer,
+        "gateway",
+        "phx_join",
+        json!({"public_key": restarted}),
+    );
+    let repeated = std::iter::from_fn(|| w.portal.poll_output())
+        .filter(|o| matches!(o, Output::Send { text, .. } if text.contains("authorize_flow")))
+        .count();
+    assert_eq!(repeated, 0);
+}
+
 #[test]
 fn authorizations_expire() {
     let mut w = World::new(portal(1, 0));

@@ -318,14 +318,7 @@ impl Connection {
         }
         self.last_rollover = Some(now);
         tracing::debug!("rolling over to a fresh WireGuard session");
-        let mut buf = pool.pull();
-        let header = path.header_len();
-        let result = self
-            .tunnel
-            .handshake_initiation(now, &mut buf.storage_mut()[header..], true);
-        if let Some(t) = self.network_result(result, buf, header, path, now) {
-            transmits.push_back(t);
-        }
+        self.initiate_handshake(path, now, pool, transmits);
     }
 
     fn mark_active(&mut self, now: Instant) {

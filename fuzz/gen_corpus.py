@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus for the `ip_packet` fuzz target into corpus/ip_packet/.
+"""Writes the seed corpora for the `ip_packet`, `node_datagram` and `sim` fuzz targets into
+corpus/<target>/. (`relay_ops` takes `arbitrary`-encoded operation lists: its seeds are a
+minimised corpus of a fuzzing run, see the README.)
 
 Packets are built here, not with the crate's own builders, so the seeds also cover shapes the
 builders never produce (IPv4 options, IPv6 extension headers, fragments) and their checksums
@@ -117,8 +119,91 @@ seeds = {
     "v6_no_next_header": ipv6(59, A6, B6, b""),
 }
 
-os.makedirs(OUT, exist_ok=True)
-for name, packet in seeds.items():
-    with open(os.path.join(OUT, name), "wb") as f:
-        f.write(packet)
-print(f"wrote {len(seeds)} seeds to {OUT}")
+
+def write(target, named):
+    out = os.path.join(os.path.dirname(OUT), target)
+    os.makedirs(out, exist_ok=True)
+    for name, data in named.items():
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
+    print(f"wrote {len(named)} seeds to {out}")
+
+
+write("ip_packet", seeds)
+
+# node_datagram: [node] then ([source] [kind] [len] [payload])*; see the target's docs for the
+# meaning of each selector. One seed per kind, from the sources where it matters most.
+SOURCES = {"unknown": 0, "v6": 1, "peer": 2, "relay": 3, "relay_port": 4, "other_relay": 5,
+           "self": 6}
+KINDS = {"raw": 0, "stun": 1, "binding": 2, "channel": 3, "wg_init": 4, "wg_resp": 5,
+         "wg_cookie": 6, "wg_data": 7, "channel_wg": 8, "data_indication": 9}
+
+
+def chunk(source, kind, payload, length=None):
+    """`length` is the len byte when it is not the payload's length: for `binding` it counts
+    only the raw attribute bytes between the tie-breaker and MESSAGE-INTEGRITY."""
+    if length is None:
+        length = len(payload)
+    return bytes([SOURCES[source], KINDS[kind], length]) + payload
+
+
+# flags (bit 0 controlled, 1 USE-CANDIDATE, 2 FINGERPRINT), transaction id, PRIORITY,
+# tie-breaker, forged MESSAGE-INTEGRITY: a check that reaches the integrity verification.
+def binding(flags):
+    return bytes([flags]) + bytes(range(12)) + struct.pack("!I", 0x6E7F00FF) + bytes(8) + bytes(20)
+
+
+node_seeds = {}
+for node in (0, 1):
+    who = "gateway" if node else "client"
+    node_seeds[f"{who}_raw_unknown"] = bytes([node]) + chunk("unknown", "raw", b"hello")
+    node_seeds[f"{who}_stun_peer"] = bytes([node]) + chunk(
+        "peer", "stun", b"\x01\x01" + bytes(12) + b"\x00\x20\x00\x08\x00\x01\x12\x34" + bytes(4))
+    node_seeds[f"{who}_binding_unknown"] = bytes([node]) + chunk(
+        "unknown", "binding", binding(6), length=0)
+    node_seeds[f"{who}_binding_fingerprint_v6"] = bytes([node]) + chunk(
+        "v6", "binding", binding(7), length=0)
+    node_seeds[f"{who}_channel_relay"] = bytes([node]) + chunk("relay", "channel", bytes(8))
+    node_seeds[f"{who}_wg_init_peer"] = bytes([node]) + chunk("peer", "wg_init", bytes(148))
+    node_seeds[f"{who}_wg_resp_unknown"] = bytes([node]) + chunk("unknown", "wg_resp", bytes(92))
+    node_seeds[f"{who}_wg_cookie_self"] = bytes([node]) + chunk("self", "wg_cookie", bytes(64))
+    node_seeds[f"{who}_wg_data_peer"] = bytes([node]) + chunk("peer", "wg_data", bytes(40))
+    node_seeds[f"{who}_channel_wg_relay"] = bytes([node]) + chunk("relay", "channel_wg", bytes(40))
+    node_seeds[f"{who}_data_indication_relay"] = bytes([node]) + chunk(
+        "relay", "data_indication", bytes(56))
+    node_seeds[f"{who}_turn_other_relay"] = bytes([node]) + chunk(
+        "other_relay", "stun", b"\x01\x03" + bytes(12))
+    node_seeds[f"{who}_mixed"] = (bytes([node]) + chunk("relay_port", "raw", b"\x00\x01")
+                                  + chunk("peer", "wg_data", bytes(32))
+                                  + chunk("relay", "channel_wg", bytes(32)))
+write("node_datagram", node_seeds)
+
+# sim: 8 bytes of seed (little endian), then (kind, argument) pairs; kinds 0-3 and 23 send, 4
+# and 15 advance time, 5 portal restart, 6 NAT expiry, 7/8 relay crash/restart, 9/10
+# block/unblock direct, 11/12 revoke/authorize, 13 gateway restart, 14 client restart, 16 TCP,
+# 17 ping, 18 loss burst, 19 portal partition, 20 roam, 21 relay replace, 22 expiring
+# authorization (see `transition` in fuzz_targets/sim.rs). A send's argument picks client
+# arg % 2 and resource (arg / 2) % 3: 0 is (c1, r1) and 3 is (c2, r2), both authorized from the
+# start; 4 is (c1, r3), which is not. Every transition kind appears, and each seed takes a
+# few seconds under the sanitizer at most, except the one that waits out RECOVERY.
+SEND_C1_R1, SEND_C2_R2, SEND_C1_R3 = 0, 3, 4
+sim_seeds = {
+    "send_both_clients": struct.pack("<Q", 2) + bytes([0, SEND_C1_R1, 1, SEND_C2_R2]),
+    "unauthorized_send": struct.pack("<Q", 3) + bytes([0, SEND_C1_R3]),
+    "idle_then_send": struct.pack("<Q", 4) + bytes([15, 25, 0, SEND_C1_R1]),
+    "portal_restart": struct.pack("<Q", 5) + bytes([5, 0, 0, SEND_C1_R1]),
+    "relays_and_blocking": struct.pack("<Q", 7) + bytes(
+        [9, 0, 7, 0, 0, SEND_C1_R1, 8, 0, 10, 0, 0, SEND_C2_R2]),
+    "revoke_authorize": struct.pack("<Q", 9) + bytes([11, 0, 0, SEND_C1_R1, 12, 0, 0, SEND_C1_R1]),
+    # TCP and ping, then a loss burst on every place (arg 30: sites 0b11111, 3 s) under traffic.
+    "tcp_ping_loss": struct.pack("<Q", 11) + bytes(
+        [16, SEND_C1_R1, 17, SEND_C2_R2, 18, 30, 0, SEND_C1_R1]),
+    # A roaming client, a portal partition of client 1 (5 s), a relay replaced, and an expiring
+    # authorization for (c1, r3) that is used right away.
+    "roam_partition_replace": struct.pack("<Q", 12) + bytes(
+        [20, 0, 19, 0, 21, 0, 22, SEND_C1_R3, 16, SEND_C1_R3, 0, SEND_C2_R2]),
+    # Restarts and a NAT flush, then past RECOVERY: both clients must be served again.
+    "restarts_then_recovery": struct.pack("<Q", 6) + bytes(
+        [6, 0, 13, 0, 14, 1, 4, 160, 0, SEND_C1_R1, 0, SEND_C2_R2]),
+}
+write("sim", sim_seeds)

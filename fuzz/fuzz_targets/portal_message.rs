@@ -13,8 +13,8 @@ fn check<M: Message + PartialEq + Debug>(frame: &Frame) {
     let Ok(Some(message)) = M::from_frame(frame) else {
         return;
     };
-    let encoded = Frame::message(&frame.topic, &message, frame.reference)
-        .expect("a decoded message encodes");
+    let encoded =
+        Frame::message(&frame.topic, &message, frame.reference).expect("a decoded message encodes");
     let text = encoded.to_text();
     let reparsed = Frame::parse(&text).expect("an encoded frame parses");
     let decoded = M::from_frame(&reparsed)

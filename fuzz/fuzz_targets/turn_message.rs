@@ -54,17 +54,29 @@ fuzz_target!(|data: &[u8]| {
         rest = next;
         now += Duration::from_millis(u64::from(*selector & 0x0F) * 100);
         let from = v4(10 + (selector >> 4), 40000 + u16::from(selector & 0x3));
-        let to = if selector & 0x80 == 0 { relay } else { v4(1, 49152) };
+        let to = if selector & 0x80 == 0 {
+            relay
+        } else {
+            v4(1, 49152)
+        };
         server.handle_input(now, from, to, datagram);
         server.handle_timeout(now);
         while server.poll_transmit().is_some() {}
         while server.poll_event().is_some() {}
-        assert_eq!(server.allocation_count(), 0, "allocated without credentials");
+        assert_eq!(
+            server.allocation_count(),
+            0,
+            "allocated without credentials"
+        );
 
         let _ = client.decapsulate(local, relay, datagram, now);
         client.handle_timeout(now);
         while client.poll_transmit().is_some() {}
         while client.poll_event().is_some() {}
-        assert_eq!(client.relayed_address(RelayId(1)), None, "relayed address from a forged answer");
+        assert_eq!(
+            client.relayed_address(RelayId(1)),
+            None,
+            "relayed address from a forged answer"
+        );
     }
 });

@@ -56,13 +56,19 @@ impl World {
         }
     }
 
+    /// Connects `conn` as `identity` and sends its join with `public_key`, leaving the
+    /// portal's answers to the caller.
+    fn connect_and_join(&mut self, conn: ConnId, identity: Identity, public_key: PublicKey) {
+        self.portal.connect(conn, identity, self.now);
+        let room = identity.room();
+        self.send(conn, room, "phx_join", json!({"public_key": public_key}));
+    }
+
     /// Connects and joins; returns the socket and drains the join's outputs.
     fn join(&mut self, identity: Identity) -> ConnId {
         let conn = ConnId(self.next);
         self.next += 1;
-        self.portal.connect(conn, identity, self.now);
-        let room = identity.room();
-        self.send(conn, room, "phx_join", json!({"public_key": key(identity)}));
+        self.connect_and_join(conn, identity, key(identity));
         let out = self.drain();
         assert_eq!(out[0].0, conn);
         assert_eq!(out[0].1.payload["status"], "ok", "{:?}", out[0].1);
@@ -341,13 +347,7 @@ fn gateway_init_lists_current_authorizations() {
     let identity = Identity::Gateway(gid);
     w.portal.disconnect(conn, w.now);
     let new = ConnId(10);
-    w.portal.connect(new, identity, w.now);
-    w.send(
-        new,
-        "gateway",
-        "phx_join",
-        json!({"public_key": key(identity)}),
-    );
+    w.connect_and_join(new, identity, key(identity));
     let out = w.drain();
     let Some(GatewayIngress::Init(init)) = GatewayIngress::from_frame(&out[1].1).unwrap() else {
         panic!("no init");
@@ -390,13 +390,7 @@ fn a_rejoining_gateway_gets_its_live_flows_again() {
     // The socket was half-open: the portal learns of it only when the gateway comes back.
     let identity = Identity::Gateway(GatewayId(2));
     let new = ConnId(10);
-    w.portal.connect(new, identity, w.now);
-    w.send(
-        new,
-        "gateway",
-        "phx_join",
-        json!({"public_key": key(identity)}),
-    );
+    w.connect_and_join(new, identity, key(identity));
     let mut again = Vec::new();
     while let Some(output) = w.portal.poll_output() {
         match output {
@@ -414,14 +408,8 @@ fn a_rejoining_gateway_gets_its_live_flows_again() {
 
     // A restarted gateway (another key) lost its flows with its connections: nothing to repeat.
     let newer = ConnId(11);
-    w.portal.connect(newer, identity, w.now);
     let restarted = PublicKey::from_bytes([200; 32]);
-    w.send(
-        newer,
-        "gateway",
-        "phx_join",
-        json!({"public_key": restarted}),
-    );
+    w.connect_and_join(newer, identity, restarted);
     let repeated = std::iter::from_fn(|| w.portal.poll_output())
         .filter(|o| matches!(o, Output::Send { text, .. } if text.contains("authorize_flow")))
         .count();

@@ -175,9 +175,11 @@ impl Case {
         unlimited: Expect,
     ) -> Result<&'static str, String> {
         let w = &mut self.world;
-        let outcome = check_send(w, client, resource, payload, expect)?;
+        let arrivals = w.arrivals(payload);
+        let echoed = w.echoes(client, payload);
+        let outcome = check_send(client, resource, payload, &arrivals, echoed, expect)?;
         // In the timeline too: what each packet did is the point of reading one.
-        let (arrived, echoed) = (w.arrivals(payload).len(), w.echoes(client, payload));
+        let arrived = arrivals.len();
         w.trace.record_at(
             w.elapsed(),
             "driver",
@@ -286,16 +288,16 @@ fn pick(rng: &mut ChaCha8Rng) -> Transition {
     }
 }
 
-/// Checks what became of a probe sent with expectation `expect`; returns what was checked.
+/// Checks what became of a probe sent with expectation `expect`, given where it arrived
+/// (source, destination per arrival) and how many echoes came back; returns what was checked.
 pub fn check_send(
-    w: &World<'static>,
     client: usize,
     resource: usize,
     payload: &[u8],
+    arrivals: &[(IpAddr, IpAddr)],
+    echoes: usize,
     expect: Expect,
 ) -> Result<&'static str, String> {
-    let arrivals = w.arrivals(payload);
-    let echoes = w.echoes(client, payload);
     let expected = (
         client_tunnel_ip(client as u64 + 1),
         IpAddr::V4(RESOURCE_IPS[resource]),
@@ -303,7 +305,7 @@ pub fn check_send(
     let what = String::from_utf8_lossy(payload);
     match expect {
         Expect::Delivered => {
-            if arrivals != vec![expected] {
+            if arrivals != [expected] {
                 return Err(format!(
                     "{what} must arrive exactly once, arrived {arrivals:?}"
                 ));

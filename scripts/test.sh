@@ -10,7 +10,7 @@ require() { # require COMMAND DEBIAN-PACKAGE
 }
 # (tools are added here as the tests that drive them land)
 require turnutils_uclient coturn # relay-sim/tests/interop.rs, relay-sim/scripts/bench-vs-coturn.sh
-require turnserver coturn        # node/src/turn/coturn_interop.rs
+require turnserver coturn        # node/core/src/turn/coturn_interop.rs
 require ip iproute2              # tests/e2e.rs (scripts/e2e.sh): namespaces, veth, routes
 require iptables iptables        # tests/e2e.rs: the NATs (masquerade), blocking direct UDP
 require iperf3 iperf3            # tests/e2e.rs: TCP transfers through the tunnel

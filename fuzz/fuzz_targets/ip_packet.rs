@@ -9,7 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use node::packet::{IpPacket, IpVersion, PacketError, Transport};
+use node_core::packet::{IpPacket, IpVersion, PacketError, Transport};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(packet) = IpPacket::parse(data.to_vec()) else {

@@ -44,8 +44,8 @@ use std::time::{Duration, Instant};
 use common::{add_fingerprint, attribute, channel_data, stun, xor_address_v4, Bytes};
 use harness::memnet::{ConnParams, HostId, MemNet, Peer};
 use libfuzzer_sys::fuzz_target;
-use node::ids::RelayId;
-use node::{ConnectionInfo, Error, Node, PeerId, Stats};
+use node_core::ids::RelayId;
+use node_core::{ConnectionInfo, Error, Node, PeerId, Stats};
 
 const RELAY: SocketAddr = v4([203, 0, 113, 1], 3478);
 const CLIENT_INSIDE: SocketAddr = v4([192, 168, 1, 2], 5000);

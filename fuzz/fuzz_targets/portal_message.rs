@@ -6,8 +6,8 @@
 use std::fmt::Debug;
 
 use libfuzzer_sys::fuzz_target;
-use node::portal::messages::{ClientEgress, ClientIngress, GatewayEgress, GatewayIngress};
-use node::portal::{Frame, Message};
+use node_core::portal::messages::{ClientEgress, ClientIngress, GatewayEgress, GatewayIngress};
+use node_core::portal::{Frame, Message};
 
 fn check<M: Message + PartialEq + Debug>(frame: &Frame) {
     let Ok(Some(message)) = M::from_frame(frame) else {

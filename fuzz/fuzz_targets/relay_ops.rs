@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use common::{add_fingerprint, add_integrity, attribute, attributes, channel_data, is_stun, stun};
 use libfuzzer_sys::fuzz_target;
-use node::ids::{GatewayId, RelayId};
-use node::turn::RelayConfig;
-use node::{Credentials, Node, Psk, PublicKey, Role, StaticSecret};
+use node_core::ids::{GatewayId, RelayId};
+use node_core::turn::RelayConfig;
+use node_core::{Credentials, Node, Psk, PublicKey, Role, StaticSecret};
 
 const SECRET: &str = "fuzz-secret";
 const REALM: &str = "fuzz";

@@ -11,9 +11,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use node::ids::{GatewayId, RelayId};
-use node::turn::RelayConfig;
-use node::{Node, Role};
+use node_core::ids::{GatewayId, RelayId};
+use node_core::turn::RelayConfig;
+use node_core::{Node, Role};
 
 const SECRET: &str = "fuzz-secret";
 const UNIX: u64 = 1_800_000_000;

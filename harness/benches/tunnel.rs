@@ -15,8 +15,8 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use criterion::{criterion_group, Criterion, Throughput};
 use harness::memnet::{udp_packet, HostId, MemNet, Peer};
-use node::ids::{ClientId, GatewayId};
-use node::packet::IpPacket;
+use node_core::ids::{ClientId, GatewayId};
+use node_core::packet::IpPacket;
 
 const PACKET_LEN: usize = 1280;
 

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use node::datagram::{classify, DatagramKind};
-use node::ids::{ClientId, GatewayId, RelayId};
-use node::packet::IpPacket;
-use node::turn::RelayConfig;
-use node::{
+use node_core::datagram::{classify, DatagramKind};
+use node_core::ids::{ClientId, GatewayId, RelayId};
+use node_core::packet::IpPacket;
+use node_core::turn::RelayConfig;
+use node_core::{
     ConnectionInfo, Credentials, Error, Event, Node, Psk, PublicKey, Role, Transmit, Upsert,
 };
 

@@ -12,14 +12,12 @@ use std::future::Future;
 use std::io;
 use std::time::Instant;
 
-use node::pool::Buffer;
-use node::portal::messages::{ClientEgress, ClientIngress};
-use node::portal::{ChannelConfig, Event, JoinPayload};
-use node::runtime::{
-    run, ControlCommand, ControlInput, Device, Engine, PortalDriver, TcpConnector, TokioClock,
-    TokioSocket, WebSocketLink,
-};
-use node::Transmit;
+use node::runtime::{run, Device, TcpConnector, TokioClock, TokioSocket, WebSocketLink};
+use node_core::engine::{ControlCommand, ControlInput, Engine, PortalDriver};
+use node_core::pool::Buffer;
+use node_core::portal::messages::{ClientEgress, ClientIngress};
+use node_core::portal::{ChannelConfig, Event, JoinPayload};
+use node_core::Transmit;
 use portal_sim::server::{system_clock, Server};
 use portal_sim::{Portal, PortalConfig, SeedFile};
 use tokio::sync::mpsc;
@@ -106,9 +104,9 @@ async fn session_joins_and_rejoins_after_a_portal_restart() {
                 let _ = serving.serve(listener).await;
             });
 
-            let key = node::PublicKey::from(&node::StaticSecret::from([5; 32]));
+            let key = node_core::PublicKey::from(&node_core::StaticSecret::from([5; 32]));
             let join = JoinPayload {
-                public_key: key.into(),
+                public_key: key.to_bytes().into(),
             };
             let mut engine = SessionEngine {
                 driver: PortalDriver::new(ChannelConfig::new("client", join), 1),

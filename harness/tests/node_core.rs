@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use harness::memnet::{HostId, MemNet};
-use node::datagram::DatagramKind;
-use node::{Event, FailReason, Upsert};
+use node_core::datagram::DatagramKind;
+use node_core::{Event, FailReason, Upsert};
 use tracing_subscriber::layer::SubscriberExt;
 
 fn pair(net: &mut MemNet) -> (HostId, HostId) {
@@ -173,7 +173,7 @@ fn psk_change_on_upsert_replaces_the_tunnel() {
     let old_index = net.connection(gateway, client).unwrap().index;
 
     let mut second = first.clone();
-    second.psk = node::Psk([0xAB; 32]);
+    second.psk = node_core::Psk([0xAB; 32]);
     let outcome = net.upsert(client, gateway, &second);
     assert_eq!(outcome, (Upsert::Replaced, Upsert::Replaced));
     let info = net.connection(gateway, client).unwrap();
@@ -195,7 +195,8 @@ fn assert_handshake_timeout(net: &MemNet, host: HostId) {
     assert_eq!(failed[0].1, FailReason::HandshakeTimeout);
     let at = failed[0].0;
     assert!(
-        at >= node::HANDSHAKE_DEADLINE && at <= node::HANDSHAKE_DEADLINE + Duration::from_secs(1),
+        at >= node_core::HANDSHAKE_DEADLINE
+            && at <= node_core::HANDSHAKE_DEADLINE + Duration::from_secs(1),
         "failed at {at:?}"
     );
     assert!(established_at(net, host).is_empty());
@@ -208,7 +209,7 @@ fn psk_mismatch_fails_within_the_handshake_deadline() {
     let (client, gateway) = pair(&mut net);
     let params = net.new_params(client, gateway);
     let mut other = params.clone();
-    other.psk = node::Psk([0xCD; 32]);
+    other.psk = node_core::Psk([0xCD; 32]);
     net.upsert_one(client, gateway, &params, None);
     net.upsert_one(gateway, client, &other, None);
     net.run_for(Duration::from_secs(30));
@@ -226,7 +227,7 @@ fn handshake_deadline_fires_at_15s_with_a_wrong_key() {
     let mut net = MemNet::new(Instant::now());
     let (client, gateway) = pair(&mut net);
     let params = net.new_params(client, gateway);
-    let stranger = node::PublicKey::from(&node::StaticSecret::from([7; 32]));
+    let stranger = node_core::PublicKey::from(&node_core::StaticSecret::from([7; 32]));
     net.upsert_one(client, gateway, &params, None);
     net.upsert_one(gateway, client, &params, Some(stranger));
     net.run_for(Duration::from_secs(30));
@@ -259,7 +260,7 @@ fn upsert_rollover_is_debounced() {
     net.run_for(Duration::from_secs(1));
     assert_eq!(inits.borrow().len(), 1, "debounced");
 
-    net.run_for(node::ROLLOVER_DEBOUNCE);
+    net.run_for(node_core::ROLLOVER_DEBOUNCE);
     net.upsert(client, gateway, &params);
     net.run_for(Duration::from_secs(1));
     assert_eq!(
@@ -296,8 +297,8 @@ fn idle_connection_sends_sparse_keepalives_and_wakes_up() {
         .collect();
     assert_eq!(idle.len(), 1, "{idle:?}");
     let idle_at = idle[0];
-    assert!(idle_at >= last_activity + node::IDLE_AFTER);
-    assert!(idle_at <= last_activity + node::IDLE_AFTER + Duration::from_secs(1));
+    assert!(idle_at >= last_activity + node_core::IDLE_AFTER);
+    assert!(idle_at <= last_activity + node_core::IDLE_AFTER + Duration::from_secs(1));
     assert!(net.connection(client, gateway).unwrap().idle);
 
     let sent = stun.borrow().clone();
@@ -312,7 +313,7 @@ fn idle_connection_sends_sparse_keepalives_and_wakes_up() {
     );
     for w in while_idle.windows(2) {
         assert!(
-            w[1] - w[0] >= node::IDLE_STUN_INTERVAL,
+            w[1] - w[0] >= node_core::IDLE_STUN_INTERVAL,
             "sparse: {while_idle:?}"
         );
     }
@@ -511,6 +512,9 @@ fn a_dead_path_fails_the_connection_after_the_grace() {
     assert_eq!(failed[0].1, FailReason::IceDisconnected);
     // ICE gives up after its unanswered checks (sparse ones once the connection is idle, so
     // about a minute here), then the grace runs.
-    assert!(failed[0].0 >= cut + node::MIGRATION_GRACE, "{failed:?}");
+    assert!(
+        failed[0].0 >= cut + node_core::MIGRATION_GRACE,
+        "{failed:?}"
+    );
     assert!(failed[0].0 <= cut + Duration::from_secs(90), "{failed:?}");
 }

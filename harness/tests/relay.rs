@@ -197,7 +197,8 @@ fn a_relay_that_dies_silently_is_noticed_and_left() {
     // No word from the portal: the nodes must find out themselves.
     w.net.set_online(gone, false);
     let died = w.net.elapsed();
-    let bound = node::turn::KEEPALIVE_INTERVAL + Duration::from_secs(16) + Duration::from_secs(5);
+    let bound =
+        node_core::turn::KEEPALIVE_INTERVAL + Duration::from_secs(16) + Duration::from_secs(5);
     w.net.run_for(bound);
     assert_eq!(
         relayed_addresses(&w.net, w.client),

@@ -1,27 +1,13 @@
 //! What the `client` and `gateway` binaries share: their common options, logging, the portal
-//! endpoint, the local addresses they advertise, and the driver that runs an engine on a TUN
-//! device and a UDP socket until a signal or a fatal portal error stops it.
+//! endpoint and the local addresses they advertise. The runtime they drive (socket, device,
+//! event loop) is [`crate::runtime`].
 
-use std::cell::RefCell;
-use std::fmt::Debug;
-use std::future::Future;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
-use std::time::Instant;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, Notify};
 use tracing_subscriber::EnvFilter;
 
-use crate::pool::Buffer;
-use crate::runtime::{
-    run, BatchSocket, ClientEngine, Command, ControlCommand, ControlInput, DatagramSocket, Engine,
-    EngineEvent, GatewayEngine, RecvBatch, TcpConnector, TokioClock, TunDevice, WebSocketLink,
-};
-use crate::tunnel::{ClientEvent, GatewayEvent};
-use crate::Transmit;
+use crate::runtime::HostSocket;
 
 /// Options of both binaries.
 #[derive(Debug, clap::Args)]
@@ -148,91 +134,11 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// The UDP socket of a node: bound to `--listen`, and reporting to the event loop the host
-/// address datagrams arrive on.
-///
-/// The loop hands the engine one local address for every datagram, and the engine's ICE agent
-/// pairs candidates by it: a socket bound to `0.0.0.0` must not report `0.0.0.0`, or no pair
-/// with a host candidate ever succeeds. So a socket bound to the unspecified address reports the
-/// address of the interface that routes to the portal (the primary one), and that is the host
-/// candidate advertised. Datagrams arriving on other interfaces are attributed to it too, which
-/// is why they are not advertised unless asked for (`--advertise`).
-#[derive(Debug)]
-pub struct HostSocket {
-    socket: BatchSocket,
-    local: SocketAddr,
-}
-
-impl HostSocket {
-    /// Binds `listen`; an unspecified IP is replaced, in what the loop sees, by the local IP the
-    /// kernel picks to reach `toward`.
-    pub async fn bind(listen: SocketAddr, toward: &str) -> anyhow::Result<Self> {
-        let socket = tokio::net::UdpSocket::bind(listen)
-            .await
-            .with_context(|| format!("cannot bind UDP {listen}"))?;
-        let bound = socket.local_addr()?;
-        let local = if bound.ip().is_unspecified() {
-            SocketAddr::new(primary_ip(toward, bound).await?, bound.port())
-        } else {
-            bound
-        };
-        let socket = BatchSocket::new(socket).context("cannot set up the UDP socket")?;
-        Ok(Self { socket, local })
-    }
-
-    /// The host address the loop reports.
-    pub fn host_address(&self) -> SocketAddr {
-        self.local
-    }
-}
-
-/// The local IP the kernel would send from to reach `toward` (`host:port`), in the family of
-/// `bound`. Connecting a UDP socket sends nothing.
-async fn primary_ip(toward: &str, bound: SocketAddr) -> anyhow::Result<IpAddr> {
-    let target = tokio::net::lookup_host(toward)
-        .await
-        .with_context(|| format!("cannot resolve {toward}"))?
-        .find(|a| a.is_ipv4() == bound.is_ipv4())
-        .with_context(|| format!("{toward} has no address of the family of {bound}"))?;
-    let any: SocketAddr = if bound.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let probe = tokio::net::UdpSocket::bind(any).await?;
-    probe
-        .connect(target)
-        .await
-        .with_context(|| format!("no route to the portal {target}"))?;
-    Ok(probe.local_addr()?.ip())
-}
-
-impl DatagramSocket for HostSocket {
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-
-    fn recv_from(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<(usize, SocketAddr)>> {
-        self.socket.recv_from(buf)
-    }
-
-    fn send_to(&self, buf: &[u8], dst: SocketAddr) -> impl Future<Output = io::Result<usize>> {
-        self.socket.send_to(buf, dst)
-    }
-
-    fn recv_batch(&self, batch: &mut RecvBatch) -> impl Future<Output = io::Result<()>> {
-        self.socket.recv_batch(batch)
-    }
-
-    fn send_batch(&self, transmits: &mut Vec<Transmit>) -> impl Future<Output = ()> {
-        self.socket.send_batch(transmits)
-    }
-}
-
 /// The host candidates of `socket`: its host address, then the `--advertise` ones.
 pub fn local_addresses(socket: &HostSocket, advertise: &[Advertise]) -> Vec<SocketAddr> {
-    let port = socket.local.port();
-    let mut addrs = vec![socket.local];
+    let host = socket.host_address();
+    let port = host.port();
+    let mut addrs = vec![host];
     for addr in advertise.iter().map(|a| match *a {
         Advertise::Ip(ip) => SocketAddr::new(ip, port),
         Advertise::Socket(addr) => addr,
@@ -244,145 +150,10 @@ pub fn local_addresses(socket: &HostSocket, advertise: &[Advertise]) -> Vec<Sock
     addrs
 }
 
-/// An engine whose events can be taken out.
-pub trait Observed: Engine {
-    /// The tunnel's events.
-    type Event: Debug;
-    /// The next event.
-    fn next_event(&mut self) -> Option<EngineEvent<Self::Event>>;
-}
-
-impl Observed for ClientEngine {
-    type Event = ClientEvent;
-    fn next_event(&mut self) -> Option<EngineEvent<ClientEvent>> {
-        self.poll_event()
-    }
-}
-
-impl Observed for GatewayEngine {
-    type Event = GatewayEvent;
-    fn next_event(&mut self) -> Option<EngineEvent<GatewayEvent>> {
-        self.poll_event()
-    }
-}
-
-/// An engine whose events go to `handler` after every input, so the binary can act on them
-/// (configure the TUN device, log, stop) inside the event loop.
-pub struct Watched<E, H> {
-    engine: E,
-    handler: H,
-}
-
-impl<E: Observed, H: FnMut(EngineEvent<E::Event>)> Watched<E, H> {
-    /// `engine`, with `handler` called for each of its events.
-    pub fn new(engine: E, handler: H) -> Self {
-        Self { engine, handler }
-    }
-
-    fn dispatch(&mut self) {
-        while let Some(event) = self.engine.next_event() {
-            (self.handler)(event);
-        }
-    }
-}
-
-impl<E: Observed, H: FnMut(EngineEvent<E::Event>)> Engine for Watched<E, H> {
-    fn handle_datagram(&mut self, local: SocketAddr, from: SocketAddr, bytes: &[u8], now: Instant) {
-        self.engine.handle_datagram(local, from, bytes, now);
-        self.dispatch();
-    }
-
-    fn handle_device_packet(&mut self, packet: Vec<u8>, now: Instant) {
-        self.engine.handle_device_packet(packet, now);
-        self.dispatch();
-    }
-
-    fn handle_device_bytes(&mut self, packet: &[u8], now: Instant) {
-        self.engine.handle_device_bytes(packet, now);
-        self.dispatch();
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.engine.handle_timeout(now);
-        self.dispatch();
-    }
-
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        self.engine.poll_timeout()
-    }
-
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.engine.poll_transmit()
-    }
-
-    fn poll_device_packet(&mut self) -> Option<Buffer> {
-        self.engine.poll_device_packet()
-    }
-
-    fn handle_control(&mut self, input: ControlInput, now: Instant) {
-        self.engine.handle_control(input, now);
-        self.dispatch();
-    }
-
-    fn poll_control(&mut self) -> Option<ControlCommand> {
-        self.engine.poll_control()
-    }
-}
-
-/// Raised from inside the loop when the node must stop (the portal session failed for good).
-#[derive(Debug, Clone, Default)]
-pub struct Fatal(Rc<(Notify, RefCell<Option<String>>)>);
-
-impl Fatal {
-    /// Asks the driver to stop, with the reason to tell the user.
-    pub fn raise(&self, reason: String) {
-        self.0 .1.borrow_mut().get_or_insert(reason);
-        self.0 .0.notify_one();
-    }
-
-    async fn wait(&self) -> String {
-        self.0 .0.notified().await;
-        self.0 .1.borrow().clone().unwrap_or_default()
-    }
-}
-
-/// Runs `engine` until SIGINT or SIGTERM (`Ok`), a [`Fatal`] error or an I/O failure (`Err`).
-/// Must run inside a `LocalSet` (the portal link spawns local tasks).
-pub async fn drive<E: Engine, S: DatagramSocket>(
-    engine: &mut E,
-    socket: &S,
-    device: &mut TunDevice,
-    link: &mut WebSocketLink<TcpConnector>,
-    fatal: &Fatal,
-) -> anyhow::Result<()> {
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let (commands_tx, mut commands) = mpsc::unbounded_channel::<Command<E>>();
-    let looped = run(engine, socket, &TokioClock, device, link, &mut commands);
-    tokio::pin!(looped);
-    let outcome = tokio::select! {
-        result = &mut looped => return result.context("the event loop failed"),
-        _ = sigint.recv() => Ok("SIGINT"),
-        _ = sigterm.recv() => Ok("SIGTERM"),
-        reason = fatal.wait() => Err(reason),
-    };
-    // Closing the command channel ends the loop at its next turn.
-    drop(commands_tx);
-    looped.await.context("the event loop failed")?;
-    match outcome {
-        Ok(signal) => {
-            tracing::info!(signal, "Stopped");
-            Ok(())
-        }
-        Err(reason) => Err(anyhow::anyhow!(
-            "the portal session failed for good: {reason}"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::DatagramSocket as _;
 
     #[test]
     fn portal_endpoint_adds_path_token_and_port() {

@@ -7,7 +7,7 @@
 //!   simulation can run the same code over simulated TCP.
 //! - [`seed`] is the configuration, [`credentials`] the TURN REST relay credentials.
 //!
-//! The protocol itself (frames, messages) lives in [`node::portal`], shared with the nodes.
+//! The protocol itself (frames, messages) lives in [`node_proto::portal`], shared with the nodes.
 
 #![forbid(unsafe_code)]
 

@@ -5,14 +5,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use node::candidate::IceCandidate;
-use node::ids::{ClientId, GatewayId, RelayId, ResourceId};
-use node::portal::frame::{Frame, HEARTBEAT, PHOENIX_TOPIC, PHX_JOIN, PHX_LEAVE};
-use node::portal::messages::{
+use node_proto::candidate::IceCandidate;
+use node_proto::ids::{ClientId, GatewayId, RelayId, ResourceId};
+use node_proto::portal::frame::{Frame, HEARTBEAT, PHOENIX_TOPIC, PHX_JOIN, PHX_LEAVE};
+use node_proto::portal::messages::{
     AuthorizeFlow, ClientCandidates, ClientEgress, ClientIngress, ClientInit, ConnectionDetails,
     FlowClient, GatewayCandidates, GatewayEgress, GatewayIngress, GatewayInit, RequestConnection,
 };
-use node::portal::{
+use node_proto::portal::{
     AccessRevoked, Authorization, IceCredentials, Interface, JoinPayload, Message, PresharedKey,
     PublicKey, Relay, RelaysPresence, ResourceDeleted,
 };

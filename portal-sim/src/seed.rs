@@ -16,8 +16,8 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
-use node::ids::{ClientId, GatewayId, RelayId, ResourceId};
-use node::portal::{ResourceAddress, ResourceDescription};
+use node_proto::ids::{ClientId, GatewayId, RelayId, ResourceId};
+use node_proto::portal::{ResourceAddress, ResourceDescription};
 use serde::{Deserialize, Serialize};
 
 /// Why a seed file was refused.

@@ -12,12 +12,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use node::packet::{IpPacket, Transport};
-use node::runtime::{
-    run, ChannelDevice, ClientEngine, GatewayEngine, TcpConnector, TokioClock, TokioSocket,
-    WebSocketLink,
-};
-use node::tunnel::{ClientTunnel, GatewayTunnel};
+use node::runtime::{run, ChannelDevice, TcpConnector, TokioClock, TokioSocket, WebSocketLink};
+use node_core::engine::{ClientEngine, GatewayEngine};
+use node_core::packet::{IpPacket, Transport};
+use node_core::state::{ClientState, GatewayState};
 use portal_sim::server::{system_clock, Server};
 use portal_sim::{Portal, PortalConfig, SeedFile};
 use tokio::sync::mpsc;
@@ -97,7 +95,7 @@ async fn scenario() {
 
     // Gateway.
     let gw_socket = TokioSocket(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let mut gw_tunnel = GatewayTunnel::new(11, Instant::now(), SystemTime::now());
+    let mut gw_tunnel = GatewayState::new(11, Instant::now(), SystemTime::now());
     gw_tunnel.add_local_address(gw_socket.0.local_addr().unwrap(), Instant::now());
     let mut gateway = GatewayEngine::new(gw_tunnel, "gateway", 12);
     let mut gw_link = WebSocketLink::new(
@@ -123,7 +121,7 @@ async fn scenario() {
 
     // Client.
     let socket = TokioSocket(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let mut tunnel = ClientTunnel::new(21, Instant::now());
+    let mut tunnel = ClientState::new(21, Instant::now());
     tunnel.add_local_address(socket.0.local_addr().unwrap(), Instant::now());
     let mut client = ClientEngine::new(tunnel, "client", 22);
     let mut link = WebSocketLink::new(

@@ -4,12 +4,12 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use node::ids::{ClientId, GatewayId, ResourceId};
-use node::portal::messages::{
+use node_core::ids::{ClientId, GatewayId, ResourceId};
+use node_core::portal::messages::{
     ClientEgress, ClientIngress, GatewayCandidates, GatewayEgress, GatewayIngress,
     RequestConnection,
 };
-use node::portal::{
+use node_core::portal::{
     ChannelConfig, ConnectionError, Event, Input, JoinPayload, Message, PhoenixChannel,
     PresharedKey, PublicKey, ReplyError, RequestId,
 };

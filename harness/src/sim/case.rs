@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use node::packet::IpPacket;
+use node_core::packet::IpPacket;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -10,13 +10,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
-use node::packet::{IpPacket, TcpFlags, Transport};
 use node::runtime::{
-    run, ChannelDevice, ClientEngine, Clock, Connector, DatagramSocket, Engine, EngineEvent,
-    GatewayEngine, WebSocketLink,
+    run, ChannelDevice, Clock, Connector, DatagramSocket, Observed, WebSocketLink,
 };
-use node::tunnel::{ClientEvent, GatewayEvent};
-use node::tunnel::{ClientTunnel, GatewayTunnel};
+use node_core::engine::{ClientEngine, EngineEvent, GatewayEngine};
+use node_core::packet::{IpPacket, TcpFlags, Transport};
+use node_core::state::{ClientEvent, GatewayEvent};
+use node_core::state::{ClientState, GatewayState};
 use tokio::sync::mpsc;
 
 use crate::world::faulty_socket::FaultyNetwork;
@@ -64,7 +64,7 @@ pub struct DeviceTap {
     pub roam: RefCell<Option<mpsc::UnboundedSender<()>>>,
     /// The path ICE nominated for the connection to the gateway, with its connection index,
     /// as of the client's last step; `None` while there is no connection or no path.
-    pub path: RefCell<Option<(u32, node::Path)>>,
+    pub path: RefCell<Option<(u32, node_core::Path)>>,
 }
 
 /// What reached the resource network behind a gateway.
@@ -165,15 +165,13 @@ pub async fn client_host(
             }
         });
     }
-    let mut tunnel = ClientTunnel::new(cfg.seed, now);
+    let mut tunnel = ClientState::new(cfg.seed, now);
     tunnel.add_local_address(local, now);
     let engine = ClientEngine::new(tunnel, "client", cfg.seed.wrapping_add(1));
-    let mut engine = Traced {
-        inner: engine,
-        host: cfg.name.clone(),
-        trace: trace.clone(),
-        tap: Some(Rc::clone(&tap)),
-    };
+    let (host, traced, tapped) = (cfg.name.clone(), trace.clone(), Rc::clone(&tap));
+    let mut engine = Observed::new(engine, move |engine: &mut ClientEngine| {
+        engine.drain_events(&host, &traced, Some(&tapped));
+    });
     let mut link = link(&cfg, "client");
     let (mut device, inject, mut out) = ChannelDevice::new();
     *tap.inject.borrow_mut() = Some(inject);
@@ -216,15 +214,13 @@ pub async fn gateway_host<S: DatagramSocket>(
 ) -> turmoil::Result {
     let now = TurmoilClock.now();
     let local = socket.local_addr()?;
-    let mut tunnel = GatewayTunnel::new(cfg.seed, now, sim_wall_clock(unix_epoch_secs));
+    let mut tunnel = GatewayState::new(cfg.seed, now, sim_wall_clock(unix_epoch_secs));
     tunnel.add_local_address(local, now);
     let engine = GatewayEngine::new(tunnel, "gateway", cfg.seed.wrapping_add(1));
-    let mut engine = Traced {
-        inner: engine,
-        host: cfg.name.clone(),
-        trace: trace.clone(),
-        tap: None,
-    };
+    let (host, traced) = (cfg.name.clone(), trace.clone());
+    let mut engine = Observed::new(engine, move |engine: &mut GatewayEngine| {
+        engine.drain_events(&host, &traced, None);
+    });
     let mut link = link(&cfg, "gateway");
     let (mut device, inject, mut out) = ChannelDevice::new();
     tokio::task::spawn_local(async move {
@@ -322,16 +318,7 @@ fn is_request<B: AsRef<[u8]>>(packet: &IpPacket<B>) -> bool {
     }
 }
 
-/// An engine whose events are written into the trace.
-struct Traced<E> {
-    inner: E,
-    host: String,
-    trace: Trace,
-    /// A client's tap, where the nominated path is published.
-    tap: Option<Rc<DeviceTap>>,
-}
-
-/// Engines whose events can be traced.
+/// Engines whose events are written into the trace (the hosts' observers).
 trait Events {
     fn drain_events(&mut self, host: &str, trace: &Trace, tap: Option<&DeviceTap>);
 }
@@ -339,7 +326,7 @@ trait Events {
 impl Events for ClientEngine {
     fn drain_events(&mut self, host: &str, trace: &Trace, tap: Option<&DeviceTap>) {
         while let Some(event) = self.poll_event() {
-            let node = self.tunnel().node();
+            let node = self.state().node();
             let line = if let EngineEvent::Tunnel(ClientEvent::GatewayConnected(gid)) = &event {
                 with_conn(describe(&event), node.connection(*gid).map(|c| c.index))
             } else {
@@ -348,7 +335,7 @@ impl Events for ClientEngine {
             trace.record(host, line);
         }
         if let Some(tap) = tap {
-            let node = self.tunnel().node();
+            let node = self.state().node();
             let now = node
                 .connections()
                 .find_map(|gid| node.connection(gid))
@@ -378,7 +365,7 @@ impl Events for ClientEngine {
 impl Events for GatewayEngine {
     fn drain_events(&mut self, host: &str, trace: &Trace, _: Option<&DeviceTap>) {
         while let Some(event) = self.poll_event() {
-            let node = self.tunnel().node();
+            let node = self.state().node();
             let line = if let EngineEvent::Tunnel(GatewayEvent::ClientConnected(cid)) = &event {
                 with_conn(describe(&event), node.connection(*cid).map(|c| c.index))
             } else {
@@ -404,47 +391,6 @@ fn describe<T: std::fmt::Debug>(event: &EngineEvent<T>) -> String {
         EngineEvent::PortalConnected => "portal joined".to_owned(),
         EngineEvent::PortalDisconnected(reason) => format!("portal lost: {reason}"),
         EngineEvent::PortalFatal(reason) => format!("portal fatal: {reason}"),
-    }
-}
-
-impl<E: Engine + Events> Engine for Traced<E> {
-    fn handle_datagram(
-        &mut self,
-        local: SocketAddr,
-        from: SocketAddr,
-        bytes: &[u8],
-        now: std::time::Instant,
-    ) {
-        self.inner.handle_datagram(local, from, bytes, now);
-        self.inner
-            .drain_events(&self.host, &self.trace, self.tap.as_deref());
-    }
-    fn handle_device_packet(&mut self, packet: Vec<u8>, now: std::time::Instant) {
-        self.inner.handle_device_packet(packet, now);
-        self.inner
-            .drain_events(&self.host, &self.trace, self.tap.as_deref());
-    }
-    fn handle_timeout(&mut self, now: std::time::Instant) {
-        self.inner.handle_timeout(now);
-        self.inner
-            .drain_events(&self.host, &self.trace, self.tap.as_deref());
-    }
-    fn poll_timeout(&mut self) -> Option<std::time::Instant> {
-        self.inner.poll_timeout()
-    }
-    fn poll_transmit(&mut self) -> Option<node::Transmit> {
-        self.inner.poll_transmit()
-    }
-    fn poll_device_packet(&mut self) -> Option<node::pool::Buffer> {
-        self.inner.poll_device_packet()
-    }
-    fn handle_control(&mut self, input: node::runtime::ControlInput, now: std::time::Instant) {
-        self.inner.handle_control(input, now);
-        self.inner
-            .drain_events(&self.host, &self.trace, self.tap.as_deref());
-    }
-    fn poll_control(&mut self) -> Option<node::runtime::ControlCommand> {
-        self.inner.poll_control()
     }
 }
 

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
-use node::packet::IpPacket;
+use node_core::packet::IpPacket;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -376,11 +376,11 @@ impl<'a> World<'a> {
         if let Some(server) = self.portal.borrow().as_ref() {
             server.with_portal(|portal, now| {
                 let relay = portal_sim::seed::RelaySeed {
-                    id: node::ids::RelayId(new_id),
+                    id: node_core::ids::RelayId(new_id),
                     address: new_addr,
                 };
                 portal.add_relay(relay, now);
-                portal.remove_relay(node::ids::RelayId(old_id), now);
+                portal.remove_relay(node_core::ids::RelayId(old_id), now);
             });
         }
     }
@@ -506,8 +506,8 @@ impl<'a> World<'a> {
             self.set_policy_for(client, resource, None);
             return;
         }
-        let cid = node::ids::ClientId(client as u64 + 1);
-        let rid = node::ids::ResourceId(resource as u64 + 1);
+        let cid = node_core::ids::ClientId(client as u64 + 1);
+        let rid = node_core::ids::ResourceId(resource as u64 + 1);
         self.policies.borrow_mut().remove(&(client, resource));
         self.durations.borrow_mut().remove(&(client, resource));
         if let Some(server) = self.portal.borrow().as_ref() {
@@ -520,8 +520,8 @@ impl<'a> World<'a> {
     /// Grants a policy whose authorizations last `secs` (the portal's default if `None`), now
     /// and for every later restart.
     pub fn set_policy_for(&mut self, client: usize, resource: usize, secs: Option<u64>) {
-        let cid = node::ids::ClientId(client as u64 + 1);
-        let rid = node::ids::ResourceId(resource as u64 + 1);
+        let cid = node_core::ids::ClientId(client as u64 + 1);
+        let rid = node_core::ids::ResourceId(resource as u64 + 1);
         self.policies.borrow_mut().insert((client, resource));
         match secs {
             Some(secs) => self.durations.borrow_mut().insert((client, resource), secs),
@@ -624,7 +624,7 @@ pub fn probe_packet(client: usize, resource: usize, payload: &[u8], proto: Proto
             dst,
             1,
             1,
-            node::packet::TcpFlags::ACK | node::packet::TcpFlags::PSH,
+            node_core::packet::TcpFlags::ACK | node_core::packet::TcpFlags::PSH,
             payload,
         ),
         Proto::Icmp => IpPacket::icmp_echo_request(src.ip(), dst.ip(), 7, 1, payload),

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use node::datagram::{classify, DatagramKind};
+use node_core::datagram::{classify, DatagramKind};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -9,9 +9,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use harness::memnet::{HostId, MemNet, PeerRef};
-use node::datagram::DatagramKind;
-use node::packet::IpPacket;
-use node::{Event, FailReason};
+use node_core::datagram::DatagramKind;
+use node_core::packet::IpPacket;
+use node_core::{Event, FailReason};
 
 pub(crate) fn addr(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), port)

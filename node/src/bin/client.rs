@@ -5,12 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use node::cli::{self, CommonArgs, Fatal, HostSocket, Watched};
+use node::cli::{self, CommonArgs};
 use node::runtime::{
-    ClientEngine, Clock as _, EngineEvent, TcpConnector, TokioClock, TunConfig, TunDevice,
+    self, Clock as _, Fatal, HostSocket, Observed, TcpConnector, TokioClock, TunConfig, TunDevice,
     WebSocketLink,
 };
-use node::tunnel::{ClientEvent, ClientTunnel};
+use node_core::engine::{ClientEngine, EngineEvent};
+use node_core::state::{ClientEvent, ClientState};
 
 /// zta client: reach the resources the portal authorizes, through a TUN device.
 #[derive(Debug, Parser)]
@@ -55,7 +56,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(?addresses, device = device.name(), portal = %endpoint.connect, "Client starting");
 
         let now = TokioClock.now();
-        let mut tunnel = ClientTunnel::new(seed, now);
+        let mut tunnel = ClientState::new(seed, now);
         for addr in addresses {
             tunnel.add_local_address(addr, now);
         }
@@ -63,7 +64,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut config = TunConfig::new(device.name());
         let fatal = Fatal::default();
         let raise = fatal.clone();
-        let mut engine = Watched::new(engine, move |event: EngineEvent<ClientEvent>| match event {
+        let mut handle = move |event: EngineEvent<ClientEvent>| match event {
             EngineEvent::Tunnel(ClientEvent::InterfaceUpdated(interface)) => {
                 config.set_interface(interface);
             }
@@ -79,9 +80,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                 tracing::warn!(%reason, "Portal disconnected, reconnecting");
             }
             EngineEvent::PortalFatal(reason) => raise.raise(reason),
+        };
+        let mut engine = Observed::new(engine, move |engine: &mut ClientEngine| {
+            while let Some(event) = engine.poll_event() {
+                handle(event);
+            }
         });
         let mut link = WebSocketLink::new(TcpConnector { addr: endpoint.connect }, endpoint.url);
-        cli::drive(&mut engine, &socket, &mut device, &mut link, &fatal).await
+        runtime::drive(&mut engine, &socket, &mut device, &mut link, &fatal).await
         // The TUN device, its addresses and routes go when `device` is dropped here.
     })
 }

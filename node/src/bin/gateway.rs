@@ -14,13 +14,14 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 use clap::Parser;
-use node::cli::{self, CommonArgs, Fatal, HostSocket, Watched};
-use node::portal::IpNetwork;
+use node::cli::{self, CommonArgs};
 use node::runtime::{
-    Clock as _, EngineEvent, GatewayEngine, TcpConnector, TokioClock, TunConfig, TunDevice,
+    self, Clock as _, Fatal, HostSocket, Observed, TcpConnector, TokioClock, TunConfig, TunDevice,
     WebSocketLink,
 };
-use node::tunnel::{GatewayEvent, GatewayTunnel};
+use node_core::engine::{EngineEvent, GatewayEngine};
+use node_core::portal::IpNetwork;
+use node_core::state::{GatewayEvent, GatewayState};
 
 /// zta gateway: forwards authorized clients' packets to the resources behind it.
 #[derive(Debug, Parser)]
@@ -95,14 +96,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         // The one wall-clock read: it maps the portal's unix expiry times onto instants.
         #[allow(clippy::disallowed_methods)]
         let wall = SystemTime::now();
-        let mut tunnel = GatewayTunnel::new(seed, now, wall);
+        let mut tunnel = GatewayState::new(seed, now, wall);
         for addr in addresses {
             tunnel.add_local_address(addr, now);
         }
         let engine = GatewayEngine::new(tunnel, "gateway", seed.rotate_left(32));
         let fatal = Fatal::default();
         let raise = fatal.clone();
-        let mut engine = Watched::new(engine, move |event: EngineEvent<GatewayEvent>| match event {
+        let handle = move |event: EngineEvent<GatewayEvent>| match event {
             EngineEvent::Tunnel(GatewayEvent::ClientConnected(client)) => {
                 tracing::info!(%client, "Client connected");
             }
@@ -117,8 +118,13 @@ fn run(args: Args) -> anyhow::Result<()> {
                 tracing::warn!(%reason, "Portal disconnected, reconnecting");
             }
             EngineEvent::PortalFatal(reason) => raise.raise(reason),
+        };
+        let mut engine = Observed::new(engine, move |engine: &mut GatewayEngine| {
+            while let Some(event) = engine.poll_event() {
+                handle(event);
+            }
         });
         let mut link = WebSocketLink::new(TcpConnector { addr: endpoint.connect }, endpoint.url);
-        cli::drive(&mut engine, &socket, &mut device, &mut link, &fatal).await
+        runtime::drive(&mut engine, &socket, &mut device, &mut link, &fatal).await
     })
 }

@@ -1,7 +1,7 @@
 //! The runtime's connection to the portal: a WebSocket over whatever byte stream a
 //! [`Connector`] opens (TCP in production, turmoil's TCP in the simulation).
 //!
-//! The engine's [`crate::portal::PhoenixChannel`] decides when to open and close; the link only
+//! The engine's [`node_core::portal::PhoenixChannel`] decides when to open and close; the link only
 //! carries text frames. Every socket gets a generation number, so input from a socket the engine
 //! already gave up on never reaches it.
 
@@ -16,32 +16,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::portal::ConnectionError;
+use node_core::engine::{ControlCommand, ControlInput};
+use node_core::portal::ConnectionError;
 
 /// How long opening the stream and the WebSocket handshake may take together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What the link reports to the engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ControlInput {
-    /// The socket asked for is open.
-    Opened,
-    /// A text frame arrived.
-    Text(String),
-    /// The socket could not be opened, or it closed.
-    Closed(ConnectionError),
-}
-
-/// What the engine asks of the link.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ControlCommand {
-    /// Open a socket (closing the current one).
-    Open,
-    /// Close the current socket.
-    Close,
-    /// Send a text frame on the current socket.
-    Send(String),
-}
 
 /// The engine's link to the portal, as the event loop uses it.
 pub trait ControlLink {

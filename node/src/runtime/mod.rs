@@ -6,10 +6,13 @@
 //! sleep until the engine's next deadline.
 
 mod control;
-mod engines;
-mod portal_driver;
+#[cfg(feature = "host")]
+mod host;
+mod observe;
 mod tokio_io;
+#[cfg(feature = "host")]
 mod tun;
+#[cfg(feature = "host")]
 mod udp;
 
 use std::future::Future;
@@ -19,16 +22,18 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::pool::Buffer;
-use crate::Transmit;
+use node_core::engine::Engine;
+use node_core::pool::Buffer;
+use node_core::Transmit;
 
-pub use control::{
-    Connector, ControlCommand, ControlInput, ControlLink, NoControl, WebSocketLink, CONNECT_TIMEOUT,
-};
-pub use engines::{ClientEngine, EngineEvent, GatewayEngine};
-pub use portal_driver::PortalDriver;
+pub use control::{Connector, ControlLink, NoControl, WebSocketLink, CONNECT_TIMEOUT};
+#[cfg(feature = "host")]
+pub use host::{drive, Fatal, HostSocket};
+pub use observe::Observed;
 pub use tokio_io::{TcpConnector, TokioClock, TokioSocket};
+#[cfg(feature = "host")]
 pub use tun::{TunConfig, TunDevice};
+#[cfg(feature = "host")]
 pub use udp::BatchSocket;
 
 /// A bound UDP socket.
@@ -95,7 +100,7 @@ impl RecvBatch {
     /// Empty, with its buffers allocated once (they are reused for every read).
     pub fn new() -> Self {
         Self {
-            buffers: vec![vec![0; crate::pool::BUFFER_SIZE]; RECV_BATCH],
+            buffers: vec![vec![0; node_core::pool::BUFFER_SIZE]; RECV_BATCH],
             received: Vec::with_capacity(RECV_BATCH),
         }
     }
@@ -265,35 +270,6 @@ impl PacketBatch {
     }
 }
 
-/// The sans-IO side: a node, or a client's or gateway's tunnel state around one.
-pub trait Engine {
-    /// A datagram arrived on `local` from `from`.
-    fn handle_datagram(&mut self, local: SocketAddr, from: SocketAddr, bytes: &[u8], now: Instant);
-    /// An IP packet came from the device.
-    fn handle_device_packet(&mut self, packet: Vec<u8>, now: Instant);
-    /// An IP packet came from the device, borrowed from the loop's read buffer: engines that
-    /// only read the packet avoid an allocation per packet. The default copies it.
-    fn handle_device_bytes(&mut self, packet: &[u8], now: Instant) {
-        self.handle_device_packet(packet.to_vec(), now);
-    }
-    /// A deadline from [`Engine::poll_timeout`] passed.
-    fn handle_timeout(&mut self, now: Instant);
-    /// The next deadline.
-    fn poll_timeout(&mut self) -> Option<Instant>;
-    /// The next datagram to send.
-    fn poll_transmit(&mut self) -> Option<Transmit>;
-    /// The next IP packet for the device.
-    fn poll_device_packet(&mut self) -> Option<Buffer>;
-    /// Something happened on the link to the portal.
-    fn handle_control(&mut self, input: ControlInput, now: Instant) {
-        let _ = (input, now);
-    }
-    /// The next thing for the link to the portal to do.
-    fn poll_control(&mut self) -> Option<ControlCommand> {
-        None
-    }
-}
-
 /// A change applied to the engine from outside the loop (control plane, test driver), with the
 /// loop's `now`.
 pub type Command<E> = Box<dyn FnOnce(&mut E, Instant)>;
@@ -330,7 +306,7 @@ where
     // the cost of waking (and of a syscall, where the socket or device batches) is shared by
     // many packets under load.
     let mut datagrams = RecvBatch::new();
-    let mut packets = PacketBatch::new(1, crate::pool::BUFFER_SIZE, 0);
+    let mut packets = PacketBatch::new(1, node_core::pool::BUFFER_SIZE, 0);
     let mut outgoing = Outgoing::default();
     let mut device_open = true;
     loop {

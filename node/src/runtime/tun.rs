@@ -19,8 +19,8 @@ use std::process::Command;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::{Device, PacketBatch};
-use crate::pool::Buffer;
-use crate::portal::{Interface, IpNetwork};
+use node_core::pool::Buffer;
+use node_core::portal::{Interface, IpNetwork};
 
 /// Headroom above the MTU for a read buffer (the kernel never hands us more than the MTU, but
 /// the MTU may be raised from outside while we run).

@@ -24,8 +24,8 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use tokio::sync::{mpsc, Mutex};
 
 use super::{DatagramSocket, RecvBatch, RECV_BATCH};
-use crate::pool::Buffer;
-use crate::Transmit;
+use node_core::pool::Buffer;
+use node_core::Transmit;
 
 /// Socket buffer size asked for: a burst of a whole TCP window of tunnelled traffic must fit
 /// while the loop is busy encrypting, or it is dropped and TCP backs off. The kernel caps it at
@@ -228,12 +228,7 @@ impl DatagramSocket for BatchSocket {
     }
 
     async fn send_to(&self, buf: &[u8], dst: SocketAddr) -> io::Result<usize> {
-        let mut one = vec![Transmit {
-            src: None,
-            dst,
-            payload: Buffer::from_slice(buf),
-            via: None,
-        }];
+        let mut one = vec![Transmit::new(dst, Buffer::from_slice(buf))];
         self.send_batch(&mut one).await;
         Ok(buf.len())
     }
@@ -475,18 +470,9 @@ fn iov_array(buffers: &mut [Vec<u8>]) -> [IoSliceMut<'_>; RECV_BATCH] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::BufferPool;
 
-    fn transmit(pool: &BufferPool, dst: SocketAddr, len: usize, byte: u8) -> Transmit {
-        let mut payload = pool.pull();
-        payload.set_range(0..len);
-        payload.fill(byte);
-        Transmit {
-            src: None,
-            dst,
-            payload,
-            via: None,
-        }
+    fn transmit(dst: SocketAddr, len: usize, byte: u8) -> Transmit {
+        Transmit::new(dst, Buffer::from_slice(&vec![byte; len]))
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -497,16 +483,15 @@ mod tests {
             BatchSocket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
         let dst = b.local_addr().unwrap();
         let other = a.local_addr().unwrap();
-        let pool = BufferPool::new(8);
         // A GSO run of three equal datagrams and a shorter last one, then one elsewhere, then
         // one more to `dst`.
         let transmits = vec![
-            transmit(&pool, dst, 1000, 1),
-            transmit(&pool, dst, 1000, 2),
-            transmit(&pool, dst, 1000, 3),
-            transmit(&pool, dst, 10, 4),
-            transmit(&pool, other, 5, 5),
-            transmit(&pool, dst, 7, 6),
+            transmit(dst, 1000, 1),
+            transmit(dst, 1000, 2),
+            transmit(dst, 1000, 3),
+            transmit(dst, 10, 4),
+            transmit(other, 5, 5),
+            transmit(dst, 7, 6),
         ];
         let mut transmits = transmits;
         a.send_batch(&mut transmits).await;
@@ -579,8 +564,7 @@ mod tests {
         let b =
             BatchSocket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
         let dst = b.local_addr().unwrap();
-        let pool = BufferPool::new(8);
-        let mut transmits: Vec<Transmit> = (1..=4).map(|i| transmit(&pool, dst, 10, i)).collect();
+        let mut transmits: Vec<Transmit> = (1..=4).map(|i| transmit(dst, 10, i)).collect();
         a.send_batch(&mut transmits).await;
         let mut got = Vec::new();
         let mut buf = [0u8; 64];

@@ -1,8 +1,8 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
-use node::portal::frame::{ReplyStatus, PHX_REPLY};
-use node::portal::ResourceAddress;
+use node_proto::portal::frame::{ReplyStatus, PHX_REPLY};
+use node_proto::portal::ResourceAddress;
 use serde_json::{json, Value};
 
 use super::*;

@@ -1,8 +1,8 @@
 //! The tunnel logic of a client and a gateway, on top of a [`Node`], sans-IO.
 //!
-//! [`ClientTunnel`] routes packets from the TUN device to the gateway that serves their
+//! [`ClientState`] routes packets from the TUN device to the gateway that serves their
 //! destination, asks the portal for connections on demand and holds packets back until one is
-//! up. [`GatewayTunnel`] enforces who may reach what: it forwards a client's packets to the
+//! up. [`GatewayState`] enforces who may reach what: it forwards a client's packets to the
 //! resource network only while the portal's authorization for that (client, resource) lasts,
 //! and answers the rest with ICMP "administratively prohibited".
 //!
@@ -33,8 +33,8 @@ mod tests;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use client::{ClientEvent, ClientStats, ClientTunnel, PENDING_QUEUE_CAPACITY, REQUEST_TIMEOUT};
-pub use gateway::{FlowEndReason, GatewayEvent, GatewayStats, GatewayTunnel};
+pub use client::{ClientEvent, ClientState, ClientStats, PENDING_QUEUE_CAPACITY, REQUEST_TIMEOUT};
+pub use gateway::{FlowEndReason, GatewayEvent, GatewayState, GatewayStats};
 pub use icmp::prohibited_reply;
 pub use resources::ResourceTable;
 

@@ -149,8 +149,8 @@ impl Portal {
 struct World {
     start: Instant,
     now: Instant,
-    client: ClientTunnel,
-    gateway: GatewayTunnel,
+    client: ClientState,
+    gateway: GatewayState,
     portal: Portal,
     /// Whether the link carries datagrams.
     link_up: bool,
@@ -167,13 +167,13 @@ impl World {
     fn new(allowed: &[ResourceId]) -> Self {
         let now = Instant::now();
         let wall = UNIX_EPOCH + Duration::from_secs(WALL_SECS);
-        let mut client = ClientTunnel::new(1, now);
-        let mut gateway = GatewayTunnel::new(2, now, wall);
+        let mut client = ClientState::new(1, now);
+        let mut gateway = GatewayState::new(2, now, wall);
         client.add_local_address(client_addr(), now);
         gateway.add_local_address(gateway_addr(), now);
         let portal = Portal {
-            client_key: client.public_key().into(),
-            gateway_key: gateway.public_key().into(),
+            client_key: client.public_key().to_bytes().into(),
+            gateway_key: gateway.public_key().to_bytes().into(),
             psk: [7; 32],
             allowed: allowed.iter().map(|r| (*r, WALL_SECS + 3600)).collect(),
             gateway_silent: BTreeSet::new(),
@@ -594,7 +594,7 @@ fn authorization_expiry_removes_access_at_the_expiry() {
 fn expiries_are_removed_in_time_and_key_order() {
     let now = Instant::now();
     let wall = UNIX_EPOCH + Duration::from_secs(WALL_SECS);
-    let mut gateway = GatewayTunnel::new(3, now, wall);
+    let mut gateway = GatewayState::new(3, now, wall);
     let flow = |cid: u64, rid: ResourceId, secs: u64| {
         let mut f = Portal {
             client_key: crate::portal::PublicKey::from_bytes([cid as u8; 32]),
@@ -615,7 +615,7 @@ fn expiries_are_removed_in_time_and_key_order() {
     for (cid, rid, secs) in [(2, R1, 60), (1, R2, 60), (3, R1, 30), (1, R1, 60)] {
         gateway.handle_portal_message(flow(cid, rid, secs), now);
     }
-    let drain = |g: &mut GatewayTunnel| {
+    let drain = |g: &mut GatewayState| {
         std::iter::from_fn(|| g.poll_event())
             .filter_map(|e| match e {
                 GatewayEvent::FlowEnded {
@@ -733,7 +733,7 @@ fn new_connection_after_gateway_restart_asks_again_for_the_other_resources() {
     w.connect(&[ip("10.0.0.7")]);
 
     let wall = UNIX_EPOCH + Duration::from_secs(WALL_SECS) + w.elapsed();
-    w.gateway = GatewayTunnel::new(3, w.now, wall);
+    w.gateway = GatewayState::new(3, w.now, wall);
     w.gateway.add_local_address(gateway_addr(), w.now);
     w.gateway.handle_portal_message(
         GatewayIngress::Init(GatewayInit {
@@ -742,7 +742,7 @@ fn new_connection_after_gateway_restart_asks_again_for_the_other_resources() {
         }),
         w.now,
     );
-    w.portal.gateway_key = w.gateway.public_key().into();
+    w.portal.gateway_key = w.gateway.public_key().to_bytes().into();
 
     w.client_sends(&udp(v4(), ip("10.0.1.5"), b"to R2"));
     w.run_for(Duration::from_secs(2));

@@ -18,8 +18,9 @@ use crate::candidate::IceCandidate;
 use crate::ids::RelayId;
 use crate::pool::{Buffer, BufferPool};
 use crate::turn::CHANNEL_DATA_HEADER_LEN;
+use crate::types::{Credentials, Psk, Role, Transmit};
 use crate::wireguard::{ConnIndex, Output, SessionIdx, Tunnel};
-use crate::{Credentials, Error, FailReason, Psk, Role, Transmit};
+use crate::{Error, FailReason};
 
 /// How often boringtun's timers are driven; its keep-alive, rekey and retry timers are only as
 /// precise as this.

@@ -107,24 +107,6 @@ impl fmt::Debug for PresharedKey {
     }
 }
 
-impl From<PresharedKey> for crate::Psk {
-    fn from(key: PresharedKey) -> Self {
-        Self(key.0)
-    }
-}
-
-impl From<PublicKey> for crate::PublicKey {
-    fn from(key: PublicKey) -> Self {
-        Self::from(key.0)
-    }
-}
-
-impl From<crate::PublicKey> for PublicKey {
-    fn from(key: crate::PublicKey) -> Self {
-        Self(key.to_bytes())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,7 +115,8 @@ impl IceCandidate {
         self.inner.to_sdp_string()
     }
 
-    pub(crate) fn as_ice(&self) -> &is::Candidate {
+    /// The candidate as the ICE agent takes it.
+    pub fn as_ice(&self) -> &is::Candidate {
         &self.inner
     }
 }

@@ -122,7 +122,7 @@ impl Route {
 /// See the [module docs](super) for how to drive it. Packets for a resource without a
 /// connection are held back ([`PENDING_QUEUE_CAPACITY`] per resource) while one connection
 /// request is outstanding, and sent in order once the gateway's connection is established.
-pub struct ClientTunnel {
+pub struct ClientState {
     node: Node<GatewayId>,
     interface: Option<Interface>,
     resources: BTreeMap<ResourceId, ResourceDescription>,
@@ -137,7 +137,7 @@ pub struct ClientTunnel {
     stats: ClientStats,
 }
 
-impl ClientTunnel {
+impl ClientState {
     /// A client whose key and every other random choice come from `seed`.
     pub fn new(seed: u64, now: Instant) -> Self {
         Self::from_node(Node::new(Role::Client, seed, now))
@@ -399,7 +399,7 @@ impl ClientTunnel {
         }
         let outcome = self.node.upsert_connection(
             gid,
-            gateway_public_key.into(),
+            PublicKey::from(*gateway_public_key.as_bytes()),
             preshared_key.into(),
             client_ice.into(),
             gateway_ice.into(),
@@ -479,7 +479,7 @@ impl ClientTunnel {
         self.drain_node(now);
     }
 
-    /// When to call [`ClientTunnel::handle_timeout`] next, and why.
+    /// When to call [`ClientState::handle_timeout`] next, and why.
     pub fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
         let request = self
             .routes

@@ -84,13 +84,13 @@ struct Client {
 /// See the [module docs](super) for how to drive it. A client's packet reaches the resource
 /// network only if its source is the client's tunnel address and its destination lies in a
 /// resource the client holds an unexpired authorization for. Authorizations end at their
-/// expiry (checked per packet, and removed by [`GatewayTunnel::handle_timeout`]), when the
+/// expiry (checked per packet, and removed by [`GatewayState::handle_timeout`]), when the
 /// portal revokes them, when their resource is deleted, or when a fresh `init` omits them;
 /// never because a connection failed. A client with no authorization left is forgotten (its
 /// packets are dropped), but its connection stays until it fails: the client is not told that
 /// its access ended and keeps its side, so a later flow must find the same connection here
 /// (closing it would leave the client sending into a session the gateway no longer has).
-pub struct GatewayTunnel {
+pub struct GatewayState {
     node: Node<ClientId>,
     clock: WallClock,
     clients: BTreeMap<ClientId, Client>,
@@ -103,7 +103,7 @@ pub struct GatewayTunnel {
     stats: GatewayStats,
 }
 
-impl GatewayTunnel {
+impl GatewayState {
     /// A gateway whose key and every other random choice come from `seed`. `wall_clock` is
     /// the wall-clock time at `now`: it maps the portal's unix expiry times onto instants.
     pub fn new(seed: u64, now: Instant, wall_clock: SystemTime) -> Self {
@@ -171,7 +171,7 @@ impl GatewayTunnel {
 
     /// A datagram from the network. Returns the packet for the resource network (the TUN
     /// device) if a client sent one it may send; an unauthorized destination is answered with
-    /// ICMP through the tunnel ([`GatewayTunnel::poll_transmit`]).
+    /// ICMP through the tunnel ([`GatewayState::poll_transmit`]).
     pub fn handle_network_input(
         &mut self,
         local: SocketAddr,
@@ -374,7 +374,7 @@ impl GatewayTunnel {
         // client may have lost its state); anything changed replaces it.
         let outcome = self.node.upsert_connection(
             cid,
-            public_key.into(),
+            PublicKey::from(*public_key.as_bytes()),
             preshared_key.into(),
             gateway_ice.into(),
             client_ice.into(),
@@ -411,7 +411,7 @@ impl GatewayTunnel {
     }
 
     /// Logs and reports ended flows (given in (client, resource) order) and forgets clients
-    /// left without any authorization (keeping their connections, see [`GatewayTunnel`]).
+    /// left without any authorization (keeping their connections, see [`GatewayState`]).
     fn end_flows(&mut self, ended: Vec<(ClientId, ResourceId)>, reason: FlowEndReason) {
         for &(cid, rid) in &ended {
             match reason {
@@ -449,7 +449,7 @@ impl GatewayTunnel {
         tracing::info!(%cid, "no authorization left: client forgotten");
     }
 
-    /// When to call [`GatewayTunnel::handle_timeout`] next, and why.
+    /// When to call [`GatewayState::handle_timeout`] next, and why.
     pub fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
         let expiry = self
             .authorizations

@@ -161,21 +161,3 @@ pub struct RelaysPresence {
     #[serde(default, deserialize_with = "crate::portal::lenient::vec")]
     pub disconnected_ids: Vec<RelayId>,
 }
-
-impl From<IceCredentials> for crate::Credentials {
-    fn from(c: IceCredentials) -> Self {
-        Self {
-            ufrag: c.username,
-            password: c.password,
-        }
-    }
-}
-
-impl From<crate::Credentials> for IceCredentials {
-    fn from(c: crate::Credentials) -> Self {
-        Self {
-            username: c.ufrag,
-            password: c.password,
-        }
-    }
-}

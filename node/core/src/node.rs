@@ -1,7 +1,6 @@
 //! The [`Node`]: every connection of one client or gateway, and the routing of datagrams to them.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -19,53 +18,13 @@ use crate::ids::RelayId;
 use crate::packet::IpPacket;
 use crate::pool::{Buffer, BufferPool};
 use crate::turn::Allocation;
+use crate::types::{Credentials, Psk, Role, Transmit};
 use crate::wireguard::ConnIndex;
 use crate::{Error, Event, PeerId, Stats};
 
 mod relays;
 
 use relays::FromRelay;
-
-/// Which end of a connection this node is. The client controls ICE and starts WireGuard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// A user's device: ICE controlling, WireGuard initiator.
-    Client,
-    /// A gateway: ICE controlled, WireGuard responder.
-    Gateway,
-}
-
-/// ICE credentials (RFC 8445 §5.3): signalled by the portal, fresh for every connection.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Credentials {
-    /// The username fragment, at least 4 characters.
-    pub ufrag: String,
-    /// The password, at least 22 characters.
-    pub password: String,
-}
-
-/// A WireGuard preshared key. Its bytes never reach a log.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Psk(pub [u8; 32]);
-
-impl fmt::Debug for Psk {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Psk(..)")
-    }
-}
-
-/// A datagram to send.
-#[derive(Debug)]
-pub struct Transmit {
-    /// The local address to send from; `None` lets the runtime pick.
-    pub src: Option<SocketAddr>,
-    /// Where to send it.
-    pub dst: SocketAddr,
-    /// The datagram.
-    pub payload: Buffer,
-    /// The relay this must go through; the node wraps it before handing it out.
-    pub(crate) via: Option<RelayId>,
-}
 
 /// What an upsert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

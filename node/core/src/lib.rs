@@ -1,0 +1,38 @@
+//! The sans-IO core of the client and the gateway.
+//!
+//! [`Node`] owns the connections to remote peers (WireGuard over a path found by ICE) and is
+//! driven with explicit time; [`state`] holds what a client and a gateway know on top of it
+//! (resources, routes, authorizations); [`portal`] is the node's side of the control-plane
+//! session; [`engine`] joins a tunnel state and its portal session into the one [`engine::Engine`]
+//! a runtime drives. Nothing here owns a socket, reads a clock or spawns a task: runtimes feed it
+//! datagrams, IP packets and `now`, and carry out what it asks for.
+
+pub mod datagram;
+pub mod engine;
+pub mod packet;
+pub mod pool;
+pub mod portal;
+pub mod state;
+pub mod turn;
+
+mod connection;
+mod error;
+mod event;
+mod node;
+mod peer_id;
+mod types;
+mod wireguard;
+
+pub use boringtun::x25519::{PublicKey, StaticSecret};
+pub use connection::{
+    Path, HANDSHAKE_DEADLINE, ICE_SETUP_TIMEOUT, IDLE_AFTER, IDLE_STUN_INTERVAL, MIGRATION_GRACE,
+    ROLLOVER_DEBOUNCE,
+};
+pub use error::{Error, Stats};
+pub use event::{Event, FailReason};
+pub use node::{ConnectionInfo, Node, Upsert};
+pub use node_proto::{candidate, ids};
+pub use node_proto::{CandidateKind, IceCandidate};
+pub use peer_id::PeerId;
+pub use types::{Credentials, Psk, Role, Transmit};
+pub use wireguard::{ConnIndex, SessionIdx};

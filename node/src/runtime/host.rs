@@ -1,0 +1,151 @@
+//! The host's side of a node: its UDP socket (reporting the address datagrams arrive on) and
+//! the driver that runs an engine on a TUN device until a signal or a fatal portal error.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+
+use anyhow::Context as _;
+use node_core::engine::Engine;
+use node_core::Transmit;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, Notify};
+
+use super::{
+    run, BatchSocket, Command, DatagramSocket, RecvBatch, TcpConnector, TokioClock, TunDevice,
+    WebSocketLink,
+};
+
+/// The UDP socket of a node: bound to `--listen`, and reporting to the event loop the host
+/// address datagrams arrive on.
+///
+/// The loop hands the engine one local address for every datagram, and the engine's ICE agent
+/// pairs candidates by it: a socket bound to `0.0.0.0` must not report `0.0.0.0`, or no pair
+/// with a host candidate ever succeeds. So a socket bound to the unspecified address reports the
+/// address of the interface that routes to the portal (the primary one), and that is the host
+/// candidate advertised. Datagrams arriving on other interfaces are attributed to it too, which
+/// is why they are not advertised unless asked for (`--advertise`).
+#[derive(Debug)]
+pub struct HostSocket {
+    socket: BatchSocket,
+    local: SocketAddr,
+}
+
+impl HostSocket {
+    /// Binds `listen`; an unspecified IP is replaced, in what the loop sees, by the local IP the
+    /// kernel picks to reach `toward`.
+    pub async fn bind(listen: SocketAddr, toward: &str) -> anyhow::Result<Self> {
+        let socket = tokio::net::UdpSocket::bind(listen)
+            .await
+            .with_context(|| format!("cannot bind UDP {listen}"))?;
+        let bound = socket.local_addr()?;
+        let local = if bound.ip().is_unspecified() {
+            SocketAddr::new(primary_ip(toward, bound).await?, bound.port())
+        } else {
+            bound
+        };
+        let socket = BatchSocket::new(socket).context("cannot set up the UDP socket")?;
+        Ok(Self { socket, local })
+    }
+
+    /// The host address the loop reports.
+    pub fn host_address(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+/// The local IP the kernel would send from to reach `toward` (`host:port`), in the family of
+/// `bound`. Connecting a UDP socket sends nothing.
+async fn primary_ip(toward: &str, bound: SocketAddr) -> anyhow::Result<IpAddr> {
+    let target = tokio::net::lookup_host(toward)
+        .await
+        .with_context(|| format!("cannot resolve {toward}"))?
+        .find(|a| a.is_ipv4() == bound.is_ipv4())
+        .with_context(|| format!("{toward} has no address of the family of {bound}"))?;
+    let any: SocketAddr = if bound.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let probe = tokio::net::UdpSocket::bind(any).await?;
+    probe
+        .connect(target)
+        .await
+        .with_context(|| format!("no route to the portal {target}"))?;
+    Ok(probe.local_addr()?.ip())
+}
+
+impl DatagramSocket for HostSocket {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    fn recv_from(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<(usize, SocketAddr)>> {
+        self.socket.recv_from(buf)
+    }
+
+    fn send_to(&self, buf: &[u8], dst: SocketAddr) -> impl Future<Output = io::Result<usize>> {
+        self.socket.send_to(buf, dst)
+    }
+
+    fn recv_batch(&self, batch: &mut RecvBatch) -> impl Future<Output = io::Result<()>> {
+        self.socket.recv_batch(batch)
+    }
+
+    fn send_batch(&self, transmits: &mut Vec<Transmit>) -> impl Future<Output = ()> {
+        self.socket.send_batch(transmits)
+    }
+}
+
+/// Raised from inside the loop when the node must stop (the portal session failed for good).
+#[derive(Debug, Clone, Default)]
+pub struct Fatal(Rc<(Notify, RefCell<Option<String>>)>);
+
+impl Fatal {
+    /// Asks the driver to stop, with the reason to tell the user.
+    pub fn raise(&self, reason: String) {
+        self.0 .1.borrow_mut().get_or_insert(reason);
+        self.0 .0.notify_one();
+    }
+
+    async fn wait(&self) -> String {
+        self.0 .0.notified().await;
+        self.0 .1.borrow().clone().unwrap_or_default()
+    }
+}
+
+/// Runs `engine` until SIGINT or SIGTERM (`Ok`), a [`Fatal`] error or an I/O failure (`Err`).
+/// Must run inside a `LocalSet` (the portal link spawns local tasks).
+pub async fn drive<E: Engine, S: DatagramSocket>(
+    engine: &mut E,
+    socket: &S,
+    device: &mut TunDevice,
+    link: &mut WebSocketLink<TcpConnector>,
+    fatal: &Fatal,
+) -> anyhow::Result<()> {
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let (commands_tx, mut commands) = mpsc::unbounded_channel::<Command<E>>();
+    let looped = run(engine, socket, &TokioClock, device, link, &mut commands);
+    tokio::pin!(looped);
+    let outcome = tokio::select! {
+        result = &mut looped => return result.context("the event loop failed"),
+        _ = sigint.recv() => Ok("SIGINT"),
+        _ = sigterm.recv() => Ok("SIGTERM"),
+        reason = fatal.wait() => Err(reason),
+    };
+    // Closing the command channel ends the loop at its next turn.
+    drop(commands_tx);
+    looped.await.context("the event loop failed")?;
+    match outcome {
+        Ok(signal) => {
+            tracing::info!(signal, "Stopped");
+            Ok(())
+        }
+        Err(reason) => Err(anyhow::anyhow!(
+            "the portal session failed for good: {reason}"
+        )),
+    }
+}

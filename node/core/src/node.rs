@@ -12,7 +12,9 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::candidate::IceCandidate;
-use crate::connection::{ConnEvent, Connection, ConnectionParams, Identity, Path};
+use crate::connection::{
+    ConnEvent, Connection, ConnectionConfig, ConnectionParams, Identity, Path,
+};
 use crate::datagram::{classify, DatagramKind};
 use crate::ids::RelayId;
 use crate::packet::IpPacket;
@@ -87,6 +89,8 @@ pub struct Node<TId> {
     local_addrs: BTreeSet<SocketAddr>,
 
     allocations: BTreeMap<RelayId, Allocation>,
+    /// The timing of connections created from here on.
+    connection_config: ConnectionConfig,
 
     pool: BufferPool,
     /// What connections produced, before relayed transmits are wrapped for their relay.
@@ -128,12 +132,19 @@ impl<TId: PeerId> Node<TId> {
             by_ufrag: BTreeMap::new(),
             local_addrs: BTreeSet::new(),
             allocations: BTreeMap::new(),
+            connection_config: ConnectionConfig::default(),
             pool: BufferPool::new(POOL_CAPACITY),
             staged: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// Sets the timing of the connections created from now on (the defaults are what the
+    /// binaries run; tests shorten a deadline to reach it sooner).
+    pub fn set_connection_config(&mut self, config: ConnectionConfig) {
+        self.connection_config = config;
     }
 
     /// This node's role.
@@ -231,6 +242,7 @@ impl<TId: PeerId> Node<TId> {
             epoch: self.epoch,
             span: id.span(),
             identity,
+            config: self.connection_config,
         };
         let local_addrs: Vec<SocketAddr> = self.local_addrs.iter().copied().collect();
         let mut conn = Connection::new(params, &local_addrs, now);

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::x25519::{PublicKey, StaticSecret};
@@ -22,37 +22,17 @@ use crate::types::{Credentials, Psk, Role, Transmit};
 use crate::wireguard::{ConnIndex, Output, SessionIdx, Tunnel};
 use crate::{Error, FailReason};
 
-/// How often boringtun's timers are driven; its keep-alive, rekey and retry timers are only as
-/// precise as this.
-pub(crate) const WIREGUARD_TICK: Duration = Duration::from_millis(250);
-/// A connection without traffic for this long goes idle.
-pub const IDLE_AFTER: Duration = Duration::from_secs(20);
-/// The STUN keep-alive interval of an idle connection.
-pub const IDLE_STUN_INTERVAL: Duration = Duration::from_secs(25);
-/// The STUN keep-alive interval of an active connection (`is`' default).
-const ACTIVE_STUN_INTERVAL: Duration = Duration::from_secs(3);
-/// Once ICE is connected, a WireGuard session must exist within this long. boringtun itself
-/// keeps trying for 90 s, which would hide a wrong key or PSK for a minute and a half.
-pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(15);
-/// ICE must find a path within this long of the connection's creation or last new candidate.
-pub const ICE_SETUP_TIMEOUT: Duration = Duration::from_secs(20);
-/// The client renews a session this old even when no data flows (boringtun gives up at 540 s).
-const IDLE_REKEY: Duration = Duration::from_secs(300);
-/// A session this old means the peer stopped renewing it.
-const SESSION_GIVE_UP: Duration = Duration::from_secs(480);
+mod config;
+mod timer;
+
+pub use config::{
+    ConnectionConfig, HANDSHAKE_DEADLINE, ICE_SETUP_TIMEOUT, IDLE_AFTER, IDLE_STUN_INTERVAL,
+    MIGRATION_GRACE, ROLLOVER_DEBOUNCE,
+};
+use timer::{Timer, TimerTable};
 
 /// WireGuard's message type of a handshake initiation.
 const HANDSHAKE_INITIATION: u8 = 1;
-
-/// Peer-reflexive remote candidates learned per connection at most (see `handle_stun`).
-const MAX_PEER_REFLEXIVE: usize = 8;
-
-/// How long ICE may stay disconnected, e.g. while a relay is replaced and the new candidates are
-/// on their way, before the connection is declared failed.
-pub const MIGRATION_GRACE: Duration = Duration::from_secs(2);
-
-/// At most one proactive WireGuard roll-over (on upsert) per this long.
-pub const ROLLOVER_DEBOUNCE: Duration = Duration::from_secs(20);
 
 /// Where packets for the peer go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,11 +97,9 @@ pub(crate) struct Connection {
     established: bool,
     idle: bool,
     last_activity: Instant,
-    setup_deadline: Option<Instant>,
-    /// Set while ICE is disconnected: the connection fails unless ICE recovers by then.
-    disconnected_deadline: Option<Instant>,
     last_rollover: Option<Instant>,
-    next_wireguard_tick: Instant,
+    timers: TimerTable,
+    config: ConnectionConfig,
 
     events: VecDeque<ConnEvent>,
 }
@@ -135,6 +113,7 @@ pub(crate) struct ConnectionParams {
     pub(crate) tie_breaker: u64,
     pub(crate) epoch: Instant,
     pub(crate) span: tracing::Span,
+    pub(crate) config: ConnectionConfig,
 }
 
 impl Connection {
@@ -170,12 +149,15 @@ impl Connection {
             established: false,
             idle: false,
             last_activity: now,
-            setup_deadline: Some(now + ICE_SETUP_TIMEOUT),
-            disconnected_deadline: None,
             last_rollover: None,
-            next_wireguard_tick: now,
+            timers: TimerTable::default(),
+            config: p.config,
             events: VecDeque::new(),
         };
+        conn.timers.set(Timer::WireGuardTick, now);
+        conn.timers
+            .set(Timer::IceSetup, now + p.config.ice_setup_timeout);
+        conn.timers.set(Timer::Idle, now + p.config.idle_after);
         for addr in local_addrs {
             conn.add_local_address(*addr);
         }
@@ -277,7 +259,8 @@ impl Connection {
         fastrand::seed(self.rng.u64(..));
         self.ice.add_remote_candidate(candidate.as_ice().clone());
         if !self.ice.state().is_connected() {
-            self.setup_deadline = Some(now + ICE_SETUP_TIMEOUT);
+            self.timers
+                .set(Timer::IceSetup, now + self.config.ice_setup_timeout);
         }
         self.mark_active(now);
     }
@@ -312,7 +295,7 @@ impl Connection {
         };
         if self
             .last_rollover
-            .is_some_and(|t| now.saturating_duration_since(t) < ROLLOVER_DEBOUNCE)
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.rollover_debounce)
         {
             tracing::debug!("roll-over debounced");
             return;
@@ -324,9 +307,11 @@ impl Connection {
 
     fn mark_active(&mut self, now: Instant) {
         self.last_activity = self.last_activity.max(now);
+        self.timers
+            .set(Timer::Idle, self.last_activity + self.config.idle_after);
         if self.idle {
             self.idle = false;
-            self.ice.set_max_stun_rto(ACTIVE_STUN_INTERVAL);
+            self.ice.set_max_stun_rto(self.config.active_stun_interval);
             tracing::debug!(parent: &self.span, "connection active again");
         }
     }
@@ -465,9 +450,11 @@ impl Connection {
         match self.tunnel.time_since_last_handshake(now) {
             // boringtun stamps events with the time of its last timer tick, so a session that
             // completed right after the first initiation may look up to a tick older.
-            Some(age) if age <= trying_for + WIREGUARD_TICK => self.rekey_since = None,
+            Some(age) if age <= trying_for + self.config.wireguard_tick => {
+                self.rekey_since = None;
+            }
             Some(_) | None => {
-                if self.established && trying_for >= HANDSHAKE_DEADLINE {
+                if self.established && trying_for >= self.config.handshake_deadline {
                     self.fail(FailReason::HandshakeTimeout);
                 }
             }
@@ -477,6 +464,7 @@ impl Connection {
     fn check_established(&mut self, now: Instant) {
         if !self.established && self.tunnel.has_session(now) {
             self.established = true;
+            self.timers.stop(Timer::Handshake);
             tracing::info!(parent: &self.span, "WireGuard session established");
             self.events.push_back(ConnEvent::Established);
         }
@@ -527,7 +515,7 @@ impl Connection {
                 peer_reflexive += 1;
             }
         }
-        peer_reflexive >= MAX_PEER_REFLEXIVE
+        peer_reflexive >= self.config.max_peer_reflexive
     }
 
     pub(crate) fn accepts(&self, message: &StunMessage<'_>) -> bool {
@@ -535,29 +523,28 @@ impl Connection {
     }
 
     pub(crate) fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
-        let mut earliest = (self.next_wireguard_tick, "wireguard timers");
-        let mut consider = |t: Option<Instant>, why: &'static str| {
-            if let Some(t) = t {
-                if t < earliest.0 {
-                    earliest = (t, why);
+        let mut earliest = self.ice.poll_timeout().map(|t| (t, "ice"));
+        for timer in Timer::ALL {
+            if let Some(t) = self.armed(timer) {
+                if earliest.is_none_or(|(e, _)| t < e) {
+                    earliest = Some((t, timer.reason()));
                 }
             }
-        };
-        consider(self.ice.poll_timeout(), "ice");
-        consider(self.setup_deadline, "ice setup deadline");
-        consider(self.disconnected_deadline, "migration grace");
-        consider(self.handshake_deadline(), "handshake deadline");
-        if !self.idle && self.ice.state().is_connected() {
-            consider(Some(self.last_activity + IDLE_AFTER), "idle check");
         }
-        Some(earliest)
+        earliest
     }
 
-    fn handshake_deadline(&self) -> Option<Instant> {
-        if self.established {
-            return None;
+    /// The deadline of `timer` as it counts now: going idle is measured only while ICE is
+    /// connected (a connection still looking for a path is not idle, it is being set up).
+    fn armed(&self, timer: Timer) -> Option<Instant> {
+        match timer {
+            Timer::Idle if !self.ice.state().is_connected() => None,
+            Timer::WireGuardTick
+            | Timer::MigrationGrace
+            | Timer::IceSetup
+            | Timer::Handshake
+            | Timer::Idle => self.timers.get(timer),
         }
-        self.ice_connected_at.map(|t| t + HANDSHAKE_DEADLINE)
     }
 
     pub(crate) fn handle_timeout(
@@ -567,35 +554,48 @@ impl Connection {
         transmits: &mut VecDeque<Transmit>,
     ) {
         let _guard = self.span.clone().entered();
-        if now >= self.next_wireguard_tick {
-            self.next_wireguard_tick = now + WIREGUARD_TICK;
-            self.update_wireguard_timers(now, pool, transmits);
-        }
-
-        fastrand::seed(self.rng.u64(..));
-        self.ice.handle_timeout(now);
-        self.drain_ice(now, pool, transmits);
-
-        if self.disconnected_deadline.is_some_and(|t| now >= t) {
-            self.fail(FailReason::IceDisconnected);
-        }
-        if self.setup_deadline.is_some_and(|t| now >= t) {
-            self.fail(FailReason::IceTimeout);
-        }
-        if self.handshake_deadline().is_some_and(|t| now >= t) {
-            self.check_established(now);
-            if !self.established {
-                self.fail(FailReason::HandshakeTimeout);
+        // boringtun first, then ICE on every call (the agent keeps its own deadlines), then
+        // the connection's own timers, each judged after what came before it changed state.
+        for timer in Timer::ALL {
+            if self.armed(timer).is_some_and(|t| now >= t) {
+                self.on_timer(timer, now, pool, transmits);
+            }
+            if timer == Timer::WireGuardTick {
+                fastrand::seed(self.rng.u64(..));
+                self.ice.handle_timeout(now);
+                self.drain_ice(now, pool, transmits);
             }
         }
-        if !self.idle
-            && self.ice.state().is_connected()
-            && now.saturating_duration_since(self.last_activity) >= IDLE_AFTER
-        {
-            self.idle = true;
-            self.ice.set_max_stun_rto(IDLE_STUN_INTERVAL);
-            tracing::debug!("connection idle");
-            self.events.push_back(ConnEvent::Idle);
+    }
+
+    fn on_timer(
+        &mut self,
+        timer: Timer,
+        now: Instant,
+        pool: &BufferPool,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        match timer {
+            Timer::WireGuardTick => {
+                self.timers
+                    .set(Timer::WireGuardTick, now + self.config.wireguard_tick);
+                self.update_wireguard_timers(now, pool, transmits);
+            }
+            Timer::MigrationGrace => self.fail(FailReason::IceDisconnected),
+            Timer::IceSetup => self.fail(FailReason::IceTimeout),
+            Timer::Handshake => {
+                self.check_established(now);
+                if !self.established {
+                    self.fail(FailReason::HandshakeTimeout);
+                }
+            }
+            Timer::Idle => {
+                self.idle = true;
+                self.timers.stop(Timer::Idle);
+                self.ice.set_max_stun_rto(self.config.idle_stun_interval);
+                tracing::debug!("connection idle");
+                self.events.push_back(ConnEvent::Idle);
+            }
         }
     }
 
@@ -647,14 +647,14 @@ impl Connection {
         let Some(age) = self.tunnel.session_age(now) else {
             return;
         };
-        if age >= SESSION_GIVE_UP {
+        if age >= self.config.session_give_up {
             self.fail(FailReason::SessionExpired);
             return;
         }
         let (Role::Client, Some(path), None) = (self.role, self.route(), self.rekey_since) else {
             return;
         };
-        if age >= IDLE_REKEY {
+        if age >= self.config.idle_rekey {
             tracing::debug!(?age, "renewing an idle session");
             self.initiate_handshake(path, now, pool, transmits);
         }
@@ -729,19 +729,23 @@ impl Connection {
         tracing::debug!(?state, "ICE state");
         match state {
             IceConnectionState::Connected | IceConnectionState::Completed => {
-                self.setup_deadline = None;
-                self.disconnected_deadline = None;
+                self.timers.stop(Timer::IceSetup);
+                self.timers.stop(Timer::MigrationGrace);
                 if self.ice_connected_at.is_none() {
                     self.ice_connected_at = Some(now);
+                    if !self.established {
+                        self.timers
+                            .set(Timer::Handshake, now + self.config.handshake_deadline);
+                    }
                 }
             }
             IceConnectionState::Disconnected => {
-                self.disconnected_deadline
-                    .get_or_insert(now + MIGRATION_GRACE);
+                self.timers
+                    .set_if_unset(Timer::MigrationGrace, now + self.config.migration_grace);
             }
             // New candidates revived the checks; the setup deadline bounds them from here.
             IceConnectionState::New | IceConnectionState::Checking => {
-                self.disconnected_deadline = None;
+                self.timers.stop(Timer::MigrationGrace);
             }
         }
     }

@@ -1,0 +1,74 @@
+//! How a connection is timed: [`ConnectionConfig`] and its documented defaults.
+
+use std::time::Duration;
+
+/// A connection without traffic for this long goes idle.
+pub const IDLE_AFTER: Duration = Duration::from_secs(20);
+/// The STUN keep-alive interval of an idle connection.
+pub const IDLE_STUN_INTERVAL: Duration = Duration::from_secs(25);
+/// Once ICE is connected, a WireGuard session must exist within this long. boringtun itself
+/// keeps trying for 90 s, which would hide a wrong key or PSK for a minute and a half.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(15);
+/// ICE must find a path within this long of the connection's creation or last new candidate.
+pub const ICE_SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long ICE may stay disconnected, e.g. while a relay is replaced and the new candidates are
+/// on their way, before the connection is declared failed.
+pub const MIGRATION_GRACE: Duration = Duration::from_secs(2);
+/// At most one proactive WireGuard roll-over (on upsert) per this long.
+pub const ROLLOVER_DEBOUNCE: Duration = Duration::from_secs(20);
+
+/// The timing of a connection. [`ConnectionConfig::default`] is what the binaries and the
+/// simulation run; tests may change a field to reach a deadline sooner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// How often boringtun's timers are driven; its keep-alive, rekey and retry timers are only
+    /// as precise as this. Default 250 ms.
+    pub wireguard_tick: Duration,
+    /// No traffic for this long makes a connection idle. Default [`IDLE_AFTER`].
+    pub idle_after: Duration,
+    /// The STUN keep-alive interval of an idle connection. Default [`IDLE_STUN_INTERVAL`].
+    pub idle_stun_interval: Duration,
+    /// The STUN keep-alive interval of an active connection. Default 3 s (`is`' own).
+    pub active_stun_interval: Duration,
+    /// Once ICE is connected, a WireGuard session must exist within this long; an established
+    /// connection whose handshakes go unanswered this long fails too. Default
+    /// [`HANDSHAKE_DEADLINE`].
+    pub handshake_deadline: Duration,
+    /// ICE must find a path within this long of the connection's creation or its last new
+    /// remote candidate. Default [`ICE_SETUP_TIMEOUT`].
+    pub ice_setup_timeout: Duration,
+    /// How long ICE may stay disconnected before the connection fails. Default
+    /// [`MIGRATION_GRACE`].
+    pub migration_grace: Duration,
+    /// At most one proactive WireGuard roll-over (on upsert) per this long. Default
+    /// [`ROLLOVER_DEBOUNCE`].
+    pub rollover_debounce: Duration,
+    /// The client renews a session this old even when no data flows (boringtun forgets keys at
+    /// 180 s and gives up at 540 s). Default 300 s.
+    pub idle_rekey: Duration,
+    /// A session this old means the peer stopped renewing it: the connection fails. Default
+    /// 480 s.
+    pub session_give_up: Duration,
+    /// Peer-reflexive remote candidates learned per connection at most: two
+    /// address-and-port-dependent NATs otherwise teach each other new ones without end.
+    /// Default 8.
+    pub max_peer_reflexive: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            wireguard_tick: Duration::from_millis(250),
+            idle_after: IDLE_AFTER,
+            idle_stun_interval: IDLE_STUN_INTERVAL,
+            active_stun_interval: Duration::from_secs(3),
+            handshake_deadline: HANDSHAKE_DEADLINE,
+            ice_setup_timeout: ICE_SETUP_TIMEOUT,
+            migration_grace: MIGRATION_GRACE,
+            rollover_debounce: ROLLOVER_DEBOUNCE,
+            idle_rekey: Duration::from_secs(300),
+            session_give_up: Duration::from_secs(480),
+            max_peer_reflexive: 8,
+        }
+    }
+}

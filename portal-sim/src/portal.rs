@@ -229,7 +229,7 @@ impl Portal {
     }
 
     /// A new socket for `identity`. An older socket of the same node is closed.
-    pub fn connect(&mut self, conn: ConnId, identity: Identity, _now: SystemTime) {
+    pub fn connect(&mut self, conn: ConnId, identity: Identity) {
         if let Some(old) = self.online.insert(identity, conn) {
             tracing::info!(node = %identity, "Replacing the node's previous connection");
             self.sessions.remove(&old);
@@ -249,7 +249,7 @@ impl Portal {
     }
 
     /// The socket is gone.
-    pub fn disconnect(&mut self, conn: ConnId, _now: SystemTime) {
+    pub fn disconnect(&mut self, conn: ConnId) {
         let Some(session) = self.sessions.remove(&conn) else {
             return;
         };
@@ -344,13 +344,13 @@ impl Portal {
 
     /// Adds or changes a resource and tells the clients allowed to reach it and the gateways of
     /// its site.
-    pub fn add_resource(&mut self, resource: ResourceSeed, now: SystemTime) {
+    pub fn add_resource(&mut self, resource: ResourceSeed) {
         let rid = resource.id;
         if let Some(old) = self.resources.get(&rid) {
             if old.site != resource.site {
                 // The old site's gateways no longer serve it.
                 let old = old.clone();
-                self.end_flows_of_resource(rid, now);
+                self.end_flows_of_resource(rid);
                 let deleted = ResourceDeleted { id: rid };
                 for gid in self.gateways_of_site(&old.site) {
                     self.push_gateway(gid, &GatewayIngress::ResourceDeleted(deleted));
@@ -375,7 +375,7 @@ impl Portal {
     }
 
     /// Deletes a resource, its policies and its flows. Returns whether it existed.
-    pub fn remove_resource(&mut self, rid: ResourceId, _now: SystemTime) -> bool {
+    pub fn remove_resource(&mut self, rid: ResourceId) -> bool {
         let Some(resource) = self.resources.remove(&rid) else {
             return false;
         };
@@ -393,7 +393,7 @@ impl Portal {
     }
 
     /// Lets a client reach a resource (or changes how long its authorizations last).
-    pub fn add_policy(&mut self, policy: PolicySeed, _now: SystemTime) {
+    pub fn add_policy(&mut self, policy: PolicySeed) {
         let (cid, rid) = (policy.client_id, policy.resource_id);
         tracing::debug!(%cid, %rid, "Policy added");
         self.policies.insert((cid, rid), policy);
@@ -405,7 +405,7 @@ impl Portal {
 
     /// Takes a client's access to a resource away: the policy goes, and the client and the
     /// gateway of a current flow are told. Returns whether there was a policy.
-    pub fn revoke(&mut self, cid: ClientId, rid: ResourceId, _now: SystemTime) -> bool {
+    pub fn revoke(&mut self, cid: ClientId, rid: ResourceId) -> bool {
         let had_policy = self.policies.remove(&(cid, rid)).is_some();
         let flow = self.flows.remove(&(cid, rid));
         if !had_policy && flow.is_none() {
@@ -438,7 +438,7 @@ impl Portal {
 
     /// A relay went away: every joined node is told to stop using it. Returns whether it was
     /// known.
-    pub fn remove_relay(&mut self, id: RelayId, _now: SystemTime) -> bool {
+    pub fn remove_relay(&mut self, id: RelayId) -> bool {
         if self.relays.remove(&id).is_none() {
             return false;
         }
@@ -840,7 +840,7 @@ impl Portal {
         })
     }
 
-    fn end_flows_of_resource(&mut self, rid: ResourceId, _now: SystemTime) {
+    fn end_flows_of_resource(&mut self, rid: ResourceId) {
         let ended: Vec<(ClientId, Flow)> = self
             .flows
             .iter()

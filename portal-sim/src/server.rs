@@ -209,12 +209,11 @@ where
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let conn = {
-        let now = (shared.clock)();
         let mut state = lock(&shared);
         let conn = ConnId(state.next_conn);
         state.next_conn += 1;
         state.conns.insert(conn, tx);
-        state.portal.connect(conn, identity, now);
+        state.portal.connect(conn, identity);
         state.dispatch();
         conn
     };
@@ -272,10 +271,9 @@ where
             }
         }
     }
-    let now = (shared.clock)();
     let mut state = lock(&shared);
     state.conns.remove(&conn);
-    state.portal.disconnect(conn, now);
+    state.portal.disconnect(conn);
     state.dispatch();
 }
 

@@ -380,7 +380,7 @@ impl<'a> World<'a> {
                     address: new_addr,
                 };
                 portal.add_relay(relay, now);
-                portal.remove_relay(node_core::ids::RelayId(old_id), now);
+                portal.remove_relay(node_core::ids::RelayId(old_id));
             });
         }
     }
@@ -511,8 +511,8 @@ impl<'a> World<'a> {
         self.policies.borrow_mut().remove(&(client, resource));
         self.durations.borrow_mut().remove(&(client, resource));
         if let Some(server) = self.portal.borrow().as_ref() {
-            server.with_portal(|portal, now| {
-                portal.revoke(cid, rid, now);
+            server.with_portal(|portal, _| {
+                portal.revoke(cid, rid);
             });
         }
     }
@@ -528,13 +528,13 @@ impl<'a> World<'a> {
             None => self.durations.borrow_mut().remove(&(client, resource)),
         };
         if let Some(server) = self.portal.borrow().as_ref() {
-            server.with_portal(|portal, now| {
+            server.with_portal(|portal, _| {
                 let policy = portal_sim::seed::PolicySeed {
                     client_id: cid,
                     resource_id: rid,
                     duration_secs: secs,
                 };
-                portal.add_policy(policy, now);
+                portal.add_policy(policy);
             });
         }
     }

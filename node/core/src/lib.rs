@@ -18,6 +18,7 @@ pub mod turn;
 mod connection;
 mod error;
 mod event;
+mod ice;
 mod node;
 mod peer_id;
 mod types;

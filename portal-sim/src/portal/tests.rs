@@ -59,7 +59,7 @@ impl World {
     /// Connects `conn` as `identity` and sends its join with `public_key`, leaving the
     /// portal's answers to the caller.
     fn connect_and_join(&mut self, conn: ConnId, identity: Identity, public_key: PublicKey) {
-        self.portal.connect(conn, identity, self.now);
+        self.portal.connect(conn, identity);
         let room = identity.room();
         self.send(conn, room, "phx_join", json!({"public_key": public_key}));
     }
@@ -128,7 +128,7 @@ fn flow_authorized(frame: &Frame) -> ConnectionDetails {
 fn init_carries_interface_resources_and_relays() {
     let mut w = World::new(portal(1, 0));
     let conn = ConnId(1);
-    w.portal.connect(conn, C1, w.now);
+    w.portal.connect(conn, C1);
     w.send(
         conn,
         "client:c1",
@@ -149,7 +149,7 @@ fn init_carries_interface_resources_and_relays() {
 #[test]
 fn joins_of_foreign_topics_or_without_a_key_are_refused() {
     let mut w = World::new(portal(1, 0));
-    w.portal.connect(ConnId(1), C1, w.now);
+    w.portal.connect(ConnId(1), C1);
     for (topic, payload) in [
         ("gateway", json!({"public_key": key(C1)})),
         ("client:c2", json!({"public_key": key(C1)})),
@@ -345,7 +345,7 @@ fn gateway_init_lists_current_authorizations() {
     let gid = flow_authorized(&w.request(c1, 1)[2].1).gateway_id;
     let conn = if gid == GatewayId(1) { g1 } else { ConnId(3) };
     let identity = Identity::Gateway(gid);
-    w.portal.disconnect(conn, w.now);
+    w.portal.disconnect(conn);
     let new = ConnId(10);
     w.connect_and_join(new, identity, key(identity));
     let out = w.drain();
@@ -380,7 +380,7 @@ fn a_rejoining_gateway_gets_its_live_flows_again() {
     let mut w = World::new(portal(1, 0));
     let c1 = w.join(C1);
     let g1 = w.join(G1);
-    w.portal.disconnect(g1, w.now);
+    w.portal.disconnect(g1);
     let g2 = w.join(Identity::Gateway(GatewayId(2)));
     let out = w.request(c1, 1);
     let details = flow_authorized(&out[2].1);
@@ -448,9 +448,8 @@ fn authorizations_expire() {
         2,
         "policy still allows signalling"
     );
-    let now = w.now;
-    w.portal.revoke(ClientId(1), ResourceId(2), now);
-    w.portal.revoke(ClientId(1), ResourceId(1), now);
+    w.portal.revoke(ClientId(1), ResourceId(2));
+    w.portal.revoke(ClientId(1), ResourceId(1));
     w.drain();
     let out = send_candidates(&mut w);
     assert_eq!(out.len(), 1, "expired and no policy: not relayed");
@@ -464,7 +463,7 @@ fn deleting_a_resource_tells_its_clients_and_gateways() {
     let c2 = w.join(C2);
     let g1 = w.join(G1);
     let g3 = w.join(G3);
-    assert!(w.portal.remove_resource(ResourceId(1), w.now));
+    assert!(w.portal.remove_resource(ResourceId(1)));
     let out = w.drain();
     let targets: Vec<_> = out.iter().map(|(c, f)| (*c, f.event.as_str())).collect();
     assert_eq!(
@@ -473,7 +472,7 @@ fn deleting_a_resource_tells_its_clients_and_gateways() {
         "not c2 (no policy), not g3 (other site)"
     );
     let _ = (c2, g3);
-    assert!(!w.portal.remove_resource(ResourceId(1), w.now));
+    assert!(!w.portal.remove_resource(ResourceId(1)));
     let out = w.request(c1, 1);
     assert_eq!(out[0].1.as_reply().unwrap().reason(), "unauthorized");
 }
@@ -484,7 +483,7 @@ fn revoking_access_tells_the_client_and_the_flows_gateway() {
     let c1 = w.join(C1);
     let g1 = w.join(G1);
     w.request(c1, 1);
-    assert!(w.portal.revoke(ClientId(1), ResourceId(1), w.now));
+    assert!(w.portal.revoke(ClientId(1), ResourceId(1)));
     let out = w.drain();
     let targets: Vec<_> = out.iter().map(|(c, f)| (*c, f.event.as_str())).collect();
     assert_eq!(
@@ -494,7 +493,7 @@ fn revoking_access_tells_the_client_and_the_flows_gateway() {
     assert_eq!(out[0].1.payload, json!({"client_id": 1, "resource_id": 1}));
     let out = w.request(c1, 1);
     assert_eq!(out[0].1.as_reply().unwrap().reason(), "unauthorized");
-    assert!(!w.portal.revoke(ClientId(1), ResourceId(1), w.now));
+    assert!(!w.portal.revoke(ClientId(1), ResourceId(1)));
 }
 
 #[test]
@@ -510,7 +509,7 @@ fn new_resources_and_policies_are_pushed() {
             address: "172.16.0.9".parse().unwrap(),
         },
     };
-    w.portal.add_resource(resource, w.now);
+    w.portal.add_resource(resource);
     let out = w.drain();
     assert_eq!(
         out.len(),
@@ -522,14 +521,11 @@ fn new_resources_and_policies_are_pushed() {
         (g3, "resource_created_or_updated")
     );
 
-    w.portal.add_policy(
-        PolicySeed {
-            client_id: ClientId(2),
-            resource_id: ResourceId(40),
-            duration_secs: Some(60),
-        },
-        w.now,
-    );
+    w.portal.add_policy(PolicySeed {
+        client_id: ClientId(2),
+        resource_id: ResourceId(40),
+        duration_secs: Some(60),
+    });
     let out = w.drain();
     assert_eq!(out.len(), 1);
     assert_eq!(
@@ -582,20 +578,20 @@ fn relay_presence_and_credentials() {
         ));
     }
     let _ = g1;
-    assert!(w.portal.remove_relay(RelayId(2), w.now));
+    assert!(w.portal.remove_relay(RelayId(2)));
     let out = w.drain();
     assert_eq!(out.len(), 2);
     assert!(out
         .iter()
         .all(|(_, f)| f.payload["disconnected_ids"] == json!([2])));
-    assert!(!w.portal.remove_relay(RelayId(2), w.now));
+    assert!(!w.portal.remove_relay(RelayId(2)));
 }
 
 #[test]
 fn a_second_socket_replaces_the_first() {
     let mut w = World::new(portal(1, 0));
     let old = w.join(C1);
-    w.portal.connect(ConnId(9), C1, w.now);
+    w.portal.connect(ConnId(9), C1);
     assert_eq!(
         w.portal.poll_output(),
         Some(Output::Close {
@@ -603,7 +599,7 @@ fn a_second_socket_replaces_the_first() {
             reason: "replaced by a newer connection".into()
         })
     );
-    w.portal.disconnect(old, w.now);
+    w.portal.disconnect(old);
     assert!(!w.portal.is_joined(C1));
 }
 

@@ -12,9 +12,10 @@ use std::time::Instant;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use is::stun::{StunMessage, StunPacket};
-use is::{IceAgent, IceAgentEvent, IceConnectionState, IceCreds};
+use is::{IceAgentEvent, IceConnectionState};
 
 use crate::candidate::IceCandidate;
+use crate::ice::Ice;
 use crate::ids::RelayId;
 use crate::pool::{Buffer, BufferPool};
 use crate::turn::CHANNEL_DATA_HEADER_LEN;
@@ -79,10 +80,8 @@ pub(crate) struct Connection {
     pub(crate) index: ConnIndex,
     pub(crate) identity: Identity,
     role: Role,
-    ice: IceAgent,
+    ice: Ice,
     tunnel: Tunnel,
-    /// Seeds `is`' thread-local generator before every call, so transaction ids are reproducible.
-    rng: fastrand::Rng,
     span: tracing::Span,
 
     path: Option<Path>,
@@ -126,12 +125,13 @@ impl Connection {
             p.identity.psk.0,
             p.index,
         );
-        let mut rng = fastrand::Rng::with_seed(p.seed);
-        fastrand::seed(rng.u64(..));
-        let mut ice = IceAgent::new(to_ice_creds(&p.identity.local_creds));
-        ice.set_controlling(p.role == Role::Client);
-        ice.set_control_tie_breaker(p.tie_breaker);
-        ice.set_remote_credentials(to_ice_creds(&p.identity.remote_creds));
+        let ice = Ice::new(
+            p.role,
+            &p.identity.local_creds,
+            &p.identity.remote_creds,
+            p.tie_breaker,
+            p.seed,
+        );
 
         let mut conn = Self {
             index: p.index,
@@ -139,7 +139,6 @@ impl Connection {
             role: p.role,
             ice,
             tunnel,
-            rng,
             span: p.span,
             path: None,
             rekey_since: None,
@@ -185,7 +184,7 @@ impl Connection {
     }
 
     pub(crate) fn ice_state(&self) -> IceConnectionState {
-        self.ice.state()
+        self.ice.agent().state()
     }
 
     pub(crate) fn local_ufrag(&self) -> &str {
@@ -194,17 +193,11 @@ impl Connection {
 
     /// Addresses of the peer's candidates, to open permissions and channels on our relays.
     pub(crate) fn remote_candidate_addrs(&self) -> Vec<SocketAddr> {
-        self.ice.remote_candidates().map(|c| c.addr()).collect()
+        self.ice.remote_candidate_addrs()
     }
 
     pub(crate) fn local_candidates(&self) -> Vec<IceCandidate> {
-        let mut v: Vec<_> = self
-            .ice
-            .local_candidates()
-            .map(IceCandidate::from)
-            .collect();
-        v.sort();
-        v
+        self.ice.local_candidates()
     }
 
     pub(crate) fn add_local_address(&mut self, addr: SocketAddr) {
@@ -220,8 +213,11 @@ impl Connection {
         if let Some(relay) = relay {
             self.relayed.insert(candidate.addr(), relay);
         }
-        fastrand::seed(self.rng.u64(..));
-        if let Some(added) = self.ice.add_local_candidate(candidate.as_ice().clone()) {
+        if let Some(added) = self
+            .ice
+            .seeded()
+            .add_local_candidate(candidate.as_ice().clone())
+        {
             let added = IceCandidate::from(added.clone());
             self.events.push_back(ConnEvent::NewLocalCandidate(added));
         }
@@ -230,8 +226,7 @@ impl Connection {
     /// Stops using a local candidate (its relay is gone) and tells the peer to stop too.
     pub(crate) fn remove_local_candidate(&mut self, candidate: &IceCandidate, now: Instant) {
         let _guard = self.span.clone().entered();
-        fastrand::seed(self.rng.u64(..));
-        if self.ice.invalidate_candidate(candidate.as_ice()) {
+        if self.ice.seeded().invalidate_candidate(candidate.as_ice()) {
             tracing::debug!(%candidate, "invalidated local candidate");
             self.events
                 .push_back(ConnEvent::InvalidatedLocalCandidate(candidate.clone()));
@@ -248,7 +243,7 @@ impl Connection {
         {
             self.wg_endpoint = None;
         }
-        self.ice.handle_timeout(now);
+        self.ice.agent_mut().handle_timeout(now);
     }
 
     /// Always added, also after a pair was nominated: ICE may have settled on a peer-reflexive
@@ -256,9 +251,10 @@ impl Connection {
     pub(crate) fn add_remote_candidate(&mut self, candidate: &IceCandidate, now: Instant) {
         let _guard = self.span.clone().entered();
         tracing::debug!(%candidate, "adding remote candidate");
-        fastrand::seed(self.rng.u64(..));
-        self.ice.add_remote_candidate(candidate.as_ice().clone());
-        if !self.ice.state().is_connected() {
+        self.ice
+            .seeded()
+            .add_remote_candidate(candidate.as_ice().clone());
+        if !self.ice.agent().state().is_connected() {
             self.timers
                 .set(Timer::IceSetup, now + self.config.ice_setup_timeout);
         }
@@ -267,11 +263,10 @@ impl Connection {
 
     pub(crate) fn remove_remote_candidate(&mut self, candidate: &IceCandidate, now: Instant) {
         let _guard = self.span.clone().entered();
-        fastrand::seed(self.rng.u64(..));
-        if self.ice.invalidate_candidate(candidate.as_ice()) {
+        if self.ice.seeded().invalidate_candidate(candidate.as_ice()) {
             tracing::debug!(%candidate, "invalidated remote candidate");
         }
-        self.ice.handle_timeout(now);
+        self.ice.agent_mut().handle_timeout(now);
     }
 
     /// An upsert with unchanged parameters: wake up, re-announce, and roll over to a fresh
@@ -311,7 +306,9 @@ impl Connection {
             .set(Timer::Idle, self.last_activity + self.config.idle_after);
         if self.idle {
             self.idle = false;
-            self.ice.set_max_stun_rto(self.config.active_stun_interval);
+            self.ice
+                .agent_mut()
+                .set_max_stun_rto(self.config.active_stun_interval);
             tracing::debug!(parent: &self.span, "connection active again");
         }
     }
@@ -488,8 +485,7 @@ impl Connection {
             tracing::debug!(%from, "check from yet another unknown address: ignored");
             return true;
         }
-        fastrand::seed(self.rng.u64(..));
-        let accepted = self.ice.handle_packet(
+        let accepted = self.ice.seeded().handle_packet(
             now,
             StunPacket {
                 proto: is::Protocol::Udp,
@@ -500,30 +496,22 @@ impl Connection {
         );
         // `is` only re-evaluates its state (and nominates, on the controlled side) inside
         // handle_timeout; without this the connection would come up a timer period late.
-        self.ice.handle_timeout(now);
+        self.ice.agent_mut().handle_timeout(now);
         self.drain_ice(now, pool, transmits);
         accepted
     }
 
     fn too_many_peer_reflexive(&self, from: SocketAddr) -> bool {
-        let mut peer_reflexive = 0;
-        for c in self.ice.remote_candidates() {
-            if c.addr() == from {
-                return false;
-            }
-            if c.kind() == is::CandidateKind::PeerReflexive {
-                peer_reflexive += 1;
-            }
-        }
-        peer_reflexive >= self.config.max_peer_reflexive
+        self.ice
+            .too_many_peer_reflexive(from, self.config.max_peer_reflexive)
     }
 
     pub(crate) fn accepts(&self, message: &StunMessage<'_>) -> bool {
-        self.ice.accepts_message(message)
+        self.ice.agent().accepts_message(message)
     }
 
     pub(crate) fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
-        let mut earliest = self.ice.poll_timeout().map(|t| (t, "ice"));
+        let mut earliest = self.ice.agent_mut().poll_timeout().map(|t| (t, "ice"));
         for timer in Timer::ALL {
             if let Some(t) = self.armed(timer) {
                 if earliest.is_none_or(|(e, _)| t < e) {
@@ -538,7 +526,7 @@ impl Connection {
     /// connected (a connection still looking for a path is not idle, it is being set up).
     fn armed(&self, timer: Timer) -> Option<Instant> {
         match timer {
-            Timer::Idle if !self.ice.state().is_connected() => None,
+            Timer::Idle if !self.ice.agent().state().is_connected() => None,
             Timer::WireGuardTick
             | Timer::MigrationGrace
             | Timer::IceSetup
@@ -561,8 +549,7 @@ impl Connection {
                 self.on_timer(timer, now, pool, transmits);
             }
             if timer == Timer::WireGuardTick {
-                fastrand::seed(self.rng.u64(..));
-                self.ice.handle_timeout(now);
+                self.ice.seeded().handle_timeout(now);
                 self.drain_ice(now, pool, transmits);
             }
         }
@@ -592,7 +579,9 @@ impl Connection {
             Timer::Idle => {
                 self.idle = true;
                 self.timers.stop(Timer::Idle);
-                self.ice.set_max_stun_rto(self.config.idle_stun_interval);
+                self.ice
+                    .agent_mut()
+                    .set_max_stun_rto(self.config.idle_stun_interval);
                 tracing::debug!("connection idle");
                 self.events.push_back(ConnEvent::Idle);
             }
@@ -692,7 +681,7 @@ impl Connection {
     }
 
     fn drain_ice(&mut self, now: Instant, pool: &BufferPool, transmits: &mut VecDeque<Transmit>) {
-        while let Some(t) = self.ice.poll_transmit() {
+        while let Some(t) = self.ice.agent_mut().poll_transmit() {
             let contents: &[u8] = &t.contents;
             let path = self.path_from(t.source, t.destination);
             let header = path.header_len();
@@ -707,7 +696,7 @@ impl Connection {
                 via: path.relay,
             });
         }
-        while let Some(event) = self.ice.poll_event() {
+        while let Some(event) = self.ice.agent_mut().poll_event() {
             match event {
                 IceAgentEvent::IceConnectionStateChange(state) => {
                     self.on_ice_state(state, now);
@@ -805,12 +794,5 @@ fn handshake_sender_index(packet: &[u8]) -> Option<u32> {
     match packet.first()? {
         1 | 2 => Some(u32::from_le_bytes(packet.get(4..8)?.try_into().ok()?)),
         _ => None,
-    }
-}
-
-fn to_ice_creds(c: &Credentials) -> IceCreds {
-    IceCreds {
-        ufrag: c.ufrag.clone(),
-        pass: c.password.clone(),
     }
 }

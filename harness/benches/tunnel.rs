@@ -61,10 +61,8 @@ impl NodePair {
         let Peer::Client { node: tx, .. } = &mut self.net.host_mut(self.client).peer else {
             unreachable!()
         };
-        let transmit = tx
-            .encapsulate(GatewayId(1), packet, self.now)
-            .unwrap()
-            .unwrap();
+        tx.encapsulate(GatewayId(1), packet, self.now).unwrap();
+        let transmit = tx.poll_transmit().unwrap();
         let Peer::Gateway { node: rx, .. } = &mut self.net.host_mut(self.gateway).peer else {
             unreachable!()
         };

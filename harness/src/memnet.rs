@@ -558,11 +558,11 @@ impl MemNet {
             }
         };
         match result {
-            Ok(Some(transmit)) => {
-                self.route(from, Datagram::from(transmit));
+            Ok(()) => {
+                // Out at once, with whatever the node queued before it, in order.
+                self.flush();
                 Ok(())
             }
-            Ok(None) => Ok(()),
             Err(e) => {
                 self.hosts[from.0].errors.push(format!("{e}"));
                 Err(e)

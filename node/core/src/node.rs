@@ -344,32 +344,30 @@ impl<TId: PeerId> Node<TId> {
         self.connections.keys().copied()
     }
 
-    /// Encrypts an IP packet for the peer `id`.
+    /// Encrypts an IP packet for the peer `id` and queues the datagram for
+    /// [`Node::poll_transmit`], behind everything queued before it (a ChannelBind the datagram
+    /// needs is queued in front of it).
     ///
-    /// `Ok(None)` means the packet was queued because there is no path or session yet.
+    /// Nothing is queued while there is no path or session yet: boringtun holds the packet
+    /// until the handshake completes.
     pub fn encapsulate<B: AsRef<[u8]>>(
         &mut self,
         id: TId,
         packet: &IpPacket<B>,
         now: Instant,
-    ) -> Result<Option<Transmit>, Error> {
+    ) -> Result<(), Error> {
         let Some(conn) = self.connections.get_mut(&id) else {
             self.stats.unknown_connection += 1;
             return Err(Error::UnknownConnection);
         };
-        let result = conn.encapsulate(packet.as_bytes(), now, &self.pool);
-        match result {
-            Ok(Some(transmit)) if transmit.via.is_some() => {
-                let queued = self.transmits.len();
-                let wrapped = self.wrap_relayed(transmit, now);
-                if self.transmits.len() == queued {
-                    return Ok(wrapped);
+        match conn.encapsulate(packet.as_bytes(), now, &self.pool) {
+            Ok(Some(transmit)) => {
+                if let Some(t) = self.wrap_relayed(transmit, now) {
+                    self.transmits.push_back(t);
                 }
-                // A ChannelBind was just queued: the data must leave right behind it.
-                self.transmits.extend(wrapped);
-                Ok(None)
+                Ok(())
             }
-            Ok(transmit) => Ok(transmit),
+            Ok(None) => Ok(()),
             Err(e) => {
                 self.stats.wireguard_errors += 1;
                 Err(e)

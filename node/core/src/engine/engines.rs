@@ -34,8 +34,9 @@ pub trait RoleState {
         datagram: &[u8],
         now: Instant,
     ) -> Option<IpPacket<Buffer>>;
-    /// A packet from the device; returns the datagram that carries it, when one is ready.
-    fn handle_tun_packet(&mut self, packet: &IpPacket<&[u8]>, now: Instant) -> Option<Transmit>;
+    /// A packet from the device; the datagram that carries it, when one can go, is queued for
+    /// [`RoleState::poll_transmit`].
+    fn handle_tun_packet(&mut self, packet: &IpPacket<&[u8]>, now: Instant);
     /// A message from the portal.
     fn handle_portal_message(&mut self, message: Self::Ingress, now: Instant);
     /// A deadline passed.
@@ -77,8 +78,8 @@ impl RoleState for ClientState {
     ) -> Option<IpPacket<Buffer>> {
         self.handle_network_input(local, from, datagram, now)
     }
-    fn handle_tun_packet(&mut self, packet: &IpPacket<&[u8]>, now: Instant) -> Option<Transmit> {
-        self.handle_tun_packet(packet, now)
+    fn handle_tun_packet(&mut self, packet: &IpPacket<&[u8]>, now: Instant) {
+        self.handle_tun_packet(packet, now);
     }
     fn handle_portal_message(&mut self, message: ClientIngress, now: Instant) {
         self.handle_portal_message(message, now);
@@ -126,8 +127,8 @@ impl RoleState for GatewayState {
     ) -> Option<IpPacket<Buffer>> {
         self.handle_network_input(local, from, datagram, now)
     }
-    fn handle_tun_packet(&mut self, packet: &IpPacket<&[u8]>, now: Instant) -> Option<Transmit> {
-        self.handle_tun_packet(packet, now)
+    fn handle_tun_packet(&mut self, packet: &IpPacket<&[u8]>, now: Instant) {
+        self.handle_tun_packet(packet, now);
     }
     fn handle_portal_message(&mut self, message: GatewayIngress, now: Instant) {
         self.handle_portal_message(message, now);
@@ -176,8 +177,6 @@ pub struct TunnelEngine<S: RoleState> {
     requests: BTreeMap<RequestId, ResourceId>,
     /// Packets for the device, produced directly by a call.
     device: VecDeque<Buffer>,
-    /// Datagrams produced directly by a call; they leave before the state's queue.
-    transmits: VecDeque<Transmit>,
     events: VecDeque<EngineEvent<S::Event>>,
 }
 
@@ -192,7 +191,6 @@ impl<S: RoleState> TunnelEngine<S> {
             portal: PortalDriver::new(ChannelConfig::new(topic, join), seed),
             requests: BTreeMap::new(),
             device: VecDeque::new(),
-            transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
@@ -280,11 +278,7 @@ impl<S: RoleState> Engine for TunnelEngine<S> {
     fn handle_device_bytes(&mut self, packet: &[u8], now: Instant) {
         // Parsed in place: the state only reads the packet (it encrypts into a pooled buffer).
         match IpPacket::parse(packet) {
-            Ok(packet) => {
-                if let Some(t) = self.state.handle_tun_packet(&packet, now) {
-                    self.transmits.push_back(t);
-                }
-            }
+            Ok(packet) => self.state.handle_tun_packet(&packet, now),
             Err(error) => tracing::debug!(%error, "invalid packet from the device"),
         }
         self.drain(now);
@@ -305,9 +299,7 @@ impl<S: RoleState> Engine for TunnelEngine<S> {
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits
-            .pop_front()
-            .or_else(|| self.state.poll_transmit())
+        self.state.poll_transmit()
     }
 
     fn poll_device_packet(&mut self) -> Option<Buffer> {

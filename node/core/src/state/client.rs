@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use boringtun::x25519::StaticSecret;
 
-use super::{apply_relays_presence, earliest, push_transmit, replace_relays, ResourceTable};
+use super::{apply_relays_presence, earliest, replace_relays, ResourceTable};
 use crate::ids::{GatewayId, ResourceId};
 use crate::packet::IpPacket;
 use crate::pool::Buffer;
@@ -131,7 +131,6 @@ pub struct ClientState {
     routes: BTreeMap<ResourceId, Route>,
     /// Gateways with a connection in the node, and whether it is established.
     gateways: BTreeMap<GatewayId, bool>,
-    transmits: VecDeque<Transmit>,
     egress: VecDeque<ClientEgress>,
     events: VecDeque<ClientEvent>,
     stats: ClientStats,
@@ -156,7 +155,6 @@ impl ClientState {
             table: ResourceTable::new(),
             routes: BTreeMap::new(),
             gateways: BTreeMap::new(),
-            transmits: VecDeque::new(),
             egress: VecDeque::new(),
             events: VecDeque::new(),
             stats: ClientStats::default(),
@@ -194,17 +192,14 @@ impl ClientState {
         self.drain_node(now);
     }
 
-    /// An IP packet read from the TUN device. Returns the datagram to send right away, if any.
-    pub fn handle_tun_packet<B: AsRef<[u8]>>(
-        &mut self,
-        packet: &IpPacket<B>,
-        now: Instant,
-    ) -> Option<Transmit> {
+    /// An IP packet read from the TUN device. The datagram that carries it, if one can go now,
+    /// is queued for [`ClientState::poll_transmit`].
+    pub fn handle_tun_packet<B: AsRef<[u8]>>(&mut self, packet: &IpPacket<B>, now: Instant) {
         let dst = packet.destination();
         let Some((_, &rid)) = self.table.longest_match(dst) else {
             self.stats.no_resource += 1;
             tracing::debug!(%dst, "no resource for destination: dropped");
-            return None;
+            return;
         };
         let route = match self.routes.get_mut(&rid) {
             Some(route) => route,
@@ -227,7 +222,7 @@ impl ClientState {
                 if queue.push(packet) {
                     self.stats.queue_overflow += 1;
                 }
-                return None;
+                return;
             }
             Route::Requested { queue, .. } => {
                 tracing::debug!(%rid, "connection already requested: packet held back");
@@ -235,16 +230,12 @@ impl ClientState {
                     self.stats.queue_overflow += 1;
                     tracing::debug!(%rid, "pending queue full: dropped the oldest packet");
                 }
-                return None;
+                return;
             }
         };
-        match self.node.encapsulate(gateway, packet, now) {
-            Ok(transmit) => transmit,
-            Err(error) => {
-                self.stats.encapsulate_errors += 1;
-                tracing::debug!(gid = %gateway, %rid, %error, "cannot encapsulate");
-                None
-            }
+        if let Err(error) = self.node.encapsulate(gateway, packet, now) {
+            self.stats.encapsulate_errors += 1;
+            tracing::debug!(gid = %gateway, %rid, %error, "cannot encapsulate");
         }
     }
 
@@ -493,11 +484,10 @@ impl ClientState {
         earliest(self.node.poll_timeout(), request)
     }
 
-    /// The next datagram to send.
+    /// The next datagram to send: the node's queue is the only one, so datagrams leave in
+    /// the order they were made.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits
-            .pop_front()
-            .or_else(|| self.node.poll_transmit())
+        self.node.poll_transmit()
     }
 
     /// The next message for the portal.
@@ -552,12 +542,9 @@ impl ClientState {
             }
         }
         for packet in held {
-            match self.node.encapsulate(gateway, &packet, now) {
-                Ok(transmit) => push_transmit(&mut self.node, &mut self.transmits, transmit),
-                Err(error) => {
-                    self.stats.encapsulate_errors += 1;
-                    tracing::debug!(gid = %gateway, %error, "cannot encapsulate held-back packet");
-                }
+            if let Err(error) = self.node.encapsulate(gateway, &packet, now) {
+                self.stats.encapsulate_errors += 1;
+                tracing::debug!(gid = %gateway, %error, "cannot encapsulate held-back packet");
             }
         }
     }

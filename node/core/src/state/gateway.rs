@@ -8,7 +8,7 @@ use boringtun::x25519::StaticSecret;
 
 use super::authorizations::Authorizations;
 use super::icmp::prohibited_reply;
-use super::{apply_relays_presence, earliest, push_transmit, replace_relays, WallClock};
+use super::{apply_relays_presence, earliest, replace_relays, WallClock};
 use crate::ids::{ClientId, ResourceId};
 use crate::packet::IpPacket;
 use crate::pool::Buffer;
@@ -97,7 +97,6 @@ pub struct GatewayState {
     by_ip: BTreeMap<IpAddr, ClientId>,
     resources: BTreeMap<ResourceId, ResourceDescription>,
     authorizations: Authorizations,
-    transmits: VecDeque<Transmit>,
     egress: VecDeque<GatewayEgress>,
     events: VecDeque<GatewayEvent>,
     stats: GatewayStats,
@@ -129,7 +128,6 @@ impl GatewayState {
             by_ip: BTreeMap::new(),
             resources: BTreeMap::new(),
             authorizations: Authorizations::default(),
-            transmits: VecDeque::new(),
             egress: VecDeque::new(),
             events: VecDeque::new(),
             stats: GatewayStats::default(),
@@ -207,33 +205,23 @@ impl GatewayState {
         None
     }
 
-    /// An IP packet from the resource network (read from the TUN device). Returns the
-    /// datagram to send if it is reply traffic of an authorized flow.
-    pub fn handle_tun_packet<B: AsRef<[u8]>>(
-        &mut self,
-        packet: &IpPacket<B>,
-        now: Instant,
-    ) -> Option<Transmit> {
+    /// An IP packet from the resource network (read from the TUN device). If it is reply
+    /// traffic of an authorized flow, the datagram that carries it is queued for
+    /// [`GatewayState::poll_transmit`].
+    pub fn handle_tun_packet<B: AsRef<[u8]>>(&mut self, packet: &IpPacket<B>, now: Instant) {
         let dst = packet.destination();
         let Some(&cid) = self.by_ip.get(&dst) else {
             self.stats.unknown_destination += 1;
             tracing::trace!(%dst, "TUN packet for no client: dropped");
-            return None;
+            return;
         };
         let src = packet.source();
         if !self.allows(cid, src, now) {
             self.stats.unauthorized_reply += 1;
             tracing::debug!(%cid, %src, "TUN packet from outside the client's resources: dropped");
-            return None;
+            return;
         }
-        match self.node.encapsulate(cid, packet, now) {
-            Ok(transmit) => transmit,
-            Err(error) => {
-                self.stats.encapsulate_errors += 1;
-                tracing::debug!(%cid, %error, "cannot encapsulate");
-                None
-            }
-        }
+        self.encapsulate_to(cid, packet, now);
     }
 
     /// Whether `cid` holds an unexpired authorization for a resource containing `ip`.
@@ -247,13 +235,15 @@ impl GatewayState {
         })
     }
 
-    fn encapsulate_to(&mut self, cid: ClientId, packet: &IpPacket, now: Instant) {
-        match self.node.encapsulate(cid, packet, now) {
-            Ok(transmit) => push_transmit(&mut self.node, &mut self.transmits, transmit),
-            Err(error) => {
-                self.stats.encapsulate_errors += 1;
-                tracing::debug!(%cid, %error, "cannot encapsulate");
-            }
+    fn encapsulate_to<B: AsRef<[u8]>>(
+        &mut self,
+        cid: ClientId,
+        packet: &IpPacket<B>,
+        now: Instant,
+    ) {
+        if let Err(error) = self.node.encapsulate(cid, packet, now) {
+            self.stats.encapsulate_errors += 1;
+            tracing::debug!(%cid, %error, "cannot encapsulate");
         }
     }
 
@@ -458,11 +448,10 @@ impl GatewayState {
         earliest(self.node.poll_timeout(), expiry)
     }
 
-    /// The next datagram to send.
+    /// The next datagram to send: the node's queue is the only one, so datagrams leave in
+    /// the order they were made.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits
-            .pop_front()
-            .or_else(|| self.node.poll_transmit())
+        self.node.poll_transmit()
     }
 
     /// The next message for the portal.

@@ -30,7 +30,6 @@ mod resources;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use client::{ClientEvent, ClientState, ClientStats, PENDING_QUEUE_CAPACITY, REQUEST_TIMEOUT};
@@ -40,7 +39,7 @@ pub use resources::ResourceTable;
 
 use crate::portal::{Relay, RelaysPresence};
 use crate::turn::RelayConfig;
-use crate::{Node, PeerId, Transmit};
+use crate::{Node, PeerId};
 
 /// What the node needs to use a relay the portal announced.
 fn relay_config(relay: &Relay) -> RelayConfig {
@@ -78,19 +77,6 @@ fn apply_relays_presence<TId: PeerId>(
     for relay in &presence.connected {
         node.add_relay(relay_config(relay), now);
     }
-}
-
-/// Queues a transmit the tunnel produced behind everything the node queued before it, so that
-/// datagrams leave in the order they were made (e.g. a ChannelBind before the data behind it).
-fn push_transmit<TId: PeerId>(
-    node: &mut Node<TId>,
-    queue: &mut VecDeque<Transmit>,
-    transmit: Option<Transmit>,
-) {
-    while let Some(t) = node.poll_transmit() {
-        queue.push_back(t);
-    }
-    queue.extend(transmit);
 }
 
 /// The earlier of two wake-ups, with its reason.

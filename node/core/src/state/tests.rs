@@ -218,15 +218,13 @@ impl World {
 
     /// A packet from the client's TUN device.
     fn client_sends(&mut self, packet: &IpPacket) {
-        let transmit = self.client.handle_tun_packet(packet, self.now);
-        self.deliver_to_gateway(transmit);
+        self.client.handle_tun_packet(packet, self.now);
         self.settle();
     }
 
     /// A packet from the resource network.
     fn resource_sends(&mut self, packet: &IpPacket) {
-        let transmit = self.gateway.handle_tun_packet(packet, self.now);
-        self.deliver_to_client(transmit);
+        self.gateway.handle_tun_packet(packet, self.now);
         self.settle();
     }
 
@@ -507,7 +505,11 @@ fn pending_packets_make_one_request_and_arrive_in_order() {
         .collect();
     // Two before the portal answers, three after it answered but before the connection is up.
     for p in &packets[..2] {
-        assert!(w.client.handle_tun_packet(p, w.now).is_none());
+        w.client.handle_tun_packet(p, w.now);
+        assert!(
+            w.client.poll_transmit().is_none(),
+            "sent before a connection exists"
+        );
     }
     w.settle();
     assert_eq!(w.client.gateway_of(R1), Some(GID));

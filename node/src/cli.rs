@@ -7,8 +7,6 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::runtime::HostSocket;
-
 /// Options of both binaries.
 #[derive(Debug, clap::Args)]
 pub struct CommonArgs {
@@ -134,9 +132,9 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// The host candidates of `socket`: its host address, then the `--advertise` ones.
-pub fn local_addresses(socket: &HostSocket, advertise: &[Advertise]) -> Vec<SocketAddr> {
-    let host = socket.host_address();
+/// The host candidates of a socket whose host address is `host`: that one, then the `--advertise`
+/// ones (an IP alone takes the port of `host`).
+pub fn local_addresses(host: SocketAddr, advertise: &[Advertise]) -> Vec<SocketAddr> {
     let port = host.port();
     let mut addrs = vec![host];
     for addr in advertise.iter().map(|a| match *a {
@@ -153,7 +151,7 @@ pub fn local_addresses(socket: &HostSocket, advertise: &[Advertise]) -> Vec<Sock
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::DatagramSocket as _;
+    use crate::runtime::{bind_host_socket, DatagramSocket as _};
 
     #[test]
     fn portal_endpoint_adds_path_token_and_port() {
@@ -193,20 +191,19 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn unspecified_bind_reports_the_address_towards_the_portal() {
-        let socket = HostSocket::bind("0.0.0.0:0".parse().unwrap(), "127.0.0.1:9")
+        let socket = bind_host_socket("0.0.0.0:0".parse().unwrap(), "127.0.0.1:9")
             .await
             .unwrap();
-        let host = socket.host_address();
+        let host = socket.local_addr().unwrap();
         assert_eq!(host.ip(), IpAddr::from([127, 0, 0, 1]));
         assert_ne!(host.port(), 0);
-        assert_eq!(socket.local_addr().unwrap(), host);
         let extra = [
             Advertise::Ip("203.0.113.7".parse().unwrap()),
             Advertise::Socket("203.0.113.8:4000".parse().unwrap()),
             Advertise::Ip(host.ip()),
         ];
         assert_eq!(
-            local_addresses(&socket, &extra),
+            local_addresses(host, &extra),
             vec![
                 host,
                 SocketAddr::new("203.0.113.7".parse().unwrap(), host.port()),

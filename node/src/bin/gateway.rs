@@ -16,8 +16,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use node::cli::{self, CommonArgs};
 use node::runtime::{
-    self, Clock as _, Fatal, HostSocket, Observed, TcpConnector, TokioClock, TunConfig, TunDevice,
-    WebSocketLink,
+    self, Clock as _, DatagramSocket as _, Fatal, Observed, TcpConnector, TokioClock, TunConfig,
+    TunDevice, WebSocketLink,
 };
 use node_core::engine::{EngineEvent, GatewayEngine};
 use node_core::portal::IpNetwork;
@@ -84,8 +84,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let socket = HostSocket::bind(common.listen, &endpoint.connect).await?;
-        let addresses = cli::local_addresses(&socket, &common.advertise);
+        let socket = runtime::bind_host_socket(common.listen, &endpoint.connect).await?;
+        let addresses = cli::local_addresses(socket.local_addr()?, &common.advertise);
         let mut device = TunDevice::create(&args.tun_name, common.mtu)
             .with_context(|| format!("cannot create the TUN device {:?} (root or CAP_NET_ADMIN needed)", args.tun_name))?;
         let mut config = TunConfig::new(device.name());

@@ -2,58 +2,40 @@
 //! the driver that runs an engine on a TUN device until a signal or a fatal portal error.
 
 use std::cell::RefCell;
-use std::future::Future;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use anyhow::Context as _;
 use node_core::engine::Engine;
-use node_core::Transmit;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Notify};
 
 use super::{
-    run, BatchSocket, Command, DatagramSocket, RecvBatch, TcpConnector, TokioClock, TunDevice,
-    WebSocketLink,
+    run, BatchSocket, Command, DatagramSocket, TcpConnector, TokioClock, TunDevice, WebSocketLink,
 };
 
-/// The UDP socket of a node: bound to `--listen`, and reporting to the event loop the host
-/// address datagrams arrive on.
+/// Binds the UDP socket of a node to `listen`, reporting to the event loop the host address
+/// datagrams arrive on.
 ///
 /// The loop hands the engine one local address for every datagram, and the engine's ICE agent
 /// pairs candidates by it: a socket bound to `0.0.0.0` must not report `0.0.0.0`, or no pair
 /// with a host candidate ever succeeds. So a socket bound to the unspecified address reports the
-/// address of the interface that routes to the portal (the primary one), and that is the host
-/// candidate advertised. Datagrams arriving on other interfaces are attributed to it too, which
-/// is why they are not advertised unless asked for (`--advertise`).
-#[derive(Debug)]
-pub struct HostSocket {
-    socket: BatchSocket,
-    local: SocketAddr,
-}
-
-impl HostSocket {
-    /// Binds `listen`; an unspecified IP is replaced, in what the loop sees, by the local IP the
-    /// kernel picks to reach `toward`.
-    pub async fn bind(listen: SocketAddr, toward: &str) -> anyhow::Result<Self> {
-        let socket = tokio::net::UdpSocket::bind(listen)
-            .await
-            .with_context(|| format!("cannot bind UDP {listen}"))?;
-        let bound = socket.local_addr()?;
-        let local = if bound.ip().is_unspecified() {
-            SocketAddr::new(primary_ip(toward, bound).await?, bound.port())
-        } else {
-            bound
-        };
-        let socket = BatchSocket::new(socket).context("cannot set up the UDP socket")?;
-        Ok(Self { socket, local })
+/// address of the interface that routes to `toward` (the portal: the primary interface), and
+/// that is the host candidate advertised. Datagrams arriving on other interfaces are attributed
+/// to it too, which is why they are not advertised unless asked for (`--advertise`).
+pub async fn bind_host_socket(listen: SocketAddr, toward: &str) -> anyhow::Result<BatchSocket> {
+    let socket = tokio::net::UdpSocket::bind(listen)
+        .await
+        .with_context(|| format!("cannot bind UDP {listen}"))?;
+    let bound = socket.local_addr()?;
+    let mut socket = BatchSocket::new(socket).context("cannot set up the UDP socket")?;
+    if bound.ip().is_unspecified() {
+        socket.report_local_addr(SocketAddr::new(
+            primary_ip(toward, bound).await?,
+            bound.port(),
+        ));
     }
-
-    /// The host address the loop reports.
-    pub fn host_address(&self) -> SocketAddr {
-        self.local
-    }
+    Ok(socket)
 }
 
 /// The local IP the kernel would send from to reach `toward` (`host:port`), in the family of
@@ -75,28 +57,6 @@ async fn primary_ip(toward: &str, bound: SocketAddr) -> anyhow::Result<IpAddr> {
         .await
         .with_context(|| format!("no route to the portal {target}"))?;
     Ok(probe.local_addr()?.ip())
-}
-
-impl DatagramSocket for HostSocket {
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-
-    fn recv_from(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<(usize, SocketAddr)>> {
-        self.socket.recv_from(buf)
-    }
-
-    fn send_to(&self, buf: &[u8], dst: SocketAddr) -> impl Future<Output = io::Result<usize>> {
-        self.socket.send_to(buf, dst)
-    }
-
-    fn recv_batch(&self, batch: &mut RecvBatch) -> impl Future<Output = io::Result<()>> {
-        self.socket.recv_batch(batch)
-    }
-
-    fn send_batch(&self, transmits: &mut Vec<Transmit>) -> impl Future<Output = ()> {
-        self.socket.send_batch(transmits)
-    }
 }
 
 /// Raised from inside the loop when the node must stop (the portal session failed for good).

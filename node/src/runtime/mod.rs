@@ -28,7 +28,7 @@ use node_core::Transmit;
 
 pub use control::{Connector, ControlLink, NoControl, WebSocketLink, CONNECT_TIMEOUT};
 #[cfg(feature = "host")]
-pub use host::{drive, Fatal, HostSocket};
+pub use host::{bind_host_socket, drive, Fatal};
 pub use observe::Observed;
 pub use tokio_io::{TcpConnector, TokioClock, TokioSocket};
 #[cfg(feature = "host")]

@@ -80,6 +80,12 @@ struct Inbox {
 }
 
 impl BatchSocket {
+    /// Reports `addr` as the local address of every datagram, instead of the address bound
+    /// (see [`super::bind_host_socket`]: a socket bound to `0.0.0.0` reports a host address).
+    pub fn report_local_addr(&mut self, addr: SocketAddr) {
+        self.local = addr;
+    }
+
     /// Takes over a bound socket: switches on GRO, asks for larger buffers and starts the
     /// reader and writer threads.
     pub fn new(socket: tokio::net::UdpSocket) -> io::Result<Self> {

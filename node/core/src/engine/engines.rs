@@ -61,44 +61,52 @@ pub trait RoleState {
     }
 }
 
-impl RoleState for ClientState {
-    type Ingress = ClientIngress;
-    type Egress = ClientEgress;
-    type Event = ClientEvent;
+/// The calls both states have as inherent methods of the same names, forwarded.
+macro_rules! forward_role_state {
+    ($ingress:ty, $egress:ty, $event:ty) => {
+        type Ingress = $ingress;
+        type Egress = $egress;
+        type Event = $event;
 
-    fn public_key(&self) -> PublicKey {
-        self.public_key()
-    }
-    fn handle_network_input(
-        &mut self,
-        local: SocketAddr,
-        from: SocketAddr,
-        datagram: &[u8],
-        now: Instant,
-    ) -> Option<IpPacket<Buffer>> {
-        self.handle_network_input(local, from, datagram, now)
-    }
-    fn handle_tun_packet(&mut self, packet: &IpPacket<&[u8]>, now: Instant) {
-        self.handle_tun_packet(packet, now);
-    }
-    fn handle_portal_message(&mut self, message: ClientIngress, now: Instant) {
-        self.handle_portal_message(message, now);
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-    fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
-        self.poll_timeout()
-    }
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.poll_transmit()
-    }
-    fn poll_portal_message(&mut self) -> Option<ClientEgress> {
-        self.poll_portal_message()
-    }
-    fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.poll_event()
-    }
+        fn public_key(&self) -> PublicKey {
+            self.public_key()
+        }
+        fn handle_network_input(
+            &mut self,
+            local: SocketAddr,
+            from: SocketAddr,
+            datagram: &[u8],
+            now: Instant,
+        ) -> Option<IpPacket<Buffer>> {
+            self.handle_network_input(local, from, datagram, now)
+        }
+        fn handle_tun_packet(&mut self, packet: &IpPacket<&[u8]>, now: Instant) {
+            self.handle_tun_packet(packet, now);
+        }
+        fn handle_portal_message(&mut self, message: $ingress, now: Instant) {
+            self.handle_portal_message(message, now);
+        }
+        fn handle_timeout(&mut self, now: Instant) {
+            self.handle_timeout(now);
+        }
+        fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
+            self.poll_timeout()
+        }
+        fn poll_transmit(&mut self) -> Option<Transmit> {
+            self.poll_transmit()
+        }
+        fn poll_portal_message(&mut self) -> Option<$egress> {
+            self.poll_portal_message()
+        }
+        fn poll_event(&mut self) -> Option<$event> {
+            self.poll_event()
+        }
+    };
+}
+
+impl RoleState for ClientState {
+    forward_role_state!(ClientIngress, ClientEgress, ClientEvent);
+
     fn requested_resource(message: &ClientEgress) -> Option<ResourceId> {
         match message {
             ClientEgress::RequestConnection(r) => Some(r.resource_id),
@@ -111,43 +119,7 @@ impl RoleState for ClientState {
 }
 
 impl RoleState for GatewayState {
-    type Ingress = GatewayIngress;
-    type Egress = GatewayEgress;
-    type Event = GatewayEvent;
-
-    fn public_key(&self) -> PublicKey {
-        self.public_key()
-    }
-    fn handle_network_input(
-        &mut self,
-        local: SocketAddr,
-        from: SocketAddr,
-        datagram: &[u8],
-        now: Instant,
-    ) -> Option<IpPacket<Buffer>> {
-        self.handle_network_input(local, from, datagram, now)
-    }
-    fn handle_tun_packet(&mut self, packet: &IpPacket<&[u8]>, now: Instant) {
-        self.handle_tun_packet(packet, now);
-    }
-    fn handle_portal_message(&mut self, message: GatewayIngress, now: Instant) {
-        self.handle_portal_message(message, now);
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-    fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
-        self.poll_timeout()
-    }
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.poll_transmit()
-    }
-    fn poll_portal_message(&mut self) -> Option<GatewayEgress> {
-        self.poll_portal_message()
-    }
-    fn poll_event(&mut self) -> Option<GatewayEvent> {
-        self.poll_event()
-    }
+    forward_role_state!(GatewayIngress, GatewayEgress, GatewayEvent);
 }
 
 /// Something an engine reports to whoever runs it (logs, the simulation's checks).

@@ -9,6 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
+use node_core::packet::properties::{assert_round_trip, rewrite_there_and_back, Rewrite};
 use node_core::packet::{IpPacket, IpVersion, PacketError, Transport};
 
 fuzz_target!(|data: &[u8]| {
@@ -16,11 +17,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     check_accessors(&packet, data);
-    let there = Values::from_input(data, packet.version());
-    let back = there_and_back(packet.clone(), &there);
+    let there = rewrite_from_input(data, packet.version());
+    let back = rewrite_there_and_back(packet.clone(), &there);
     // A first fragment has a transport checksum that `checksums_valid` cannot check.
     let valid = packet.checksums_valid() && packet.transport() != Transport::Fragment;
-    check_round_trip(packet.as_bytes(), back.as_bytes(), valid);
+    assert_round_trip(&packet, &back, valid);
 });
 
 fn check_accessors(packet: &IpPacket, data: &[u8]) {
@@ -102,100 +103,32 @@ fn check_accessors(packet: &IpPacket, data: &[u8]) {
 }
 
 /// What to rewrite to, taken from the input so that it varies with it.
-struct Values {
-    src: IpAddr,
-    dst: IpAddr,
-    src_port: u16,
-    dst_port: u16,
-    identifier: u16,
-}
-
-impl Values {
-    fn from_input(data: &[u8], version: IpVersion) -> Self {
-        // FNV-1a: cheap, and every input byte moves every value.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut next = || {
-            for b in data {
-                h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-            }
-            h
-        };
-        let (a, b) = (next(), next());
-        let (src, dst) = match version {
-            IpVersion::V4 => (
-                IpAddr::V4(Ipv4Addr::from((a >> 32) as u32)),
-                IpAddr::V4(Ipv4Addr::from(a as u32)),
-            ),
-            IpVersion::V6 => (
-                IpAddr::V6(Ipv6Addr::from(u128::from(a) << 64 | u128::from(b))),
-                IpAddr::V6(Ipv6Addr::from(u128::from(b) << 64 | u128::from(a))),
-            ),
-        };
-        Self {
-            src,
-            dst,
-            src_port: (b >> 48) as u16,
-            dst_port: (b >> 32) as u16,
-            identifier: (b >> 16) as u16,
+fn rewrite_from_input(data: &[u8], version: IpVersion) -> Rewrite {
+    // FNV-1a: cheap, and every input byte moves every value.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut next = || {
+        for b in data {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
-    }
-}
-
-fn there_and_back(mut packet: IpPacket, to: &Values) -> IpPacket {
-    let valid = packet.checksums_valid();
-    let original = packet.clone();
-    packet.set_source(to.src).unwrap();
-    packet.set_destination(to.dst).unwrap();
-    let ports = packet.set_source_port(to.src_port).is_ok();
-    assert_eq!(packet.set_destination_port(to.dst_port).is_ok(), ports);
-    let echo = packet.set_icmp_identifier(to.identifier).is_ok();
-
-    assert_eq!(packet.source(), to.src);
-    assert_eq!(packet.destination(), to.dst);
-    if ports {
-        assert_eq!(packet.source_port(), Ok(to.src_port));
-        assert_eq!(packet.destination_port(), Ok(to.dst_port));
-    }
-    if echo {
-        assert_eq!(packet.icmp_identifier(), Ok(to.identifier));
-    }
-    if valid {
-        assert!(packet.checksums_valid(), "{original:?} became {packet:?}");
-    }
-    let reparsed = IpPacket::parse(packet.as_bytes()).expect("rewritten packet parses");
-    assert_eq!(reparsed.transport(), packet.transport());
-
-    packet.set_source(original.source()).unwrap();
-    packet.set_destination(original.destination()).unwrap();
-    if let (Ok(s), Ok(d)) = (original.source_port(), original.destination_port()) {
-        packet.set_source_port(s).unwrap();
-        packet.set_destination_port(d).unwrap();
-    }
-    if let Ok(id) = original.icmp_identifier() {
-        packet.set_icmp_identifier(id).unwrap();
-    }
-    packet
-}
-
-/// Back must be the same bytes. The one allowed exception, only when the checksums were not
-/// valid to begin with: a checksum that held the encoding of zero no sender writes (0xFFFF, or
-/// 0x0000 for an all-zero ICMPv4 message) comes back in the usual one.
-fn check_round_trip(original: &[u8], back: &[u8], valid: bool) {
-    if valid {
-        assert_eq!(back, original);
-        return;
-    }
-    assert_eq!(back.len(), original.len());
-    for (i, (a, b)) in original.iter().zip(back).enumerate() {
-        if a != b {
-            let word = |bytes: &[u8]| bytes.get(i & !1..(i & !1) + 2).map(<[u8]>::to_vec);
-            let pair = [word(original), word(back)];
-            let (zero, ones) = (Some(vec![0, 0]), Some(vec![0xff, 0xff]));
-            assert!(
-                pair == [zero.clone(), ones.clone()] || pair == [ones, zero],
-                "byte {i} changed: {original:02x?} -> {back:02x?}"
-            );
-        }
+        h
+    };
+    let (a, b) = (next(), next());
+    let (src, dst) = match version {
+        IpVersion::V4 => (
+            IpAddr::V4(Ipv4Addr::from((a >> 32) as u32)),
+            IpAddr::V4(Ipv4Addr::from(a as u32)),
+        ),
+        IpVersion::V6 => (
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) << 64 | u128::from(b))),
+            IpAddr::V6(Ipv6Addr::from(u128::from(b) << 64 | u128::from(a))),
+        ),
+    };
+    Rewrite {
+        src,
+        dst,
+        src_port: (b >> 48) as u16,
+        dst_port: (b >> 32) as u16,
+        identifier: (b >> 16) as u16,
     }
 }
 

@@ -27,6 +27,9 @@
 mod build;
 mod checksum;
 mod error;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod properties;
 #[cfg(test)]
 mod tests;
 

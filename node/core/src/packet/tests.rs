@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 
+use super::properties::{assert_round_trip, rewrite_there_and_back, Rewrite};
 use super::*;
 
 const V4_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -771,76 +772,15 @@ fn exercise(bytes: &[u8]) {
             "2001:db8::9".parse().unwrap(),
         ),
     };
-    let rewritten = rewrite_there_and_back(packet.clone(), src, dst, 0, 0xffff, 0);
+    let to = Rewrite {
+        src,
+        dst,
+        src_port: 0,
+        dst_port: 0xffff,
+        identifier: 0,
+    };
+    let rewritten = rewrite_there_and_back(packet.clone(), &to);
     assert_round_trip(&packet, &rewritten, valid);
-}
-
-/// Rewrites addresses, ports and identifier to the given values, checks the result, and
-/// rewrites them back.
-fn rewrite_there_and_back(
-    mut packet: IpPacket,
-    src: IpAddr,
-    dst: IpAddr,
-    src_port: u16,
-    dst_port: u16,
-    identifier: u16,
-) -> IpPacket {
-    let valid = packet.checksums_valid();
-    let original = packet.clone();
-    packet.set_source(src).unwrap();
-    packet.set_destination(dst).unwrap();
-    let ports = packet.set_source_port(src_port).is_ok();
-    assert_eq!(packet.set_destination_port(dst_port).is_ok(), ports);
-    let echo = packet.set_icmp_identifier(identifier).is_ok();
-
-    assert_eq!(packet.source(), src);
-    assert_eq!(packet.destination(), dst);
-    if ports {
-        assert_eq!(packet.source_port(), Ok(src_port));
-        assert_eq!(packet.destination_port(), Ok(dst_port));
-    }
-    if echo {
-        assert_eq!(packet.icmp_identifier(), Ok(identifier));
-    }
-    if valid {
-        assert!(packet.checksums_valid(), "{packet:?}");
-    }
-    // Still a packet, with the same shape.
-    let reparsed = parse(packet.as_bytes()).unwrap();
-    assert_eq!(reparsed.transport(), packet.transport());
-
-    packet.set_source(original.source()).unwrap();
-    packet.set_destination(original.destination()).unwrap();
-    if let (Ok(s), Ok(d)) = (original.source_port(), original.destination_port()) {
-        packet.set_source_port(s).unwrap();
-        packet.set_destination_port(d).unwrap();
-    }
-    if let Ok(id) = original.icmp_identifier() {
-        packet.set_icmp_identifier(id).unwrap();
-    }
-    packet
-}
-
-/// Back is the same bytes, except that a checksum may have changed between the two encodings of
-/// zero; never when the checksums were valid.
-fn assert_round_trip(original: &IpPacket, back: &IpPacket, valid: bool) {
-    if valid {
-        assert_eq!(back.as_bytes(), original.as_bytes());
-        assert!(back.checksums_valid());
-        return;
-    }
-    let (a, b) = (original.as_bytes(), back.as_bytes());
-    assert_eq!(a.len(), b.len());
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        if x != y {
-            let word = i & !1;
-            let pair = [read_u16(a, word), read_u16(b, word)];
-            assert!(
-                pair == [0, 0xffff] || pair == [0xffff, 0],
-                "byte {i} changed: {a:02x?} -> {b:02x?}"
-            );
-        }
-    }
 }
 
 #[test]
@@ -996,7 +936,8 @@ proptest! {
             IpVersion::V4 => (IpAddr::from(new_v4.0), IpAddr::from(new_v4.1)),
             IpVersion::V6 => (IpAddr::from(new_v6.0), IpAddr::from(new_v6.1)),
         };
-        let back = rewrite_there_and_back(packet.clone(), src, dst, src_port, dst_port, identifier);
+        let to = Rewrite { src, dst, src_port, dst_port, identifier };
+        let back = rewrite_there_and_back(packet.clone(), &to);
         prop_assert_eq!(back.as_bytes(), packet.as_bytes());
     }
 }

@@ -61,6 +61,17 @@ pub enum PacketError {
         /// The segments left field.
         segments_left: u8,
     },
+    /// An IPv4 header carries a loose or strict source route option (LSRR, SSRR): like an IPv6
+    /// routing header with segments left, the destination address is then not the final one.
+    #[error("IPv4 source route option {option:#04x}")]
+    SourceRoute {
+        /// The option type (0x83 loose, 0x89 strict).
+        option: u8,
+    },
+    /// The IPv4 options cannot be walked (an option's length is below 2 or runs past the
+    /// header), so whether one of them reroutes the packet is unknown.
+    #[error("malformed IPv4 options")]
+    MalformedIpv4Options,
     /// An authentication header declares a zero payload length, which cannot describe a header.
     #[error("IP authentication header has a zero payload length")]
     InvalidAuthHeader,

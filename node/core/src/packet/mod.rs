@@ -10,8 +10,9 @@
 //!   ICMPv6 headers are parsed in full and must fit the IP payload: the UDP length equals it, the
 //!   TCP data offset is at least 5 and within it, an ICMP header has its 8 bytes. IPv6 extension
 //!   headers must be well formed, hop-by-hop first, and a routing header must have no segments
-//!   left (otherwise the destination is not the final one).
-//! - Lenient: IPv4 options, IPv6 extension headers we do not act on, authentication headers,
+//!   left (otherwise the destination is not the final one); for the same reason IPv4 options
+//!   must be well formed and hold no source route (LSRR, SSRR).
+//! - Lenient: other IPv4 options, IPv6 extension headers we do not act on, authentication headers,
 //!   unknown protocols ([`Transport::Other`]), and checksums, which are not verified on parse
 //!   (WireGuard already authenticates the bytes; [`IpPacket::checksums_valid`] exists for tests).
 //! - Fragments: any packet that is part of a fragmented datagram is [`Transport::Fragment`],
@@ -661,6 +662,7 @@ impl Layout {
             });
         }
         check_len(Layer::Ipv4, total_len, bytes.len())?;
+        check_ipv4_options(header.options())?;
 
         let fragment = header
             .is_fragmenting_payload()
@@ -829,6 +831,32 @@ fn check_icmp(layer: Layer, segment: &[u8]) -> Result<(), PacketError> {
 }
 
 /// etherparse counts from where it started slicing, which for us is the start of `layer`.
+/// Option types of the IPv4 loose and strict source routes (RFC 791).
+const IPV4_LSRR: u8 = 0x83;
+const IPV4_SSRR: u8 = 0x89;
+
+/// Walks the IPv4 options: end of list and no-op are one byte, every other option carries its
+/// length. A source route is refused; so are options that cannot be walked, since what they
+/// hide is unknown.
+fn check_ipv4_options(options: &[u8]) -> Result<(), PacketError> {
+    let mut at = 0;
+    while let Some(&kind) = options.get(at) {
+        match kind {
+            0 => return Ok(()),
+            1 => at += 1,
+            IPV4_LSRR | IPV4_SSRR => return Err(PacketError::SourceRoute { option: kind }),
+            _ => {
+                let len = usize::from(*options.get(at + 1).ok_or(PacketError::MalformedIpv4Options)?);
+                if len < 2 || at + len > options.len() {
+                    return Err(PacketError::MalformedIpv4Options);
+                }
+                at += len;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn truncated(layer: Layer, e: etherparse::err::LenError) -> PacketError {
     PacketError::Truncated {
         layer,

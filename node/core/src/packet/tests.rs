@@ -941,3 +941,56 @@ proptest! {
         prop_assert_eq!(back.as_bytes(), packet.as_bytes());
     }
 }
+
+/// An IPv4 UDP packet from 10.0.0.1:1000 to 10.0.0.2:2000 whose header carries `options`
+/// (a multiple of 4 bytes). Checksums are left zero: parsing does not verify them.
+fn ipv4_udp_with_options(options: &[u8]) -> Vec<u8> {
+    let header_len = 20 + options.len();
+    let total = header_len + 8 + 4;
+    let mut bytes = vec![0u8; total];
+    bytes[0] = 0x40 | u8::try_from(header_len / 4).unwrap();
+    bytes[2..4].copy_from_slice(&u16::try_from(total).unwrap().to_be_bytes());
+    bytes[8] = 64;
+    bytes[9] = 17;
+    bytes[12..16].copy_from_slice(&[10, 0, 0, 1]);
+    bytes[16..20].copy_from_slice(&[10, 0, 0, 2]);
+    bytes[20..header_len].copy_from_slice(options);
+    let udp = &mut bytes[header_len..];
+    udp[0..2].copy_from_slice(&1000u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&2000u16.to_be_bytes());
+    udp[4..6].copy_from_slice(&12u16.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn ipv4_source_routes_are_rejected() {
+    // Loose source route through 192.0.2.9, then end of options.
+    let lsrr = [0x83, 7, 4, 192, 0, 2, 9, 0];
+    assert_eq!(
+        parse(&ipv4_udp_with_options(&lsrr)).unwrap_err(),
+        PacketError::SourceRoute { option: 0x83 }
+    );
+    // Strict source route behind a no-op.
+    let ssrr = [1, 0x89, 7, 4, 192, 0, 2, 9];
+    assert_eq!(
+        parse(&ipv4_udp_with_options(&ssrr)).unwrap_err(),
+        PacketError::SourceRoute { option: 0x89 }
+    );
+}
+
+#[test]
+fn other_ipv4_options_are_accepted_and_malformed_ones_rejected() {
+    // Router alert (RFC 2113), then end of options.
+    let bytes = ipv4_udp_with_options(&[0x94, 4, 0, 0, 0, 0, 0, 0]);
+    let packet = parse(&bytes).unwrap();
+    assert_eq!(packet.source_port(), Ok(1000));
+    // A source route after the end of the list is padding, not an option.
+    assert!(parse(&ipv4_udp_with_options(&[0, 0x83, 7, 4])).is_ok());
+    for malformed in [[0x94, 1, 0, 0], [0x94, 9, 0, 0], [1, 1, 1, 0x07]] {
+        assert_eq!(
+            parse(&ipv4_udp_with_options(&malformed)).unwrap_err(),
+            PacketError::MalformedIpv4Options,
+            "{malformed:02x?}"
+        );
+    }
+}

@@ -54,6 +54,8 @@ pub struct ClientStats {
     pub queue_dropped: u64,
     /// Packets from a gateway whose source is in no resource that gateway serves.
     pub unexpected_source: u64,
+    /// Packets from a gateway addressed to anything but this client's tunnel addresses.
+    pub unexpected_destination: u64,
     /// Packets the node refused to encrypt.
     pub encapsulate_errors: u64,
 }
@@ -252,6 +254,12 @@ impl ClientState {
         self.drain_node(now);
         // Errors are counted and logged by the node.
         let (gateway, packet) = result.ok().flatten()?;
+        let dst = packet.destination();
+        if !self.is_own_address(dst) {
+            self.stats.unexpected_destination += 1;
+            tracing::debug!(gid = %gateway, %dst, "packet for another address: dropped");
+            return None;
+        }
         let src = packet.source();
         if !self.is_served_by(gateway, src) {
             self.stats.unexpected_source += 1;
@@ -259,6 +267,15 @@ impl ClientState {
             return None;
         }
         Some(packet)
+    }
+
+    /// Whether `ip` is one of the tunnel addresses the portal gave this client: a gateway may
+    /// send nothing else into the device, where the host would route it on.
+    fn is_own_address(&self, ip: IpAddr) -> bool {
+        self.interface.is_some_and(|i| match ip {
+            IpAddr::V4(ip) => ip == i.ipv4,
+            IpAddr::V6(ip) => ip == i.ipv6,
+        })
     }
 
     /// Whether `src` lies in a resource routed to `gateway`.

@@ -144,6 +144,12 @@ impl GatewayState {
         &self.node
     }
 
+    /// The node, to act as a gateway that misbehaves.
+    #[cfg(test)]
+    pub(crate) fn node_mut(&mut self) -> &mut Node<ClientId> {
+        &mut self.node
+    }
+
     /// What the tunnel dropped.
     pub fn stats(&self) -> &GatewayStats {
         &self.stats

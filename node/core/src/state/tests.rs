@@ -831,6 +831,22 @@ fn client_drops_tunnel_packets_from_outside_the_gateway_resources() {
 }
 
 #[test]
+fn client_drops_tunnel_packets_addressed_to_others() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    // A gateway that sends, from a resource it serves, a packet for another tunnel address:
+    // the client's host would route it on.
+    let stray = udp(ip("10.0.0.7"), ip("100.64.0.99"), b"not yours");
+    w.gateway.node_mut().encapsulate(CID, &stray, w.now).unwrap();
+    w.settle();
+    assert!(w.client_tun.is_empty());
+    assert_eq!(w.client.stats().unexpected_destination, 1);
+    // Its own address still gets through.
+    w.resource_sends(&udp(ip("10.0.0.7"), v4(), b"yours"));
+    assert_eq!(w.client_tun.len(), 1);
+}
+
+#[test]
 fn revoked_resource_is_no_longer_routed() {
     let mut w = World::new(&[R1]);
     w.connect(&[ip("10.0.0.7")]);

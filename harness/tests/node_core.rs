@@ -518,3 +518,62 @@ fn a_dead_path_fails_the_connection_after_the_grace() {
     );
     assert!(failed[0].0 <= cut + Duration::from_secs(90), "{failed:?}");
 }
+
+#[test]
+fn a_peer_on_the_turn_port_is_a_peer() {
+    init_tracing();
+    let mut net = MemNet::new(Instant::now());
+    // A client whose (NAT's) port happens to be TURN's well-known one.
+    let client = net.add_client("client", 1, addr(10, 0, 0, 1, 3478), None, 1);
+    let gateway = net.add_gateway("gateway", 1, addr(10, 0, 0, 2, 6000), None, 2);
+    net.connect(client, gateway);
+    net.run_for(Duration::from_secs(2));
+
+    let info = net.connection(gateway, client).unwrap();
+    assert!(info.ice_connected && info.established, "{info:?}");
+    assert_eq!(info.path.unwrap().remote, addr(10, 0, 0, 1, 3478));
+    net.send(client, gateway, b"ping").unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(payloads(&net, gateway, client), vec![b"ping".to_vec()]);
+}
+
+#[test]
+fn forgotten_relays_are_remembered_up_to_their_cap() {
+    use node_core::ids::{GatewayId, RelayId};
+    use node_core::turn::RelayConfig;
+    use node_core::{Error, Node, Role, FORMER_RELAYS_KEPT};
+
+    let now = Instant::now();
+    let mut node = Node::<GatewayId>::new(Role::Client, 7, now);
+    let local = addr(10, 0, 0, 1, 5000);
+    node.add_local_address(local);
+    let server = |i: usize| addr(203, 0, 113, u8::try_from(i).unwrap(), 3478);
+    for i in 1..=FORMER_RELAYS_KEPT + 1 {
+        let id = RelayId(u64::try_from(i).unwrap());
+        node.add_relay(
+            RelayConfig {
+                id,
+                server: server(i),
+                username: "1:c1".to_owned(),
+                password: "p".to_owned(),
+            },
+            now,
+        );
+        node.remove_relay(id, now);
+    }
+    while node.poll_transmit().is_some() {}
+    // A late STUN answer (binding success, no attributes).
+    let mut answer = vec![0x01, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+    answer.extend_from_slice(&[7; 12]);
+    let from_relay = |node: &mut Node<GatewayId>, i: usize| {
+        matches!(
+            node.decapsulate(local, server(i), &answer, now),
+            Err(Error::UnknownRelay)
+        )
+    };
+    // The newest FORMER_RELAYS_KEPT are still known as relays; the oldest is forgotten.
+    for i in 2..=FORMER_RELAYS_KEPT + 1 {
+        assert!(from_relay(&mut node, i), "relay {i}");
+    }
+    assert!(!from_relay(&mut node, 1));
+}

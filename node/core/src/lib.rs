@@ -31,7 +31,7 @@ pub use connection::{
 };
 pub use error::{Error, Stats};
 pub use event::{Event, FailReason};
-pub use node::{ConnectionInfo, Node, Upsert};
+pub use node::{ConnectionInfo, Node, Upsert, FORMER_RELAYS_KEPT};
 pub use node_proto::{candidate, ids};
 pub use node_proto::{CandidateKind, IceCandidate};
 pub use peer_id::PeerId;

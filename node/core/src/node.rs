@@ -54,6 +54,11 @@ pub struct ConnectionInfo {
     pub idle: bool,
 }
 
+/// How many relays no longer used a node still recognises by their address (their late
+/// answers are dropped as a relay's, not taken for a peer's). The portal decides how many
+/// relays come and go, so this is bounded.
+pub const FORMER_RELAYS_KEPT: usize = 16;
+
 /// How many idle buffers the pool keeps.
 const POOL_CAPACITY: usize = 256;
 
@@ -89,6 +94,10 @@ pub struct Node<TId> {
     local_addrs: BTreeSet<SocketAddr>,
 
     allocations: BTreeMap<RelayId, Allocation>,
+    /// Servers of relays no longer used, newest last, at most [`FORMER_RELAYS_KEPT`]: their late
+    /// answers are a relay's, not a peer's, which the port alone cannot tell (a peer's NAT may
+    /// well map it to 3478).
+    former_relays: VecDeque<SocketAddr>,
     /// The timing of connections created from here on.
     connection_config: ConnectionConfig,
 
@@ -132,6 +141,7 @@ impl<TId: PeerId> Node<TId> {
             by_ufrag: BTreeMap::new(),
             local_addrs: BTreeSet::new(),
             allocations: BTreeMap::new(),
+            former_relays: VecDeque::new(),
             connection_config: ConnectionConfig::default(),
             pool: BufferPool::new(POOL_CAPACITY),
             staged: VecDeque::new(),

@@ -13,9 +13,6 @@ use crate::turn::{
 };
 use crate::{Error, PeerId};
 
-/// TURN's well-known port: a datagram from it is a relay's, even one we forgot.
-const TURN_PORT: u16 = 3478;
-
 /// What became of a datagram offered to the relays.
 pub(super) enum FromRelay<'a> {
     /// It is not from one of our relays.
@@ -44,6 +41,7 @@ impl<TId: PeerId> Node<TId> {
         }
         tracing::info!(target: "node::turn", rid = %config.id, server = %config.server, "using relay");
         let id = config.id;
+        self.former_relays.retain(|server| *server != config.server);
         let allocation = Allocation::new(config, self.rng_seed(), now);
         self.allocations.insert(id, allocation);
         self.drain_allocation(id, now);
@@ -122,8 +120,8 @@ impl<TId: PeerId> Node<TId> {
         }
     }
 
-    /// Handles a STUN or ChannelData datagram if it comes from one of our relays (or from the
-    /// TURN port of one we forgot).
+    /// Handles a STUN or ChannelData datagram if it comes from one of our relays (or from one
+    /// we stopped using).
     pub(super) fn handle_from_relay<'a>(
         &mut self,
         local: SocketAddr,
@@ -137,8 +135,8 @@ impl<TId: PeerId> Node<TId> {
             .find(|a| a.server() == from)
             .map(Allocation::id);
         let Some(id) = relay else {
-            if from.port() == TURN_PORT {
-                tracing::debug!(target: "node::turn", %from, "message from a relay we have no allocation on");
+            if self.former_relays.contains(&from) {
+                tracing::debug!(target: "node::turn", %from, "message from a relay we no longer use");
                 return Err(Error::UnknownRelay);
             }
             return Ok(FromRelay::NotRelay);
@@ -242,6 +240,13 @@ impl<TId: PeerId> Node<TId> {
     }
 
     fn forget_candidates_of(&mut self, allocation: &Allocation, now: Instant) {
+        let server = allocation.server();
+        if !self.former_relays.contains(&server) {
+            if self.former_relays.len() == super::FORMER_RELAYS_KEPT {
+                self.former_relays.pop_front();
+            }
+            self.former_relays.push_back(server);
+        }
         let base = allocation.local().unwrap_or(allocation.server());
         if let Some(c) = allocation
             .relayed()

@@ -846,7 +846,11 @@ fn check_ipv4_options(options: &[u8]) -> Result<(), PacketError> {
             1 => at += 1,
             IPV4_LSRR | IPV4_SSRR => return Err(PacketError::SourceRoute { option: kind }),
             _ => {
-                let len = usize::from(*options.get(at + 1).ok_or(PacketError::MalformedIpv4Options)?);
+                let len = usize::from(
+                    *options
+                        .get(at + 1)
+                        .ok_or(PacketError::MalformedIpv4Options)?,
+                );
                 if len < 2 || at + len > options.len() {
                     return Err(PacketError::MalformedIpv4Options);
                 }

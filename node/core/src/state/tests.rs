@@ -837,7 +837,10 @@ fn client_drops_tunnel_packets_addressed_to_others() {
     // A gateway that sends, from a resource it serves, a packet for another tunnel address:
     // the client's host would route it on.
     let stray = udp(ip("10.0.0.7"), ip("100.64.0.99"), b"not yours");
-    w.gateway.node_mut().encapsulate(CID, &stray, w.now).unwrap();
+    w.gateway
+        .node_mut()
+        .encapsulate(CID, &stray, w.now)
+        .unwrap();
     w.settle();
     assert!(w.client_tun.is_empty());
     assert_eq!(w.client.stats().unexpected_destination, 1);

@@ -31,7 +31,9 @@ pub use connection::{
 };
 pub use error::{Error, Stats};
 pub use event::{Event, FailReason};
-pub use node::{ConnectionInfo, Node, Upsert, FORMER_RELAYS_KEPT};
+pub use node::{
+    ConnectionInfo, Node, Upsert, FORMER_RELAYS_KEPT, MAX_STUN_REQUESTS, STUN_ANSWER_WINDOW,
+};
 pub use node_proto::{candidate, ids};
 pub use node_proto::{CandidateKind, IceCandidate};
 pub use peer_id::PeerId;

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn};
@@ -13,7 +13,7 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::candidate::IceCandidate;
 use crate::connection::{
-    ConnEvent, Connection, ConnectionConfig, ConnectionParams, Identity, Path,
+    ConnEvent, Connection, ConnectionConfig, ConnectionParams, Identity, Path, TransactionId,
 };
 use crate::datagram::{classify, DatagramKind};
 use crate::ids::RelayId;
@@ -59,6 +59,15 @@ pub struct ConnectionInfo {
 /// relays come and go, so this is bounded.
 pub const FORMER_RELAYS_KEPT: usize = 16;
 
+/// How long an answer to one of our binding requests is taken. ICE retries a check long
+/// before (every few hundred milliseconds while checking, every 25 s at the slowest), so an
+/// answer this late is of no use.
+pub const STUN_ANSWER_WINDOW: Duration = Duration::from_secs(30);
+
+/// How many of our binding requests are remembered at most, whatever their age: the bound on
+/// [`STUN_ANSWER_WINDOW`]'s table when many connections check at once.
+pub const MAX_STUN_REQUESTS: usize = 65_536;
+
 /// How many idle buffers the pool keeps.
 const POOL_CAPACITY: usize = 256;
 
@@ -91,6 +100,11 @@ pub struct Node<TId> {
     by_index: BTreeMap<ConnIndex, TId>,
     by_key: BTreeMap<[u8; 32], TId>,
     by_ufrag: BTreeMap<String, TId>,
+    /// Our outstanding binding requests and the connection that sent each. Answers are routed
+    /// by it, so a flood of forged answers costs one lookup each, not a check per connection.
+    stun_requests: BTreeMap<TransactionId, TId>,
+    /// The same requests, oldest first, to forget them after [`STUN_ANSWER_WINDOW`].
+    stun_requests_sent: VecDeque<(Instant, TransactionId)>,
     local_addrs: BTreeSet<SocketAddr>,
 
     allocations: BTreeMap<RelayId, Allocation>,
@@ -139,6 +153,8 @@ impl<TId: PeerId> Node<TId> {
             by_index: BTreeMap::new(),
             by_key: BTreeMap::new(),
             by_ufrag: BTreeMap::new(),
+            stun_requests: BTreeMap::new(),
+            stun_requests_sent: VecDeque::new(),
             local_addrs: BTreeSet::new(),
             allocations: BTreeMap::new(),
             former_relays: VecDeque::new(),
@@ -478,10 +494,13 @@ impl<TId: PeerId> Node<TId> {
             let (ours, _) = message.split_username().ok_or(Error::MalformedStun)?;
             self.by_ufrag.get(ours).copied()
         } else {
-            self.connections
-                .iter()
-                .find(|(_, c)| c.accepts(&message))
-                .map(|(id, _)| *id)
+            let txid: Option<TransactionId> = datagram.get(8..20).and_then(|t| t.try_into().ok());
+            let id = txid.and_then(|t| self.stun_requests.get(&t).copied());
+            id.filter(|id| {
+                self.connections
+                    .get(id)
+                    .is_some_and(|c| c.accepts(&message))
+            })
         };
         let id = id.ok_or(Error::UnroutableStun)?;
         let conn = self.connections.get_mut(&id).ok_or(Error::UnroutableStun)?;
@@ -496,6 +515,13 @@ impl<TId: PeerId> Node<TId> {
 
     /// Drives timers of every connection; failed connections are removed here.
     pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(sent, txid)) = self.stun_requests_sent.front() {
+            if now.saturating_duration_since(sent) < STUN_ANSWER_WINDOW {
+                break;
+            }
+            self.stun_requests_sent.pop_front();
+            self.stun_requests.remove(&txid);
+        }
         self.handle_relay_timeouts(now);
         let ids: Vec<TId> = self.connections.keys().copied().collect();
         for id in ids {
@@ -534,6 +560,15 @@ impl<TId: PeerId> Node<TId> {
     fn drain_connection_events(&mut self, id: TId) {
         let mut failed = false;
         if let Some(conn) = self.connections.get_mut(&id) {
+            for (sent, txid) in conn.take_sent_requests() {
+                if self.stun_requests_sent.len() == MAX_STUN_REQUESTS {
+                    if let Some((_, oldest)) = self.stun_requests_sent.pop_front() {
+                        self.stun_requests.remove(&oldest);
+                    }
+                }
+                self.stun_requests.insert(txid, id);
+                self.stun_requests_sent.push_back((sent, txid));
+            }
             while let Some(event) = conn.poll_event() {
                 let event = match event {
                     ConnEvent::NewLocalCandidate(c) => Event::NewIceCandidate {

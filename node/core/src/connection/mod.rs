@@ -101,7 +101,13 @@ pub(crate) struct Connection {
     config: ConnectionConfig,
 
     events: VecDeque<ConnEvent>,
+    /// Transaction ids of the binding requests sent since the node last asked, so that it
+    /// routes their answers without asking every connection.
+    sent_requests: Vec<(Instant, TransactionId)>,
 }
+
+/// A STUN transaction id.
+pub(crate) type TransactionId = [u8; 12];
 
 pub(crate) struct ConnectionParams {
     pub(crate) role: Role,
@@ -152,6 +158,7 @@ impl Connection {
             timers: TimerTable::default(),
             config: p.config,
             events: VecDeque::new(),
+            sent_requests: Vec::new(),
         };
         conn.timers.set(Timer::WireGuardTick, now);
         conn.timers
@@ -169,6 +176,11 @@ impl Connection {
 
     pub(crate) fn poll_event(&mut self) -> Option<ConnEvent> {
         self.events.pop_front()
+    }
+
+    /// The binding requests sent since the last call, by transaction id.
+    pub(crate) fn take_sent_requests(&mut self) -> std::vec::Drain<'_, (Instant, TransactionId)> {
+        self.sent_requests.drain(..)
     }
 
     pub(crate) fn path(&self) -> Option<Path> {
@@ -683,6 +695,9 @@ impl Connection {
     fn drain_ice(&mut self, now: Instant, pool: &BufferPool, transmits: &mut VecDeque<Transmit>) {
         while let Some(t) = self.ice.agent_mut().poll_transmit() {
             let contents: &[u8] = &t.contents;
+            if let Some(id) = binding_request_id(contents) {
+                self.sent_requests.push((now, id));
+            }
             let path = self.path_from(t.source, t.destination);
             let header = path.header_len();
             let mut buf = pool.pull();
@@ -787,6 +802,15 @@ impl Connection {
         tracing::info!(%reason, "connection failed");
         self.events.push_back(ConnEvent::Failed(reason));
     }
+}
+
+/// The transaction id of a STUN binding request (type 0x0001 behind the magic cookie).
+fn binding_request_id(stun: &[u8]) -> Option<TransactionId> {
+    const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+    if stun.get(0..2)? != [0x00, 0x01] || stun.get(4..8)? != MAGIC_COOKIE {
+        return None;
+    }
+    stun.get(8..20)?.try_into().ok()
 }
 
 /// The sender index of a handshake initiation or response, for logs.

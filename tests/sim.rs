@@ -223,7 +223,7 @@ fn determinism() {
         if let Err(e) = result {
             panic!("{e}");
         }
-        (case.world.trace.hash(), case.world.trace.len())
+        (case.deployment.trace.hash(), case.deployment.trace.len())
     };
     let first = run();
     assert!(first.1 > 10, "the trace records the run");
@@ -239,7 +239,7 @@ fn scenario(seed: u64, transitions: &[Transition]) -> Counts {
     let (case, result) = run_case(seed, transitions);
     if let Err(e) = result {
         // With SIM_TRACE set the trace kept its lines: print the timeline that led here.
-        for line in case.world.trace.lines() {
+        for line in case.deployment.trace.lines() {
             println!("{line}");
         }
         panic!("{e}");

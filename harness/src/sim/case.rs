@@ -9,12 +9,12 @@ use node_core::packet::IpPacket;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::deployment::{probe_packet, Deployment, RESOURCE_IPS};
 use super::hosts::client_tunnel_ip;
 use super::model::{
     Expect, Model, Proto, Side, Transition, CLIENTS, LINK_SITES, NODES, RELAYS, RESOURCES,
     SEND_WINDOW, SETTLE, WARM_UP,
 };
-use super::world::{probe_packet, World, RESOURCE_IPS};
 
 /// What a case counted, for the coverage line and the summary.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl Counts {
 /// A running case.
 pub struct Case {
     /// The simulated deployment.
-    pub world: World<'static>,
+    pub deployment: Deployment<'static>,
     /// The reference model, in step with the world.
     pub model: Model,
     /// What happened so far.
@@ -60,13 +60,13 @@ impl Case {
     /// [`Case::start`], keeping the trace's text lines if `keep_lines` (for the timeline).
     pub fn start_traced(seed: u64, keep_lines: bool) -> Result<Self, String> {
         let model = Model::initial(seed);
-        let mut world = World::with_trace(seed, model.authorized.clone(), keep_lines);
-        world.run_for(WARM_UP).map_err(|e| e.to_string())?;
+        let mut deployment = Deployment::with_trace(seed, model.authorized.clone(), keep_lines);
+        deployment.run_for(WARM_UP).map_err(|e| e.to_string())?;
         let mut counts = Counts::default();
-        let t = world.nat_types;
+        let t = deployment.nat_types;
         counts.bump(format!("nat:{:?}/{:?}", t.clients.0, t.gateway.0));
         Ok(Self {
-            world,
+            deployment,
             model,
             counts,
         })
@@ -77,9 +77,9 @@ impl Case {
         self.counts.bump(t.kind());
         let before = self.model.clone();
         self.model.apply(t);
-        let w = &mut self.world;
+        let w = &mut self.deployment;
         w.trace.record_at(w.elapsed(), "driver", t);
-        let run = |w: &mut World<'static>, d| w.run_for(d).map_err(|e| e.to_string());
+        let run = |w: &mut Deployment<'static>, d| w.run_for(d).map_err(|e| e.to_string());
         if let Some((client, resource, proto)) = t.probe() {
             let expect = before.expect(client, resource, before.now);
             let payload = w.fresh_payload(client);
@@ -97,11 +97,11 @@ impl Case {
             }
             self.counts.bump(format!("proto:{proto:?}").to_lowercase());
             if outcome == "checked:delivered" {
-                if let Some(kind) = self.world.path_kind(client) {
+                if let Some(kind) = self.deployment.path_kind(client) {
                     self.counts.bump(format!("path:{kind}"));
                 }
             }
-            return check_invariants(&self.world);
+            return check_invariants(&self.deployment);
         }
         match t {
             // Probes returned above; time just passes.
@@ -132,7 +132,7 @@ impl Case {
                 for (client, resource, payload, expect) in probes {
                     self.check_probe(client, resource, &payload, expect, expect)?;
                 }
-                return check_invariants(&self.world);
+                return check_invariants(&self.deployment);
             }
             Transition::PortalRestart => w.restart_portal(),
             Transition::NatExpiry(side) => w.flush_nat(*side),
@@ -158,8 +158,8 @@ impl Case {
             Transition::RelayReplace(r) => w.replace_relay(*r),
         }
         // The world runs as long as the model says the transition takes (a change settles).
-        run(&mut self.world, t.duration())?;
-        check_invariants(&self.world)
+        run(&mut self.deployment, t.duration())?;
+        check_invariants(&self.deployment)
     }
 
     /// Checks a probe against `expect`, records the outcome in the timeline and the counts, and
@@ -174,7 +174,7 @@ impl Case {
         expect: Expect,
         unlimited: Expect,
     ) -> Result<&'static str, String> {
-        let w = &mut self.world;
+        let w = &mut self.deployment;
         let arrivals = w.arrivals(payload);
         let echoed = w.echoes(client, payload);
         let outcome = check_send(client, resource, payload, &arrivals, echoed, expect)?;
@@ -333,7 +333,7 @@ pub fn check_send(
 }
 
 /// The invariants that hold after every step, faults or not.
-pub fn check_invariants(w: &World<'static>) -> Result<(), String> {
+pub fn check_invariants(w: &Deployment<'static>) -> Result<(), String> {
     // No packet is ever delivered to the wrong client: every probe echo a client gets names
     // that client as its sender.
     for (i, tap) in w.taps.iter().enumerate() {

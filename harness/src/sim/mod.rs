@@ -2,6 +2,6 @@
 //! against (see `tests/sim.rs`).
 
 pub mod case;
+pub mod deployment;
 pub mod hosts;
 pub mod model;
-pub mod world;

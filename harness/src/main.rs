@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use harness::memnet::MemNet;
-use harness::sim::case::{generate, run_case_traced, Counts};
+use harness::sim::case::{run_case_traced, Counts};
+use harness::sim::draw::generate;
 use harness::sim::model::Transition;
 
 /// Transitions per case in the `run` command.

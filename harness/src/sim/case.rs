@@ -1,19 +1,16 @@
 //! One case of the simulation: a world, a sequence of transitions applied to it and to the
 //! model, and every check after every step. Shared by `tests/sim.rs`, the `run` command and the
-//! `sim` fuzz target.
+//! `sim` fuzz target (the transitions come from [`super::draw`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use node_core::packet::IpPacket;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use super::deployment::{probe_packet, Deployment, RESOURCE_IPS};
 use super::hosts::client_tunnel_ip;
 use super::model::{
-    Expect, Model, Proto, Side, Transition, CLIENTS, LINK_SITES, NODES, RELAYS, RESOURCES,
-    SEND_WINDOW, SETTLE, WARM_UP,
+    Expect, Model, Proto, Transition, CLIENTS, NODES, RESOURCES, SEND_WINDOW, SETTLE, WARM_UP,
 };
 
 /// What a case counted, for the coverage line and the summary.
@@ -222,70 +219,6 @@ pub fn run_case_traced(
         }
     }
     (case, Ok(()))
-}
-
-/// A transition sequence drawn from `seed`, with the same weights as the property test.
-pub fn generate(seed: u64, len: usize) -> Vec<Transition> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED);
-    let mut model = Model::initial(seed);
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let t = pick(&mut rng);
-        if model.allows(&t) {
-            model.apply(&t);
-            out.push(t);
-        }
-    }
-    out
-}
-
-fn pick(rng: &mut ChaCha8Rng) -> Transition {
-    let client = rng.gen_range(0..CLIENTS);
-    let resource = rng.gen_range(0..RESOURCES);
-    let relay = rng.gen_range(0..RELAYS);
-    match rng.gen_range(0..28) {
-        0..=3 => Transition::Send { client, resource },
-        19 => Transition::SendTcp { client, resource },
-        20 => Transition::Ping { client, resource },
-        21 => Transition::LossBurst {
-            sites: rng.gen_range(1..(1u8 << LINK_SITES)),
-            secs: rng.gen_range(3..=15),
-        },
-        22 => Transition::PortalPartition {
-            node: rng.gen_range(0..NODES),
-            secs: rng.gen_range(5..=90),
-        },
-        23 => Transition::Roam(client),
-        24 => Transition::RelayReplace(relay),
-        25 => Transition::AuthorizeFor {
-            client,
-            resource,
-            secs: rng.gen_range(30..=120),
-        },
-        26..=27 => Transition::Send { client, resource },
-        6..=8 => Transition::Advance {
-            secs: match rng.gen_range(0..3) {
-                0 => rng.gen_range(1..=30),
-                1 => rng.gen_range(20..=45),
-                _ => rng.gen_range(60..=200),
-            },
-        },
-        9 => Transition::PortalRestart,
-        10 => Transition::NatExpiry(if rng.gen() {
-            Side::Clients
-        } else {
-            Side::Gateway
-        }),
-        11 => Transition::RelayCrash(relay),
-        12 => Transition::RelayRestart(relay),
-        13 => Transition::BlockDirect,
-        14 => Transition::UnblockDirect,
-        15 => Transition::Revoke { client, resource },
-        16 => Transition::Authorize { client, resource },
-        17 => Transition::GatewayRestart,
-        18 => Transition::ClientRestart(client),
-        _ => Transition::Advance { secs: 10 },
-    }
 }
 
 /// Checks what became of a probe sent with expectation `expect`, given where it arrived

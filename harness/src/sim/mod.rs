@@ -3,5 +3,6 @@
 
 pub mod case;
 pub mod deployment;
+pub mod draw;
 pub mod hosts;
 pub mod model;

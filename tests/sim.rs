@@ -13,9 +13,11 @@
 
 use std::cell::{Cell, RefCell};
 
-use harness::sim::case::{generate, run_case, Case, Counts};
-use harness::sim::model::{Model, Side, Transition, CLIENTS, LINK_SITES, NODES, RELAYS, RESOURCES};
+use harness::sim::case::{run_case, Case, Counts};
+use harness::sim::draw::{from_digits, generate, WEIGHTS};
+use harness::sim::model::{Model, Side, Transition};
 use proptest::prelude::*;
+use proptest::strategy::Union;
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 use tracing_subscriber::layer::SubscriberExt;
@@ -66,44 +68,14 @@ impl ReferenceStateMachine for Reference {
         any::<u64>().prop_map(Model::initial).boxed()
     }
 
+    /// A kind drawn with the weights every generator uses, and a number whose digits are its
+    /// parameters: shrinking the number makes a transition with the first client, the first
+    /// resource, the shortest duration.
     fn transitions(_: &Model) -> BoxedStrategy<Transition> {
-        let client = 0..CLIENTS;
-        let resource = 0..RESOURCES;
-        let relay = 0..RELAYS;
-        prop_oneof![
-            // Traffic and time weigh most: every fault needs packets after it, and time to heal,
-            // for its effect to be checked.
-            10 => (client.clone(), resource.clone())
-                .prop_map(|(client, resource)| Transition::Send { client, resource }),
-            2 => (client.clone(), resource.clone())
-                .prop_map(|(client, resource)| Transition::SendTcp { client, resource }),
-            2 => (client.clone(), resource.clone())
-                .prop_map(|(client, resource)| Transition::Ping { client, resource }),
-            1 => (1..(1u8 << LINK_SITES), 3..=15u64)
-                .prop_map(|(sites, secs)| Transition::LossBurst { sites, secs }),
-            1 => (0..NODES, 5..=90u64)
-                .prop_map(|(node, secs)| Transition::PortalPartition { node, secs }),
-            1 => client.clone().prop_map(Transition::Roam),
-            1 => relay.clone().prop_map(Transition::RelayReplace),
-            1 => (client.clone(), resource.clone(), 30..=120u64).prop_map(|(client, resource, secs)| {
-                Transition::AuthorizeFor { client, resource, secs }
-            }),
-            5 => prop_oneof![1..=30u64, 20..=45u64, 60..=200u64]
-                .prop_map(|secs| Transition::Advance { secs }),
-            1 => Just(Transition::PortalRestart),
-            1 => prop_oneof![Just(Side::Clients), Just(Side::Gateway)].prop_map(Transition::NatExpiry),
-            1 => relay.clone().prop_map(Transition::RelayCrash),
-            1 => relay.prop_map(Transition::RelayRestart),
-            1 => Just(Transition::BlockDirect),
-            1 => Just(Transition::UnblockDirect),
-            1 => (client.clone(), resource.clone())
-                .prop_map(|(client, resource)| Transition::Revoke { client, resource }),
-            1 => (client.clone(), resource)
-                .prop_map(|(client, resource)| Transition::Authorize { client, resource }),
-            1 => Just(Transition::GatewayRestart),
-            1 => client.prop_map(Transition::ClientRestart),
-        ]
-        .boxed()
+        let kinds = WEIGHTS.map(|(weight, kind)| (weight, Just(kind)));
+        (Union::new_weighted(kinds.to_vec()), any::<u64>())
+            .prop_map(|(kind, number)| from_digits(kind, number))
+            .boxed()
     }
 
     fn preconditions(state: &Model, t: &Transition) -> bool {
@@ -223,7 +195,7 @@ fn determinism() {
         if let Err(e) = result {
             panic!("{e}");
         }
-        (case.world.trace.hash(), case.world.trace.len())
+        (case.deployment.trace.hash(), case.deployment.trace.len())
     };
     let first = run();
     assert!(first.1 > 10, "the trace records the run");
@@ -239,7 +211,7 @@ fn scenario(seed: u64, transitions: &[Transition]) -> Counts {
     let (case, result) = run_case(seed, transitions);
     if let Err(e) = result {
         // With SIM_TRACE set the trace kept its lines: print the timeline that led here.
-        for line in case.world.trace.lines() {
+        for line in case.deployment.trace.lines() {
             println!("{line}");
         }
         panic!("{e}");

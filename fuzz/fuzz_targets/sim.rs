@@ -27,7 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 
 use harness::sim::case::run_case;
-use harness::sim::model::{Model, Side, Transition, CLIENTS, LINK_SITES, NODES, RELAYS, RESOURCES};
+use harness::sim::draw::{self, Digits, Kind, Param};
+use harness::sim::model::{Model, Transition};
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use tracing_subscriber::layer::SubscriberExt;
@@ -114,58 +115,44 @@ impl<'a> Arbitrary<'a> for Input {
     }
 }
 
-/// One transition from (kind, argument); the argument picks client, resource, relay, side,
-/// places, node or duration. Kinds 0 to 15 keep their meaning as kinds are added, so that
-/// committed seeds and crash files still decode to the same case.
+/// One transition from (kind, argument): the kind byte picks the kind, the argument's digits its
+/// parameters ([`Digits`]: a send's client is `arg % 2`, its resource `arg / 2 % 3`; the relay,
+/// side, places, node or duration likewise). Kinds 0 to 15 keep their meaning as kinds are
+/// added, so that committed seeds and crash files still decode to the same case.
 fn transition(kind: u8, arg: u8) -> Transition {
-    let a = usize::from(arg);
-    let client = a % CLIENTS;
-    let resource = (a / CLIENTS) % RESOURCES;
-    let relay = a % RELAYS;
-    // Every non-empty set of places.
-    let site_sets = (1 << LINK_SITES) - 1;
-    match kind % 24 {
-        0..=3 | 23 => Transition::Send { client, resource },
-        4 => Transition::Advance {
-            secs: 1 + u64::from(arg) % 200,
-        },
-        5 => Transition::PortalRestart,
-        6 => Transition::NatExpiry(if arg & 1 == 0 {
-            Side::Clients
-        } else {
-            Side::Gateway
-        }),
-        7 => Transition::RelayCrash(relay),
-        8 => Transition::RelayRestart(relay),
-        9 => Transition::BlockDirect,
-        10 => Transition::UnblockDirect,
-        11 => Transition::Revoke { client, resource },
-        12 => Transition::Authorize { client, resource },
-        13 => Transition::GatewayRestart,
-        14 => Transition::ClientRestart(client),
-        15 => Transition::Advance {
-            secs: 20 + u64::from(arg) % 26,
-        },
-        16 => Transition::SendTcp { client, resource },
-        17 => Transition::Ping { client, resource },
-        // Within the property test's ranges: 3 to 15 s of loss, 5 to 90 s of partition,
-        // policies whose authorizations last 30 to 120 s.
-        18 => Transition::LossBurst {
-            sites: u8::try_from(1 + a % site_sets).unwrap_or(1),
-            secs: 3 + (a / site_sets) as u64 % 13,
-        },
-        19 => Transition::PortalPartition {
-            node: a % NODES,
-            secs: 5 + (a / NODES) as u64 % 86,
-        },
-        20 => Transition::Roam(client),
-        21 => Transition::RelayReplace(relay),
-        _ => Transition::AuthorizeFor {
-            client,
-            resource,
-            secs: 30 + (a / (CLIENTS * RESOURCES)) as u64 * 2 % 91,
-        },
-    }
+    let (kind, advance) = match kind % 24 {
+        0..=3 | 23 => (Kind::Send, None),
+        4 => (Kind::Advance, Some(1..=200)),
+        5 => (Kind::PortalRestart, None),
+        6 => (Kind::NatExpiry, None),
+        7 => (Kind::RelayCrash, None),
+        8 => (Kind::RelayRestart, None),
+        9 => (Kind::BlockDirect, None),
+        10 => (Kind::UnblockDirect, None),
+        11 => (Kind::Revoke, None),
+        12 => (Kind::Authorize, None),
+        13 => (Kind::GatewayRestart, None),
+        14 => (Kind::ClientRestart, None),
+        15 => (Kind::Advance, Some(20..=45)),
+        16 => (Kind::SendTcp, None),
+        17 => (Kind::Ping, None),
+        18 => (Kind::LossBurst, None),
+        19 => (Kind::PortalPartition, None),
+        20 => (Kind::Roam, None),
+        21 => (Kind::RelayReplace, None),
+        _ => (Kind::AuthorizeFor, None),
+    };
+    let mut digits = Digits(u64::from(arg));
+    draw::transition(kind, |param| match (param, &advance) {
+        // An advance lasts within its kind byte's range, not a span: the byte format is older
+        // than the spans.
+        (Param::AdvanceSpan, _) => 0,
+        (Param::AdvanceSecs(_), Some(secs)) => digits.take(secs.clone()),
+        // In steps of 2 s, so that the digits a byte has left after the client and the resource
+        // reach most of the range.
+        (Param::AuthorizationSecs, _) => 30 + 2 * digits.take(0..=45),
+        (other, _) => digits.take(other.range()),
+    })
 }
 
 fuzz_target!(|input: Input| {

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use harness::memnet::MemNet;
-use harness::sim::case::{generate, run_case_traced, Counts};
+use harness::sim::case::{run_case_traced, Counts};
+use harness::sim::draw::generate;
 use harness::sim::model::Transition;
 
 /// Transitions per case in the `run` command.
@@ -88,27 +89,27 @@ fn run_one(seed: u64, only_hash: bool) -> anyhow::Result<()> {
     let (case, result) = run_case_traced(seed, &transitions, !only_hash);
     let wall = started.elapsed();
     if only_hash {
-        println!("trace-hash: {:016x}", case.world.trace.hash());
+        println!("trace-hash: {:016x}", case.deployment.trace.hash());
         return result.map_err(anyhow::Error::msg);
     }
-    let t = case.world.nat_types;
+    let t = case.deployment.nat_types;
     println!(
         "seed {seed}: NATs clients {:?}/{:?}, gateway {:?}/{:?}",
         t.clients.0, t.clients.1, t.gateway.0, t.gateway.1
     );
     println!("{:>10}  {:<10} event", "sim time", "host");
-    for line in case.world.trace.lines() {
+    for line in case.deployment.trace.lines() {
         println!("{line}");
     }
     println!();
     summary(&case.counts, &transitions);
-    let sim = case.world.elapsed();
+    let sim = case.deployment.elapsed();
     println!(
         "simulated {:.0} s in {:.2} s wall ({:.0} sim-s per wall-s); trace-hash: {:016x}",
         sim.as_secs_f64(),
         wall.as_secs_f64(),
         sim.as_secs_f64() / wall.as_secs_f64().max(1e-9),
-        case.world.trace.hash()
+        case.deployment.trace.hash()
     );
     if let Err(e) = &result {
         println!("FAILED: {e}");
@@ -150,7 +151,7 @@ fn run_many(first: u64, cases: u64) -> anyhow::Result<()> {
     for seed in first..first.saturating_add(cases) {
         let transitions = generate(seed, CASE_LENGTH);
         let (case, result) = run_case_traced(seed, &transitions, false);
-        simulated += case.world.elapsed();
+        simulated += case.deployment.elapsed();
         total.merge(&case.counts);
         if let Err(e) = result {
             println!("seed {seed} FAILED: {e}");

@@ -18,7 +18,8 @@ use node_core::{
     ConnectionInfo, Credentials, Error, Event, Node, Psk, PublicKey, Role, Transmit, Upsert,
 };
 
-use crate::nat::Nat;
+use crate::nat::{Filtering, NatConfig, NatTable};
+use crate::SIM_EPOCH_UNIX_SECS;
 
 /// A host in the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -55,8 +56,6 @@ pub enum Peer {
 
 /// The TURN REST secret the relays share with the (simulated) portal.
 pub const RELAY_SECRET: &str = "memnet-relay-secret";
-/// Unix time at the start of a simulation, for REST credential expiry.
-const UNIX_START: u64 = 1_800_000_000;
 
 #[derive(Debug, Clone, Copy)]
 enum Identity {
@@ -156,7 +155,7 @@ pub struct MemNet {
     latency: Duration,
     signal_latency: Duration,
     hosts: Vec<Host>,
-    nats: Vec<Nat>,
+    nats: Vec<NatTable>,
     queue: BTreeMap<(Instant, u64), Delivery>,
     seq: u64,
     psk_counter: u8,
@@ -281,10 +280,15 @@ impl MemNet {
         &self.timeline
     }
 
-    /// A NAT box with public address `public_ip`; mappings are endpoint-independent and new ones
-    /// take the lowest free port from `first_port`, so an expired mapping's port is reused.
+    /// A NAT box with public address `public_ip`: endpoint-independent mapping and filtering,
+    /// and new mappings take the lowest free port from `first_port`, so an expired mapping's
+    /// port is reused.
     pub fn add_nat(&mut self, public_ip: IpAddr, first_port: u16) -> NatId {
-        self.nats.push(Nat::new(public_ip, first_port));
+        // Its inside hosts join as they are added (`add_host`).
+        let config = NatConfig::new(public_ip, [])
+            .filtering(Filtering::EndpointIndependent)
+            .ports(first_port..=u16::MAX);
+        self.nats.push(NatTable::new(config));
         NatId(self.nats.len() - 1)
     }
 
@@ -344,6 +348,9 @@ impl MemNet {
         nat: Option<NatId>,
         peer: Peer,
     ) -> HostId {
+        if let Some(nat) = nat {
+            self.nats[nat.0].add_inside_host(addr.ip());
+        }
         self.hosts.push(Host {
             name: name.to_owned(),
             addr,
@@ -366,7 +373,7 @@ impl MemNet {
         config.listen_port = addr.port();
         let mut key = [0u8; 32];
         key[..8].copy_from_slice(&seed.to_le_bytes());
-        let server = relay_sim::Server::new(config, key, self.now, UNIX_START)
+        let server = relay_sim::Server::new(config, key, self.now, SIM_EPOCH_UNIX_SECS)
             .expect("a valid relay configuration");
         let peer = Peer::Relay {
             id: RelayId(id),
@@ -383,7 +390,7 @@ impl MemNet {
         };
         let name = self.hosts[host.0].name.clone();
         let (username, password) =
-            relay_sim::auth::rest_credentials(RELAY_SECRET, UNIX_START + 86_400, &name);
+            relay_sim::auth::rest_credentials(RELAY_SECRET, SIM_EPOCH_UNIX_SECS + 86_400, &name);
         let config = RelayConfig {
             id,
             server,
@@ -437,7 +444,12 @@ impl MemNet {
     }
 
     /// A NAT box.
-    pub fn nat_mut(&mut self, id: NatId) -> &mut Nat {
+    pub fn nat(&self, id: NatId) -> &NatTable {
+        &self.nats[id.0]
+    }
+
+    /// A NAT box, to change it (flush its mappings, as a reboot does; set its timeout).
+    pub fn nat_mut(&mut self, id: NatId) -> &mut NatTable {
         &mut self.nats[id.0]
     }
 
@@ -831,11 +843,20 @@ impl MemNet {
         let src = transmit.src.unwrap_or(sender.addr);
         let sender_nat = sender.nat;
         let now = self.now;
+        let elapsed = now - self.start;
         let public_src = match sender_nat {
-            Some(nat) => self.nats[nat.0].outbound(src, now),
-            None => src,
+            Some(nat) => self.nats[nat.0].outbound(src, transmit.dst, elapsed),
+            None => Some(src),
         };
-        let Some((to, local)) = self.resolve(transmit.dst, sender_nat, now) else {
+        let resolved = public_src.and_then(|public_src| {
+            let (to, local) = self.resolve(transmit.dst, public_src, sender_nat, elapsed)?;
+            Some((to, local, public_src))
+        });
+        // The in-memory network keeps no NAT trace: what the tables report is dropped.
+        for nat in &mut self.nats {
+            while nat.poll_event().is_some() {}
+        }
+        let Some((to, local, public_src)) = resolved else {
             return;
         };
         if !self.hosts[to.0].online {
@@ -860,7 +881,11 @@ impl MemNet {
         }
         // Seen from inside the same NAT the sender's own address is what arrives.
         let seen_from = match (sender_nat, self.hosts[to.0].nat) {
-            (Some(a), Some(b)) if a == b && transmit.dst.ip() != self.nats[a.0].public_ip() => src,
+            (Some(a), Some(b))
+                if a == b && transmit.dst.ip() != self.nats[a.0].config().public_ip =>
+            {
+                src
+            }
             (Some(_) | None, Some(_) | None) => public_src,
         };
         let at = now + self.latency;
@@ -876,12 +901,14 @@ impl MemNet {
         );
     }
 
-    /// Which host receives a datagram for `dst`, and on which of its addresses.
+    /// Which host receives a datagram from `from` (as the outside sees it) for `dst`, and on
+    /// which of its addresses; `elapsed` is simulated time since the start.
     fn resolve(
         &mut self,
         dst: SocketAddr,
+        from: SocketAddr,
         sender_nat: Option<NatId>,
-        now: Instant,
+        elapsed: Duration,
     ) -> Option<(HostId, SocketAddr)> {
         // A relay receives on every port of its address.
         if let Some(relay) = self
@@ -891,8 +918,12 @@ impl MemNet {
         {
             return Some((HostId(relay), dst));
         }
-        if let Some(nat) = self.nats.iter_mut().find(|n| n.public_ip() == dst.ip()) {
-            let inside = nat.inbound(dst.port(), now)?;
+        if let Some(nat) = self
+            .nats
+            .iter_mut()
+            .find(|n| n.config().public_ip == dst.ip())
+        {
+            let inside = nat.inbound(dst.port(), from, elapsed)?;
             let host = self.hosts.iter().position(|h| h.addr == inside)?;
             return Some((HostId(host), inside));
         }

@@ -9,13 +9,13 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use harness::memnet::{HostId, MemNet};
+use harness::memnet::{HostId, MemNet, NatId};
 use node_core::datagram::DatagramKind;
 use node_core::{Event, FailReason, Upsert};
 use tracing_subscriber::layer::SubscriberExt;
@@ -114,6 +114,13 @@ fn eight_clients_to_one_gateway() {
     }
 }
 
+/// The public address `nat` maps the inside socket `inside` to.
+fn mapped(net: &MemNet, nat: NatId, inside: SocketAddr) -> SocketAddr {
+    let mappings = net.nat(nat).mappings();
+    let mapping = mappings.iter().find(|m| m.inside == inside);
+    mapping.map(|m| m.public).unwrap()
+}
+
 /// The second client behind a NAT gets the first one's public IP:port while the gateway still
 /// has a live connection to the first. Routing by receiver index and ICE username keeps every
 /// packet with its own connection.
@@ -131,15 +138,15 @@ fn nat_port_reuse_does_not_misroute() {
     net.run_for(Duration::from_secs(2));
     net.send(a, gateway, b"a1").unwrap();
     net.run_for(Duration::from_millis(100));
-    let public_a = net.nat_mut(nat).mapped(addr(192, 168, 1, 2, 5000)).unwrap();
+    let public_a = mapped(&net, nat, addr(192, 168, 1, 2, 5000));
 
     // A disappears and the NAT forgets it (a reboot); B comes up on the same public port.
     net.set_online(a, false);
-    net.nat_mut(nat).clear();
+    net.nat_mut(nat).flush();
     net.set_online(b, true);
     net.connect(b, gateway);
     net.run_for(Duration::from_secs(2));
-    let public_b = net.nat_mut(nat).mapped(addr(192, 168, 1, 3, 5000)).unwrap();
+    let public_b = mapped(&net, nat, addr(192, 168, 1, 3, 5000));
     assert_eq!(public_a, public_b, "the NAT reused the port");
     assert!(
         net.connection(gateway, a).is_some(),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use harness::memnet::{HostId, MemNet, Peer};
 
-struct World {
+struct RelayedPair {
     net: MemNet,
     client: HostId,
     gateway: HostId,
@@ -24,7 +24,7 @@ struct World {
 
 /// Client and gateway behind their own NATs, with direct traffic between them blocked, so the
 /// only way is through a relay.
-fn world(relays: usize) -> World {
+fn relayed_pair(relays: usize) -> RelayedPair {
     init_tracing();
     let mut net = MemNet::new(Instant::now());
     let nat_c = net.add_nat(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 40000);
@@ -52,7 +52,7 @@ fn world(relays: usize) -> World {
         net.use_relay(gateway, r);
     }
     net.run_for(Duration::from_secs(1));
-    World {
+    RelayedPair {
         net,
         client,
         gateway,
@@ -76,14 +76,14 @@ fn relayed_addresses(net: &MemNet, host: HostId) -> usize {
 
 #[test]
 fn allocations_give_relayed_candidates() {
-    let w = world(2);
+    let w = relayed_pair(2);
     assert_eq!(relayed_addresses(&w.net, w.client), 2);
     assert_eq!(relayed_addresses(&w.net, w.gateway), 2);
 }
 
 #[test]
 fn connects_through_a_relay_when_direct_paths_are_blocked() {
-    let mut w = world(1);
+    let mut w = relayed_pair(1);
     w.net.connect(w.client, w.gateway);
     w.net.run_for(Duration::from_secs(5));
     assert_eq!(
@@ -112,7 +112,7 @@ fn connects_through_a_relay_when_direct_paths_are_blocked() {
 
 #[test]
 fn relayed_connection_survives_refreshes_and_idle() {
-    let mut w = world(1);
+    let mut w = relayed_pair(1);
     w.net.connect(w.client, w.gateway);
     w.net.run_for(Duration::from_secs(15 * 60));
     assert!(
@@ -132,7 +132,7 @@ fn relayed_connection_survives_refreshes_and_idle() {
 
 #[test]
 fn removing_the_relay_in_use_migrates_to_the_other() {
-    let mut w = world(2);
+    let mut w = relayed_pair(2);
     w.net.connect(w.client, w.gateway);
     w.net.run_for(Duration::from_secs(5));
     let path = w.net.connection(w.client, w.gateway).unwrap().path.unwrap();
@@ -169,7 +169,7 @@ fn removing_the_relay_in_use_migrates_to_the_other() {
 
 #[test]
 fn late_relay_responses_after_removal_are_dropped_quietly() {
-    let mut w = world(1);
+    let mut w = relayed_pair(1);
     w.net.drop_relay(w.client, w.relays[0]);
     // The relay still answers the deallocation; the node has no state for it any more.
     w.net.run_for(Duration::from_secs(1));
@@ -183,7 +183,7 @@ fn late_relay_responses_after_removal_are_dropped_quietly() {
 
 #[test]
 fn a_relay_that_dies_silently_is_noticed_and_left() {
-    let mut w = world(2);
+    let mut w = relayed_pair(2);
     w.net.connect(w.client, w.gateway);
     w.net.run_for(Duration::from_secs(5));
     let client_path = w.net.connection(w.client, w.gateway).unwrap().path.unwrap();

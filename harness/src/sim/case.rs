@@ -1,20 +1,17 @@
 //! One case of the simulation: a world, a sequence of transitions applied to it and to the
 //! model, and every check after every step. Shared by `tests/sim.rs`, the `run` command and the
-//! `sim` fuzz target.
+//! `sim` fuzz target (the transitions come from [`super::draw`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use node_core::packet::IpPacket;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
+use super::deployment::{probe_packet, Deployment, RESOURCE_IPS};
 use super::hosts::client_tunnel_ip;
 use super::model::{
-    Expect, Model, Proto, Side, Transition, CLIENTS, LINK_SITES, NODES, RELAYS, RESOURCES,
-    SEND_WINDOW, SETTLE, WARM_UP,
+    Expect, Model, Proto, Transition, CLIENTS, NODES, RESOURCES, SEND_WINDOW, SETTLE, WARM_UP,
 };
-use super::world::{probe_packet, World, RESOURCE_IPS};
 
 /// What a case counted, for the coverage line and the summary.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -43,7 +40,7 @@ impl Counts {
 /// A running case.
 pub struct Case {
     /// The simulated deployment.
-    pub world: World<'static>,
+    pub deployment: Deployment<'static>,
     /// The reference model, in step with the world.
     pub model: Model,
     /// What happened so far.
@@ -60,13 +57,13 @@ impl Case {
     /// [`Case::start`], keeping the trace's text lines if `keep_lines` (for the timeline).
     pub fn start_traced(seed: u64, keep_lines: bool) -> Result<Self, String> {
         let model = Model::initial(seed);
-        let mut world = World::with_trace(seed, model.authorized.clone(), keep_lines);
-        world.run_for(WARM_UP).map_err(|e| e.to_string())?;
+        let mut deployment = Deployment::with_trace(seed, model.authorized.clone(), keep_lines);
+        deployment.run_for(WARM_UP).map_err(|e| e.to_string())?;
         let mut counts = Counts::default();
-        let t = world.nat_types;
+        let t = deployment.nat_types;
         counts.bump(format!("nat:{:?}/{:?}", t.clients.0, t.gateway.0));
         Ok(Self {
-            world,
+            deployment,
             model,
             counts,
         })
@@ -77,9 +74,9 @@ impl Case {
         self.counts.bump(t.kind());
         let before = self.model.clone();
         self.model.apply(t);
-        let w = &mut self.world;
+        let w = &mut self.deployment;
         w.trace.record_at(w.elapsed(), "driver", t);
-        let run = |w: &mut World<'static>, d| w.run_for(d).map_err(|e| e.to_string());
+        let run = |w: &mut Deployment<'static>, d| w.run_for(d).map_err(|e| e.to_string());
         if let Some((client, resource, proto)) = t.probe() {
             let expect = before.expect(client, resource, before.now);
             let payload = w.fresh_payload(client);
@@ -97,11 +94,11 @@ impl Case {
             }
             self.counts.bump(format!("proto:{proto:?}").to_lowercase());
             if outcome == "checked:delivered" {
-                if let Some(kind) = self.world.path_kind(client) {
+                if let Some(kind) = self.deployment.path_kind(client) {
                     self.counts.bump(format!("path:{kind}"));
                 }
             }
-            return check_invariants(&self.world);
+            return check_invariants(&self.deployment);
         }
         match t {
             // Probes returned above; time just passes.
@@ -132,7 +129,7 @@ impl Case {
                 for (client, resource, payload, expect) in probes {
                     self.check_probe(client, resource, &payload, expect, expect)?;
                 }
-                return check_invariants(&self.world);
+                return check_invariants(&self.deployment);
             }
             Transition::PortalRestart => w.restart_portal(),
             Transition::NatExpiry(side) => w.flush_nat(*side),
@@ -158,8 +155,8 @@ impl Case {
             Transition::RelayReplace(r) => w.replace_relay(*r),
         }
         // The world runs as long as the model says the transition takes (a change settles).
-        run(&mut self.world, t.duration())?;
-        check_invariants(&self.world)
+        run(&mut self.deployment, t.duration())?;
+        check_invariants(&self.deployment)
     }
 
     /// Checks a probe against `expect`, records the outcome in the timeline and the counts, and
@@ -174,7 +171,7 @@ impl Case {
         expect: Expect,
         unlimited: Expect,
     ) -> Result<&'static str, String> {
-        let w = &mut self.world;
+        let w = &mut self.deployment;
         let arrivals = w.arrivals(payload);
         let echoed = w.echoes(client, payload);
         let outcome = check_send(client, resource, payload, &arrivals, echoed, expect)?;
@@ -224,70 +221,6 @@ pub fn run_case_traced(
     (case, Ok(()))
 }
 
-/// A transition sequence drawn from `seed`, with the same weights as the property test.
-pub fn generate(seed: u64, len: usize) -> Vec<Transition> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED);
-    let mut model = Model::initial(seed);
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let t = pick(&mut rng);
-        if model.allows(&t) {
-            model.apply(&t);
-            out.push(t);
-        }
-    }
-    out
-}
-
-fn pick(rng: &mut ChaCha8Rng) -> Transition {
-    let client = rng.gen_range(0..CLIENTS);
-    let resource = rng.gen_range(0..RESOURCES);
-    let relay = rng.gen_range(0..RELAYS);
-    match rng.gen_range(0..28) {
-        0..=3 => Transition::Send { client, resource },
-        19 => Transition::SendTcp { client, resource },
-        20 => Transition::Ping { client, resource },
-        21 => Transition::LossBurst {
-            sites: rng.gen_range(1..(1u8 << LINK_SITES)),
-            secs: rng.gen_range(3..=15),
-        },
-        22 => Transition::PortalPartition {
-            node: rng.gen_range(0..NODES),
-            secs: rng.gen_range(5..=90),
-        },
-        23 => Transition::Roam(client),
-        24 => Transition::RelayReplace(relay),
-        25 => Transition::AuthorizeFor {
-            client,
-            resource,
-            secs: rng.gen_range(30..=120),
-        },
-        26..=27 => Transition::Send { client, resource },
-        6..=8 => Transition::Advance {
-            secs: match rng.gen_range(0..3) {
-                0 => rng.gen_range(1..=30),
-                1 => rng.gen_range(20..=45),
-                _ => rng.gen_range(60..=200),
-            },
-        },
-        9 => Transition::PortalRestart,
-        10 => Transition::NatExpiry(if rng.gen() {
-            Side::Clients
-        } else {
-            Side::Gateway
-        }),
-        11 => Transition::RelayCrash(relay),
-        12 => Transition::RelayRestart(relay),
-        13 => Transition::BlockDirect,
-        14 => Transition::UnblockDirect,
-        15 => Transition::Revoke { client, resource },
-        16 => Transition::Authorize { client, resource },
-        17 => Transition::GatewayRestart,
-        18 => Transition::ClientRestart(client),
-        _ => Transition::Advance { secs: 10 },
-    }
-}
-
 /// Checks what became of a probe sent with expectation `expect`, given where it arrived
 /// (source, destination per arrival) and how many echoes came back; returns what was checked.
 pub fn check_send(
@@ -333,7 +266,7 @@ pub fn check_send(
 }
 
 /// The invariants that hold after every step, faults or not.
-pub fn check_invariants(w: &World<'static>) -> Result<(), String> {
+pub fn check_invariants(w: &Deployment<'static>) -> Result<(), String> {
     // No packet is ever delivered to the wrong client: every probe echo a client gets names
     // that client as its sender.
     for (i, tap) in w.taps.iter().enumerate() {

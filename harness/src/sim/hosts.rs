@@ -19,8 +19,8 @@ use node_core::state::{ClientEvent, GatewayEvent};
 use node_core::state::{ClientState, GatewayState};
 use tokio::sync::mpsc;
 
-use crate::world::faulty_socket::FaultyNetwork;
-use crate::world::{
+use crate::turmoil_net::faulty_socket::FaultyNetwork;
+use crate::turmoil_net::{
     sim_time, sim_wall_clock, Faults, NatShim, RoamingSocket, Trace, TurmoilClock, TurmoilListener,
     TurmoilNetwork,
 };
@@ -82,7 +82,7 @@ pub async fn portal_host(
 ) -> turmoil::Result {
     let server = portal_sim::server::Server::new(
         portal,
-        crate::world::turmoil_io::portal_clock(unix_epoch_secs),
+        crate::turmoil_net::turmoil_io::portal_clock(unix_epoch_secs),
     );
     *handle.borrow_mut() = Some(server.clone());
     let listener =
@@ -108,7 +108,7 @@ pub async fn relay_host(
     let now = TurmoilClock.now();
     let server =
         relay_sim::Server::new(config, key, now, relay_sim::net::Network::unix_time(&net))?;
-    let listen = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), crate::world::TURN_PORT);
+    let listen = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), crate::turmoil_net::TURN_PORT);
     relay_sim::runtime::run(&net, server, listen, std::future::pending()).await?;
     Ok(())
 }

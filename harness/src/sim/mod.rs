@@ -2,6 +2,7 @@
 //! against (see `tests/sim.rs`).
 
 pub mod case;
+pub mod deployment;
+pub mod draw;
 pub mod hosts;
 pub mod model;
-pub mod world;

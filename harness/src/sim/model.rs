@@ -496,7 +496,7 @@ impl Model {
                 // the NAT mappings towards it any more: the server-reflexive addresses it
                 // taught (which paths may use) stop working when those mappings expire.
                 disrupt(self);
-                self.last_disruption = Some(self.now + crate::world::nat::DEFAULT_MAPPING_TIMEOUT);
+                self.last_disruption = Some(self.now + crate::nat::DEFAULT_MAPPING_TIMEOUT);
             }
             // Lost checks and handshakes may fail connections: recovery counts from the end
             // of the burst.

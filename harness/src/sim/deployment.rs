@@ -17,9 +17,10 @@ use super::hosts::{
     ResourceLog,
 };
 use super::model::{Proto, Side, CLIENTS, LINK_SITES, NODES, RELAYS, RESOURCES};
-use crate::world::{
-    links, sim_builder, Direction, Faults, Filtering, LinkProfile, MappingBehaviour, NatCommand,
-    NatConfig, NatHandle, NatShim, SimSettings, Trace,
+use crate::nat::{Filtering, MappingBehaviour, NatConfig};
+use crate::turmoil_net::{
+    links, sim_builder, Direction, Faults, LinkProfile, NatCommand, NatHandle, NatShim,
+    SimSettings, Trace,
 };
 
 /// The secret portal and relays share for TURN credentials.
@@ -50,8 +51,8 @@ pub struct NatTypes {
     pub gateway: (MappingBehaviour, Filtering),
 }
 
-/// The world and the driver's handles into it.
-pub struct World<'a> {
+/// The deployment and the driver's handles into it.
+pub struct Deployment<'a> {
     /// The turmoil simulation.
     pub sim: turmoil::Sim<'a>,
     /// Everything that happened, hashed for the determinism check.
@@ -80,7 +81,7 @@ pub struct World<'a> {
     next_payload: u64,
 }
 
-impl<'a> World<'a> {
+impl<'a> Deployment<'a> {
     /// Builds the world for `seed` with the initial `policies`.
     pub fn new(seed: u64, policies: BTreeSet<(usize, usize)>) -> Self {
         // Keeping every line costs memory; the hash alone decides determinism.
@@ -145,7 +146,7 @@ impl<'a> World<'a> {
             .map(|(i, n)| {
                 (
                     i as u64 + 1,
-                    SocketAddr::new(ip(&sim, n), crate::world::TURN_PORT),
+                    SocketAddr::new(ip(&sim, n), crate::turmoil_net::TURN_PORT),
                 )
             })
             .collect();

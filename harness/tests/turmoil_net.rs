@@ -1,4 +1,4 @@
-//! The turmoil world's building blocks on a tiny deployment: two hosts behind one NAT, a public
+//! The turmoil network's building blocks on a tiny deployment: two hosts behind one NAT, a public
 //! reflector and a stranger. Mapping and filtering behaviours, expiry and port reuse, one-way
 //! partitions, class faults, the relay and portal adapters, and determinism by trace hash.
 
@@ -7,15 +7,16 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use harness::world::links::{isolate_inside, Swizzle, SwizzleMode};
-use harness::world::nat_host::NatCommand;
-use harness::world::probe::{observed, reflector, Probe, Received};
-use harness::world::turmoil_io::portal_clock;
-use harness::world::{
-    sim_builder, ClassFault, Faults, Filtering, MappingBehaviour, NatConfig, NatHandle, NatShim,
-    PacketClass, SimSettings, Trace, TurmoilNetwork, TurmoilSocket, DEFAULT_UNIX_EPOCH_SECS,
-    TURN_PORT,
+use harness::nat::{Filtering, MappingBehaviour, NatConfig};
+use harness::turmoil_net::links::{isolate_inside, Swizzle, SwizzleMode};
+use harness::turmoil_net::nat_host::NatCommand;
+use harness::turmoil_net::probe::{observed, reflector, Probe, Received};
+use harness::turmoil_net::turmoil_io::portal_clock;
+use harness::turmoil_net::{
+    sim_builder, ClassFault, Faults, NatHandle, NatShim, PacketClass, SimSettings, Trace,
+    TurmoilNetwork, TurmoilSocket, TURN_PORT,
 };
+use harness::SIM_EPOCH_UNIX_SECS;
 use turmoil::Sim;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -35,7 +36,7 @@ fn wireguard_data() -> Vec<u8> {
     b
 }
 
-struct World {
+struct Testbed {
     sim: Sim<'static>,
     trace: Trace,
     nat: NatHandle,
@@ -48,7 +49,7 @@ struct World {
     stranger_faults: Faults,
 }
 
-impl World {
+impl Testbed {
     fn build(seed: u64, nat_config: impl FnOnce(NatConfig) -> NatConfig) -> Self {
         let settings = SimSettings::new(seed, Duration::from_secs(600));
         let mut sim = sim_builder(&settings).build();
@@ -78,7 +79,8 @@ impl World {
             async move {
                 let socket =
                     TurmoilSocket::bind(SocketAddr::new(stranger_ip, STRANGER_PORT)).await?;
-                p.run(harness::world::FaultySocket::new(socket, f)).await
+                p.run(harness::turmoil_net::FaultySocket::new(socket, f))
+                    .await
             }
         });
 
@@ -153,7 +155,7 @@ fn replies(received: &[Received]) -> Vec<(SocketAddr, Vec<u8>)> {
 /// EIM/APDF: one public port per inside socket, port reuse after expiry, unsolicited datagrams
 /// filtered, one-way partitions, STUN-only drops. Returns the trace.
 fn eim_apdf_scenario(seed: u64) -> Trace {
-    let mut w = World::build(seed, |c| {
+    let mut w = Testbed::build(seed, |c| {
         c.mapping(MappingBehaviour::EndpointIndependent)
             .filtering(Filtering::AddressAndPortDependent)
     });
@@ -275,7 +277,7 @@ fn same_seed_same_trace() {
 
 #[test]
 fn apdm_eif_world() {
-    let mut w = World::build(2, |c| {
+    let mut w = Testbed::build(2, |c| {
         c.mapping(MappingBehaviour::AddressAndPortDependent)
             .filtering(Filtering::EndpointIndependent)
     });
@@ -322,8 +324,8 @@ fn relay_runs_on_turmoil() {
     sim.host("relay", move || {
         let f = f.clone();
         async move {
-            let net = harness::world::faulty_socket::FaultyNetwork::new(
-                TurmoilNetwork::new(DEFAULT_UNIX_EPOCH_SECS),
+            let net = harness::turmoil_net::faulty_socket::FaultyNetwork::new(
+                TurmoilNetwork::new(SIM_EPOCH_UNIX_SECS),
                 f,
             );
             let IpAddr::V4(public) = relay_ip else {
@@ -387,9 +389,9 @@ fn portal_serves_on_turmoil() {
             &portal_sim::SeedFile::default(),
             portal_sim::PortalConfig::new("secret", 1),
         );
-        let server = portal_sim::server::Server::new(portal, portal_clock(DEFAULT_UNIX_EPOCH_SECS));
+        let server = portal_sim::server::Server::new(portal, portal_clock(SIM_EPOCH_UNIX_SECS));
         let listener =
-            harness::world::TurmoilListener::bind(SocketAddr::new(portal_ip, 8080)).await?;
+            harness::turmoil_net::TurmoilListener::bind(SocketAddr::new(portal_ip, 8080)).await?;
         server.serve(listener).await?;
         Ok(())
     });
@@ -507,7 +509,7 @@ fn speed_ten_hosts() {
     for i in 2..4 {
         let relay_ip = ip[i];
         sim.host(names[i], move || async move {
-            let net = TurmoilNetwork::new(DEFAULT_UNIX_EPOCH_SECS);
+            let net = TurmoilNetwork::new(SIM_EPOCH_UNIX_SECS);
             let IpAddr::V4(public) = relay_ip else {
                 panic!("v4")
             };
@@ -528,9 +530,9 @@ fn speed_ten_hosts() {
             &portal_sim::SeedFile::default(),
             portal_sim::PortalConfig::new("secret", 1),
         );
-        let server = portal_sim::server::Server::new(portal, portal_clock(DEFAULT_UNIX_EPOCH_SECS));
+        let server = portal_sim::server::Server::new(portal, portal_clock(SIM_EPOCH_UNIX_SECS));
         let listener =
-            harness::world::TurmoilListener::bind(SocketAddr::new(portal_ip, 8080)).await?;
+            harness::turmoil_net::TurmoilListener::bind(SocketAddr::new(portal_ip, 8080)).await?;
         server.serve(listener).await?;
         Ok(())
     });

@@ -5,8 +5,8 @@
 //!
 //! - [`turmoil_io`]: the node's, the relay's and the portal's I/O traits over turmoil's sockets
 //!   and tokio's paused clock.
-//! - [`nat`] (the sans-IO mapping table) and [`nat_host`] (the turmoil host around it): an
-//!   RFC 4787 NAT. Hosts behind it send through a [`NatShim`] socket, which carries the real
+//! - [`nat_host`]: an RFC 4787 NAT as a turmoil host, around the sans-IO mapping table in
+//!   [`crate::nat`]. Hosts behind it send through a [`NatShim`] socket, which carries the real
 //!   destination and source in a small header ([`shim`]).
 //! - [`faults`] (what happens to a datagram: loss, delay, duplication, reordering, class
 //!   filters), [`faulty_socket`] (a socket wrapper that applies them) and [`links`] (turmoil's own
@@ -16,7 +16,7 @@
 //!   probe that sends on command and records what it receives).
 //! - [`trace`]: a deterministic event trace, hashed with a fixed hasher.
 //!
-//! # Building a world
+//! # Building a network
 //!
 //! 1. [`sim_builder`] with a fixed seed, epoch and tick.
 //! 2. `sim.lookup(name)` every host name first: turmoil hands out IPs in order of first lookup.
@@ -31,7 +31,6 @@
 pub mod faults;
 pub mod faulty_socket;
 pub mod links;
-pub mod nat;
 pub mod nat_host;
 pub mod probe;
 pub mod roaming;
@@ -45,15 +44,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use faults::{ClassFault, Direction, FaultStats, Faults, LinkProfile, PacketClass};
 pub use faulty_socket::FaultySocket;
 pub use links::{Swizzle, SwizzleMode};
-pub use nat::{Filtering, MappingBehaviour, NatConfig, NatStats};
 pub use nat_host::{NatCommand, NatHandle};
 pub use roaming::RoamingSocket;
 pub use shim::NatShim;
 pub use trace::Trace;
 pub use turmoil_io::{TurmoilClock, TurmoilListener, TurmoilNetwork, TurmoilSocket};
-
-/// The Unix time (seconds) at which every simulation starts unless told otherwise.
-pub const DEFAULT_UNIX_EPOCH_SECS: u64 = 1_800_000_000;
 
 /// The tick the world runs at: WAN latencies are tens of milliseconds, and turmoil's cost is
 /// hosts × ticks.
@@ -79,11 +74,11 @@ pub struct SimSettings {
 }
 
 impl SimSettings {
-    /// Fixed epoch, the default tick, no latency beyond the tick, `duration` long.
+    /// The simulation epoch ([`crate::SIM_EPOCH_UNIX_SECS`]), the default tick, no latency beyond the tick, `duration` long.
     pub fn new(seed: u64, duration: Duration) -> Self {
         Self {
             seed,
-            unix_epoch_secs: DEFAULT_UNIX_EPOCH_SECS,
+            unix_epoch_secs: crate::SIM_EPOCH_UNIX_SECS,
             tick: DEFAULT_TICK,
             duration,
             latency: Duration::ZERO,

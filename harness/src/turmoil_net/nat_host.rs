@@ -20,10 +20,10 @@ use tokio::sync::{mpsc, Notify};
 use turmoil::net::UdpSocket;
 
 use super::faults::{Direction, Faults, Verdict};
-use super::nat::{MappingInfo, NatConfig, NatStats, NatTable};
 use super::shim::{decapsulate, encapsulate};
 use super::turmoil_io::bindable;
 use super::{sim_time, Trace};
+use crate::nat::{MappingInfo, NatConfig, NatStats, NatTable};
 
 /// Largest datagram forwarded.
 const MAX_DATAGRAM: usize = 65_536;

@@ -14,7 +14,7 @@
 use std::cell::{Cell, RefCell};
 
 use harness::sim::case::{run_case, Case, Counts};
-use harness::sim::draw::{from_digits, generate, WEIGHTS};
+use harness::sim::draw::{from_digits, generate, PROPERTY_WEIGHTS};
 use harness::sim::model::{Model, Side, Transition};
 use proptest::prelude::*;
 use proptest::strategy::Union;
@@ -68,11 +68,11 @@ impl ReferenceStateMachine for Reference {
         any::<u64>().prop_map(Model::initial).boxed()
     }
 
-    /// A kind drawn with the weights every generator uses, and a number whose digits are its
+    /// A kind drawn with the property test's weights, and a number whose digits are its
     /// parameters: shrinking the number makes a transition with the first client, the first
     /// resource, the shortest duration.
     fn transitions(_: &Model) -> BoxedStrategy<Transition> {
-        let kinds = WEIGHTS.map(|(weight, kind)| (weight, Just(kind)));
+        let kinds = PROPERTY_WEIGHTS.map(|(weight, kind)| (weight, Just(kind)));
         (Union::new_weighted(kinds.to_vec()), any::<u64>())
             .prop_map(|(kind, number)| from_digits(kind, number))
             .boxed()
@@ -822,5 +822,32 @@ fn scenario_relay_replacement_then_idle() {
             },
         ],
         2,
+    );
+}
+
+/// Both announced relays crash before any connection exists: with no STUN server up, a new
+/// flow has no path (the model leaves it uncertain, it once required it); once a relay is back,
+/// new flows work again.
+#[test]
+fn scenario_no_relay_left_for_a_new_flow() {
+    use Transition::*;
+    scenario_delivering(
+        0,
+        &[
+            RelayCrash(1),
+            RelayCrash(0),
+            Advance { secs: 152 },
+            Send {
+                client: 1,
+                resource: 2,
+            },
+            RelayRestart(0),
+            Advance { secs: 152 },
+            Send {
+                client: 1,
+                resource: 2,
+            },
+        ],
+        1,
     );
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use harness::memnet::{HostId, MemNet, NatId};
+use harness::memnet::{HostId, MemNet, NatId, Peer};
 use node_core::datagram::DatagramKind;
 use node_core::{Event, FailReason, Upsert};
 use tracing_subscriber::layer::SubscriberExt;
@@ -583,4 +583,39 @@ fn forgotten_relays_are_remembered_up_to_their_cap() {
         assert!(from_relay(&mut node, i), "relay {i}");
     }
     assert!(!from_relay(&mut node, 1));
+}
+
+#[test]
+fn connection_timing_comes_from_the_node_config() {
+    init_tracing();
+    let mut net = MemNet::new(Instant::now());
+    let (client, gateway) = pair(&mut net);
+    let config = node_core::ConnectionConfig {
+        idle_after: Duration::from_secs(5),
+        ..Default::default()
+    };
+    match &mut net.host_mut(client).peer {
+        Peer::Client { node, .. } => node.set_connection_config(config),
+        _ => unreachable!(),
+    }
+    net.connect(client, gateway);
+    net.run_for(Duration::from_secs(2));
+    let last_activity = net.elapsed();
+    net.send(client, gateway, b"hello").unwrap();
+    net.run_for(Duration::from_secs(30));
+
+    let idle: Vec<Duration> = events_of(&net, client)
+        .into_iter()
+        .filter_map(|(t, e)| matches!(e, Event::ConnectionIdle(_)).then_some(t))
+        .collect();
+    assert_eq!(idle.len(), 1, "{idle:?}");
+    assert!(idle[0] >= last_activity + config.idle_after, "{idle:?}");
+    assert!(idle[0] <= last_activity + config.idle_after + Duration::from_secs(1));
+    // The gateway kept the defaults: idle only 20 s after the client's "hello".
+    let gateway_idle: Vec<Duration> = events_of(&net, gateway)
+        .into_iter()
+        .filter_map(|(t, e)| matches!(e, Event::ConnectionIdle(_)).then_some(t))
+        .collect();
+    assert_eq!(gateway_idle.len(), 1, "{gateway_idle:?}");
+    assert!(gateway_idle[0] >= last_activity + node_core::IDLE_AFTER);
 }

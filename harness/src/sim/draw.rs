@@ -2,8 +2,8 @@
 //! transition from the parameters a generator picks. Each generator picks in its own way:
 //!
 //! - [`generate`]: a seeded RNG, for the `run` command and the determinism test.
-//! - The property test in `tests/sim.rs`: proptest draws a kind from [`WEIGHTS`] and a number for
-//!   [`from_digits`], so that shrinking the number shrinks the transition.
+//! - The property test in `tests/sim.rs`: proptest draws a kind from [`PROPERTY_WEIGHTS`] and a
+//!   number for [`from_digits`], so that shrinking the number shrinks the transition.
 //! - The `sim` fuzz target: the fuzzer's (kind, argument) bytes, read with [`Digits`].
 
 use std::ops::RangeInclusive;
@@ -85,6 +85,30 @@ pub const WEIGHTS: [(u32, Kind); 21] = [
     (1, Kind::RelayReplace),
     (1, Kind::AuthorizeFor),
     (2, Kind::Send),
+];
+
+/// The property test's weights (`tests/sim.rs`): more traffic per fault than [`WEIGHTS`], so that
+/// most faults are followed by the packets that check them (a third of its transitions send).
+pub const PROPERTY_WEIGHTS: [(u32, Kind); 19] = [
+    (10, Kind::Send),
+    (2, Kind::SendTcp),
+    (2, Kind::Ping),
+    (1, Kind::LossBurst),
+    (1, Kind::PortalPartition),
+    (1, Kind::Roam),
+    (1, Kind::RelayReplace),
+    (1, Kind::AuthorizeFor),
+    (5, Kind::Advance),
+    (1, Kind::PortalRestart),
+    (1, Kind::NatExpiry),
+    (1, Kind::RelayCrash),
+    (1, Kind::RelayRestart),
+    (1, Kind::BlockDirect),
+    (1, Kind::UnblockDirect),
+    (1, Kind::Revoke),
+    (1, Kind::Authorize),
+    (1, Kind::GatewayRestart),
+    (1, Kind::ClientRestart),
 ];
 
 /// The spans an advance's duration is drawn from, each as likely, so that short advances come up

@@ -370,10 +370,15 @@ impl Model {
         }
     }
 
+    /// Whether an announced relay is up: the nodes' only STUN servers (their public addresses,
+    /// the server-reflexive candidates, come from the relays) and their relayed candidates.
+    pub fn relay_available(&self) -> bool {
+        (0..RELAYS).any(|r| self.relays_up[r] && self.relays_announced[r])
+    }
+
     /// Whether some path between a client and the gateway exists at all.
     pub fn path_exists(&self) -> bool {
-        let relay = (0..RELAYS).any(|r| self.relays_up[r] && self.relays_announced[r]);
-        !self.direct_blocked || relay
+        !self.direct_blocked || self.relay_available()
     }
 
     /// Whether a node's portal link is cut at `at`, or healed too recently for it to be back.
@@ -414,6 +419,11 @@ impl Model {
         }
         // A new connection needs the portal on both ends; an established one needs neither.
         let needs_portal = !self.established.contains(&(client, resource));
+        // And a relay: both ends are behind NATs, and without a STUN server neither learns the
+        // public address the other must reach it on (host candidates are private).
+        if needs_portal && !self.relay_available() {
+            return Expect::Uncertain;
+        }
         let cut = self.portal_unreachable(client, at) || self.portal_unreachable(CLIENTS, at);
         if needs_portal && cut {
             return Expect::Uncertain;

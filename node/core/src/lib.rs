@@ -32,7 +32,8 @@ pub use connection::{
 pub use error::{Error, Stats};
 pub use event::{Event, FailReason};
 pub use node::{
-    ConnectionInfo, Node, Upsert, FORMER_RELAYS_KEPT, MAX_STUN_REQUESTS, STUN_ANSWER_WINDOW,
+    ConnectionInfo, Node, Upsert, FORMER_RELAYS_KEPT, MAX_STUN_REQUESTS, RELAY_RETRY_INITIAL,
+    RELAY_RETRY_MAX, STUN_ANSWER_WINDOW,
 };
 pub use node_proto::{candidate, ids};
 pub use node_proto::{CandidateKind, IceCandidate};

@@ -27,6 +27,7 @@ use crate::{Error, Event, PeerId, Stats};
 mod relays;
 
 use relays::FromRelay;
+pub use relays::{RELAY_RETRY_INITIAL, RELAY_RETRY_MAX};
 
 /// What an upsert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +109,11 @@ pub struct Node<TId> {
     local_addrs: BTreeSet<SocketAddr>,
 
     allocations: BTreeMap<RelayId, Allocation>,
+    /// Relays whose allocation failed (unreachable, refused), waiting to be tried again: the
+    /// portal does not know a relay restarted, so the node keeps trying what it announced.
+    relay_retries: BTreeMap<RelayId, relays::Retry>,
+    /// The wait before the current try of a relay that failed, while it has not worked again.
+    retry_delays: BTreeMap<RelayId, std::time::Duration>,
     /// Servers of relays no longer used, newest last, at most [`FORMER_RELAYS_KEPT`]: their late
     /// answers are a relay's, not a peer's, which the port alone cannot tell (a peer's NAT may
     /// well map it to 3478).
@@ -157,6 +163,8 @@ impl<TId: PeerId> Node<TId> {
             stun_requests_sent: VecDeque::new(),
             local_addrs: BTreeSet::new(),
             allocations: BTreeMap::new(),
+            relay_retries: BTreeMap::new(),
+            retry_delays: BTreeMap::new(),
             former_relays: VecDeque::new(),
             connection_config: ConnectionConfig::default(),
             pool: BufferPool::new(POOL_CAPACITY),
@@ -539,7 +547,8 @@ impl<TId: PeerId> Node<TId> {
             .allocations
             .values()
             .filter_map(|a| a.poll_timeout())
-            .map(|t| (t, "relay"));
+            .map(|t| (t, "relay"))
+            .chain(self.relay_retries.values().map(|r| (r.at, "relay retry")));
         self.connections
             .values_mut()
             .filter_map(Connection::poll_timeout)

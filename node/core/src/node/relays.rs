@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Node, Transmit};
 use crate::candidate::IceCandidate;
@@ -12,6 +12,22 @@ use crate::turn::{
     CHANNEL_DATA_HEADER_LEN,
 };
 use crate::{Error, PeerId};
+
+/// How long after its allocation failed a relay is tried again the first time; each failure in
+/// a row doubles it, up to [`RELAY_RETRY_MAX`].
+pub const RELAY_RETRY_INITIAL: Duration = Duration::from_secs(5);
+/// The longest wait between two tries of a relay that keeps failing.
+pub const RELAY_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// A relay waiting to be tried again.
+#[derive(Debug)]
+pub(super) struct Retry {
+    config: RelayConfig,
+    /// When to allocate again.
+    pub(super) at: Instant,
+    /// The wait that led here, doubled if this try fails too.
+    delay: Duration,
+}
 
 /// What became of a datagram offered to the relays.
 pub(super) enum FromRelay<'a> {
@@ -32,6 +48,8 @@ impl<TId: PeerId> Node<TId> {
     /// disturb its allocation: an allocation stays bound to the credentials it was made with,
     /// and the new ones are used when it has to be made again.
     pub fn add_relay(&mut self, config: RelayConfig, now: Instant) {
+        // Announced again (a portal init): try it now, with what the portal says.
+        self.relay_retries.remove(&config.id);
         if let Some(existing) = self.allocations.get_mut(&config.id) {
             if existing.server() == config.server && !existing.is_failed() {
                 existing.set_next_credentials(config.username, config.password);
@@ -40,6 +58,10 @@ impl<TId: PeerId> Node<TId> {
             self.remove_relay(config.id, now);
         }
         tracing::info!(target: "node::turn", rid = %config.id, server = %config.server, "using relay");
+        self.allocate(config, now);
+    }
+
+    fn allocate(&mut self, config: RelayConfig, now: Instant) {
         let id = config.id;
         self.former_relays.retain(|server| *server != config.server);
         let allocation = Allocation::new(config, self.rng_seed(), now);
@@ -49,6 +71,8 @@ impl<TId: PeerId> Node<TId> {
 
     /// Stops using a relay: its candidates are invalidated, connections move to other paths.
     pub fn remove_relay(&mut self, id: RelayId, now: Instant) {
+        self.relay_retries.remove(&id);
+        self.retry_delays.remove(&id);
         let Some(mut allocation) = self.allocations.remove(&id) else {
             return;
         };
@@ -67,9 +91,12 @@ impl<TId: PeerId> Node<TId> {
         self.flush_staged(now);
     }
 
-    /// The relays in use.
+    /// The relays in use, and those waiting to be tried again.
     pub fn relays(&self) -> impl Iterator<Item = RelayId> + '_ {
-        self.allocations.keys().copied()
+        self.allocations
+            .keys()
+            .chain(self.relay_retries.keys())
+            .copied()
     }
 
     /// The relayed address on `relay`, once allocated.
@@ -159,6 +186,19 @@ impl<TId: PeerId> Node<TId> {
     }
 
     pub(super) fn handle_relay_timeouts(&mut self, now: Instant) {
+        let retry: Vec<RelayId> = self
+            .relay_retries
+            .iter()
+            .filter(|(_, r)| r.at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in retry {
+            if let Some(r) = self.relay_retries.remove(&id) {
+                tracing::debug!(target: "node::turn", rid = %id, "trying the relay again");
+                self.retry_delays.insert(id, r.delay);
+                self.allocate(r.config, now);
+            }
+        }
         let due: Vec<RelayId> = self
             .allocations
             .iter()
@@ -209,6 +249,8 @@ impl<TId: PeerId> Node<TId> {
                 }
             }
             AllocationEvent::Relayed { addr, base } => {
+                // It works: the next failure starts the backoff over.
+                self.retry_delays.remove(&id);
                 if let Ok(c) = IceCandidate::relayed(addr, base) {
                     self.add_local_candidate_everywhere(c, Some(id));
                 }
@@ -232,8 +274,20 @@ impl<TId: PeerId> Node<TId> {
             }
             AllocationEvent::Failed => {
                 if let Some(allocation) = self.allocations.remove(&id) {
-                    tracing::info!(target: "node::turn", rid = %id, "relay unreachable; its candidates are withdrawn");
+                    let delay = self
+                        .retry_delays
+                        .remove(&id)
+                        .map_or(RELAY_RETRY_INITIAL, |d| (d * 2).min(RELAY_RETRY_MAX));
+                    tracing::info!(target: "node::turn", rid = %id, retry_in = ?delay, "relay unreachable; its candidates are withdrawn");
                     self.forget_candidates_of(&allocation, now);
+                    self.relay_retries.insert(
+                        id,
+                        Retry {
+                            config: allocation.into_config(),
+                            at: now + delay,
+                            delay,
+                        },
+                    );
                 }
             }
         }

@@ -192,6 +192,13 @@ impl Allocation {
         true
     }
 
+    /// The relay's settings, with the credentials announced last: what to allocate with again
+    /// once this allocation is gone.
+    pub(crate) fn into_config(mut self) -> RelayConfig {
+        self.take_next_credentials();
+        self.config
+    }
+
     pub(crate) fn server(&self) -> SocketAddr {
         self.config.server
     }

@@ -19,6 +19,8 @@ use node_proto::portal::{
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde_json::json;
+use sha1::{Digest as _, Sha1};
+use subtle::ConstantTimeEq as _;
 
 use crate::credentials::rest_credentials;
 use crate::seed::{ClientSeed, GatewaySeed, PolicySeed, RelaySeed, ResourceSeed, SeedFile};
@@ -165,7 +167,8 @@ pub struct Portal {
 
     clients: BTreeMap<ClientId, ClientSeed>,
     gateways: BTreeMap<GatewayId, GatewaySeed>,
-    tokens: BTreeMap<String, Identity>,
+    /// The digest of every node's token, see [`Self::authenticate`].
+    tokens: Vec<(TokenDigest, Identity)>,
     resources: BTreeMap<ResourceId, ResourceSeed>,
     policies: BTreeMap<(ClientId, ResourceId), PolicySeed>,
     relays: BTreeMap<RelayId, SocketAddr>,
@@ -182,6 +185,15 @@ pub struct Portal {
     outputs: VecDeque<Output>,
 }
 
+/// A token as the portal keeps it.
+type TokenDigest = [u8; 20];
+
+/// Tokens are compared as digests so every comparison is over the same length. (SHA-1's known
+/// weakness is collisions; recovering a token from its digest would take a preimage.)
+fn token_digest(token: &[u8]) -> TokenDigest {
+    Sha1::digest(token).into()
+}
+
 fn unix(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -194,11 +206,11 @@ impl Portal {
         let tokens = seed
             .clients
             .iter()
-            .map(|c| (c.token.clone(), Identity::Client(c.id)))
+            .map(|c| (token_digest(c.token.as_bytes()), Identity::Client(c.id)))
             .chain(
                 seed.gateways
                     .iter()
-                    .map(|g| (g.token.clone(), Identity::Gateway(g.id))),
+                    .map(|g| (token_digest(g.token.as_bytes()), Identity::Gateway(g.id))),
             )
             .collect();
         Self {
@@ -223,9 +235,20 @@ impl Portal {
         }
     }
 
-    /// Who a token belongs to; `None` means the socket must be refused.
-    pub fn authenticate(&self, token: &str) -> Option<Identity> {
-        self.tokens.get(token).copied()
+    /// Who a token (percent-decoded) belongs to; `None` means the socket must be refused.
+    ///
+    /// The time this takes does not depend on how much of the token matched: digests of one
+    /// length are compared in constant time, against every node's token without stopping at a
+    /// match.
+    pub fn authenticate(&self, token: &[u8]) -> Option<Identity> {
+        let digest = token_digest(token);
+        let mut found = None;
+        for (candidate, identity) in &self.tokens {
+            if bool::from(candidate.ct_eq(&digest)) {
+                found = Some(*identity);
+            }
+        }
+        found
     }
 
     /// A new socket for `identity`. An older socket of the same node is closed.

@@ -5,8 +5,9 @@
 //! behind one mutex; every call drains its outputs into per-connection queues under that same
 //! lock, so frames reach each socket in the order the core produced them.
 //!
-//! A node connects to `/<anything>/websocket?token=<token>`; an unknown or missing token is
-//! refused at the upgrade with HTTP 401.
+//! A node connects to `/<anything>/websocket?token=<token>`, the token percent-encoded
+//! ([`node_proto::portal::url`]); an unknown, missing or malformed token is refused at the
+//! upgrade with HTTP 401.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
+use node_proto::portal::url::percent_decode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -160,7 +162,7 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The `token` query parameter of a request URI.
+/// The `token` query parameter of a request URI, still percent-encoded.
 fn token(request: &Request) -> Option<&str> {
     request
         .uri()
@@ -185,14 +187,25 @@ where
     // The error type is tungstenite's callback contract, not ours to shrink.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
-        let found = token(request).and_then(|t| lock(&shared).portal.authenticate(t));
-        match found {
+        let path = request.uri().path();
+        let token = match token(request).map(percent_decode) {
+            Some(Ok(token)) => token,
+            Some(Err(error)) => {
+                tracing::info!(%peer, %path, %error, "Refusing malformed token");
+                return Err(unauthorized("malformed token"));
+            }
+            None => {
+                tracing::info!(%peer, %path, "Refusing a request without a token");
+                return Err(unauthorized("unknown or missing token"));
+            }
+        };
+        match lock(&shared).portal.authenticate(&token) {
             Some(id) => {
                 identity = Some(id);
                 Ok(response)
             }
             None => {
-                tracing::info!(%peer, path = %request.uri().path(), "Refusing unknown token");
+                tracing::info!(%peer, %path, "Refusing unknown token");
                 Err(unauthorized("unknown or missing token"))
             }
         }

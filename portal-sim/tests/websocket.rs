@@ -13,6 +13,7 @@ use node_core::portal::{
     ChannelConfig, ConnectionError, Event, Input, JoinPayload, Message, PhoenixChannel,
     PresharedKey, PublicKey, ReplyError, RequestId,
 };
+use node_proto::portal::url::percent_encode;
 use portal_sim::server::{system_clock, Server};
 use portal_sim::{Portal, PortalConfig, SeedFile};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,8 +29,14 @@ fn now() -> Instant {
     Instant::now()
 }
 
+const EXAMPLE_SEED: &str = include_str!("../examples/seed.json");
+
 fn portal(generation: u64) -> Portal {
-    let seed = SeedFile::parse(include_str!("../examples/seed.json")).unwrap();
+    portal_from(EXAMPLE_SEED, generation)
+}
+
+fn portal_from(seed: &str, generation: u64) -> Portal {
+    let seed = SeedFile::parse(seed).unwrap();
     let mut config = PortalConfig::new("secret", 7);
     config.generation = generation;
     Portal::new(&seed, config)
@@ -41,7 +48,11 @@ async fn start(generation: u64) -> (String, JoinHandle<()>) {
 }
 
 async fn start_server(generation: u64) -> (String, Server, JoinHandle<()>) {
-    let server = Server::new(portal(generation), system_clock());
+    serve(portal(generation)).await
+}
+
+async fn serve(portal: Portal) -> (String, Server, JoinHandle<()>) {
+    let server = Server::new(portal, system_clock());
     let handle = server.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -286,4 +297,65 @@ async fn an_in_place_restart_closes_every_socket_and_a_second_socket_replaces_th
     third
         .wait_for(|e| matches!(e, Event::Connected).then_some(()))
         .await;
+}
+
+/// The HTTP status of a refused upgrade.
+async fn refused_status(url: &str) -> u16 {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        other => panic!("expected an HTTP error for {url}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_percent_decoded_as_nodes_encode_them_and_malformed_ones_refused() {
+    const TOKEN: &str = "a+b/c= ~é";
+    let seed = format!(
+        r#"{{"clients": [{{"id": 1, "token": {TOKEN:?}, "ipv4": "100.64.0.1", "ipv6": "fd00:2021:1111::1"}}]}}"#
+    );
+    let (url, _, _task) = serve(portal_from(&seed, 0)).await;
+    let encoded = percent_encode(TOKEN);
+    assert_eq!(encoded, "a%2Bb%2Fc%3D%20~%C3%A9");
+
+    let mut client = Client::connect(
+        &format!("{url}/client/websocket?token={encoded}"),
+        "client",
+        1,
+    )
+    .await;
+    client
+        .wait_for(|e| matches!(e, Event::Message(ClientIngress::Init(_))).then_some(()))
+        .await;
+
+    // Undecoded or partial forms are other tokens.
+    for token in [
+        "a+b/c=",
+        "a%2Bb%2Fc%3D",
+        "a%2Bb%2Fc%3D%20~%C3",
+        "a%2Bb%2Fc%3D%20~%C3%A9x",
+    ] {
+        assert_eq!(
+            refused_status(&format!("{url}/c/websocket?token={token}")).await,
+            401,
+            "{token}"
+        );
+    }
+    // A malformed escape is refused like an unknown token.
+    for token in ["%", "%2", "a%zz", "%%41", "%C3%A"] {
+        assert_eq!(
+            refused_status(&format!("{url}/c/websocket?token={token}")).await,
+            401,
+            "{token}"
+        );
+    }
+    // Lower-case escapes are the same token: the client's newer socket replaces the first.
+    let lower = encoded.replace("%2F", "%2f").replace("%C3", "%c3");
+    let _second = Client::connect(&format!("{url}/c/websocket?token={lower}"), "client", 1).await;
+    let reason = client
+        .wait_for(|e| match e {
+            Event::Disconnected { reason } => Some(reason.to_string()),
+            _ => None,
+        })
+        .await;
+    assert!(reason.contains("replaced"), "{reason}");
 }

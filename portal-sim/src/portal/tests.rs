@@ -635,3 +635,18 @@ fn heartbeats_are_answered_and_junk_is_survived() {
         .iter()
         .all(|(_, f)| reply_status(f) == ReplyStatus::Error));
 }
+
+#[test]
+fn only_whole_tokens_authenticate() {
+    let portal = portal(1, 0);
+    assert_eq!(portal.authenticate(b"client-token-1"), Some(C1));
+    assert_eq!(portal.authenticate(b"gateway-token-3"), Some(G3));
+    for wrong in [
+        &b""[..],
+        b"client-token-",
+        b"client-token-1 ",
+        b"client-token-10",
+    ] {
+        assert_eq!(portal.authenticate(wrong), None, "{wrong:?}");
+    }
+}

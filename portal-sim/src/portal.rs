@@ -89,6 +89,22 @@ impl Identity {
         }
     }
 
+    /// The client's id, for a `cid` log field.
+    fn cid(self) -> Option<ClientId> {
+        match self {
+            Self::Client(cid) => Some(cid),
+            Self::Gateway(_) => None,
+        }
+    }
+
+    /// The gateway's id, for a `gid` log field.
+    fn gid(self) -> Option<GatewayId> {
+        match self {
+            Self::Client(_) => None,
+            Self::Gateway(gid) => Some(gid),
+        }
+    }
+
     fn id(self) -> u64 {
         match self {
             Self::Client(ClientId(id)) | Self::Gateway(GatewayId(id)) => id,
@@ -490,6 +506,19 @@ impl Portal {
                 return;
             }
         };
+        if let Some(holder) = self.key_holder(payload.public_key, identity) {
+            // The gateways find a client's connection by its key (and a client its gateway's):
+            // a node claiming a key another one uses would take over that node's handshakes.
+            tracing::info!(
+                cid = identity.cid().map(tracing::field::display),
+                gid = identity.gid().map(tracing::field::display),
+                holder_cid = holder.cid().map(tracing::field::display),
+                holder_gid = holder.gid().map(tracing::field::display),
+                "Refusing a join with a key another node holds"
+            );
+            self.reply_error(conn, frame, "public_key_in_use");
+            return;
+        }
         if let Some(session) = self.sessions.get_mut(&conn) {
             session.joined = Some((frame.topic.clone(), payload.public_key));
         }
@@ -894,6 +923,16 @@ impl Portal {
             .filter(|g| g.site == site)
             .map(|g| g.id)
             .collect()
+    }
+
+    /// Another node whose joined session holds `key`. A node's own sessions do not count: it
+    /// may join again with its key (a reconnect replaces its older socket anyway).
+    fn key_holder(&self, key: PublicKey, identity: Identity) -> Option<Identity> {
+        self.sessions
+            .values()
+            .filter(|s| s.identity != identity)
+            .find(|s| s.joined.as_ref().is_some_and(|(_, k)| *k == key))
+            .map(|s| s.identity)
     }
 
     fn joined_conn(&self, identity: Identity) -> Option<ConnId> {

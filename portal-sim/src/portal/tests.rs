@@ -650,3 +650,48 @@ fn only_whole_tokens_authenticate() {
         assert_eq!(portal.authenticate(wrong), None, "{wrong:?}");
     }
 }
+
+/// Gateways find a client's connection by its key: a node that could join with another node's
+/// key would take over its handshakes.
+#[test]
+fn a_key_another_joined_node_holds_is_refused_and_its_owner_may_rejoin_with_it() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let g1 = w.join(G1);
+    for (conn, thief, stolen) in [(ConnId(20), C2, key(C1)), (ConnId(21), G3, key(C1))]
+        .into_iter()
+        .chain([(ConnId(22), C2, key(G1)), (ConnId(23), G3, key(G1))])
+    {
+        w.connect_and_join(conn, thief, stolen);
+        let out = w.drain();
+        assert_eq!(out.len(), 1, "{thief}: only the error reply, no init");
+        assert_eq!(out[0].0, conn);
+        assert_eq!(reply_status(&out[0].1), ReplyStatus::Error);
+        assert_eq!(out[0].1.as_reply().unwrap().reason(), "public_key_in_use");
+        assert!(!w.portal.is_joined(thief), "{thief}");
+        w.portal.disconnect(conn);
+    }
+    // The gateway still gets the holder's key with a flow.
+    let out = w.request(c1, 1);
+    assert_eq!(authorize_flow(&out[1].1).client.public_key, key(C1));
+
+    // The holder joins again with its key on the same socket, then from a new socket.
+    w.send(c1, "client", "phx_join", json!({"public_key": key(C1)}));
+    let out = w.drain();
+    assert_eq!(reply_status(&out[0].1), ReplyStatus::Ok);
+    let newer = ConnId(30);
+    w.connect_and_join(newer, C1, key(C1));
+    let out: Vec<Output> = std::iter::from_fn(|| w.portal.poll_output()).collect();
+    assert!(out.contains(&Output::Close {
+        conn: c1,
+        reason: "replaced by a newer connection".into()
+    }));
+    assert!(w.portal.is_joined(C1));
+
+    // Once the holder is gone, the key is free.
+    w.portal.disconnect(newer);
+    w.connect_and_join(ConnId(31), C2, key(C1));
+    let out = w.drain();
+    assert_eq!(reply_status(&out[0].1), ReplyStatus::Ok);
+    let _ = g1;
+}

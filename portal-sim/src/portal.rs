@@ -23,7 +23,9 @@ use sha1::{Digest as _, Sha1};
 use subtle::ConstantTimeEq as _;
 
 use crate::credentials::rest_credentials;
-use crate::seed::{ClientSeed, GatewaySeed, PolicySeed, RelaySeed, ResourceSeed, SeedFile};
+use crate::seed::{
+    ClientSeed, GatewaySeed, PolicySeed, RelaySeed, ResourceError, ResourceSeed, SeedFile,
+};
 
 /// How long an authorization lasts when its policy does not say.
 pub const DEFAULT_AUTHORIZATION: Duration = Duration::from_secs(3600);
@@ -234,7 +236,19 @@ impl Portal {
             clients: seed.clients.iter().map(|c| (c.id, c.clone())).collect(),
             gateways: seed.gateways.iter().map(|g| (g.id, g.clone())).collect(),
             tokens,
-            resources: seed.resources.iter().map(|r| (r.id, r.clone())).collect(),
+            resources: seed
+                .resources
+                .iter()
+                .filter(|r| match r.validate() {
+                    Ok(()) => true,
+                    // `SeedFile::load` refuses such a file; one built by hand skips the entry.
+                    Err(error) => {
+                        tracing::warn!(rid = %r.id, %error, "Skipping resource");
+                        false
+                    }
+                })
+                .map(|r| (r.id, r.clone()))
+                .collect(),
             policies: seed
                 .policies
                 .iter()
@@ -382,8 +396,13 @@ impl Portal {
     }
 
     /// Adds or changes a resource and tells the clients allowed to reach it and the gateways of
-    /// its site.
-    pub fn add_resource(&mut self, resource: ResourceSeed) {
+    /// its site. A resource that fails [`ResourceSeed::validate`] is refused and changes
+    /// nothing.
+    pub fn add_resource(&mut self, resource: ResourceSeed) -> Result<(), ResourceError> {
+        if let Err(error) = resource.validate() {
+            tracing::info!(rid = %resource.id, %error, "Refusing resource");
+            return Err(error);
+        }
         let rid = resource.id;
         if let Some(old) = self.resources.get(&rid) {
             if old.site != resource.site {
@@ -411,6 +430,7 @@ impl Portal {
                 &GatewayIngress::ResourceCreatedOrUpdated(description.clone()),
             );
         }
+        Ok(())
     }
 
     /// Deletes a resource, its policies and its flows. Returns whether it existed.

@@ -509,7 +509,7 @@ fn new_resources_and_policies_are_pushed() {
             address: "172.16.0.9".parse().unwrap(),
         },
     };
-    w.portal.add_resource(resource);
+    w.portal.add_resource(resource).unwrap();
     let out = w.drain();
     assert_eq!(
         out.len(),
@@ -694,4 +694,55 @@ fn a_key_another_joined_node_holds_is_refused_and_its_owner_may_rejoin_with_it()
     let out = w.drain();
     assert_eq!(reply_status(&out[0].1), ReplyStatus::Ok);
     let _ = g1;
+}
+
+#[test]
+fn a_resource_in_a_client_tunnel_range_is_refused_at_runtime() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let g1 = w.join(G1);
+    for address in ["100.64.0.2", "fd00:2021:1111::2"] {
+        let resource = ResourceSeed {
+            id: ResourceId(1),
+            name: "database".into(),
+            site: "hq".into(),
+            address: ResourceAddress::Host {
+                address: address.parse().unwrap(),
+            },
+        };
+        let error = w.portal.add_resource(resource).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ResourceError::OverlapsClientTunnel {
+                    id: ResourceId(1),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(w.drain().is_empty(), "nobody hears of it");
+    }
+    // The resource it would have replaced is unchanged.
+    let out = w.request(c1, 1);
+    assert_eq!(out[1].0, g1);
+    assert_eq!(
+        authorize_flow(&out[1].1).resource.address,
+        ResourceAddress::Host {
+            address: "10.0.0.5".parse().unwrap()
+        }
+    );
+}
+
+#[test]
+fn a_hand_built_seed_with_a_resource_in_a_client_tunnel_range_skips_it() {
+    let mut seed = seed_file();
+    seed.resources[0].address = ResourceAddress::Cidr {
+        address: "100.64.0.0/24".parse().unwrap(),
+    };
+    let mut w = World::new(Portal::new(&seed, PortalConfig::new(SECRET, 1)));
+    let c1 = w.join(C1);
+    let _g1 = w.join(G1);
+    let out = w.request(c1, 1);
+    assert_eq!(out[0].1.as_reply().unwrap().reason(), "unauthorized");
 }

@@ -25,7 +25,7 @@ pub mod url;
 
 pub use error::{PortalError, ProtocolError};
 pub use frame::{Frame, Reply, ReplyStatus};
-pub use ip_network::{IpNetwork, IpNetworkError};
+pub use ip_network::{IpNetwork, IpNetworkError, CLIENT_TUNNEL_IPV4, CLIENT_TUNNEL_IPV6};
 pub use key::{KeyError, PresharedKey, PublicKey};
 pub use messages::Message;
 pub use types::{

@@ -5,6 +5,9 @@
 //! behind one mutex; every call drains its outputs into per-connection queues under that same
 //! lock, so frames reach each socket in the order the core produced them.
 //!
+//! A queue holds at most [`OUTBOUND_QUEUE_LEN`] frames, and a socket whose node does not keep up
+//! is closed (a dropped frame would leave the node out of step with the portal).
+//!
 //! A node connects to `/<anything>/websocket?token=<token>`, the token percent-encoded
 //! ([`node_proto::portal::url`]); an unknown, missing or malformed token is refused at the
 //! upgrade with HTTP 401.
@@ -19,7 +22,8 @@ use std::time::{Duration, SystemTime};
 use futures_util::{SinkExt, StreamExt};
 use node_proto::portal::url::percent_decode;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -31,6 +35,11 @@ use crate::{ConnId, Identity, Output, Portal};
 
 /// How long a socket may stay silent (nodes heartbeat every 30 s) before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Frames queued for one socket at most; one more closes the socket. The portal's largest
+/// burst for one socket is a gateway's join (the reply, the init and an `authorize_flow` per
+/// live flow of the gateway), or a relay change for every node at once.
+pub const OUTBOUND_QUEUE_LEN: usize = 4096;
 
 /// Something that accepts connections: a TCP listener, or a simulated one.
 pub trait Listener: Send + 'static {
@@ -64,9 +73,30 @@ enum Outbound {
     Close(String),
 }
 
+/// The server's end of a connection task.
+struct Connection {
+    queue: mpsc::Sender<Outbound>,
+    /// Told when the queue overflowed: the task drops the socket without sending the rest.
+    overflowed: Arc<Notify>,
+}
+
+impl Connection {
+    /// Queues `message`; false if the queue was full and the connection is told to close.
+    fn queue(&self, message: Outbound) -> bool {
+        match self.queue.try_send(message) {
+            // A closed queue means the connection task is already gone.
+            Ok(()) | Err(TrySendError::Closed(_)) => true,
+            Err(TrySendError::Full(_)) => {
+                self.overflowed.notify_one();
+                false
+            }
+        }
+    }
+}
+
 struct State {
     portal: Portal,
-    conns: BTreeMap<ConnId, mpsc::UnboundedSender<Outbound>>,
+    conns: BTreeMap<ConnId, Connection>,
     next_conn: u64,
 }
 
@@ -78,9 +108,15 @@ impl State {
                 Output::Send { conn, text } => (conn, Outbound::Text(text)),
                 Output::Close { conn, reason } => (conn, Outbound::Close(reason)),
             };
-            if let Some(tx) = self.conns.get(&conn) {
-                // A closed queue means the connection task is already gone.
-                let _ = tx.send(message);
+            let Some(connection) = self.conns.get(&conn) else {
+                continue;
+            };
+            if !connection.queue(message) {
+                // The node is gone for the portal at once, so nothing more is queued for it;
+                // its task closes the socket.
+                tracing::debug!(conn = conn.0, "Outbound queue full");
+                self.conns.remove(&conn);
+                self.portal.disconnect(conn);
             }
         }
     }
@@ -146,8 +182,8 @@ impl Server {
     pub fn restart(&self, portal: Portal) {
         let mut state = lock(&self.shared);
         state.portal = portal;
-        for (_, tx) in std::mem::take(&mut state.conns) {
-            let _ = tx.send(Outbound::Close("portal restarting".into()));
+        for (_, connection) in std::mem::take(&mut state.conns) {
+            connection.queue(Outbound::Close("portal restarting".into()));
         }
         tracing::info!("Portal restarted");
     }
@@ -220,12 +256,17 @@ where
     let Some(identity) = identity else {
         return;
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (queue, mut rx) = mpsc::channel(OUTBOUND_QUEUE_LEN);
+    let overflowed = Arc::new(Notify::new());
     let conn = {
         let mut state = lock(&shared);
         let conn = ConnId(state.next_conn);
         state.next_conn += 1;
-        state.conns.insert(conn, tx);
+        let connection = Connection {
+            queue,
+            overflowed: Arc::clone(&overflowed),
+        };
+        state.conns.insert(conn, connection);
         state.portal.connect(conn, identity);
         state.dispatch();
         conn
@@ -238,12 +279,28 @@ where
     let (mut sink, mut source) = ws.split();
     let idle = tokio::time::sleep(shared.idle_timeout);
     tokio::pin!(idle);
-    loop {
+    'session: loop {
         tokio::select! {
             biased;
+            () = overflowed.notified() => {
+                tracing::info!(limit = OUTBOUND_QUEUE_LEN, "Closing: the outbound queue is full");
+                break;
+            }
             outbound = rx.recv() => match outbound {
                 Some(Outbound::Text(text)) => {
-                    if let Err(error) = sink.send(WsMessage::text(text)).await {
+                    // A node that stops reading blocks the send; its queue fills meanwhile.
+                    let sent = tokio::select! {
+                        biased;
+                        () = overflowed.notified() => {
+                            tracing::info!(
+                                limit = OUTBOUND_QUEUE_LEN,
+                                "Closing: the outbound queue is full"
+                            );
+                            break 'session;
+                        }
+                        sent = sink.send(WsMessage::text(text)) => sent,
+                    };
+                    if let Err(error) = sent {
                         tracing::debug!(%error, "Send failed");
                         break;
                     }

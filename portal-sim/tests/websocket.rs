@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use node_core::ids::{ClientId, GatewayId, ResourceId};
+use node_core::ids::{ClientId, GatewayId, RelayId, ResourceId};
 use node_core::portal::messages::{
     ClientEgress, ClientIngress, GatewayCandidates, GatewayEgress, GatewayIngress,
     RequestConnection,
@@ -14,7 +14,8 @@ use node_core::portal::{
     PresharedKey, PublicKey, ReplyError, RequestId,
 };
 use node_proto::portal::url::percent_encode;
-use portal_sim::server::{system_clock, Server};
+use portal_sim::seed::RelaySeed;
+use portal_sim::server::{system_clock, Server, OUTBOUND_QUEUE_LEN};
 use portal_sim::{Portal, PortalConfig, SeedFile};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -358,4 +359,81 @@ async fn tokens_are_percent_decoded_as_nodes_encode_them_and_malformed_ones_refu
         })
         .await;
     assert!(reason.contains("replaced"), "{reason}");
+}
+
+/// Makes the portal push `n` frames to every joined node in one go (one relay each), before any
+/// connection task runs.
+fn push_relays(server: &Server, first: u64, n: usize) {
+    server.with_portal(|portal, now| {
+        for id in (first..).take(n) {
+            let relay = RelaySeed {
+                id: RelayId(id),
+                address: "198.51.100.1:3478".parse().unwrap(),
+            };
+            portal.add_relay(relay, now);
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_node_whose_outbound_queue_overflows_is_closed_rather_than_losing_frames() {
+    let (url, server, _task) = start_server(0).await;
+    let mut client = Client::connect(
+        &format!("{url}/client/websocket?token=client-token-1"),
+        "client",
+        1,
+    )
+    .await;
+    client
+        .wait_for(|e| matches!(e, Event::Message(ClientIngress::Init(_))).then_some(()))
+        .await;
+
+    // A full queue is fine: every frame arrives.
+    push_relays(&server, 100, OUTBOUND_QUEUE_LEN);
+    let mut received = 0;
+    while received < OUTBOUND_QUEUE_LEN {
+        client
+            .wait_for(|e| {
+                matches!(e, Event::Message(ClientIngress::RelaysPresence(_))).then_some(())
+            })
+            .await;
+        received += 1;
+    }
+    let is_joined = |server: &Server| {
+        server.with_portal(|portal, _| portal.is_joined(portal_sim::Identity::Client(ClientId(1))))
+    };
+    assert!(is_joined(&server));
+
+    // One more than fits: the socket is closed, none of the queue is sent.
+    push_relays(&server, 10_000, OUTBOUND_QUEUE_LEN + 1);
+    assert!(!is_joined(&server), "the portal forgets the node at once");
+    let first = client
+        .wait_for(|e| match e {
+            Event::Message(ClientIngress::RelaysPresence(_)) => Some(true),
+            Event::Disconnected { .. } => Some(false),
+            _ => None,
+        })
+        .await;
+    assert!(!first, "a frame of the overflowing burst was sent");
+
+    // The node comes back and joins again (with the relays gone, or its init would be too
+    // large for it).
+    server.with_portal(|portal, _| {
+        for id in (100..)
+            .take(OUTBOUND_QUEUE_LEN)
+            .chain((10_000..).take(OUTBOUND_QUEUE_LEN + 1))
+        {
+            portal.remove_relay(RelayId(id));
+        }
+    });
+    let mut again = Client::connect(
+        &format!("{url}/client/websocket?token=client-token-1"),
+        "client",
+        1,
+    )
+    .await;
+    again
+        .wait_for(|e| matches!(e, Event::Message(ClientIngress::Init(_))).then_some(()))
+        .await;
+    assert!(is_joined(&server));
 }

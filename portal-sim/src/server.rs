@@ -5,8 +5,10 @@
 //! behind one mutex; every call drains its outputs into per-connection queues under that same
 //! lock, so frames reach each socket in the order the core produced them.
 //!
-//! A queue holds at most [`OUTBOUND_QUEUE_LEN`] frames, and a socket whose node does not keep up
-//! is closed (a dropped frame would leave the node out of step with the portal).
+//! Limits: a queue holds at most [`OUTBOUND_QUEUE_LEN`] frames, and a socket whose node does not
+//! keep up is closed (a dropped frame would leave the node out of step with the portal);
+//! messages and frames from nodes are at most [`MAX_MESSAGE_LEN`] bytes, refused from the frame
+//! header before they are buffered.
 //!
 //! A node connects to `/<anything>/websocket?token=<token>`, the token percent-encoded
 //! ([`node_proto::portal::url`]); an unknown, missing or malformed token is refused at the
@@ -20,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
+use node_proto::portal::frame::MAX_FRAME_LEN;
 use node_proto::portal::url::percent_decode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc::error::TrySendError;
@@ -28,8 +31,8 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::{ConnId, Identity, Output, Portal};
 
@@ -40,6 +43,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// burst for one socket is a gateway's join (the reply, the init and an `authorize_flow` per
 /// live flow of the gateway), or a relay change for every node at once.
 pub const OUTBOUND_QUEUE_LEN: usize = 4096;
+
+/// Longest WebSocket message, and frame, accepted from a node: the protocol's
+/// [`MAX_FRAME_LEN`]. A longer one closes the socket (close code 1009) as soon as its header
+/// says so, instead of being buffered and then dropped by the frame parser.
+pub const MAX_MESSAGE_LEN: usize = MAX_FRAME_LEN;
 
 /// Something that accepts connections: a TCP listener, or a simulated one.
 pub trait Listener: Send + 'static {
@@ -246,7 +254,12 @@ where
             }
         }
     };
-    let ws = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_LEN))
+        .max_frame_size(Some(MAX_MESSAGE_LEN));
+    let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
+        .await
+    {
         Ok(ws) => ws,
         Err(error) => {
             tracing::debug!(%peer, %error, "WebSocket upgrade failed");
@@ -329,6 +342,11 @@ where
                     | WsMessage::Pong(_)
                     | WsMessage::Frame(_),
                 )) => {}
+                Some(Err(WsError::Capacity(error))) => {
+                    tracing::info!(%error, limit = MAX_MESSAGE_LEN, "Closing: message too large");
+                    close_with(&mut sink, CloseCode::Size, "message too large").await;
+                    break;
+                }
                 Some(Err(error)) => {
                     tracing::debug!(%error, "Receive failed");
                     break;
@@ -351,8 +369,15 @@ async fn close<S>(sink: &mut S, reason: &str)
 where
     S: futures_util::Sink<WsMessage> + Unpin,
 {
+    close_with(sink, CloseCode::Policy, reason).await;
+}
+
+async fn close_with<S>(sink: &mut S, code: CloseCode, reason: &str)
+where
+    S: futures_util::Sink<WsMessage> + Unpin,
+{
     let frame = CloseFrame {
-        code: CloseCode::Policy,
+        code,
         reason: reason.into(),
     };
     let _ = sink.send(WsMessage::Close(Some(frame))).await;

@@ -15,10 +15,13 @@ use node_core::portal::{
 };
 use node_proto::portal::url::percent_encode;
 use portal_sim::seed::RelaySeed;
-use portal_sim::server::{system_clock, Server, OUTBOUND_QUEUE_LEN};
+use portal_sim::server::{system_clock, Server, MAX_MESSAGE_LEN, OUTBOUND_QUEUE_LEN};
 use portal_sim::{Portal, PortalConfig, SeedFile};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -436,4 +439,82 @@ async fn a_node_whose_outbound_queue_overflows_is_closed_rather_than_losing_fram
         .wait_for(|e| matches!(e, Event::Message(ClientIngress::Init(_))).then_some(()))
         .await;
     assert!(is_joined(&server));
+}
+
+type RawSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn raw_socket(url: &str) -> RawSocket {
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("{url}/client/websocket?token=client-token-1"))
+            .await
+            .unwrap();
+    ws
+}
+
+/// Waits for the server to end the socket; returns the close code if it sent one.
+async fn closed_by_server(ws: &mut RawSocket) -> Option<CloseCode> {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("the server did not close the socket within 5 s");
+        match message {
+            Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// A heartbeat padded with spaces to `len` bytes.
+fn heartbeat_of_len(len: usize) -> String {
+    let heartbeat = r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":1}"#;
+    format!("{heartbeat}{}", " ".repeat(len - heartbeat.len()))
+}
+
+#[tokio::test]
+async fn a_message_at_the_size_limit_is_served() {
+    let (url, _task) = start(0).await;
+    let mut ws = raw_socket(&url).await;
+    ws.send(WsMessage::text(heartbeat_of_len(MAX_MESSAGE_LEN)))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = reply.into_text().unwrap();
+    assert!(
+        text.contains("phx_reply") && text.contains(r#""ok""#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_over_the_size_limit_is_refused_from_its_header() {
+    let (url, _task) = start(0).await;
+    let mut ws = raw_socket(&url).await;
+    // Only the header of a masked text frame of limit + 1 bytes: the server must not wait for
+    // (and buffer) the payload.
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(MAX_MESSAGE_LEN as u64 + 1).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    let tcp = ws.get_mut();
+    tcp.write_all(&header).await.unwrap();
+    tcp.flush().await.unwrap();
+    assert_eq!(closed_by_server(&mut ws).await, Some(CloseCode::Size));
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_in_small_frames_is_refused() {
+    let (url, _task) = start(0).await;
+    let mut ws = raw_socket(&url).await;
+    let text = heartbeat_of_len(MAX_MESSAGE_LEN + 1).into_bytes();
+    let (head, tail) = text.split_at(MAX_MESSAGE_LEN / 2);
+    let first = WsFrame::message(head.to_vec(), OpCode::Data(Data::Text), false);
+    let rest = WsFrame::message(tail.to_vec(), OpCode::Data(Data::Continue), true);
+    ws.send(WsMessage::Frame(first)).await.unwrap();
+    // The server may close before the rest is written.
+    let _ = ws.send(WsMessage::Frame(rest)).await;
+    assert_eq!(closed_by_server(&mut ws).await, Some(CloseCode::Size));
 }

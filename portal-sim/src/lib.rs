@@ -17,4 +17,4 @@ pub mod seed;
 pub mod server;
 
 pub use portal::{ConnId, Identity, Output, Portal, PortalConfig, DEFAULT_AUTHORIZATION};
-pub use seed::{SeedError, SeedFile};
+pub use seed::{ResourceError, SeedError, SeedFile};

@@ -19,9 +19,13 @@ use node_proto::portal::{
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde_json::json;
+use sha1::{Digest as _, Sha1};
+use subtle::ConstantTimeEq as _;
 
 use crate::credentials::rest_credentials;
-use crate::seed::{ClientSeed, GatewaySeed, PolicySeed, RelaySeed, ResourceSeed, SeedFile};
+use crate::seed::{
+    ClientSeed, GatewaySeed, PolicySeed, RelaySeed, ResourceError, ResourceSeed, SeedFile,
+};
 
 /// How long an authorization lasts when its policy does not say.
 pub const DEFAULT_AUTHORIZATION: Duration = Duration::from_secs(3600);
@@ -84,6 +88,22 @@ impl Identity {
         match self {
             Self::Client(_) => "client",
             Self::Gateway(_) => "gateway",
+        }
+    }
+
+    /// The client's id, for a `cid` log field.
+    fn cid(self) -> Option<ClientId> {
+        match self {
+            Self::Client(cid) => Some(cid),
+            Self::Gateway(_) => None,
+        }
+    }
+
+    /// The gateway's id, for a `gid` log field.
+    fn gid(self) -> Option<GatewayId> {
+        match self {
+            Self::Client(_) => None,
+            Self::Gateway(gid) => Some(gid),
         }
     }
 
@@ -165,7 +185,8 @@ pub struct Portal {
 
     clients: BTreeMap<ClientId, ClientSeed>,
     gateways: BTreeMap<GatewayId, GatewaySeed>,
-    tokens: BTreeMap<String, Identity>,
+    /// The digest of every node's token, see [`Self::authenticate`].
+    tokens: Vec<(TokenDigest, Identity)>,
     resources: BTreeMap<ResourceId, ResourceSeed>,
     policies: BTreeMap<(ClientId, ResourceId), PolicySeed>,
     relays: BTreeMap<RelayId, SocketAddr>,
@@ -182,6 +203,15 @@ pub struct Portal {
     outputs: VecDeque<Output>,
 }
 
+/// A token as the portal keeps it.
+type TokenDigest = [u8; 20];
+
+/// Tokens are compared as digests so every comparison is over the same length. (SHA-1's known
+/// weakness is collisions; recovering a token from its digest would take a preimage.)
+fn token_digest(token: &[u8]) -> TokenDigest {
+    Sha1::digest(token).into()
+}
+
 fn unix(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -194,11 +224,11 @@ impl Portal {
         let tokens = seed
             .clients
             .iter()
-            .map(|c| (c.token.clone(), Identity::Client(c.id)))
+            .map(|c| (token_digest(c.token.as_bytes()), Identity::Client(c.id)))
             .chain(
                 seed.gateways
                     .iter()
-                    .map(|g| (g.token.clone(), Identity::Gateway(g.id))),
+                    .map(|g| (token_digest(g.token.as_bytes()), Identity::Gateway(g.id))),
             )
             .collect();
         Self {
@@ -206,7 +236,19 @@ impl Portal {
             clients: seed.clients.iter().map(|c| (c.id, c.clone())).collect(),
             gateways: seed.gateways.iter().map(|g| (g.id, g.clone())).collect(),
             tokens,
-            resources: seed.resources.iter().map(|r| (r.id, r.clone())).collect(),
+            resources: seed
+                .resources
+                .iter()
+                .filter(|r| match r.validate() {
+                    Ok(()) => true,
+                    // `SeedFile::load` refuses such a file; one built by hand skips the entry.
+                    Err(error) => {
+                        tracing::warn!(rid = %r.id, %error, "Skipping resource");
+                        false
+                    }
+                })
+                .map(|r| (r.id, r.clone()))
+                .collect(),
             policies: seed
                 .policies
                 .iter()
@@ -223,9 +265,20 @@ impl Portal {
         }
     }
 
-    /// Who a token belongs to; `None` means the socket must be refused.
-    pub fn authenticate(&self, token: &str) -> Option<Identity> {
-        self.tokens.get(token).copied()
+    /// Who a token (percent-decoded) belongs to; `None` means the socket must be refused.
+    ///
+    /// The time this takes does not depend on how much of the token matched: digests of one
+    /// length are compared in constant time, against every node's token without stopping at a
+    /// match.
+    pub fn authenticate(&self, token: &[u8]) -> Option<Identity> {
+        let digest = token_digest(token);
+        let mut found = None;
+        for (candidate, identity) in &self.tokens {
+            if bool::from(candidate.ct_eq(&digest)) {
+                found = Some(*identity);
+            }
+        }
+        found
     }
 
     /// A new socket for `identity`. An older socket of the same node is closed.
@@ -343,8 +396,13 @@ impl Portal {
     }
 
     /// Adds or changes a resource and tells the clients allowed to reach it and the gateways of
-    /// its site.
-    pub fn add_resource(&mut self, resource: ResourceSeed) {
+    /// its site. A resource that fails [`ResourceSeed::validate`] is refused and changes
+    /// nothing.
+    pub fn add_resource(&mut self, resource: ResourceSeed) -> Result<(), ResourceError> {
+        if let Err(error) = resource.validate() {
+            tracing::info!(rid = %resource.id, %error, "Refusing resource");
+            return Err(error);
+        }
         let rid = resource.id;
         if let Some(old) = self.resources.get(&rid) {
             if old.site != resource.site {
@@ -372,6 +430,7 @@ impl Portal {
                 &GatewayIngress::ResourceCreatedOrUpdated(description.clone()),
             );
         }
+        Ok(())
     }
 
     /// Deletes a resource, its policies and its flows. Returns whether it existed.
@@ -467,6 +526,19 @@ impl Portal {
                 return;
             }
         };
+        if let Some(holder) = self.key_holder(payload.public_key, identity) {
+            // The gateways find a client's connection by its key (and a client its gateway's):
+            // a node claiming a key another one uses would take over that node's handshakes.
+            tracing::info!(
+                cid = identity.cid().map(tracing::field::display),
+                gid = identity.gid().map(tracing::field::display),
+                holder_cid = holder.cid().map(tracing::field::display),
+                holder_gid = holder.gid().map(tracing::field::display),
+                "Refusing a join with a key another node holds"
+            );
+            self.reply_error(conn, frame, "public_key_in_use");
+            return;
+        }
         if let Some(session) = self.sessions.get_mut(&conn) {
             session.joined = Some((frame.topic.clone(), payload.public_key));
         }
@@ -871,6 +943,16 @@ impl Portal {
             .filter(|g| g.site == site)
             .map(|g| g.id)
             .collect()
+    }
+
+    /// Another node whose joined session holds `key`. A node's own sessions do not count: it
+    /// may join again with its key (a reconnect replaces its older socket anyway).
+    fn key_holder(&self, key: PublicKey, identity: Identity) -> Option<Identity> {
+        self.sessions
+            .values()
+            .filter(|s| s.identity != identity)
+            .find(|s| s.joined.as_ref().is_some_and(|(_, k)| *k == key))
+            .map(|s| s.identity)
     }
 
     fn joined_conn(&self, identity: Identity) -> Option<ConnId> {

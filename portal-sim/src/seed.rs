@@ -17,7 +17,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use node_proto::ids::{ClientId, GatewayId, RelayId, ResourceId};
-use node_proto::portal::{ResourceAddress, ResourceDescription};
+use node_proto::portal::{IpNetwork, ResourceAddress, ResourceDescription};
 use serde::{Deserialize, Serialize};
 
 /// Why a seed file was refused.
@@ -39,6 +39,29 @@ pub enum SeedError {
     /// Two entries share an id or token, or a policy names something that does not exist.
     #[error("inconsistent seed file: {0}")]
     Inconsistent(String),
+    /// A resource the portal would refuse at runtime too.
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+}
+
+/// Why a resource was refused, in the seed file or when added at runtime.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResourceError {
+    /// The resource overlaps a client tunnel range ([`node_proto::portal::CLIENT_TUNNEL_IPV4`],
+    /// [`node_proto::portal::CLIENT_TUNNEL_IPV6`]): its addresses could be clients' own, and a gateway routes that
+    /// range back into the tunnel.
+    #[error("resource {id} ({name:?}) at {address} overlaps the client tunnel range {range}")]
+    OverlapsClientTunnel {
+        /// The resource.
+        id: ResourceId,
+        /// Its name.
+        name: String,
+        /// What it covers.
+        address: IpNetwork,
+        /// The tunnel range it overlaps.
+        range: IpNetwork,
+    },
 }
 
 /// A user's device.
@@ -88,6 +111,20 @@ pub struct ResourceSeed {
 }
 
 impl ResourceSeed {
+    /// Checks that the portal may serve the resource: it does not overlap a client tunnel
+    /// range.
+    pub fn validate(&self) -> Result<(), ResourceError> {
+        match self.address.client_tunnel_overlap() {
+            None => Ok(()),
+            Some(range) => Err(ResourceError::OverlapsClientTunnel {
+                id: self.id,
+                name: self.name.clone(),
+                address: self.address.network(),
+                range,
+            }),
+        }
+    }
+
     /// The resource as nodes see it.
     pub fn description(&self) -> ResourceDescription {
         ResourceDescription {
@@ -159,7 +196,8 @@ impl SeedFile {
         Ok(seed)
     }
 
-    /// Checks that ids and tokens are unique and that policies name existing entries.
+    /// Checks that ids and tokens are unique, that resources stay out of the client tunnel
+    /// ranges ([`ResourceSeed::validate`]) and that policies name existing entries.
     pub fn validate(&self) -> Result<(), SeedError> {
         fn unique<T: Ord + std::fmt::Display>(
             what: &str,
@@ -193,6 +231,9 @@ impl SeedFile {
                 // The token itself is a secret: do not print it.
                 return Err(SeedError::Inconsistent("duplicate token".into()));
             }
+        }
+        for resource in &self.resources {
+            resource.validate()?;
         }
         for p in &self.policies {
             if !self.clients.iter().any(|c| c.id == p.client_id) {
@@ -249,6 +290,61 @@ mod tests {
             ),
         ] {
             assert!(SeedFile::parse(text).is_err(), "{what}");
+        }
+    }
+
+    #[test]
+    fn resources_in_the_client_tunnel_ranges_are_refused_by_name() {
+        for (address, range) in [
+            (
+                r#""type": "host", "address": "100.64.0.9""#,
+                "100.64.0.0/10",
+            ),
+            (
+                r#""type": "cidr", "address": "100.0.0.0/8""#,
+                "100.64.0.0/10",
+            ),
+            (
+                r#""type": "cidr", "address": "100.100.0.0/16""#,
+                "100.64.0.0/10",
+            ),
+            (
+                r#""type": "host", "address": "fd00:2021:1111::9""#,
+                "fd00:2021:1111::/48",
+            ),
+            (
+                r#""type": "cidr", "address": "fd00::/8""#,
+                "fd00:2021:1111::/48",
+            ),
+        ] {
+            let text = format!(
+                r#"{{"resources": [{{"id": 4, "name": "clash", "site": "hq", {address}}}]}}"#
+            );
+            let error = SeedFile::parse(&text).unwrap_err();
+            assert!(
+                matches!(
+                    &error,
+                    SeedError::Resource(ResourceError::OverlapsClientTunnel { id, name, .. })
+                        if *id == ResourceId(4) && name == "clash"
+                ),
+                "{address}: {error:?}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains("r4") && message.contains("\"clash\""),
+                "{message}"
+            );
+            assert!(message.contains(range), "{message}");
+        }
+        for neighbour in [
+            r#""type": "cidr", "address": "100.128.0.0/16""#,
+            r#""type": "host", "address": "100.63.255.255""#,
+            r#""type": "cidr", "address": "fd00:2021:1112::/48""#,
+        ] {
+            let text = format!(
+                r#"{{"resources": [{{"id": 4, "name": "near", "site": "hq", {neighbour}}}]}}"#
+            );
+            assert!(SeedFile::parse(&text).is_ok(), "{neighbour}");
         }
     }
 }

@@ -5,8 +5,14 @@
 //! behind one mutex; every call drains its outputs into per-connection queues under that same
 //! lock, so frames reach each socket in the order the core produced them.
 //!
-//! A node connects to `/<anything>/websocket?token=<token>`; an unknown or missing token is
-//! refused at the upgrade with HTTP 401.
+//! Limits: a queue holds at most [`OUTBOUND_QUEUE_LEN`] frames, and a socket whose node does not
+//! keep up is closed (a dropped frame would leave the node out of step with the portal);
+//! messages and frames from nodes are at most [`MAX_MESSAGE_LEN`] bytes, refused from the frame
+//! header before they are buffered.
+//!
+//! A node connects to `/<anything>/websocket?token=<token>`, the token percent-encoded
+//! ([`node_proto::portal::url`]); an unknown, missing or malformed token is refused at the
+//! upgrade with HTTP 401.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,19 +22,32 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
+use node_proto::portal::frame::MAX_FRAME_LEN;
+use node_proto::portal::url::percent_decode;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::{ConnId, Identity, Output, Portal};
 
 /// How long a socket may stay silent (nodes heartbeat every 30 s) before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Frames queued for one socket at most; one more closes the socket. The portal's largest
+/// burst for one socket is a gateway's join (the reply, the init and an `authorize_flow` per
+/// live flow of the gateway), or a relay change for every node at once.
+pub const OUTBOUND_QUEUE_LEN: usize = 4096;
+
+/// Longest WebSocket message, and frame, accepted from a node: the protocol's
+/// [`MAX_FRAME_LEN`]. A longer one closes the socket (close code 1009) as soon as its header
+/// says so, instead of being buffered and then dropped by the frame parser.
+pub const MAX_MESSAGE_LEN: usize = MAX_FRAME_LEN;
 
 /// Something that accepts connections: a TCP listener, or a simulated one.
 pub trait Listener: Send + 'static {
@@ -62,9 +81,30 @@ enum Outbound {
     Close(String),
 }
 
+/// The server's end of a connection task.
+struct Connection {
+    queue: mpsc::Sender<Outbound>,
+    /// Told when the queue overflowed: the task drops the socket without sending the rest.
+    overflowed: Arc<Notify>,
+}
+
+impl Connection {
+    /// Queues `message`; false if the queue was full and the connection is told to close.
+    fn queue(&self, message: Outbound) -> bool {
+        match self.queue.try_send(message) {
+            // A closed queue means the connection task is already gone.
+            Ok(()) | Err(TrySendError::Closed(_)) => true,
+            Err(TrySendError::Full(_)) => {
+                self.overflowed.notify_one();
+                false
+            }
+        }
+    }
+}
+
 struct State {
     portal: Portal,
-    conns: BTreeMap<ConnId, mpsc::UnboundedSender<Outbound>>,
+    conns: BTreeMap<ConnId, Connection>,
     next_conn: u64,
 }
 
@@ -76,9 +116,15 @@ impl State {
                 Output::Send { conn, text } => (conn, Outbound::Text(text)),
                 Output::Close { conn, reason } => (conn, Outbound::Close(reason)),
             };
-            if let Some(tx) = self.conns.get(&conn) {
-                // A closed queue means the connection task is already gone.
-                let _ = tx.send(message);
+            let Some(connection) = self.conns.get(&conn) else {
+                continue;
+            };
+            if !connection.queue(message) {
+                // The node is gone for the portal at once, so nothing more is queued for it;
+                // its task closes the socket.
+                tracing::debug!(conn = conn.0, "Outbound queue full");
+                self.conns.remove(&conn);
+                self.portal.disconnect(conn);
             }
         }
     }
@@ -144,8 +190,8 @@ impl Server {
     pub fn restart(&self, portal: Portal) {
         let mut state = lock(&self.shared);
         state.portal = portal;
-        for (_, tx) in std::mem::take(&mut state.conns) {
-            let _ = tx.send(Outbound::Close("portal restarting".into()));
+        for (_, connection) in std::mem::take(&mut state.conns) {
+            connection.queue(Outbound::Close("portal restarting".into()));
         }
         tracing::info!("Portal restarted");
     }
@@ -160,7 +206,7 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The `token` query parameter of a request URI.
+/// The `token` query parameter of a request URI, still percent-encoded.
 fn token(request: &Request) -> Option<&str> {
     request
         .uri()
@@ -185,19 +231,35 @@ where
     // The error type is tungstenite's callback contract, not ours to shrink.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
-        let found = token(request).and_then(|t| lock(&shared).portal.authenticate(t));
-        match found {
+        let path = request.uri().path();
+        let token = match token(request).map(percent_decode) {
+            Some(Ok(token)) => token,
+            Some(Err(error)) => {
+                tracing::info!(%peer, %path, %error, "Refusing malformed token");
+                return Err(unauthorized("malformed token"));
+            }
+            None => {
+                tracing::info!(%peer, %path, "Refusing a request without a token");
+                return Err(unauthorized("unknown or missing token"));
+            }
+        };
+        match lock(&shared).portal.authenticate(&token) {
             Some(id) => {
                 identity = Some(id);
                 Ok(response)
             }
             None => {
-                tracing::info!(%peer, path = %request.uri().path(), "Refusing unknown token");
+                tracing::info!(%peer, %path, "Refusing unknown token");
                 Err(unauthorized("unknown or missing token"))
             }
         }
     };
-    let ws = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_LEN))
+        .max_frame_size(Some(MAX_MESSAGE_LEN));
+    let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
+        .await
+    {
         Ok(ws) => ws,
         Err(error) => {
             tracing::debug!(%peer, %error, "WebSocket upgrade failed");
@@ -207,12 +269,17 @@ where
     let Some(identity) = identity else {
         return;
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (queue, mut rx) = mpsc::channel(OUTBOUND_QUEUE_LEN);
+    let overflowed = Arc::new(Notify::new());
     let conn = {
         let mut state = lock(&shared);
         let conn = ConnId(state.next_conn);
         state.next_conn += 1;
-        state.conns.insert(conn, tx);
+        let connection = Connection {
+            queue,
+            overflowed: Arc::clone(&overflowed),
+        };
+        state.conns.insert(conn, connection);
         state.portal.connect(conn, identity);
         state.dispatch();
         conn
@@ -225,12 +292,28 @@ where
     let (mut sink, mut source) = ws.split();
     let idle = tokio::time::sleep(shared.idle_timeout);
     tokio::pin!(idle);
-    loop {
+    'session: loop {
         tokio::select! {
             biased;
+            () = overflowed.notified() => {
+                tracing::info!(limit = OUTBOUND_QUEUE_LEN, "Closing: the outbound queue is full");
+                break;
+            }
             outbound = rx.recv() => match outbound {
                 Some(Outbound::Text(text)) => {
-                    if let Err(error) = sink.send(WsMessage::text(text)).await {
+                    // A node that stops reading blocks the send; its queue fills meanwhile.
+                    let sent = tokio::select! {
+                        biased;
+                        () = overflowed.notified() => {
+                            tracing::info!(
+                                limit = OUTBOUND_QUEUE_LEN,
+                                "Closing: the outbound queue is full"
+                            );
+                            break 'session;
+                        }
+                        sent = sink.send(WsMessage::text(text)) => sent,
+                    };
+                    if let Err(error) = sent {
                         tracing::debug!(%error, "Send failed");
                         break;
                     }
@@ -259,6 +342,11 @@ where
                     | WsMessage::Pong(_)
                     | WsMessage::Frame(_),
                 )) => {}
+                Some(Err(WsError::Capacity(error))) => {
+                    tracing::info!(%error, limit = MAX_MESSAGE_LEN, "Closing: message too large");
+                    close_with(&mut sink, CloseCode::Size, "message too large").await;
+                    break;
+                }
                 Some(Err(error)) => {
                     tracing::debug!(%error, "Receive failed");
                     break;
@@ -281,8 +369,15 @@ async fn close<S>(sink: &mut S, reason: &str)
 where
     S: futures_util::Sink<WsMessage> + Unpin,
 {
+    close_with(sink, CloseCode::Policy, reason).await;
+}
+
+async fn close_with<S>(sink: &mut S, code: CloseCode, reason: &str)
+where
+    S: futures_util::Sink<WsMessage> + Unpin,
+{
     let frame = CloseFrame {
-        code: CloseCode::Policy,
+        code,
         reason: reason.into(),
     };
     let _ = sink.send(WsMessage::Close(Some(frame))).await;

@@ -509,7 +509,7 @@ fn new_resources_and_policies_are_pushed() {
             address: "172.16.0.9".parse().unwrap(),
         },
     };
-    w.portal.add_resource(resource);
+    w.portal.add_resource(resource).unwrap();
     let out = w.drain();
     assert_eq!(
         out.len(),
@@ -634,4 +634,115 @@ fn heartbeats_are_answered_and_junk_is_survived() {
     assert!(replies
         .iter()
         .all(|(_, f)| reply_status(f) == ReplyStatus::Error));
+}
+
+#[test]
+fn only_whole_tokens_authenticate() {
+    let portal = portal(1, 0);
+    assert_eq!(portal.authenticate(b"client-token-1"), Some(C1));
+    assert_eq!(portal.authenticate(b"gateway-token-3"), Some(G3));
+    for wrong in [
+        &b""[..],
+        b"client-token-",
+        b"client-token-1 ",
+        b"client-token-10",
+    ] {
+        assert_eq!(portal.authenticate(wrong), None, "{wrong:?}");
+    }
+}
+
+/// Gateways find a client's connection by its key: a node that could join with another node's
+/// key would take over its handshakes.
+#[test]
+fn a_key_another_joined_node_holds_is_refused_and_its_owner_may_rejoin_with_it() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let g1 = w.join(G1);
+    for (conn, thief, stolen) in [(ConnId(20), C2, key(C1)), (ConnId(21), G3, key(C1))]
+        .into_iter()
+        .chain([(ConnId(22), C2, key(G1)), (ConnId(23), G3, key(G1))])
+    {
+        w.connect_and_join(conn, thief, stolen);
+        let out = w.drain();
+        assert_eq!(out.len(), 1, "{thief}: only the error reply, no init");
+        assert_eq!(out[0].0, conn);
+        assert_eq!(reply_status(&out[0].1), ReplyStatus::Error);
+        assert_eq!(out[0].1.as_reply().unwrap().reason(), "public_key_in_use");
+        assert!(!w.portal.is_joined(thief), "{thief}");
+        w.portal.disconnect(conn);
+    }
+    // The gateway still gets the holder's key with a flow.
+    let out = w.request(c1, 1);
+    assert_eq!(authorize_flow(&out[1].1).client.public_key, key(C1));
+
+    // The holder joins again with its key on the same socket, then from a new socket.
+    w.send(c1, "client", "phx_join", json!({"public_key": key(C1)}));
+    let out = w.drain();
+    assert_eq!(reply_status(&out[0].1), ReplyStatus::Ok);
+    let newer = ConnId(30);
+    w.connect_and_join(newer, C1, key(C1));
+    let out: Vec<Output> = std::iter::from_fn(|| w.portal.poll_output()).collect();
+    assert!(out.contains(&Output::Close {
+        conn: c1,
+        reason: "replaced by a newer connection".into()
+    }));
+    assert!(w.portal.is_joined(C1));
+
+    // Once the holder is gone, the key is free.
+    w.portal.disconnect(newer);
+    w.connect_and_join(ConnId(31), C2, key(C1));
+    let out = w.drain();
+    assert_eq!(reply_status(&out[0].1), ReplyStatus::Ok);
+    let _ = g1;
+}
+
+#[test]
+fn a_resource_in_a_client_tunnel_range_is_refused_at_runtime() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let g1 = w.join(G1);
+    for address in ["100.64.0.2", "fd00:2021:1111::2"] {
+        let resource = ResourceSeed {
+            id: ResourceId(1),
+            name: "database".into(),
+            site: "hq".into(),
+            address: ResourceAddress::Host {
+                address: address.parse().unwrap(),
+            },
+        };
+        let error = w.portal.add_resource(resource).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ResourceError::OverlapsClientTunnel {
+                    id: ResourceId(1),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(w.drain().is_empty(), "nobody hears of it");
+    }
+    // The resource it would have replaced is unchanged.
+    let out = w.request(c1, 1);
+    assert_eq!(out[1].0, g1);
+    assert_eq!(
+        authorize_flow(&out[1].1).resource.address,
+        ResourceAddress::Host {
+            address: "10.0.0.5".parse().unwrap()
+        }
+    );
+}
+
+#[test]
+fn a_hand_built_seed_with_a_resource_in_a_client_tunnel_range_skips_it() {
+    let mut seed = seed_file();
+    seed.resources[0].address = ResourceAddress::Cidr {
+        address: "100.64.0.0/24".parse().unwrap(),
+    };
+    let mut w = World::new(Portal::new(&seed, PortalConfig::new(SECRET, 1)));
+    let c1 = w.join(C1);
+    let _g1 = w.join(G1);
+    let out = w.request(c1, 1);
+    assert_eq!(out[0].1.as_reply().unwrap().reason(), "unauthorized");
 }

@@ -1,7 +1,7 @@
 //! A resource's address: a CIDR range, or a single host written without a prefix.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -35,6 +35,19 @@ pub struct IpNetwork {
     addr: IpAddr,
     prefix: u8,
 }
+
+/// The range the portal assigns clients' IPv4 tunnel addresses from (RFC 6598 shared address
+/// space); gateways route it back into the tunnel. No resource may overlap it.
+pub const CLIENT_TUNNEL_IPV4: IpNetwork = IpNetwork {
+    addr: IpAddr::V4(Ipv4Addr::new(100, 64, 0, 0)),
+    prefix: 10,
+};
+
+/// The range of clients' IPv6 tunnel addresses, see [`CLIENT_TUNNEL_IPV4`].
+pub const CLIENT_TUNNEL_IPV6: IpNetwork = IpNetwork {
+    addr: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x2021, 0x1111, 0, 0, 0, 0, 0)),
+    prefix: 48,
+};
 
 const fn max_prefix(addr: IpAddr) -> u8 {
     match addr {
@@ -97,6 +110,12 @@ impl IpNetwork {
         let mask = !host_mask(max_prefix(ip), self.prefix);
 
         bits(ip) & mask == bits(self.addr)
+    }
+
+    /// Whether the two networks share an address: one contains the other's base address
+    /// (networks are aligned, so they nest or are disjoint).
+    pub fn overlaps(&self, other: &Self) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
     }
 }
 
@@ -163,6 +182,23 @@ mod tests {
 
         let all: IpNetwork = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn overlaps_when_nested_either_way() {
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        assert!(net("100.64.0.0/10").overlaps(&net("100.64.0.1")));
+        assert!(net("100.127.255.255").overlaps(&CLIENT_TUNNEL_IPV4));
+        assert!(net("100.0.0.0/8").overlaps(&CLIENT_TUNNEL_IPV4));
+        assert!(net("0.0.0.0/0").overlaps(&CLIENT_TUNNEL_IPV4));
+        assert!(net("fd00:2021:1111:5::/64").overlaps(&CLIENT_TUNNEL_IPV6));
+        assert!(net("fd00::/8").overlaps(&CLIENT_TUNNEL_IPV6));
+        assert!(!net("100.128.0.0/10").overlaps(&CLIENT_TUNNEL_IPV4));
+        assert!(!net("100.63.255.255").overlaps(&CLIENT_TUNNEL_IPV4));
+        assert!(!net("fd00:2021:1112::/48").overlaps(&CLIENT_TUNNEL_IPV6));
+        assert!(!net("::/0").overlaps(&CLIENT_TUNNEL_IPV4), "other family");
+        assert_eq!(CLIENT_TUNNEL_IPV4, net("100.64.0.0/10"));
+        assert_eq!(CLIENT_TUNNEL_IPV6, net("fd00:2021:1111::/48"));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! [`ProtocolError`], unknown events and fields are skipped (logged at DEBUG), and one malformed
 //! element of a list (a resource, a relay, a candidate) drops only that element.
 //!
+//! The node's token travels percent-encoded in the WebSocket URL ([`url`]).
+//!
 //! ICE candidates travel as RFC 8839 strings; [`messages::GatewayCandidates::parse`] and
 //! [`messages::ClientCandidates::parse`] turn them into [`crate::IceCandidate`]s.
 
@@ -19,10 +21,11 @@ mod key;
 mod lenient;
 pub mod messages;
 mod types;
+pub mod url;
 
 pub use error::{PortalError, ProtocolError};
 pub use frame::{Frame, Reply, ReplyStatus};
-pub use ip_network::{IpNetwork, IpNetworkError};
+pub use ip_network::{IpNetwork, IpNetworkError, CLIENT_TUNNEL_IPV4, CLIENT_TUNNEL_IPV6};
 pub use key::{KeyError, PresharedKey, PublicKey};
 pub use messages::Message;
 pub use types::{

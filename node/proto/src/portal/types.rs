@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ClientId, RelayId, ResourceId};
-use crate::portal::{IpNetwork, PublicKey};
+use crate::portal::{IpNetwork, PublicKey, CLIENT_TUNNEL_IPV4, CLIENT_TUNNEL_IPV6};
 
 /// The payload of `phx_join`: the node's WireGuard public key. Who the node is comes from the
 /// token in the WebSocket URL, never from the payload.
@@ -83,6 +83,16 @@ impl ResourceAddress {
             Self::Cidr { address } => *address,
             Self::Host { address } => IpNetwork::host(*address),
         }
+    }
+
+    /// The client tunnel range ([`crate::portal::CLIENT_TUNNEL_IPV4`] or
+    /// [`crate::portal::CLIENT_TUNNEL_IPV6`]) the resource overlaps, if any. Such a resource
+    /// cannot be told apart from the clients' own addresses.
+    pub fn client_tunnel_overlap(&self) -> Option<IpNetwork> {
+        let network = self.network();
+        [CLIENT_TUNNEL_IPV4, CLIENT_TUNNEL_IPV6]
+            .into_iter()
+            .find(|range| range.overlaps(&network))
     }
 }
 

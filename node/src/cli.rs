@@ -114,22 +114,10 @@ pub fn portal_endpoint(base: &str, role: &str, token: &str) -> anyhow::Result<Po
     Ok(PortalEndpoint {
         url: format!(
             "ws://{authority}/{role}/websocket?token={}",
-            percent_encode(token)
+            node_core::portal::url::percent_encode(token)
         ),
         connect,
     })
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for byte in s.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// The host candidates of a socket whose host address is `host`: that one, then the `--advertise`

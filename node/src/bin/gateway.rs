@@ -20,7 +20,7 @@ use node::runtime::{
     TunDevice, WebSocketLink,
 };
 use node_core::engine::{EngineEvent, GatewayEngine};
-use node_core::portal::IpNetwork;
+use node_core::portal::{IpNetwork, CLIENT_TUNNEL_IPV4, CLIENT_TUNNEL_IPV6};
 use node_core::state::{GatewayEvent, GatewayState};
 
 /// zta gateway: forwards authorized clients' packets to the resources behind it.
@@ -38,7 +38,7 @@ struct Args {
         long,
         env = "ZTA_CLIENT_RANGES",
         value_delimiter = ',',
-        default_value = "100.64.0.0/10,fd00:2021:1111::/48"
+        default_values_t = [CLIENT_TUNNEL_IPV4, CLIENT_TUNNEL_IPV6]
     )]
     client_ranges: Vec<IpNetwork>,
     /// Leave the kernel's IP forwarding settings alone (by default the gateway switches on

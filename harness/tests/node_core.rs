@@ -619,3 +619,37 @@ fn connection_timing_comes_from_the_node_config() {
     assert_eq!(gateway_idle.len(), 1, "{gateway_idle:?}");
     assert!(gateway_idle[0] >= last_activity + node_core::IDLE_AFTER);
 }
+
+#[test]
+fn remote_candidates_are_capped_per_connection() {
+    use node_core::ids::GatewayId;
+    use node_core::{Credentials, Node, Psk, PublicKey, Role, StaticSecret, MAX_REMOTE_CANDIDATES};
+
+    let now = Instant::now();
+    let mut node = Node::<GatewayId>::new(Role::Client, 7, now);
+    node.add_local_address(addr(10, 0, 0, 1, 5000));
+    let creds = |ufrag: &str| Credentials {
+        ufrag: ufrag.to_owned(),
+        password: "a-password-of-22-chars!".to_owned(),
+    };
+    let peer = PublicKey::from(&StaticSecret::from([9; 32]));
+    node.upsert_connection(
+        GatewayId(1),
+        peer,
+        Psk([1; 32]),
+        creds("ours"),
+        creds("them"),
+        now,
+    );
+    let host = |i: usize| {
+        let port = 10_000 + u16::try_from(i).unwrap();
+        format!("candidate:{i} 1 udp 2130706431 10.0.0.2 {port} typ host")
+    };
+    let list: Vec<String> = (0..=MAX_REMOTE_CANDIDATES).map(host).collect();
+    node.add_remote_candidates(GatewayId(1), list.iter().map(String::as_str), now);
+    assert_eq!(node.stats().remote_candidates_dropped, 1);
+    // One it has already is no new candidate, cap or not.
+    node.add_remote_candidate(GatewayId(1), &host(0), now);
+    assert_eq!(node.stats().remote_candidates_dropped, 1);
+    assert_eq!(node.stats().total_dropped(), 0);
+}

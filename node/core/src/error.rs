@@ -65,6 +65,10 @@ pub struct Stats {
     pub malformed_turn: u64,
     /// TURN messages from relays without an allocation.
     pub unknown_relay: u64,
+    /// Signalled remote candidates dropped because their connection had
+    /// [`crate::MAX_REMOTE_CANDIDATES`] already (not datagrams: not in
+    /// [`Stats::total_dropped`]).
+    pub remote_candidates_dropped: u64,
 }
 
 impl Stats {

@@ -338,10 +338,10 @@ impl<TId: PeerId> Node<TId> {
             tracing::debug!(peer = %id, "candidate for unknown connection");
             return;
         };
-        let candidates = IceCandidate::parse_list(candidates);
-        for candidate in &candidates {
-            conn.add_remote_candidate(candidate, now);
-        }
+        let mut candidates = IceCandidate::parse_list(candidates);
+        let before = candidates.len();
+        candidates.retain(|candidate| conn.add_remote_candidate(candidate, now));
+        self.stats.remote_candidates_dropped += (before - candidates.len()) as u64;
         self.drain_connection_events(id);
         // Permissions and channels on our relays, before the first check needs them.
         for candidate in &candidates {

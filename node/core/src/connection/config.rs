@@ -14,6 +14,12 @@ pub const ICE_SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long ICE may stay disconnected, e.g. while a relay is replaced and the new candidates are
 /// on their way, before the connection is declared failed.
 pub const MIGRATION_GRACE: Duration = Duration::from_secs(2);
+/// Signalled remote candidates per connection, by default. A peer has a few host candidates, a
+/// server-reflexive one per NAT mapping and two per relay (relayed and server-reflexive); each
+/// candidate costs connectivity checks, and a permission and a channel on every one of our
+/// relays, so a peer that signals thousands would exhaust the relays' channels for everyone.
+pub const MAX_REMOTE_CANDIDATES: usize = 32;
+
 /// At most one proactive WireGuard roll-over (on upsert) per this long.
 pub const ROLLOVER_DEBOUNCE: Duration = Duration::from_secs(20);
 
@@ -53,6 +59,9 @@ pub struct ConnectionConfig {
     /// address-and-port-dependent NATs otherwise teach each other new ones without end.
     /// Default 8.
     pub max_peer_reflexive: usize,
+    /// Signalled remote candidates a connection takes at most ([`MAX_REMOTE_CANDIDATES`]);
+    /// more are dropped and counted.
+    pub max_remote_candidates: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -69,6 +78,7 @@ impl Default for ConnectionConfig {
             idle_rekey: Duration::from_secs(300),
             session_give_up: Duration::from_secs(480),
             max_peer_reflexive: 8,
+            max_remote_candidates: MAX_REMOTE_CANDIDATES,
         }
     }
 }

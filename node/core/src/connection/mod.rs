@@ -28,7 +28,7 @@ mod timer;
 
 pub use config::{
     ConnectionConfig, HANDSHAKE_DEADLINE, ICE_SETUP_TIMEOUT, IDLE_AFTER, IDLE_STUN_INTERVAL,
-    MIGRATION_GRACE, ROLLOVER_DEBOUNCE,
+    MAX_REMOTE_CANDIDATES, MIGRATION_GRACE, ROLLOVER_DEBOUNCE,
 };
 use timer::{Timer, TimerTable};
 
@@ -260,8 +260,26 @@ impl Connection {
 
     /// Always added, also after a pair was nominated: ICE may have settled on a peer-reflexive
     /// pair before the signalled candidates arrived, and refusing them leaves it stuck there.
-    pub(crate) fn add_remote_candidate(&mut self, candidate: &IceCandidate, now: Instant) {
+    /// Unless the connection already has [`ConnectionConfig::max_remote_candidates`] signalled
+    /// candidates: then a new one is dropped (`false`), since every candidate costs checks, and
+    /// a channel on every relay.
+    pub(crate) fn add_remote_candidate(&mut self, candidate: &IceCandidate, now: Instant) -> bool {
         let _guard = self.span.clone().entered();
+        let ice = candidate.as_ice();
+        let mut signalled = 0;
+        for c in self.ice.agent().remote_candidates() {
+            if c.addr() == ice.addr() && c.kind() == ice.kind() {
+                signalled = 0;
+                break;
+            }
+            if c.kind() != is::CandidateKind::PeerReflexive {
+                signalled += 1;
+            }
+        }
+        if signalled >= self.config.max_remote_candidates {
+            tracing::debug!(%candidate, "too many remote candidates: dropped");
+            return false;
+        }
         tracing::debug!(%candidate, "adding remote candidate");
         self.ice
             .seeded()
@@ -271,6 +289,7 @@ impl Connection {
                 .set(Timer::IceSetup, now + self.config.ice_setup_timeout);
         }
         self.mark_active(now);
+        true
     }
 
     pub(crate) fn remove_remote_candidate(&mut self, candidate: &IceCandidate, now: Instant) {

@@ -113,7 +113,16 @@ pub enum ReplyError {
     /// have been handled.
     #[error("disconnected before the reply")]
     Disconnected,
+    /// The request waited for the room to be joined behind [`MAX_HELD_BACK`] newer ones and
+    /// was dropped unsent.
+    #[error("dropped unsent while disconnected")]
+    HeldBackTooLong,
 }
+
+/// How many messages wait for the room to be joined at most. A node cut off from the portal
+/// keeps making messages (candidates, connection requests); past this many the oldest is
+/// dropped, with an error reply to its sender, since a rejoin brings a fresh init anyway.
+pub const MAX_HELD_BACK: usize = 1024;
 
 /// Identifies a request sent with [`PhoenixChannel::send`] in its [`Event::Reply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -278,6 +287,15 @@ impl<I: Message, E: Message> PhoenixChannel<I, E> {
             }
             State::Backoff | State::Connecting | State::Joining { .. } => {
                 tracing::debug!(event = message.event(), "Holding message back until joined");
+                if self.held_back.len() == MAX_HELD_BACK {
+                    if let Some((oldest, _)) = self.held_back.pop_front() {
+                        tracing::debug!("Too many messages held back: dropped the oldest");
+                        self.events.push_back(Event::Reply {
+                            id: RequestId(oldest),
+                            result: Err(ReplyError::HeldBackTooLong),
+                        });
+                    }
+                }
                 self.held_back.push_back((reference, text));
             }
             State::Fatal => {

@@ -378,3 +378,35 @@ fn an_unanswered_join_times_out_even_if_heartbeats_are_answered() {
     );
     assert_eq!(c.poll_timeout().unwrap().1, Timer::Reconnect);
 }
+
+#[test]
+fn messages_held_back_are_capped_and_the_oldest_dropped_with_an_error() {
+    let now = start();
+    let mut c = channel(1);
+    for resource in 0..=MAX_HELD_BACK as u64 {
+        c.send(&request(resource)).unwrap();
+    }
+    // The first one went, with an error reply for its sender.
+    let dropped: Vec<_> = events(&mut c)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Reply { .. }))
+        .collect();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert!(matches!(
+        &dropped[0],
+        Event::Reply {
+            result: Err(ReplyError::HeldBackTooLong),
+            ..
+        }
+    ));
+    // The rest go out in order once joined.
+    let join = open(&mut c, now);
+    reply_ok(&mut c, now, join);
+    let sent = frames(&mut c);
+    assert_eq!(sent.len(), MAX_HELD_BACK);
+    assert_eq!(sent[0].payload["resource_id"], json!(1));
+    assert_eq!(
+        sent[MAX_HELD_BACK - 1].payload["resource_id"],
+        json!(MAX_HELD_BACK)
+    );
+}

@@ -169,9 +169,9 @@ start_relay 1 50000-50999
 start_relay 2 51000-51999
 wait_for 10 "portal listening" in_ns "$NS_PUB" bash -c 'exec 3<>/dev/tcp/192.0.2.10/8080'
 start gateway "$NS_GW" env RUST_LOG="$LOG" "$BIN_DIR/gateway" --portal-url ws://192.0.2.10:8080 \
-  --token gateway-token --tun-name zta-gw
+  --token gateway-token --tun-name zta-gw --state-dir "$WORK/gateway-state"
 start client "$NS_CLI" env RUST_LOG="$LOG" "$BIN_DIR/client" --portal-url ws://192.0.2.10:8080 \
-  --token client-token --tun-name zta-cl
+  --token client-token --tun-name zta-cl --state-dir "$WORK/client-state"
 wait_for 15 "client route to 10.0.0.5 through its TUN device" \
   sh -c "ip -n $NS_CLI route show 10.0.0.5 | grep -q zta-cl"
 

@@ -3,6 +3,7 @@
 //! event loop) is [`crate::runtime`].
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
@@ -38,7 +39,14 @@ pub struct CommonArgs {
     /// Logs as JSON lines instead of text.
     #[arg(long, env = "ZTA_LOG_JSON")]
     pub log_json: bool,
-    /// Seed of the node's randomness (its WireGuard key, ICE credentials); random if absent.
+    /// Where the node keeps its WireGuard private key (file `private-key`, mode 0600, created on
+    /// the first start), so that its identity survives restarts. Default
+    /// `/var/lib/zta/<client|gateway>`.
+    #[arg(long, env = "ZTA_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// For tests only: derive the WireGuard key and every random choice from this number
+    /// instead of the OS's random source (64 bits: predictable); the state directory is then
+    /// neither read nor written.
     #[arg(long, env = "ZTA_SEED")]
     pub seed: Option<u64>,
 }
@@ -59,6 +67,15 @@ fn parse_advertise(s: &str) -> Result<Advertise, String> {
     s.parse::<IpAddr>()
         .map(Advertise::Ip)
         .map_err(|_| format!("{s:?} is neither an IP address nor IP:PORT"))
+}
+
+impl CommonArgs {
+    /// The state directory: `--state-dir`, or `/var/lib/zta/<role>`.
+    pub fn state_dir(&self, role: &str) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/zta").join(role))
+    }
 }
 
 /// Installs the global log subscriber, on standard error.

@@ -5,4 +5,6 @@
 
 #[cfg(feature = "host")]
 pub mod cli;
+#[cfg(feature = "host")]
+pub mod identity;
 pub mod runtime;

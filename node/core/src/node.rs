@@ -138,6 +138,17 @@ impl<TId: PeerId> Node<TId> {
         Self::from_parts(role, StaticSecret::from(key), rng, now)
     }
 
+    /// A node with a given static key and the 32-byte seed of its generator (ICE credentials,
+    /// tie-breakers, session indices): what the binaries take from the OS's random source.
+    pub fn from_secrets(
+        role: Role,
+        private_key: StaticSecret,
+        rng_seed: [u8; 32],
+        now: Instant,
+    ) -> Self {
+        Self::from_parts(role, private_key, ChaCha20Rng::from_seed(rng_seed), now)
+    }
+
     /// A node with a given static key (from configuration).
     pub fn with_private_key(
         role: Role,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use node::cli::{self, CommonArgs};
+use node::identity::Secrets;
 use node::runtime::{
     self, Clock as _, DatagramSocket as _, Fatal, Observed, TcpConnector, TokioClock, TunConfig,
     TunDevice, WebSocketLink,
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let common = args.common;
     let endpoint = cli::portal_endpoint(&common.portal_url, "client", &common.token)?;
-    let seed = common.seed.unwrap_or_else(rand::random);
+    let secrets = Secrets::load(common.seed, &common.state_dir("client"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -56,11 +57,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(?addresses, device = device.name(), portal = %endpoint.connect, "Client starting");
 
         let now = TokioClock.now();
-        let mut tunnel = ClientState::new(seed, now);
+        let mut tunnel = match &secrets {
+            Secrets::Random { private_key, rng_seed } => {
+                ClientState::from_secrets(private_key.clone(), *rng_seed, now)
+            }
+            Secrets::Seeded(seed) => ClientState::new(*seed, now),
+        };
         for addr in addresses {
             tunnel.add_local_address(addr, now);
         }
-        let engine = ClientEngine::new(tunnel, "client", seed.rotate_left(32));
+        let engine = ClientEngine::new(tunnel, "client", secrets.jitter_seed());
         let mut config = TunConfig::new(device.name());
         let fatal = Fatal::default();
         let raise = fatal.clone();

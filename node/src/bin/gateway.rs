@@ -15,6 +15,7 @@ use std::time::SystemTime;
 use anyhow::Context as _;
 use clap::Parser;
 use node::cli::{self, CommonArgs};
+use node::identity::Secrets;
 use node::runtime::{
     self, Clock as _, DatagramSocket as _, Fatal, Observed, TcpConnector, TokioClock, TunConfig,
     TunDevice, WebSocketLink,
@@ -74,7 +75,7 @@ fn enable_forwarding() -> anyhow::Result<()> {
 fn run(args: Args) -> anyhow::Result<()> {
     let common = args.common;
     let endpoint = cli::portal_endpoint(&common.portal_url, "gateway", &common.token)?;
-    let seed = common.seed.unwrap_or_else(rand::random);
+    let secrets = Secrets::load(common.seed, &common.state_dir("gateway"))?;
     if !args.no_enable_forwarding {
         enable_forwarding()?;
     }
@@ -96,11 +97,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         // The one wall-clock read: it maps the portal's unix expiry times onto instants.
         #[allow(clippy::disallowed_methods)]
         let wall = SystemTime::now();
-        let mut tunnel = GatewayState::new(seed, now, wall);
+        let mut tunnel = match &secrets {
+            Secrets::Random { private_key, rng_seed } => {
+                GatewayState::from_secrets(private_key.clone(), *rng_seed, now, wall)
+            }
+            Secrets::Seeded(seed) => GatewayState::new(*seed, now, wall),
+        };
         for addr in addresses {
             tunnel.add_local_address(addr, now);
         }
-        let engine = GatewayEngine::new(tunnel, "gateway", seed.rotate_left(32));
+        let engine = GatewayEngine::new(tunnel, "gateway", secrets.jitter_seed());
         let fatal = Fatal::default();
         let raise = fatal.clone();
         let handle = move |event: EngineEvent<GatewayEvent>| match event {

@@ -144,6 +144,12 @@ impl ClientState {
         Self::from_node(Node::new(Role::Client, seed, now))
     }
 
+    /// A client with its static key and the 32-byte seed of its other random choices (see
+    /// [`Node::from_secrets`]).
+    pub fn from_secrets(private_key: StaticSecret, rng_seed: [u8; 32], now: Instant) -> Self {
+        Self::from_node(Node::from_secrets(Role::Client, private_key, rng_seed, now))
+    }
+
     /// A client with a configured static key.
     pub fn with_private_key(private_key: StaticSecret, seed: u64, now: Instant) -> Self {
         Self::from_node(Node::with_private_key(Role::Client, private_key, seed, now))

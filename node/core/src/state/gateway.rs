@@ -109,6 +109,18 @@ impl GatewayState {
         Self::from_node(Node::new(Role::Gateway, seed, now), now, wall_clock)
     }
 
+    /// A gateway with its static key and the 32-byte seed of its other random choices (see
+    /// [`Node::from_secrets`]).
+    pub fn from_secrets(
+        private_key: StaticSecret,
+        rng_seed: [u8; 32],
+        now: Instant,
+        wall_clock: SystemTime,
+    ) -> Self {
+        let node = Node::from_secrets(Role::Gateway, private_key, rng_seed, now);
+        Self::from_node(node, now, wall_clock)
+    }
+
     /// A gateway with a configured static key.
     pub fn with_private_key(
         private_key: StaticSecret,

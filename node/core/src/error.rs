@@ -69,6 +69,9 @@ pub struct Stats {
     /// [`crate::MAX_REMOTE_CANDIDATES`] already (not datagrams: not in
     /// [`Stats::total_dropped`]).
     pub remote_candidates_dropped: u64,
+    /// Handshake initiations answered with a cookie reply instead of being processed: the node
+    /// was under load and they carried no valid cookie (see [`crate::HANDSHAKE_LOAD`]).
+    pub cookie_replies: u64,
 }
 
 impl Stats {

@@ -18,6 +18,7 @@ pub mod turn;
 mod connection;
 mod error;
 mod event;
+mod handshake_guard;
 mod ice;
 mod node;
 mod peer_id;
@@ -31,6 +32,9 @@ pub use connection::{
 };
 pub use error::{Error, Stats};
 pub use event::{Event, FailReason};
+pub use handshake_guard::{
+    HANDSHAKES_PER_SOURCE, HANDSHAKE_LOAD, HANDSHAKE_SOURCE_BURST, MAX_HANDSHAKE_SOURCES,
+};
 pub use node::{
     ConnectionInfo, Node, Upsert, FORMER_RELAYS_KEPT, MAX_STUN_REQUESTS, RELAY_RETRY_INITIAL,
     RELAY_RETRY_MAX, STUN_ANSWER_WINDOW,

@@ -16,10 +16,11 @@ use crate::connection::{
     ConnEvent, Connection, ConnectionConfig, ConnectionParams, Identity, Path, TransactionId,
 };
 use crate::datagram::{classify, DatagramKind};
+use crate::handshake_guard::{HandshakeGuard, Verdict};
 use crate::ids::RelayId;
 use crate::packet::IpPacket;
 use crate::pool::{Buffer, BufferPool};
-use crate::turn::Allocation;
+use crate::turn::{Allocation, CHANNEL_DATA_HEADER_LEN};
 use crate::types::{Credentials, Psk, Role, Transmit};
 use crate::wireguard::ConnIndex;
 use crate::{Error, Event, PeerId, Stats};
@@ -121,6 +122,8 @@ pub struct Node<TId> {
     /// The timing of connections created from here on.
     connection_config: ConnectionConfig,
 
+    /// What an unauthenticated handshake initiation may cost (mac1, cookies under load).
+    handshake_guard: HandshakeGuard,
     pool: BufferPool,
     /// What connections produced, before relayed transmits are wrapped for their relay.
     staged: VecDeque<Transmit>,
@@ -160,9 +163,10 @@ impl<TId: PeerId> Node<TId> {
     }
 
     fn from_parts(role: Role, private_key: StaticSecret, rng: ChaCha20Rng, now: Instant) -> Self {
+        let public_key = PublicKey::from(&private_key);
         Self {
             role,
-            public_key: PublicKey::from(&private_key),
+            public_key,
             private_key,
             rng,
             epoch: now,
@@ -178,6 +182,7 @@ impl<TId: PeerId> Node<TId> {
             retry_delays: BTreeMap::new(),
             former_relays: VecDeque::new(),
             connection_config: ConnectionConfig::default(),
+            handshake_guard: HandshakeGuard::new(&public_key, now),
             pool: BufferPool::new(POOL_CAPACITY),
             staged: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -464,7 +469,12 @@ impl<TId: PeerId> Node<TId> {
                 self.handle_stun(local, from, datagram, now)?;
                 return Ok(None);
             }
-            DatagramKind::WgHandshakeInit => self.route_handshake_init(datagram)?,
+            DatagramKind::WgHandshakeInit => {
+                match self.check_handshake_init(local, from, datagram, now)? {
+                    Verdict::Pass => self.route_handshake_init(datagram)?,
+                    Verdict::CookieReply(_) => return Ok(None),
+                }
+            }
             DatagramKind::WgHandshakeResponse => route_by_index(&self.by_index, datagram, 8)?,
             DatagramKind::WgCookieReply | DatagramKind::WgData => {
                 route_by_index(&self.by_index, datagram, 4)?
@@ -485,6 +495,39 @@ impl<TId: PeerId> Node<TId> {
             }
             None => Ok(None),
         }
+    }
+
+    /// Checks an initiation before it costs an X25519 (see [`HandshakeGuard`]); a cookie reply
+    /// is queued back the way the initiation came.
+    fn check_handshake_init(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<Verdict, Error> {
+        let mut buf = self.pool.pull();
+        let header = CHANNEL_DATA_HEADER_LEN;
+        let verdict = self
+            .handshake_guard
+            .check(now, from.ip(), datagram, &mut buf.storage_mut()[header..])
+            .map_err(Error::WireGuard)?;
+        if let Verdict::CookieReply(range) = &verdict {
+            self.stats.cookie_replies += 1;
+            buf.set_range(header + range.start..header + range.end);
+            let via = self
+                .allocations
+                .values()
+                .find(|a| a.relayed() == Some(local))
+                .map(Allocation::id);
+            self.staged.push_back(Transmit {
+                src: Some(local),
+                dst: from,
+                payload: buf,
+                via,
+            });
+        }
+        Ok(verdict)
     }
 
     /// A handshake initiation carries no index of ours, only the sender's encrypted static key.

@@ -1,0 +1,295 @@
+//! What an unauthenticated handshake initiation may cost a node.
+//!
+//! Routing an initiation to its connection means decrypting the sender's static key, an X25519
+//! operation: tens of microseconds, which a flood of forged initiations would spend for free.
+//! So before that, as WireGuard does:
+//!
+//! 1. mac1 is checked (a keyed BLAKE2s over the message, keyed by our public key): datagrams
+//!    that are not initiations for us at all cost a hash.
+//! 2. Past [`HANDSHAKE_LOAD`] initiations a second the node is under load: an initiation must
+//!    then carry a valid mac2, a cookie bound to its source address, or it is answered with a
+//!    cookie reply (cheap, and only a sender that receives at that address can use it).
+//! 3. Under load, initiations with a valid cookie still pass at most
+//!    [`HANDSHAKES_PER_SOURCE`] a second per source address (a burst of
+//!    [`HANDSHAKE_SOURCE_BURST`]), so a peer that collects cookies for its own address cannot
+//!    spend the node's time on its own either.
+//!
+//! Steps 1 and 2 are boringtun's `RateLimiter`, driven by the node's clock like its tunnels.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::TunnResult;
+use boringtun::x25519::PublicKey;
+use mock_instant::MockClock;
+
+/// Handshake initiations a second before a node asks for cookies (boringtun's own device
+/// uses the same figure).
+pub const HANDSHAKE_LOAD: u64 = 100;
+/// Initiations a second one source address may have processed while the node is under load.
+pub const HANDSHAKES_PER_SOURCE: u32 = 20;
+/// How many of them may come at once.
+pub const HANDSHAKE_SOURCE_BURST: u32 = 5;
+/// Source addresses whose budget is tracked at most; when all are in use, initiations from
+/// other sources wait until one is idle again (as WireGuard's table does).
+pub const MAX_HANDSHAKE_SOURCES: usize = 4096;
+
+/// What to do with an initiation.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Go on: decrypt it and route it.
+    Pass,
+    /// Send the cookie reply written at this range of the destination buffer, nothing else.
+    CookieReply(Range<usize>),
+}
+
+pub(crate) struct HandshakeGuard {
+    limiter: RateLimiter,
+    epoch: Instant,
+    high_water: Duration,
+    /// Initiations seen in the current second, and when it began.
+    second: (Instant, u64),
+    sources: BTreeMap<IpAddr, Bucket>,
+}
+
+/// A source's budget: tokens, refilled at [`HANDSHAKES_PER_SOURCE`] a second.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl HandshakeGuard {
+    pub(crate) fn new(public_key: &PublicKey, now: Instant) -> Self {
+        // The limiter reads boringtun's clock at construction.
+        MockClock::set_time(Duration::ZERO);
+        Self {
+            limiter: RateLimiter::new(public_key, HANDSHAKE_LOAD),
+            epoch: now,
+            high_water: Duration::ZERO,
+            second: (now, 0),
+            sources: BTreeMap::new(),
+        }
+    }
+
+    /// Checks the initiation `datagram` from `src`; a cookie reply is written into `dst`.
+    pub(crate) fn check(
+        &mut self,
+        now: Instant,
+        src: IpAddr,
+        datagram: &[u8],
+        dst: &mut [u8],
+    ) -> Result<Verdict, WireGuardError> {
+        self.high_water = self
+            .high_water
+            .max(now.saturating_duration_since(self.epoch));
+        MockClock::set_time(self.high_water);
+        self.limiter.reset_count();
+        if now.saturating_duration_since(self.second.0) >= Duration::from_secs(1) {
+            self.second = (now, 0);
+        }
+        self.second.1 += 1;
+
+        let base = dst.as_ptr() as usize;
+        match self.limiter.verify_packet(Some(src), datagram, dst) {
+            Ok(_) => {}
+            Err(TunnResult::WriteToNetwork(reply)) => {
+                let start = (reply.as_ptr() as usize).saturating_sub(base);
+                return Ok(Verdict::CookieReply(start..start + reply.len()));
+            }
+            Err(TunnResult::Err(error)) => return Err(error),
+            Err(
+                TunnResult::Done
+                | TunnResult::WriteToTunnelV4(..)
+                | TunnResult::WriteToTunnelV6(..),
+            ) => {
+                return Err(WireGuardError::InvalidPacket);
+            }
+        }
+        if self.second.1 <= HANDSHAKE_LOAD {
+            return Ok(Verdict::Pass);
+        }
+        if self.take_token(src, now) {
+            Ok(Verdict::Pass)
+        } else {
+            Err(WireGuardError::UnderLoad)
+        }
+    }
+
+    fn take_token(&mut self, src: IpAddr, now: Instant) -> bool {
+        let burst = f64::from(HANDSHAKE_SOURCE_BURST);
+        if !self.sources.contains_key(&src) && self.sources.len() >= MAX_HANDSHAKE_SOURCES {
+            // Forget the sources whose budget is full again: they cost nothing to recreate.
+            let full = Duration::from_secs_f64(burst / f64::from(HANDSHAKES_PER_SOURCE));
+            self.sources
+                .retain(|_, b| now.saturating_duration_since(b.at) < full);
+            if self.sources.len() >= MAX_HANDSHAKE_SOURCES {
+                return false;
+            }
+        }
+        let bucket = self.sources.entry(src).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * f64::from(HANDSHAKES_PER_SOURCE)).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How many sources have a budget tracked.
+    #[cfg(test)]
+    pub(crate) fn tracked_sources(&self) -> usize {
+        self.sources.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Any instant serves as the origin; panics are the failure report.
+    #![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
+    use boringtun::noise::Tunn;
+    use boringtun::x25519::StaticSecret;
+
+    use super::*;
+
+    struct Peer {
+        tunn: Tunn,
+    }
+
+    impl Peer {
+        /// An initiator towards `responder`.
+        fn new(responder: &PublicKey, seed: u8) -> Self {
+            MockClock::set_time(Duration::ZERO);
+            let tunn = Tunn::new(
+                StaticSecret::from([seed; 32]),
+                *responder,
+                None,
+                None,
+                1,
+                None,
+            );
+            Self { tunn }
+        }
+
+        fn initiation(&mut self) -> Vec<u8> {
+            let mut buf = [0; 256];
+            match self.tunn.format_handshake_initiation(&mut buf, true) {
+                TunnResult::WriteToNetwork(bytes) => bytes.to_vec(),
+                TunnResult::Done
+                | TunnResult::Err(_)
+                | TunnResult::WriteToTunnelV4(..)
+                | TunnResult::WriteToTunnelV6(..) => panic!("no initiation"),
+            }
+        }
+
+        fn take_cookie(&mut self, reply: &[u8]) {
+            let mut buf = [0; 256];
+            let result = self.tunn.decapsulate(None, reply, &mut buf);
+            assert!(matches!(result, TunnResult::Done), "cookie not taken");
+        }
+    }
+
+    fn responder() -> (PublicKey, HandshakeGuard, Instant) {
+        let key = PublicKey::from(&StaticSecret::from([1; 32]));
+        let now = Instant::now();
+        (key, HandshakeGuard::new(&key, now), now)
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([198, 51, 100, last])
+    }
+
+    #[test]
+    fn forged_initiations_cost_a_hash_and_are_refused() {
+        let (key, mut guard, now) = responder();
+        let mut forged = vec![0x5a; 148];
+        forged[..4].copy_from_slice(&[1, 0, 0, 0]);
+        let mut dst = [0; 256];
+        assert!(matches!(
+            guard.check(now, ip(1), &forged, &mut dst),
+            Err(WireGuardError::InvalidMac)
+        ));
+        // One for someone else's key carries a mac1 that is not ours.
+        let other = PublicKey::from(&StaticSecret::from([2; 32]));
+        let elsewhere = Peer::new(&other, 3).initiation();
+        assert!(matches!(
+            guard.check(now, ip(1), &elsewhere, &mut dst),
+            Err(WireGuardError::InvalidMac)
+        ));
+        let ours = Peer::new(&key, 3).initiation();
+        assert!(matches!(
+            guard.check(now, ip(1), &ours, &mut dst),
+            Ok(Verdict::Pass)
+        ));
+    }
+
+    #[test]
+    fn under_load_initiations_need_a_cookie_and_each_source_a_budget() {
+        let (key, mut guard, now) = responder();
+        let mut peer = Peer::new(&key, 3);
+        let mut dst = [0; 256];
+        for _ in 0..HANDSHAKE_LOAD {
+            let init = peer.initiation();
+            assert!(matches!(
+                guard.check(now, ip(1), &init, &mut dst),
+                Ok(Verdict::Pass)
+            ));
+        }
+        // One more within the second: answered with a cookie, not processed.
+        let init = peer.initiation();
+        let Ok(Verdict::CookieReply(range)) = guard.check(now, ip(1), &init, &mut dst) else {
+            panic!("expected a cookie reply");
+        };
+        peer.take_cookie(&dst[range]);
+        // With the cookie, a burst passes, then the source's budget is spent.
+        for _ in 0..HANDSHAKE_SOURCE_BURST {
+            let init = peer.initiation();
+            assert!(matches!(
+                guard.check(now, ip(1), &init, &mut dst),
+                Ok(Verdict::Pass)
+            ));
+        }
+        let init = peer.initiation();
+        assert!(matches!(
+            guard.check(now, ip(1), &init, &mut dst),
+            Err(WireGuardError::UnderLoad)
+        ));
+        // A second later the load is gone.
+        let later = now + Duration::from_secs(1);
+        let init = peer.initiation();
+        assert!(matches!(
+            guard.check(later, ip(1), &init, &mut dst),
+            Ok(Verdict::Pass)
+        ));
+    }
+
+    #[test]
+    fn tracked_sources_are_capped() {
+        let (_, mut guard, now) = responder();
+        for i in 0..MAX_HANDSHAKE_SOURCES {
+            let source = IpAddr::from(std::net::Ipv6Addr::from(u128::try_from(i).unwrap()));
+            assert!(guard.take_token(source, now));
+        }
+        assert_eq!(guard.tracked_sources(), MAX_HANDSHAKE_SOURCES);
+        let one_more = IpAddr::from(std::net::Ipv6Addr::from(u128::MAX));
+        assert!(
+            !guard.take_token(one_more, now),
+            "no room while all are busy"
+        );
+        assert_eq!(guard.tracked_sources(), MAX_HANDSHAKE_SOURCES);
+        // Once their budgets are full again, they make room.
+        assert!(guard.take_token(one_more, now + Duration::from_secs(1)));
+        assert_eq!(guard.tracked_sources(), 1);
+    }
+}

@@ -419,6 +419,82 @@ fn nonce_is_bound_to_the_client_address() {
     );
 }
 
+/// `signed` encoded, with `extra` appended after its MESSAGE-INTEGRITY and the header's length
+/// fixed up: what anyone who captured the request can produce without the key.
+fn append_after_integrity(signed: StunMessage, extra: Attribute) -> Vec<u8> {
+    let mut bytes = MessageEncoder::new().encode_into_bytes(signed).unwrap();
+    let mut carrier = StunMessage::new(MessageClass::Request, BINDING, TransactionId::new([0; 12]));
+    carrier.add_attribute(extra);
+    let carrier = MessageEncoder::new().encode_into_bytes(carrier).unwrap();
+    bytes.extend_from_slice(&carrier[20..]);
+    let len = u16::try_from(bytes.len() - 20).unwrap();
+    bytes[2..4].copy_from_slice(&len.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn peer_appended_after_integrity_to_create_permission_is_ignored() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.allocate(&mut h);
+    let (signed_peer, appended) = (addr("198.51.100.1:1"), addr("198.51.100.66:1"));
+    let msg = c.signed(
+        CREATE_PERMISSION,
+        vec![XorPeerAddress::new(signed_peer).into()],
+    );
+    let bytes = append_after_integrity(msg, XorPeerAddress::new(appended).into());
+    let out = h.client_sends(c.addr, &bytes);
+    // The signed part stands on its own and is served (RFC 8489 section 14.5: ignore, not refuse).
+    assert_eq!(code(&decode_stun(&out[0].payload).unwrap()), None);
+    let permissions = &h.server.allocations().next().unwrap().permissions;
+    assert_eq!(permissions, &[signed_peer.ip()]);
+}
+
+#[test]
+fn peer_appended_after_integrity_to_channel_bind_is_ignored() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.allocate(&mut h);
+    // A signed ChannelBind without a peer is incomplete; appending one must not complete it.
+    let msg = c.signed(CHANNEL_BIND, vec![ChannelNumber::new(0x4000).into()]);
+    let appended = addr("198.51.100.66:1");
+    let bytes = append_after_integrity(msg, XorPeerAddress::new(appended).into());
+    let out = h.client_sends(c.addr, &bytes);
+    assert_eq!(code(&decode_stun(&out[0].payload).unwrap()), Some(400));
+    let allocation = h.server.allocations().next().unwrap();
+    assert!(allocation.channels.is_empty());
+    assert!(allocation.permissions.is_empty());
+    // A complete signed ChannelBind with a second peer appended binds the signed peer only.
+    let signed_peer = addr("198.51.100.1:1");
+    let msg = c.signed(
+        CHANNEL_BIND,
+        vec![
+            ChannelNumber::new(0x4000).into(),
+            XorPeerAddress::new(signed_peer).into(),
+        ],
+    );
+    let bytes = append_after_integrity(msg, XorPeerAddress::new(appended).into());
+    let out = h.client_sends(c.addr, &bytes);
+    assert_eq!(code(&decode_stun(&out[0].payload).unwrap()), None);
+    let allocation = h.server.allocations().next().unwrap();
+    assert_eq!(allocation.channels, [(0x4000, signed_peer)]);
+    assert_eq!(allocation.permissions, [signed_peer.ip()]);
+}
+
+#[test]
+fn unknown_attribute_after_integrity_is_ignored() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.login(&mut h);
+    let msg = c.signed(ALLOCATE, vec![RequestedTransport::new(17).into()]);
+    let mut bytes = append_after_integrity(msg, Lifetime::from_u32(60).into());
+    // Turn the appended LIFETIME into an unknown comprehension-required attribute (0x7F01).
+    let at = bytes.len() - 8;
+    bytes[at..at + 2].copy_from_slice(&0x7F01u16.to_be_bytes());
+    let out = h.client_sends(c.addr, &bytes);
+    assert_eq!(code(&decode_stun(&out[0].payload).unwrap()), None);
+}
+
 // ---- Allocate ------------------------------------------------------------------------------
 
 #[test]

@@ -46,7 +46,7 @@ use crate::auth::{self, NonceCheck, NonceKey, RestUsername};
 use crate::channel_data::{self, ChannelData};
 use crate::config::{Config, ConfigError};
 use crate::error::RequestError;
-use crate::message::{self, Credentials, Datagram, Response};
+use crate::message::{self, Credentials, Datagram, Received, Response};
 use crate::stats::Stats;
 
 /// UDP, the only REQUESTED-TRANSPORT served.
@@ -378,11 +378,12 @@ impl Server {
 
     // ---- client side -------------------------------------------------------------------------
 
-    fn handle_stun(&mut self, now: Instant, five_tuple: FiveTuple, msg: &StunMessage) {
+    fn handle_stun(&mut self, now: Instant, five_tuple: FiveTuple, received: &Received) {
+        let msg = &received.message;
         match msg.class() {
             MessageClass::Request => {
                 self.stats.requests += 1;
-                self.handle_request(now, five_tuple, msg);
+                self.handle_request(now, five_tuple, received);
             }
             MessageClass::Indication if msg.method() == SEND => {
                 self.handle_send_indication(now, five_tuple, msg);
@@ -396,13 +397,14 @@ impl Server {
         }
     }
 
-    fn handle_request(&mut self, now: Instant, five_tuple: FiveTuple, msg: &StunMessage) {
+    fn handle_request(&mut self, now: Instant, five_tuple: FiveTuple, received: &Received) {
+        let msg = &received.message;
         let method = msg.method();
         let mut credentials = None;
         let outcome = if method == BINDING {
             self.binding(five_tuple, msg)
         } else if [ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method) {
-            match self.authenticate(now, five_tuple, msg) {
+            match self.authenticate(now, five_tuple, received) {
                 Ok(c) => {
                     let result = self.authenticated_request(now, five_tuple, msg, &c);
                     credentials = Some(c);
@@ -487,9 +489,13 @@ impl Server {
         &mut self,
         now: Instant,
         five_tuple: FiveTuple,
-        msg: &StunMessage,
+        received: &Received,
     ) -> Result<Credentials, RequestError> {
-        let Some(integrity) = msg.get_attribute::<MessageIntegrity>() else {
+        let msg = &received.message;
+        let (Some(integrity), Some(integrity_input)) = (
+            msg.get_attribute::<MessageIntegrity>(),
+            received.integrity_input.as_deref(),
+        ) else {
             return Err(RequestError::Unauthorized("no MESSAGE-INTEGRITY"));
         };
         let (Some(username), Some(realm), Some(nonce)) = (
@@ -519,9 +525,13 @@ impl Server {
             return Err(RequestError::Unauthorized("credentials expired"));
         }
         let password = auth::rest_password(&self.config.auth_secret, username.name());
-        integrity
-            .check_long_term_credential(username, realm, &password)
-            .map_err(|_| RequestError::Unauthorized("MESSAGE-INTEGRITY does not match"))?;
+        // Not stun_codec's own check, which compares with `==` (see `auth` on why that matters).
+        let key = auth::long_term_key(username.name(), realm.text(), &password);
+        if !auth::verify_message_integrity(&key, integrity_input, &integrity.hmac_sha1()) {
+            return Err(RequestError::Unauthorized(
+                "MESSAGE-INTEGRITY does not match",
+            ));
+        }
         Ok(Credentials {
             username: username.clone(),
             realm: realm.clone(),

@@ -376,6 +376,24 @@ fn credentials_expire_with_the_callers_clock() {
 }
 
 #[test]
+fn integrity_differing_in_one_byte_is_401() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.login(&mut h);
+    let msg = c.signed(ALLOCATE, vec![RequestedTransport::new(17).into()]);
+    let bytes = MessageEncoder::new().encode_into_bytes(msg).unwrap();
+    // MESSAGE-INTEGRITY is the last attribute: its 20-byte value ends the message.
+    for at in [bytes.len() - 20, bytes.len() - 1] {
+        let mut forged = bytes.clone();
+        forged[at] ^= 0x01;
+        let out = h.client_sends(c.addr, &forged);
+        assert_eq!(code(&decode_stun(&out[0].payload).unwrap()), Some(401));
+    }
+    let out = h.client_sends(c.addr, &bytes);
+    assert_eq!(code(&decode_stun(&out[0].payload).unwrap()), None);
+}
+
+#[test]
 fn integrity_without_username_is_400() {
     let mut h = Harness::new();
     let mut c = Client::new("192.0.2.1:1000");

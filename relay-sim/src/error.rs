@@ -3,7 +3,8 @@
 use stun_codec::rfc5389::attributes::ErrorCode;
 use stun_codec::rfc5389::errors::{BadRequest, StaleNonce, Unauthorized, UnknownAttribute};
 use stun_codec::rfc5766::errors::{
-    AllocationMismatch, InsufficientCapacity, UnsupportedTransportProtocol, WrongCredentials,
+    AllocationMismatch, Forbidden as ForbiddenCode, InsufficientCapacity,
+    UnsupportedTransportProtocol, WrongCredentials,
 };
 use stun_codec::rfc8656::errors::{AddressFamilyNotSupported, PeerAddressFamilyMismatch};
 use stun_codec::AttributeType;
@@ -18,6 +19,9 @@ pub enum RequestError {
     /// 401: no, expired or wrong credentials (answered with REALM and NONCE).
     #[error("401 unauthorized: {0}")]
     Unauthorized(&'static str),
+    /// 403: a peer address the relay does not serve (see [`crate::DeniedRange`]).
+    #[error("403 forbidden: {0}")]
+    Forbidden(&'static str),
     /// 420: comprehension-required attributes the server does not understand.
     #[error("420 unknown attributes {0:?}")]
     UnknownAttributes(Vec<u16>),
@@ -55,6 +59,7 @@ impl RequestError {
         match self {
             Self::BadRequest(_) => BadRequest.into(),
             Self::Unauthorized(_) => Unauthorized.into(),
+            Self::Forbidden(_) => ForbiddenCode.into(),
             Self::UnknownAttributes(_) => UnknownAttribute.into(),
             Self::AllocationMismatch(_) => AllocationMismatch.into(),
             Self::StaleNonce => StaleNonce.into(),
@@ -80,6 +85,7 @@ mod tests {
         let cases = [
             (RequestError::BadRequest("x"), 400),
             (RequestError::Unauthorized("x"), 401),
+            (RequestError::Forbidden("x"), 403),
             (RequestError::UnknownAttributes(vec![1]), 420),
             (RequestError::AllocationMismatch("x"), 437),
             (RequestError::StaleNonce, 438),

@@ -13,6 +13,7 @@ pub mod channel_data;
 pub mod config;
 pub mod error;
 mod message;
+pub mod peers;
 pub mod server;
 pub mod stats;
 
@@ -25,5 +26,6 @@ pub use allocation::FiveTuple;
 pub use config::{Config, ConfigError};
 pub use error::RequestError;
 pub use message::MalformedError;
+pub use peers::{DeniedRange, IpNet};
 pub use server::{AllocationInfo, Event, FreeReason, Server, TimerKind, Transmit};
 pub use stats::Stats;

@@ -47,6 +47,7 @@ use crate::channel_data::{self, ChannelData};
 use crate::config::{Config, ConfigError};
 use crate::error::RequestError;
 use crate::message::{self, Credentials, Datagram, Received, Response};
+use crate::peers::DeniedRange;
 use crate::stats::Stats;
 
 /// UDP, the only REQUESTED-TRANSPORT served.
@@ -466,6 +467,7 @@ impl Server {
                 ));
             }
             RequestError::BadRequest(_)
+            | RequestError::Forbidden(_)
             | RequestError::AllocationMismatch(_)
             | RequestError::AddressFamilyNotSupported
             | RequestError::WrongCredentials
@@ -832,6 +834,10 @@ impl Server {
         if peers.iter().any(SocketAddr::is_ipv6) {
             return Err(RequestError::PeerAddressFamilyMismatch);
         }
+        // One refused peer refuses the request: nothing is installed (RFC 8656 section 9.2).
+        for peer in &peers {
+            self.check_peer(*peer)?;
+        }
         for peer in peers {
             self.install_permission(now, port, peer.ip());
         }
@@ -874,6 +880,7 @@ impl Server {
         if peer.is_ipv6() {
             return Err(RequestError::PeerAddressFamilyMismatch);
         }
+        self.check_peer(peer)?;
         let channel = channel.value();
         let expires = now + self.config.channel_lifetime;
         let Some(a) = self.allocations.get_mut(&port) else {
@@ -923,6 +930,11 @@ impl Server {
             return;
         }
         let peer = peer.address();
+        if let Some(denied) = self.denied_peer(peer) {
+            self.stats.forbidden_peers += 1;
+            trace!(target: "relay", port, %peer, %denied, "Send indication to a denied peer");
+            return;
+        }
         if !self
             .allocations
             .get(&port)
@@ -961,6 +973,32 @@ impl Server {
         }
         self.stats.channel_data_from_clients += 1;
         self.relay_to_peer(now, port, peer, frame.payload());
+    }
+
+    /// Refuses a peer of a denied range (counted; see [`DeniedRange`]).
+    fn check_peer(&mut self, peer: SocketAddr) -> Result<(), RequestError> {
+        match self.denied_peer(peer) {
+            None => Ok(()),
+            Some(denied) => {
+                self.stats.forbidden_peers += 1;
+                debug!(target: "relay", %peer, %denied, "peer refused");
+                Err(RequestError::Forbidden(denied.as_str()))
+            }
+        }
+    }
+
+    /// The range `peer` is refused in, unless the configuration allows it.
+    fn denied_peer(&self, peer: SocketAddr) -> Option<DeniedRange> {
+        let ip = peer.ip().to_canonical();
+        if self.config.allow_peers.iter().any(|net| net.contains(ip)) {
+            return None;
+        }
+        if ip == IpAddr::V4(self.config.public_ip) {
+            // Another allocation's relayed address is served inside the relay (`relay_to_peer`);
+            // any other port of ours (the listening port, whatever else runs on the host) is not.
+            return (!self.config.relay_ports.contains(&peer.port())).then_some(DeniedRange::Relay);
+        }
+        DeniedRange::of(ip)
     }
 
     fn live_allocation_port(&self, now: Instant, five_tuple: FiveTuple) -> Option<u16> {

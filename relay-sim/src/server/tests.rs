@@ -1094,6 +1094,103 @@ fn two_allocations_relay_to_each_other_inside_the_relay() {
     assert_eq!(h.server.stats().relayed_internally, 3);
 }
 
+/// Peers refused by default, one per range, and the relay's own listening port.
+const DENIED_PEERS: [&str; 13] = [
+    "0.0.0.0:1",
+    "0.1.2.3:1",
+    "127.0.0.1:1",
+    "10.0.0.1:1",
+    "172.16.0.1:1",
+    "172.31.255.254:1",
+    "192.168.1.1:1",
+    "169.254.169.254:80",
+    "224.0.0.1:1",
+    "239.255.255.250:1900",
+    "255.255.255.255:1",
+    "203.0.113.1:3478",
+    "203.0.113.1:22",
+];
+
+#[test]
+fn denied_peers_are_403_for_create_permission_and_channel_bind() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.allocate(&mut h);
+    let public = addr("198.51.100.1:1");
+    for (i, peer) in DENIED_PEERS.iter().map(|p| addr(p)).enumerate() {
+        let r = c.call(
+            &mut h,
+            CREATE_PERMISSION,
+            vec![XorPeerAddress::new(peer).into()],
+        );
+        assert_eq!(code(&r), Some(403), "{peer}");
+        // One denied peer refuses the whole request: the public one is not installed either.
+        let r = c.call(
+            &mut h,
+            CREATE_PERMISSION,
+            vec![
+                XorPeerAddress::new(public).into(),
+                XorPeerAddress::new(peer).into(),
+            ],
+        );
+        assert_eq!(code(&r), Some(403), "{peer}");
+        let channel = 0x4000 + u16::try_from(i).unwrap();
+        assert_eq!(c.bind(&mut h, channel, peer), Some(403), "{peer}");
+    }
+    let allocation = h.server.allocations().next().unwrap();
+    assert!(allocation.permissions.is_empty());
+    assert!(allocation.channels.is_empty());
+    assert_eq!(
+        h.server.stats().forbidden_peers,
+        3 * DENIED_PEERS.len() as u64
+    );
+}
+
+#[test]
+fn send_indication_to_a_denied_peer_is_dropped_and_counted() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.allocate(&mut h);
+    // A permission for the relay's own address, through one of its relay ports, is allowed
+    // (relaying between allocations stays inside the relay) ...
+    c.permit(&mut h, addr("203.0.113.1:50999"));
+    // ... but it does not reach the relay's other ports.
+    for peer in ["203.0.113.1:3478", "10.0.0.1:1", "127.0.0.1:53"] {
+        assert!(h
+            .client_sends(c.addr, &send_indication(addr(peer), b"x"))
+            .is_empty());
+    }
+    assert_eq!(h.server.stats().forbidden_peers, 3);
+    assert_eq!(h.server.stats().send_indications, 0);
+}
+
+#[test]
+fn allow_peers_lifts_the_default_denial() {
+    let mut h = Harness::with(|c| {
+        c.allow_peers = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "203.0.113.1/32".parse().unwrap(),
+        ];
+    });
+    let mut c = Client::new("192.0.2.1:1000");
+    let relay = c.allocate(&mut h);
+    let (private, own) = (addr("10.1.2.3:5000"), addr("203.0.113.1:3478"));
+    c.permit(&mut h, private);
+    assert_eq!(c.bind(&mut h, 0x4000, own), None);
+    c.login(&mut h);
+    assert_eq!(c.bind(&mut h, 0x4001, addr("192.168.1.1:1")), Some(403));
+    let out = h.client_sends(c.addr, &send_indication(private, b"x"));
+    assert_eq!(
+        out,
+        [Transmit {
+            src: relay,
+            dst: private,
+            payload: b"x".to_vec()
+        }]
+    );
+    assert_eq!(h.server.stats().forbidden_peers, 1);
+}
+
 #[test]
 fn datagram_to_a_relay_port_without_allocation_is_dropped() {
     let mut h = Harness::new();

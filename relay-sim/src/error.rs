@@ -3,7 +3,7 @@
 use stun_codec::rfc5389::attributes::ErrorCode;
 use stun_codec::rfc5389::errors::{BadRequest, StaleNonce, Unauthorized, UnknownAttribute};
 use stun_codec::rfc5766::errors::{
-    AllocationMismatch, Forbidden as ForbiddenCode, InsufficientCapacity,
+    AllocationMismatch, AllocationQuotaReached, Forbidden as ForbiddenCode, InsufficientCapacity,
     UnsupportedTransportProtocol, WrongCredentials,
 };
 use stun_codec::rfc8656::errors::{AddressFamilyNotSupported, PeerAddressFamilyMismatch};
@@ -43,7 +43,11 @@ pub enum RequestError {
     /// 443: a peer address of another family than the relayed address.
     #[error("443 peer address family mismatch")]
     PeerAddressFamilyMismatch,
-    /// 508: allocation limit reached, no free relay port, or an unknown reservation token.
+    /// 486: the user holds [`crate::server::MAX_ALLOCATIONS_PER_USER`] allocations already.
+    #[error("486 allocation quota reached")]
+    AllocationQuotaReached,
+    /// 508: allocation or permission limit reached, too many peers in one request, no free relay
+    /// port, or an unknown reservation token.
     #[error("508 insufficient capacity: {0}")]
     InsufficientCapacity(&'static str),
 }
@@ -67,6 +71,7 @@ impl RequestError {
             Self::WrongCredentials => WrongCredentials.into(),
             Self::UnsupportedTransport(_) => UnsupportedTransportProtocol.into(),
             Self::PeerAddressFamilyMismatch => PeerAddressFamilyMismatch.into(),
+            Self::AllocationQuotaReached => AllocationQuotaReached.into(),
             Self::InsufficientCapacity(_) => InsufficientCapacity.into(),
         }
     }
@@ -93,6 +98,7 @@ mod tests {
             (RequestError::WrongCredentials, 441),
             (RequestError::UnsupportedTransport(6), 442),
             (RequestError::PeerAddressFamilyMismatch, 443),
+            (RequestError::AllocationQuotaReached, 486),
             (RequestError::InsufficientCapacity("x"), 508),
         ];
         for (e, code) in cases {

@@ -665,6 +665,35 @@ fn allocation_limit_is_508() {
 }
 
 #[test]
+fn allocations_per_user_are_capped_at_486() {
+    let mut h = Harness::new();
+    for i in 0..MAX_ALLOCATIONS_PER_USER {
+        let port = 1000 + u16::try_from(i).unwrap();
+        Client::new(&format!("192.0.2.1:{port}")).allocate(&mut h);
+    }
+    // The same user with renewed credentials (another expiry) shares the quota.
+    let renewed = rest_credentials(SECRET, UNIX + 7200, "alice");
+    let mut c = Client::with_credentials("192.0.2.2:1000", renewed);
+    c.login(&mut h);
+    let allocate = vec![RequestedTransport::new(17).into()];
+    assert_eq!(code(&c.call(&mut h, ALLOCATE, allocate.clone())), Some(486));
+    assert_eq!(h.server.stats().allocation_quota_refusals, 1);
+    assert_eq!(h.server.allocation_count(), MAX_ALLOCATIONS_PER_USER);
+    // Another user is not affected.
+    let mut bob = Client::with_credentials(
+        "192.0.2.3:1000",
+        rest_credentials(SECRET, UNIX + 3600, "bob"),
+    );
+    bob.allocate(&mut h);
+    // Freeing one of alice's makes room for her again.
+    let mut first = Client::new("192.0.2.1:1000");
+    first.login(&mut h);
+    let r = first.call(&mut h, REFRESH, vec![Lifetime::from_u32(0).into()]);
+    assert_eq!(code(&r), None);
+    assert_eq!(code(&c.call(&mut h, ALLOCATE, allocate)), None);
+}
+
+#[test]
 fn exhausted_port_range_is_508() {
     let mut h = Harness::with(|c| c.relay_ports = 50000..=50001);
     Client::new("192.0.2.1:1000").allocate(&mut h);
@@ -1189,6 +1218,80 @@ fn allow_peers_lifts_the_default_denial() {
         }]
     );
     assert_eq!(h.server.stats().forbidden_peers, 1);
+}
+
+/// A public peer address per index, none of them denied.
+fn public_peer(i: usize) -> SocketAddr {
+    let i = u16::try_from(i).unwrap();
+    let [hi, lo] = i.to_be_bytes();
+    SocketAddr::new(Ipv4Addr::new(198, 51, hi, lo).into(), 9)
+}
+
+#[test]
+fn permissions_per_allocation_are_capped_at_508() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.allocate(&mut h);
+    for i in 0..MAX_PERMISSIONS_PER_ALLOCATION {
+        c.permit(&mut h, public_peer(i));
+    }
+    let over = public_peer(MAX_PERMISSIONS_PER_ALLOCATION);
+    let r = c.call(
+        &mut h,
+        CREATE_PERMISSION,
+        vec![XorPeerAddress::new(over).into()],
+    );
+    assert_eq!(code(&r), Some(508));
+    // A ChannelBind to a new peer IP needs a permission too.
+    assert_eq!(c.bind(&mut h, 0x4000, over), Some(508));
+    // Refreshing held permissions, alone or in a ChannelBind, still works.
+    c.permit(&mut h, public_peer(0));
+    assert_eq!(c.bind(&mut h, 0x4000, public_peer(1)), None);
+    let allocation = h.server.allocations().next().unwrap();
+    assert_eq!(allocation.permissions.len(), MAX_PERMISSIONS_PER_ALLOCATION);
+    assert!(!allocation.permissions.contains(&over.ip()));
+    assert_eq!(h.server.stats().permission_quota_refusals, 2);
+    // Once one expires there is room again.
+    h.advance(Duration::from_secs(301));
+    c.login(&mut h);
+    c.permit(&mut h, over);
+}
+
+#[test]
+fn peers_per_create_permission_are_capped_at_508() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.allocate(&mut h);
+    let peers = |n: usize| -> Vec<Attribute> {
+        (0..n)
+            .map(|i| XorPeerAddress::new(public_peer(i)).into())
+            .collect()
+    };
+    let r = c.call(
+        &mut h,
+        CREATE_PERMISSION,
+        peers(MAX_PEERS_PER_CREATE_PERMISSION + 1),
+    );
+    assert_eq!(code(&r), Some(508));
+    // Refused as a whole: none of them is installed.
+    assert!(h
+        .server
+        .allocations()
+        .next()
+        .unwrap()
+        .permissions
+        .is_empty());
+    assert_eq!(h.server.stats().permission_quota_refusals, 1);
+    let r = c.call(
+        &mut h,
+        CREATE_PERMISSION,
+        peers(MAX_PEERS_PER_CREATE_PERMISSION),
+    );
+    assert_eq!(code(&r), None);
+    assert_eq!(
+        h.server.allocations().next().unwrap().permissions.len(),
+        MAX_PEERS_PER_CREATE_PERMISSION
+    );
 }
 
 #[test]

@@ -371,6 +371,14 @@ impl MemNet {
         };
         let mut config = relay_sim::Config::new("memnet", RELAY_SECRET, public_ip);
         config.listen_port = addr.port();
+        // Hosts here get private addresses (10.x, 192.168.x) that every host can reach.
+        config.allow_peers = [
+            (Ipv4Addr::new(10, 0, 0, 0), 8),
+            (Ipv4Addr::new(192, 168, 0, 0), 16),
+        ]
+        .into_iter()
+        .map(|(ip, prefix)| relay_sim::IpNet::new(ip.into(), prefix).expect("a network"))
+        .collect();
         let mut key = [0u8; 32];
         key[..8].copy_from_slice(&seed.to_le_bytes());
         let server = relay_sim::Server::new(config, key, self.now, SIM_EPOCH_UNIX_SECS)

@@ -19,6 +19,9 @@ use harness::turmoil_net::{
 use harness::SIM_EPOCH_UNIX_SECS;
 use turmoil::Sim;
 
+/// turmoil's address space: the relays' peers are all there.
+const TURMOIL_NETWORK: &str = "192.168.0.0/16";
+
 const SECOND: Duration = Duration::from_secs(1);
 const NAMES: [&str; 5] = ["nat", "echo", "stranger", "h1", "h2"];
 const INSIDE_PORT: u16 = 5000;
@@ -333,6 +336,7 @@ fn relay_runs_on_turmoil() {
             };
             let mut config = relay_sim::Config::new("sim", "secret", public);
             config.relay_ports = 50_000..=50_099;
+            config.allow_peers = vec![TURMOIL_NETWORK.parse()?];
             let server = relay_sim::Server::new(config, [7; 32], net.now(), net.unix_time())?;
             let listen = SocketAddr::new(relay_ip, TURN_PORT);
             relay_sim::runtime::run(&net, server, listen, std::future::pending()).await?;
@@ -513,12 +517,9 @@ fn speed_ten_hosts() {
             let IpAddr::V4(public) = relay_ip else {
                 panic!("v4")
             };
-            let server = relay_sim::Server::new(
-                relay_sim::Config::new("sim", "secret", public),
-                [i as u8; 32],
-                net.now(),
-                net.unix_time(),
-            )?;
+            let mut config = relay_sim::Config::new("sim", "secret", public);
+            config.allow_peers = vec![TURMOIL_NETWORK.parse()?];
+            let server = relay_sim::Server::new(config, [i as u8; 32], net.now(), net.unix_time())?;
             let listen = SocketAddr::new(relay_ip, TURN_PORT);
             relay_sim::runtime::run(&net, server, listen, std::future::pending()).await?;
             Ok(())

@@ -4,7 +4,12 @@
 //! A username is `<unix-expiry>:<id>`; its password is `base64(HMAC-SHA1(secret, username))`. The
 //! relay and whoever mints credentials (the portal) share only the secret, so the relay keeps no
 //! user database. The long-term credential key is then `MD5(username:realm:password)` (RFC 8489
-//! section 9.2.2), which `stun_codec` derives when checking or adding MESSAGE-INTEGRITY.
+//! section 9.2.2), which [`verify_message_integrity`] checks requests with.
+//!
+//! Every MAC a sender presents (MESSAGE-INTEGRITY, a nonce's) is compared in constant time: a
+//! comparison that stops at the first differing byte tells the sender, by how long the answer
+//! takes, how many leading bytes of its guess are right, which lets it forge a MAC a byte at a
+//! time. `hmac`'s `verify_*` methods compare without branching on the bytes.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -32,16 +37,32 @@ pub fn rest_password(secret: &str, username: &str) -> String {
         .encode(hmac_sha1(secret.as_bytes(), &[username.as_bytes()]))
 }
 
+/// The long-term credential key (RFC 8489 section 9.2.2): `MD5(username ":" realm ":" password)`.
+pub(crate) fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
+    md5::compute(format!("{username}:{realm}:{password}")).0
+}
+
+/// Whether `mac` is the HMAC-SHA1 of `input` under `key`, compared in constant time (see the module
+/// documentation for why).
+///
+/// `input` is what MESSAGE-INTEGRITY covers (RFC 8489 section 14.5): the message up to the
+/// attribute, with the header's length field counting up to its end.
+pub(crate) fn verify_message_integrity(key: &[u8], input: &[u8], mac: &[u8]) -> bool {
+    hmac_sha1_state(key, &[input]).is_some_and(|state| state.verify_slice(mac).is_ok())
+}
+
 fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
-    // HMAC accepts keys of any length; the error branch cannot be taken.
-    let mut mac = match HmacSha1::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => return [0; 20],
-    };
+    hmac_sha1_state(key, parts).map_or([0; 20], |state| state.finalize().into_bytes().into())
+}
+
+/// HMAC-SHA1 over `parts`, not yet finalized. HMAC accepts keys of any length, so `None` is never
+/// returned; callers still fail closed on it.
+fn hmac_sha1_state(key: &[u8], parts: &[&[u8]]) -> Option<HmacSha1> {
+    let mut mac = HmacSha1::new_from_slice(key).ok()?;
     for part in parts {
         mac.update(part);
     }
-    mac.finalize().into_bytes().into()
+    Some(mac)
 }
 
 /// Why a USERNAME is not a REST username.
@@ -151,7 +172,10 @@ impl NonceKey {
         ) else {
             return NonceCheck::Stale;
         };
-        if nonce.len() != 32 || mac.to_be_bytes() != self.mac(client, expiry_ms) {
+        let genuine = self
+            .mac_state(client, expiry_ms)
+            .is_some_and(|state| state.verify_truncated_left(&mac.to_be_bytes()).is_ok());
+        if nonce.len() != 32 || !genuine {
             return NonceCheck::Stale;
         }
         if saturating_millis(elapsed) >= expiry_ms {
@@ -160,18 +184,24 @@ impl NonceKey {
         NonceCheck::Valid
     }
 
+    /// The first 8 bytes of the nonce's HMAC.
     fn mac(&self, client: SocketAddr, expiry_ms: u64) -> [u8; 8] {
+        let mut out = [0; 8];
+        if let Some(state) = self.mac_state(client, expiry_ms) {
+            out.copy_from_slice(&state.finalize().into_bytes()[..8]);
+        }
+        out
+    }
+
+    fn mac_state(&self, client: SocketAddr, expiry_ms: u64) -> Option<HmacSha1> {
         let ip = match client.ip() {
             IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
             IpAddr::V6(ip) => ip.octets(),
         };
-        let full = hmac_sha1(
+        hmac_sha1_state(
             &self.key,
             &[&expiry_ms.to_be_bytes(), &ip, &client.port().to_be_bytes()],
-        );
-        let mut out = [0; 8];
-        out.copy_from_slice(&full[..8]);
-        out
+        )
     }
 }
 
@@ -213,6 +243,35 @@ mod tests {
             Err(UsernameError::InvalidExpiry(_))
         ));
         assert_eq!("1:".parse::<RestUsername>(), Err(UsernameError::EmptyId));
+    }
+
+    #[test]
+    fn message_integrity_differing_in_one_byte_is_refused() {
+        let key = long_term_key("1700000000:alice", "zta", "pw");
+        let input = b"a STUN message up to MESSAGE-INTEGRITY";
+        let mac = hmac_sha1(&key, &[input]);
+        assert!(verify_message_integrity(&key, input, &mac));
+        for at in [0, 10, 19] {
+            let mut wrong = mac;
+            wrong[at] ^= 0x01;
+            assert!(!verify_message_integrity(&key, input, &wrong));
+        }
+        assert!(!verify_message_integrity(&key, input, &mac[..19]));
+        assert!(!verify_message_integrity(&key, input, &[]));
+    }
+
+    #[test]
+    fn nonce_mac_differing_in_one_digit_is_stale() {
+        let key = NonceKey::new([7; 20], Duration::from_secs(600));
+        let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let nonce = key.issue(a, Duration::ZERO);
+        assert_eq!(key.check(&nonce, a, Duration::ZERO), NonceCheck::Valid);
+        for at in [16, 24, 31] {
+            let mut wrong = nonce.clone().into_bytes();
+            wrong[at] = if wrong[at] == b'0' { b'1' } else { b'0' };
+            let wrong = String::from_utf8(wrong).unwrap();
+            assert_eq!(key.check(&wrong, a, Duration::ZERO), NonceCheck::Stale);
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@ use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use crate::peers::IpNet;
+
 /// What the relay needs to know about itself.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -32,6 +34,10 @@ pub struct Config {
     pub nonce_lifetime: Duration,
     /// How long a port reserved by EVEN-PORT (R bit) is held for its RESERVATION-TOKEN.
     pub reservation_lifetime: Duration,
+    /// Peer networks served even though they are refused by default (loopback, private,
+    /// link-local, ..., the relay's own address: see [`crate::DeniedRange`]). Empty by default;
+    /// for labs and tests whose peers have such addresses.
+    pub allow_peers: Vec<IpNet>,
 }
 
 /// A configuration that cannot work.
@@ -78,6 +84,7 @@ impl Config {
             channel_lifetime: Duration::from_secs(600),
             nonce_lifetime: Duration::from_secs(600),
             reservation_lifetime: Duration::from_secs(30),
+            allow_peers: Vec::new(),
         }
     }
 

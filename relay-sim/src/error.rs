@@ -3,7 +3,8 @@
 use stun_codec::rfc5389::attributes::ErrorCode;
 use stun_codec::rfc5389::errors::{BadRequest, StaleNonce, Unauthorized, UnknownAttribute};
 use stun_codec::rfc5766::errors::{
-    AllocationMismatch, InsufficientCapacity, UnsupportedTransportProtocol, WrongCredentials,
+    AllocationMismatch, AllocationQuotaReached, Forbidden as ForbiddenCode, InsufficientCapacity,
+    UnsupportedTransportProtocol, WrongCredentials,
 };
 use stun_codec::rfc8656::errors::{AddressFamilyNotSupported, PeerAddressFamilyMismatch};
 use stun_codec::AttributeType;
@@ -18,6 +19,9 @@ pub enum RequestError {
     /// 401: no, expired or wrong credentials (answered with REALM and NONCE).
     #[error("401 unauthorized: {0}")]
     Unauthorized(&'static str),
+    /// 403: a peer address the relay does not serve (see [`crate::DeniedRange`]).
+    #[error("403 forbidden: {0}")]
+    Forbidden(&'static str),
     /// 420: comprehension-required attributes the server does not understand.
     #[error("420 unknown attributes {0:?}")]
     UnknownAttributes(Vec<u16>),
@@ -39,7 +43,11 @@ pub enum RequestError {
     /// 443: a peer address of another family than the relayed address.
     #[error("443 peer address family mismatch")]
     PeerAddressFamilyMismatch,
-    /// 508: allocation limit reached, no free relay port, or an unknown reservation token.
+    /// 486: the user holds [`crate::server::MAX_ALLOCATIONS_PER_USER`] allocations already.
+    #[error("486 allocation quota reached")]
+    AllocationQuotaReached,
+    /// 508: allocation or permission limit reached, too many peers in one request, no free relay
+    /// port, or an unknown reservation token.
     #[error("508 insufficient capacity: {0}")]
     InsufficientCapacity(&'static str),
 }
@@ -55,6 +63,7 @@ impl RequestError {
         match self {
             Self::BadRequest(_) => BadRequest.into(),
             Self::Unauthorized(_) => Unauthorized.into(),
+            Self::Forbidden(_) => ForbiddenCode.into(),
             Self::UnknownAttributes(_) => UnknownAttribute.into(),
             Self::AllocationMismatch(_) => AllocationMismatch.into(),
             Self::StaleNonce => StaleNonce.into(),
@@ -62,6 +71,7 @@ impl RequestError {
             Self::WrongCredentials => WrongCredentials.into(),
             Self::UnsupportedTransport(_) => UnsupportedTransportProtocol.into(),
             Self::PeerAddressFamilyMismatch => PeerAddressFamilyMismatch.into(),
+            Self::AllocationQuotaReached => AllocationQuotaReached.into(),
             Self::InsufficientCapacity(_) => InsufficientCapacity.into(),
         }
     }
@@ -80,6 +90,7 @@ mod tests {
         let cases = [
             (RequestError::BadRequest("x"), 400),
             (RequestError::Unauthorized("x"), 401),
+            (RequestError::Forbidden("x"), 403),
             (RequestError::UnknownAttributes(vec![1]), 420),
             (RequestError::AllocationMismatch("x"), 437),
             (RequestError::StaleNonce, 438),
@@ -87,6 +98,7 @@ mod tests {
             (RequestError::WrongCredentials, 441),
             (RequestError::UnsupportedTransport(6), 442),
             (RequestError::PeerAddressFamilyMismatch, 443),
+            (RequestError::AllocationQuotaReached, 486),
             (RequestError::InsufficientCapacity("x"), 508),
         ];
         for (e, code) in cases {

@@ -13,6 +13,7 @@ pub mod channel_data;
 pub mod config;
 pub mod error;
 mod message;
+pub mod peers;
 pub mod server;
 pub mod stats;
 
@@ -25,5 +26,9 @@ pub use allocation::FiveTuple;
 pub use config::{Config, ConfigError};
 pub use error::RequestError;
 pub use message::MalformedError;
-pub use server::{AllocationInfo, Event, FreeReason, Server, TimerKind, Transmit};
+pub use peers::{DeniedRange, IpNet};
+pub use server::{
+    AllocationInfo, Event, FreeReason, Server, TimerKind, Transmit, MAX_ALLOCATIONS_PER_USER,
+    MAX_PEERS_PER_CREATE_PERMISSION, MAX_PERMISSIONS_PER_ALLOCATION,
+};
 pub use stats::Stats;

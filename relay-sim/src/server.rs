@@ -46,8 +46,35 @@ use crate::auth::{self, NonceCheck, NonceKey, RestUsername};
 use crate::channel_data::{self, ChannelData};
 use crate::config::{Config, ConfigError};
 use crate::error::RequestError;
-use crate::message::{self, Credentials, Datagram, Response};
+use crate::message::{self, Credentials, Datagram, Received, Response};
+use crate::peers::DeniedRange;
 use crate::stats::Stats;
+
+/// Allocations one user holds at once, besides [`Config::max_allocations`] for all users; an
+/// Allocate beyond it is refused with 486 Allocation Quota Reached (coturn's `user-quota`).
+///
+/// The user is the id of the REST username (after `<expiry>:`), so that a node's renewed
+/// credentials share its quota. A node holds one allocation per relay, plus those of earlier
+/// 5-tuples (restarts, NAT rebinding) until they expire: 8 leaves room for that while one leaked
+/// credential cannot take the relay's ports.
+pub const MAX_ALLOCATIONS_PER_USER: usize = 8;
+
+/// Permissions (distinct peer IPs) one allocation holds; a CreatePermission or ChannelBind that
+/// would add more is refused with 508 Insufficient Capacity.
+///
+/// RFC 8656 sets no number. A node keeps one allocation per relay for all its connections and a
+/// permission per peer IP it reaches through it (server-reflexive and relayed addresses; private
+/// host candidates are refused anyway), so a gateway needs about one per client network: 256
+/// serves a busy gateway and bounds what one allocation holds to some 30 KiB.
+pub const MAX_PERMISSIONS_PER_ALLOCATION: usize = 256;
+
+/// XOR-PEER-ADDRESS attributes in one CreatePermission; a request with more is refused as a whole
+/// with 508 Insufficient Capacity (RFC 8656 section 9.2: a valid request the server cannot
+/// satisfy for a capacity limit), so that one datagram does bounded work.
+///
+/// ICE agents ask for one peer per request (the node uses ChannelBind, one peer by definition);
+/// 8 leaves room for clients that batch a peer's candidates.
+pub const MAX_PEERS_PER_CREATE_PERMISSION: usize = 8;
 
 /// UDP, the only REQUESTED-TRANSPORT served.
 const PROTOCOL_UDP: u8 = 17;
@@ -178,6 +205,8 @@ pub struct Server {
     nonces: NonceKey,
     allocations: BTreeMap<u16, Allocation>,
     by_five_tuple: BTreeMap<FiveTuple, u16>,
+    /// Allocations held per user (REST id), for [`MAX_ALLOCATIONS_PER_USER`].
+    per_user: BTreeMap<Box<str>, usize>,
     reservations: BTreeMap<u64, Reservation>,
     reserved_ports: BTreeSet<u16>,
     unusable_ports: BTreeSet<u16>,
@@ -222,6 +251,7 @@ impl Server {
             nonces,
             allocations: BTreeMap::new(),
             by_five_tuple: BTreeMap::new(),
+            per_user: BTreeMap::new(),
             reservations: BTreeMap::new(),
             reserved_ports: BTreeSet::new(),
             unusable_ports: BTreeSet::new(),
@@ -378,11 +408,12 @@ impl Server {
 
     // ---- client side -------------------------------------------------------------------------
 
-    fn handle_stun(&mut self, now: Instant, five_tuple: FiveTuple, msg: &StunMessage) {
+    fn handle_stun(&mut self, now: Instant, five_tuple: FiveTuple, received: &Received) {
+        let msg = &received.message;
         match msg.class() {
             MessageClass::Request => {
                 self.stats.requests += 1;
-                self.handle_request(now, five_tuple, msg);
+                self.handle_request(now, five_tuple, received);
             }
             MessageClass::Indication if msg.method() == SEND => {
                 self.handle_send_indication(now, five_tuple, msg);
@@ -396,13 +427,14 @@ impl Server {
         }
     }
 
-    fn handle_request(&mut self, now: Instant, five_tuple: FiveTuple, msg: &StunMessage) {
+    fn handle_request(&mut self, now: Instant, five_tuple: FiveTuple, received: &Received) {
+        let msg = &received.message;
         let method = msg.method();
         let mut credentials = None;
         let outcome = if method == BINDING {
             self.binding(five_tuple, msg)
         } else if [ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method) {
-            match self.authenticate(now, five_tuple, msg) {
+            match self.authenticate(now, five_tuple, received) {
                 Ok(c) => {
                     let result = self.authenticated_request(now, five_tuple, msg, &c);
                     credentials = Some(c);
@@ -464,6 +496,8 @@ impl Server {
                 ));
             }
             RequestError::BadRequest(_)
+            | RequestError::Forbidden(_)
+            | RequestError::AllocationQuotaReached
             | RequestError::AllocationMismatch(_)
             | RequestError::AddressFamilyNotSupported
             | RequestError::WrongCredentials
@@ -487,9 +521,13 @@ impl Server {
         &mut self,
         now: Instant,
         five_tuple: FiveTuple,
-        msg: &StunMessage,
+        received: &Received,
     ) -> Result<Credentials, RequestError> {
-        let Some(integrity) = msg.get_attribute::<MessageIntegrity>() else {
+        let msg = &received.message;
+        let (Some(integrity), Some(integrity_input)) = (
+            msg.get_attribute::<MessageIntegrity>(),
+            received.integrity_input.as_deref(),
+        ) else {
             return Err(RequestError::Unauthorized("no MESSAGE-INTEGRITY"));
         };
         let (Some(username), Some(realm), Some(nonce)) = (
@@ -519,9 +557,13 @@ impl Server {
             return Err(RequestError::Unauthorized("credentials expired"));
         }
         let password = auth::rest_password(&self.config.auth_secret, username.name());
-        integrity
-            .check_long_term_credential(username, realm, &password)
-            .map_err(|_| RequestError::Unauthorized("MESSAGE-INTEGRITY does not match"))?;
+        // Not stun_codec's own check, which compares with `==` (see `auth` on why that matters).
+        let key = auth::long_term_key(username.name(), realm.text(), &password);
+        if !auth::verify_message_integrity(&key, integrity_input, &integrity.hmac_sha1()) {
+            return Err(RequestError::Unauthorized(
+                "MESSAGE-INTEGRITY does not match",
+            ));
+        }
         Ok(Credentials {
             username: username.clone(),
             realm: realm.clone(),
@@ -644,6 +686,12 @@ impl Server {
             // Dual allocation is not offered: the client gets the IPv4 relayed address only.
             Some(AddressFamily::V6) | None => {}
         }
+        let user = user_of(credentials.username.name());
+        if self.per_user.get(user).copied().unwrap_or(0) >= MAX_ALLOCATIONS_PER_USER {
+            self.stats.allocation_quota_refusals += 1;
+            debug!(target: "relay", client = %five_tuple.client, user, max = MAX_ALLOCATIONS_PER_USER, "allocation quota reached");
+            return Err(RequestError::AllocationQuotaReached);
+        }
         if self.allocations.len() >= self.config.max_allocations {
             return Err(RequestError::InsufficientCapacity(
                 "allocation limit reached",
@@ -700,6 +748,7 @@ impl Server {
         );
         self.allocations.insert(port, allocation);
         self.by_five_tuple.insert(five_tuple, port);
+        *self.per_user.entry(user.into()).or_default() += 1;
         self.timers.insert((expires, Timer::Allocation(port)));
         self.stats.allocations_created += 1;
         let relay = self.relay_addr(port);
@@ -819,9 +868,22 @@ impl Server {
         if peers.is_empty() {
             return Err(RequestError::BadRequest("no XOR-PEER-ADDRESS"));
         }
+        if peers.len() > MAX_PEERS_PER_CREATE_PERMISSION {
+            self.stats.permission_quota_refusals += 1;
+            debug!(target: "relay", port, peers = peers.len(), max = MAX_PEERS_PER_CREATE_PERMISSION, "too many peers in one CreatePermission");
+            return Err(RequestError::InsufficientCapacity(
+                "too many XOR-PEER-ADDRESS in one request",
+            ));
+        }
         if peers.iter().any(SocketAddr::is_ipv6) {
             return Err(RequestError::PeerAddressFamilyMismatch);
         }
+        // One refused peer refuses the request: nothing is installed (RFC 8656 section 9.2).
+        for peer in &peers {
+            self.check_peer(*peer)?;
+        }
+        let ips: BTreeSet<IpAddr> = peers.iter().map(SocketAddr::ip).collect();
+        self.check_permission_room(port, &ips)?;
         for peer in peers {
             self.install_permission(now, port, peer.ip());
         }
@@ -829,6 +891,30 @@ impl Server {
             CREATE_PERMISSION,
             msg.transaction_id(),
         )))
+    }
+
+    /// Refuses (508, counted) permissions for `ips` that would take the allocation past
+    /// [`MAX_PERMISSIONS_PER_ALLOCATION`]; refreshing held ones always fits.
+    fn check_permission_room(
+        &mut self,
+        port: u16,
+        ips: &BTreeSet<IpAddr>,
+    ) -> Result<(), RequestError> {
+        let Some(a) = self.allocations.get(&port) else {
+            return Ok(());
+        };
+        let new = ips
+            .iter()
+            .filter(|ip| !a.permissions.contains_key(ip))
+            .count();
+        if a.permissions.len() + new <= MAX_PERMISSIONS_PER_ALLOCATION {
+            return Ok(());
+        }
+        self.stats.permission_quota_refusals += 1;
+        debug!(target: "relay", port, held = a.permissions.len(), new, max = MAX_PERMISSIONS_PER_ALLOCATION, "permission limit reached");
+        Err(RequestError::InsufficientCapacity(
+            "permission limit of the allocation reached",
+        ))
     }
 
     fn install_permission(&mut self, now: Instant, port: u16, ip: IpAddr) {
@@ -864,6 +950,8 @@ impl Server {
         if peer.is_ipv6() {
             return Err(RequestError::PeerAddressFamilyMismatch);
         }
+        self.check_peer(peer)?;
+        self.check_permission_room(port, &BTreeSet::from([peer.ip()]))?;
         let channel = channel.value();
         let expires = now + self.config.channel_lifetime;
         let Some(a) = self.allocations.get_mut(&port) else {
@@ -913,6 +1001,11 @@ impl Server {
             return;
         }
         let peer = peer.address();
+        if let Some(denied) = self.denied_peer(peer) {
+            self.stats.forbidden_peers += 1;
+            trace!(target: "relay", port, %peer, %denied, "Send indication to a denied peer");
+            return;
+        }
         if !self
             .allocations
             .get(&port)
@@ -951,6 +1044,32 @@ impl Server {
         }
         self.stats.channel_data_from_clients += 1;
         self.relay_to_peer(now, port, peer, frame.payload());
+    }
+
+    /// Refuses a peer of a denied range (counted; see [`DeniedRange`]).
+    fn check_peer(&mut self, peer: SocketAddr) -> Result<(), RequestError> {
+        match self.denied_peer(peer) {
+            None => Ok(()),
+            Some(denied) => {
+                self.stats.forbidden_peers += 1;
+                debug!(target: "relay", %peer, %denied, "peer refused");
+                Err(RequestError::Forbidden(denied.as_str()))
+            }
+        }
+    }
+
+    /// The range `peer` is refused in, unless the configuration allows it.
+    fn denied_peer(&self, peer: SocketAddr) -> Option<DeniedRange> {
+        let ip = peer.ip().to_canonical();
+        if self.config.allow_peers.iter().any(|net| net.contains(ip)) {
+            return None;
+        }
+        if ip == IpAddr::V4(self.config.public_ip) {
+            // Another allocation's relayed address is served inside the relay (`relay_to_peer`);
+            // any other port of ours (the listening port, whatever else runs on the host) is not.
+            return (!self.config.relay_ports.contains(&peer.port())).then_some(DeniedRange::Relay);
+        }
+        DeniedRange::of(ip)
     }
 
     fn live_allocation_port(&self, now: Instant, five_tuple: FiveTuple) -> Option<u16> {
@@ -1040,6 +1159,13 @@ impl Server {
             return;
         };
         self.by_five_tuple.remove(&a.five_tuple);
+        let user = user_of(&a.username);
+        if let Some(count) = self.per_user.get_mut(user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_user.remove(user);
+            }
+        }
         self.timers.remove(&(a.expires, Timer::Allocation(port)));
         for (ip, expires) in &a.permissions {
             self.timers
@@ -1059,6 +1185,12 @@ impl Server {
         self.events
             .push_back(Event::AllocationFreed { relay, reason });
     }
+}
+
+/// The user an allocation counts against: the id of a REST username `<expiry>:<id>`, or the whole
+/// username if it is not one (it cannot be: it passed authentication).
+fn user_of(username: &str) -> &str {
+    username.split_once(':').map_or(username, |(_, id)| id)
 }
 
 fn check_unknown(msg: &StunMessage) -> Result<(), RequestError> {

@@ -32,6 +32,16 @@ pub struct Stats {
     pub dropped_no_allocation: u64,
     /// ChannelData dropped because the channel is not bound (or has expired).
     pub dropped_unbound_channel: u64,
+    /// CreatePermission and ChannelBind requests refused (403), and Send indications dropped,
+    /// because a peer address is denied ([`crate::DeniedRange`]).
+    pub forbidden_peers: u64,
+    /// Allocates refused (486) because the user holds
+    /// [`crate::server::MAX_ALLOCATIONS_PER_USER`] allocations.
+    pub allocation_quota_refusals: u64,
+    /// CreatePermission and ChannelBind requests refused (508) for
+    /// [`crate::server::MAX_PERMISSIONS_PER_ALLOCATION`] or
+    /// [`crate::server::MAX_PEERS_PER_CREATE_PERMISSION`].
+    pub permission_quota_refusals: u64,
     /// Other client datagrams dropped (indications that are not Send, stray responses, oversize).
     pub dropped_other: u64,
 }

@@ -51,12 +51,19 @@ struct Relay {
 
 impl Relay {
     /// Starts the relay on 127.0.0.1 with relay ports `base..base+199` (below Linux's ephemeral
-    /// range, distinct per test so that tests can run in parallel).
+    /// range, distinct per test so that tests can run in parallel). The peers (coturn's echo
+    /// peer) are on loopback, so it is allowed.
     fn start(base: u16) -> Self {
+        Self::start_with(base, &["--allow-peer", "127.0.0.1"], &[])
+    }
+
+    fn start_with(base: u16, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let port = free_udp_port();
         let child = Command::new(env!("CARGO_BIN_EXE_relay"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--relay-ports", &format!("{base}-{}", base + 199)])
+            .args(args)
+            .envs(envs.iter().copied())
             .args([
                 "--auth-secret",
                 SECRET,
@@ -199,8 +206,30 @@ fn channels_to_an_external_peer() {
 
 #[test]
 fn send_indications_to_an_external_peer() {
-    let relay = Relay::start(21200);
+    // The allow-list from the environment, comma-separated.
+    let relay = Relay::start_with(
+        21200,
+        &[],
+        &[("RELAY_ALLOW_PEER", "192.0.2.0/24,127.0.0.0/8")],
+    );
     with_peer(|peer| assert_lossless(&relay, &["-s", "-e", "127.0.0.1", "-r", &peer.to_string()]));
+}
+
+#[test]
+fn loopback_peer_is_refused_by_default() {
+    let relay = Relay::start_with(22400, &[], &[]);
+    with_peer(|peer| {
+        let (status, output) = uclient(
+            &relay,
+            &["-e", "127.0.0.1", "-r", &peer.to_string()],
+            SECRET,
+        );
+        assert!(
+            !status.success(),
+            "uclient reached a loopback peer\n{output}"
+        );
+        assert!(output.contains("error 403 (Forbidden)"), "{output}");
+    });
 }
 
 #[test]
@@ -263,4 +292,10 @@ fn relay_exits_cleanly_on_sigterm_and_refuses_bad_config() {
     let (status, output) = run(command, Duration::from_secs(10));
     assert!(!status.success());
     assert!(output.contains("--public-ip is required"), "{output}");
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
+    command.args(["--auth-secret", SECRET, "--allow-peer", "10.1.0.0/8"]);
+    let (status, output) = run(command, Duration::from_secs(10));
+    assert!(!status.success());
+    assert!(output.contains("bits set after its /8 prefix"), "{output}");
 }

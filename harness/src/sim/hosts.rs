@@ -103,6 +103,12 @@ pub async fn relay_host(
     let net = FaultyNetwork::new(TurmoilNetwork::new(unix_epoch_secs), faults);
     let mut config = relay_sim::Config::new("sim", secret, public_ip);
     config.relay_ports = 49152..=49999;
+    // turmoil gives every host an address in 192.168.0.0/16: the relays' peers (NATs, nodes,
+    // other relays) are all there.
+    config.allow_peers = vec![relay_sim::IpNet::new(
+        Ipv4Addr::new(192, 168, 0, 0).into(),
+        16,
+    )?];
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     let now = TurmoilClock.now();

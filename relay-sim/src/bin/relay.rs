@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use rand::RngCore as _;
 use relay_sim::net::{Network as _, TokioNetwork};
-use relay_sim::{Config, Server};
+use relay_sim::{Config, IpNet, Server};
 use tracing_subscriber::EnvFilter;
 
 /// TURN relay (RFC 8656 over UDP) with TURN REST API credentials.
@@ -32,6 +32,16 @@ struct Args {
     /// Most allocations held at once (508 beyond).
     #[arg(long, env = "RELAY_MAX_ALLOCATIONS", default_value_t = 100_000)]
     max_allocations: usize,
+    /// Peer network to serve although it is refused by default (loopback, private, link-local,
+    /// multicast, this relay's own address), e.g. `10.0.0.0/8`. Repeatable; comma-separated in
+    /// the environment. For labs and tests whose peers live there.
+    #[arg(
+        long = "allow-peer",
+        value_name = "CIDR",
+        env = "RELAY_ALLOW_PEER",
+        value_delimiter = ','
+    )]
+    allow_peers: Vec<IpNet>,
     /// Log filter (tracing EnvFilter syntax), e.g. `relay=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -93,6 +103,7 @@ fn run(args: Args) -> Result<(), String> {
     config.relay_ports = args.relay_ports;
     config.listen_port = args.listen.port();
     config.max_allocations = args.max_allocations;
+    config.allow_peers = args.allow_peers;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

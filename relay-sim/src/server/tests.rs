@@ -376,6 +376,24 @@ fn credentials_expire_with_the_callers_clock() {
 }
 
 #[test]
+fn integrity_differing_in_one_byte_is_401() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.login(&mut h);
+    let msg = c.signed(ALLOCATE, vec![RequestedTransport::new(17).into()]);
+    let bytes = MessageEncoder::new().encode_into_bytes(msg).unwrap();
+    // MESSAGE-INTEGRITY is the last attribute: its 20-byte value ends the message.
+    for at in [bytes.len() - 20, bytes.len() - 1] {
+        let mut forged = bytes.clone();
+        forged[at] ^= 0x01;
+        let out = h.client_sends(c.addr, &forged);
+        assert_eq!(code(&decode_stun(&out[0].payload).unwrap()), Some(401));
+    }
+    let out = h.client_sends(c.addr, &bytes);
+    assert_eq!(code(&decode_stun(&out[0].payload).unwrap()), None);
+}
+
+#[test]
 fn integrity_without_username_is_400() {
     let mut h = Harness::new();
     let mut c = Client::new("192.0.2.1:1000");
@@ -417,6 +435,82 @@ fn nonce_is_bound_to_the_client_address() {
         code(&b.call(&mut h, ALLOCATE, vec![RequestedTransport::new(17).into()])),
         Some(438)
     );
+}
+
+/// `signed` encoded, with `extra` appended after its MESSAGE-INTEGRITY and the header's length
+/// fixed up: what anyone who captured the request can produce without the key.
+fn append_after_integrity(signed: StunMessage, extra: Attribute) -> Vec<u8> {
+    let mut bytes = MessageEncoder::new().encode_into_bytes(signed).unwrap();
+    let mut carrier = StunMessage::new(MessageClass::Request, BINDING, TransactionId::new([0; 12]));
+    carrier.add_attribute(extra);
+    let carrier = MessageEncoder::new().encode_into_bytes(carrier).unwrap();
+    bytes.extend_from_slice(&carrier[20..]);
+    let len = u16::try_from(bytes.len() - 20).unwrap();
+    bytes[2..4].copy_from_slice(&len.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn peer_appended_after_integrity_to_create_permission_is_ignored() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.allocate(&mut h);
+    let (signed_peer, appended) = (addr("198.51.100.1:1"), addr("198.51.100.66:1"));
+    let msg = c.signed(
+        CREATE_PERMISSION,
+        vec![XorPeerAddress::new(signed_peer).into()],
+    );
+    let bytes = append_after_integrity(msg, XorPeerAddress::new(appended).into());
+    let out = h.client_sends(c.addr, &bytes);
+    // The signed part stands on its own and is served (RFC 8489 section 14.5: ignore, not refuse).
+    assert_eq!(code(&decode_stun(&out[0].payload).unwrap()), None);
+    let permissions = &h.server.allocations().next().unwrap().permissions;
+    assert_eq!(permissions, &[signed_peer.ip()]);
+}
+
+#[test]
+fn peer_appended_after_integrity_to_channel_bind_is_ignored() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.allocate(&mut h);
+    // A signed ChannelBind without a peer is incomplete; appending one must not complete it.
+    let msg = c.signed(CHANNEL_BIND, vec![ChannelNumber::new(0x4000).into()]);
+    let appended = addr("198.51.100.66:1");
+    let bytes = append_after_integrity(msg, XorPeerAddress::new(appended).into());
+    let out = h.client_sends(c.addr, &bytes);
+    assert_eq!(code(&decode_stun(&out[0].payload).unwrap()), Some(400));
+    let allocation = h.server.allocations().next().unwrap();
+    assert!(allocation.channels.is_empty());
+    assert!(allocation.permissions.is_empty());
+    // A complete signed ChannelBind with a second peer appended binds the signed peer only.
+    let signed_peer = addr("198.51.100.1:1");
+    let msg = c.signed(
+        CHANNEL_BIND,
+        vec![
+            ChannelNumber::new(0x4000).into(),
+            XorPeerAddress::new(signed_peer).into(),
+        ],
+    );
+    let bytes = append_after_integrity(msg, XorPeerAddress::new(appended).into());
+    let out = h.client_sends(c.addr, &bytes);
+    assert_eq!(code(&decode_stun(&out[0].payload).unwrap()), None);
+    let allocation = h.server.allocations().next().unwrap();
+    assert_eq!(allocation.channels, [(0x4000, signed_peer)]);
+    assert_eq!(allocation.permissions, [signed_peer.ip()]);
+}
+
+#[test]
+fn unknown_attribute_after_integrity_is_ignored() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.login(&mut h);
+    let msg = c.signed(ALLOCATE, vec![RequestedTransport::new(17).into()]);
+    let mut bytes = append_after_integrity(msg, Lifetime::from_u32(60).into());
+    // Turn the appended LIFETIME into an unknown comprehension-required attribute (0x7F01).
+    let at = bytes.len() - 8;
+    bytes[at..at + 2].copy_from_slice(&0x7F01u16.to_be_bytes());
+    let out = h.client_sends(c.addr, &bytes);
+    assert_eq!(code(&decode_stun(&out[0].payload).unwrap()), None);
 }
 
 // ---- Allocate ------------------------------------------------------------------------------
@@ -568,6 +662,35 @@ fn allocation_limit_is_508() {
         code(&c.call(&mut h, ALLOCATE, vec![RequestedTransport::new(17).into()])),
         Some(508)
     );
+}
+
+#[test]
+fn allocations_per_user_are_capped_at_486() {
+    let mut h = Harness::new();
+    for i in 0..MAX_ALLOCATIONS_PER_USER {
+        let port = 1000 + u16::try_from(i).unwrap();
+        Client::new(&format!("192.0.2.1:{port}")).allocate(&mut h);
+    }
+    // The same user with renewed credentials (another expiry) shares the quota.
+    let renewed = rest_credentials(SECRET, UNIX + 7200, "alice");
+    let mut c = Client::with_credentials("192.0.2.2:1000", renewed);
+    c.login(&mut h);
+    let allocate = vec![RequestedTransport::new(17).into()];
+    assert_eq!(code(&c.call(&mut h, ALLOCATE, allocate.clone())), Some(486));
+    assert_eq!(h.server.stats().allocation_quota_refusals, 1);
+    assert_eq!(h.server.allocation_count(), MAX_ALLOCATIONS_PER_USER);
+    // Another user is not affected.
+    let mut bob = Client::with_credentials(
+        "192.0.2.3:1000",
+        rest_credentials(SECRET, UNIX + 3600, "bob"),
+    );
+    bob.allocate(&mut h);
+    // Freeing one of alice's makes room for her again.
+    let mut first = Client::new("192.0.2.1:1000");
+    first.login(&mut h);
+    let r = first.call(&mut h, REFRESH, vec![Lifetime::from_u32(0).into()]);
+    assert_eq!(code(&r), None);
+    assert_eq!(code(&c.call(&mut h, ALLOCATE, allocate)), None);
 }
 
 #[test]
@@ -998,6 +1121,177 @@ fn two_allocations_relay_to_each_other_inside_the_relay() {
         }]
     );
     assert_eq!(h.server.stats().relayed_internally, 3);
+}
+
+/// Peers refused by default, one per range, and the relay's own listening port.
+const DENIED_PEERS: [&str; 13] = [
+    "0.0.0.0:1",
+    "0.1.2.3:1",
+    "127.0.0.1:1",
+    "10.0.0.1:1",
+    "172.16.0.1:1",
+    "172.31.255.254:1",
+    "192.168.1.1:1",
+    "169.254.169.254:80",
+    "224.0.0.1:1",
+    "239.255.255.250:1900",
+    "255.255.255.255:1",
+    "203.0.113.1:3478",
+    "203.0.113.1:22",
+];
+
+#[test]
+fn denied_peers_are_403_for_create_permission_and_channel_bind() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.allocate(&mut h);
+    let public = addr("198.51.100.1:1");
+    for (i, peer) in DENIED_PEERS.iter().map(|p| addr(p)).enumerate() {
+        let r = c.call(
+            &mut h,
+            CREATE_PERMISSION,
+            vec![XorPeerAddress::new(peer).into()],
+        );
+        assert_eq!(code(&r), Some(403), "{peer}");
+        // One denied peer refuses the whole request: the public one is not installed either.
+        let r = c.call(
+            &mut h,
+            CREATE_PERMISSION,
+            vec![
+                XorPeerAddress::new(public).into(),
+                XorPeerAddress::new(peer).into(),
+            ],
+        );
+        assert_eq!(code(&r), Some(403), "{peer}");
+        let channel = 0x4000 + u16::try_from(i).unwrap();
+        assert_eq!(c.bind(&mut h, channel, peer), Some(403), "{peer}");
+    }
+    let allocation = h.server.allocations().next().unwrap();
+    assert!(allocation.permissions.is_empty());
+    assert!(allocation.channels.is_empty());
+    assert_eq!(
+        h.server.stats().forbidden_peers,
+        3 * DENIED_PEERS.len() as u64
+    );
+}
+
+#[test]
+fn send_indication_to_a_denied_peer_is_dropped_and_counted() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.allocate(&mut h);
+    // A permission for the relay's own address, through one of its relay ports, is allowed
+    // (relaying between allocations stays inside the relay) ...
+    c.permit(&mut h, addr("203.0.113.1:50999"));
+    // ... but it does not reach the relay's other ports.
+    for peer in ["203.0.113.1:3478", "10.0.0.1:1", "127.0.0.1:53"] {
+        assert!(h
+            .client_sends(c.addr, &send_indication(addr(peer), b"x"))
+            .is_empty());
+    }
+    assert_eq!(h.server.stats().forbidden_peers, 3);
+    assert_eq!(h.server.stats().send_indications, 0);
+}
+
+#[test]
+fn allow_peers_lifts_the_default_denial() {
+    let mut h = Harness::with(|c| {
+        c.allow_peers = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "203.0.113.1/32".parse().unwrap(),
+        ];
+    });
+    let mut c = Client::new("192.0.2.1:1000");
+    let relay = c.allocate(&mut h);
+    let (private, own) = (addr("10.1.2.3:5000"), addr("203.0.113.1:3478"));
+    c.permit(&mut h, private);
+    assert_eq!(c.bind(&mut h, 0x4000, own), None);
+    c.login(&mut h);
+    assert_eq!(c.bind(&mut h, 0x4001, addr("192.168.1.1:1")), Some(403));
+    let out = h.client_sends(c.addr, &send_indication(private, b"x"));
+    assert_eq!(
+        out,
+        [Transmit {
+            src: relay,
+            dst: private,
+            payload: b"x".to_vec()
+        }]
+    );
+    assert_eq!(h.server.stats().forbidden_peers, 1);
+}
+
+/// A public peer address per index, none of them denied.
+fn public_peer(i: usize) -> SocketAddr {
+    let i = u16::try_from(i).unwrap();
+    let [hi, lo] = i.to_be_bytes();
+    SocketAddr::new(Ipv4Addr::new(198, 51, hi, lo).into(), 9)
+}
+
+#[test]
+fn permissions_per_allocation_are_capped_at_508() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.allocate(&mut h);
+    for i in 0..MAX_PERMISSIONS_PER_ALLOCATION {
+        c.permit(&mut h, public_peer(i));
+    }
+    let over = public_peer(MAX_PERMISSIONS_PER_ALLOCATION);
+    let r = c.call(
+        &mut h,
+        CREATE_PERMISSION,
+        vec![XorPeerAddress::new(over).into()],
+    );
+    assert_eq!(code(&r), Some(508));
+    // A ChannelBind to a new peer IP needs a permission too.
+    assert_eq!(c.bind(&mut h, 0x4000, over), Some(508));
+    // Refreshing held permissions, alone or in a ChannelBind, still works.
+    c.permit(&mut h, public_peer(0));
+    assert_eq!(c.bind(&mut h, 0x4000, public_peer(1)), None);
+    let allocation = h.server.allocations().next().unwrap();
+    assert_eq!(allocation.permissions.len(), MAX_PERMISSIONS_PER_ALLOCATION);
+    assert!(!allocation.permissions.contains(&over.ip()));
+    assert_eq!(h.server.stats().permission_quota_refusals, 2);
+    // Once one expires there is room again.
+    h.advance(Duration::from_secs(301));
+    c.login(&mut h);
+    c.permit(&mut h, over);
+}
+
+#[test]
+fn peers_per_create_permission_are_capped_at_508() {
+    let mut h = Harness::new();
+    let mut c = Client::new("192.0.2.1:1000");
+    c.allocate(&mut h);
+    let peers = |n: usize| -> Vec<Attribute> {
+        (0..n)
+            .map(|i| XorPeerAddress::new(public_peer(i)).into())
+            .collect()
+    };
+    let r = c.call(
+        &mut h,
+        CREATE_PERMISSION,
+        peers(MAX_PEERS_PER_CREATE_PERMISSION + 1),
+    );
+    assert_eq!(code(&r), Some(508));
+    // Refused as a whole: none of them is installed.
+    assert!(h
+        .server
+        .allocations()
+        .next()
+        .unwrap()
+        .permissions
+        .is_empty());
+    assert_eq!(h.server.stats().permission_quota_refusals, 1);
+    let r = c.call(
+        &mut h,
+        CREATE_PERMISSION,
+        peers(MAX_PEERS_PER_CREATE_PERMISSION),
+    );
+    assert_eq!(code(&r), None);
+    assert_eq!(
+        h.server.allocations().next().unwrap().permissions.len(),
+        MAX_PEERS_PER_CREATE_PERMISSION
+    );
 }
 
 #[test]

@@ -49,6 +49,7 @@ const UNAUTHORIZED: u16 = 401;
 const ALLOCATION_MISMATCH: u16 = 437;
 const WRONG_CREDENTIALS: u16 = 441;
 const STALE_NONCE: u16 = 438;
+const FORBIDDEN: u16 = 403;
 
 /// What the portal tells a node about a relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -460,6 +461,14 @@ impl Allocation {
                 }
                 RequestKind::Binding => {}
             },
+            // A peer the relay's policy refuses (a private host candidate, say): expected, and
+            // the path through that peer simply does not exist.
+            FORBIDDEN if matches!(request.kind, RequestKind::ChannelBind { .. }) => {
+                tracing::debug!(target: "node::turn", rid = %rid, kind = ?request.kind, "relay refuses that peer");
+                if let RequestKind::ChannelBind { channel, peer } = request.kind {
+                    self.forget_channel(channel, peer);
+                }
+            }
             // Deleting an allocation that is not ours (or already gone): nothing to undo.
             _ if matches!(request.kind, RequestKind::Refresh { lifetime } if lifetime.is_zero()) => {
                 tracing::debug!(target: "node::turn", rid = %rid, code, "relay refused the deletion");

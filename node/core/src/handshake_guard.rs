@@ -6,26 +6,34 @@
 //!
 //! 1. mac1 is checked (a keyed BLAKE2s over the message, keyed by our public key): datagrams
 //!    that are not initiations for us at all cost a hash.
-//! 2. Past [`HANDSHAKE_LOAD`] initiations a second the node is under load: an initiation must
-//!    then carry a valid mac2, a cookie bound to its source address, or it is answered with a
-//!    cookie reply (cheap, and only a sender that receives at that address can use it).
-//! 3. Under load, initiations with a valid cookie still pass at most
-//!    [`HANDSHAKES_PER_SOURCE`] a second per source address (a burst of
-//!    [`HANDSHAKE_SOURCE_BURST`]), so a peer that collects cookies for its own address cannot
-//!    spend the node's time on its own either.
+//! 2. Past [`HANDSHAKE_LOAD`] initiations a second the node is under load. Each source address
+//!    then gets at most [`HANDSHAKES_PER_SOURCE`] a second (a burst of
+//!    [`HANDSHAKE_SOURCE_BURST`]); the rest are dropped unanswered, so a flood costs a hash and
+//!    a lookup per datagram, whoever knows our public key.
+//! 3. Within its budget, an initiation must carry a valid mac2, a cookie bound to its source
+//!    address, or it is answered with a cookie reply (only a sender that receives at that
+//!    address can use the cookie).
 //!
-//! Steps 1 and 2 are boringtun's `RateLimiter`, driven by the node's clock like its tunnels.
+//! Step 3 is boringtun's `RateLimiter`, set to be always under load (the load is judged here)
+//! and driven by the node's clock like its tunnels.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use blake2::digest::{FixedOutput as _, KeyInit as _};
+use blake2::{Blake2s256, Blake2sMac, Digest as _};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::TunnResult;
 use boringtun::x25519::PublicKey;
 use mock_instant::MockClock;
+use subtle::ConstantTimeEq as _;
+
+/// The size of a handshake initiation, and where its macs start.
+const INITIATION_LEN: usize = 148;
+const MAC1_AT: usize = INITIATION_LEN - 32;
 
 /// Handshake initiations a second before a node asks for cookies (boringtun's own device
 /// uses the same figure).
@@ -48,12 +56,17 @@ pub(crate) enum Verdict {
 }
 
 pub(crate) struct HandshakeGuard {
+    /// HASH("mac1----" || our public key): the key of every initiation's mac1.
+    mac1_key: [u8; 32],
     limiter: RateLimiter,
     epoch: Instant,
     high_water: Duration,
     /// Initiations seen in the current second, and when it began.
     second: (Instant, u64),
     sources: BTreeMap<IpAddr, Bucket>,
+    /// When full sources were last forgotten: at most once per burst's refill time, so that a
+    /// flood from ever new addresses does not cost a scan of the table per datagram.
+    pruned_at: Instant,
 }
 
 /// A source's budget: tokens, refilled at [`HANDSHAKES_PER_SOURCE`] a second.
@@ -67,12 +80,18 @@ impl HandshakeGuard {
     pub(crate) fn new(public_key: &PublicKey, now: Instant) -> Self {
         // The limiter reads boringtun's clock at construction.
         MockClock::set_time(Duration::ZERO);
+        let mut hash = Blake2s256::new();
+        blake2::Digest::update(&mut hash, b"mac1----");
+        blake2::Digest::update(&mut hash, public_key.as_bytes());
         Self {
-            limiter: RateLimiter::new(public_key, HANDSHAKE_LOAD),
+            mac1_key: hash.finalize().into(),
+            // Always under load: it is asked only when this guard judges the node is.
+            limiter: RateLimiter::new(public_key, 0),
             epoch: now,
             high_water: Duration::ZERO,
             second: (now, 0),
             sources: BTreeMap::new(),
+            pruned_at: now,
         }
     }
 
@@ -84,40 +103,51 @@ impl HandshakeGuard {
         datagram: &[u8],
         dst: &mut [u8],
     ) -> Result<Verdict, WireGuardError> {
-        self.high_water = self
-            .high_water
-            .max(now.saturating_duration_since(self.epoch));
-        MockClock::set_time(self.high_water);
-        self.limiter.reset_count();
+        if !self.mac1_valid(datagram) {
+            return Err(WireGuardError::InvalidMac);
+        }
         if now.saturating_duration_since(self.second.0) >= Duration::from_secs(1) {
             self.second = (now, 0);
         }
         self.second.1 += 1;
-
+        if self.second.1 <= HANDSHAKE_LOAD {
+            return Ok(Verdict::Pass);
+        }
+        if !self.take_token(src, now) {
+            return Err(WireGuardError::UnderLoad);
+        }
+        self.high_water = self
+            .high_water
+            .max(now.saturating_duration_since(self.epoch));
+        MockClock::set_time(self.high_water);
         let base = dst.as_ptr() as usize;
         match self.limiter.verify_packet(Some(src), datagram, dst) {
-            Ok(_) => {}
+            Ok(_) => Ok(Verdict::Pass),
             Err(TunnResult::WriteToNetwork(reply)) => {
                 let start = (reply.as_ptr() as usize).saturating_sub(base);
-                return Ok(Verdict::CookieReply(start..start + reply.len()));
+                Ok(Verdict::CookieReply(start..start + reply.len()))
             }
-            Err(TunnResult::Err(error)) => return Err(error),
+            Err(TunnResult::Err(error)) => Err(error),
             Err(
                 TunnResult::Done
                 | TunnResult::WriteToTunnelV4(..)
                 | TunnResult::WriteToTunnelV6(..),
-            ) => {
-                return Err(WireGuardError::InvalidPacket);
-            }
+            ) => Err(WireGuardError::InvalidPacket),
         }
-        if self.second.1 <= HANDSHAKE_LOAD {
-            return Ok(Verdict::Pass);
+    }
+
+    /// Whether `datagram` is an initiation whose mac1 is keyed with our public key.
+    fn mac1_valid(&self, datagram: &[u8]) -> bool {
+        if datagram.len() != INITIATION_LEN {
+            return false;
         }
-        if self.take_token(src, now) {
-            Ok(Verdict::Pass)
-        } else {
-            Err(WireGuardError::UnderLoad)
-        }
+        let Ok(mut mac) = Blake2sMac::<blake2::digest::consts::U16>::new_from_slice(&self.mac1_key)
+        else {
+            return false;
+        };
+        blake2::digest::Update::update(&mut mac, &datagram[..MAC1_AT]);
+        let expected: [u8; 16] = mac.finalize_fixed().into();
+        expected.ct_eq(&datagram[MAC1_AT..MAC1_AT + 16]).into()
     }
 
     fn take_token(&mut self, src: IpAddr, now: Instant) -> bool {
@@ -125,6 +155,10 @@ impl HandshakeGuard {
         if !self.sources.contains_key(&src) && self.sources.len() >= MAX_HANDSHAKE_SOURCES {
             // Forget the sources whose budget is full again: they cost nothing to recreate.
             let full = Duration::from_secs_f64(burst / f64::from(HANDSHAKES_PER_SOURCE));
+            if now.saturating_duration_since(self.pruned_at) < full {
+                return false;
+            }
+            self.pruned_at = now;
             self.sources
                 .retain(|_, b| now.saturating_duration_since(b.at) < full);
             if self.sources.len() >= MAX_HANDSHAKE_SOURCES {
@@ -252,8 +286,8 @@ mod tests {
             panic!("expected a cookie reply");
         };
         peer.take_cookie(&dst[range]);
-        // With the cookie, a burst passes, then the source's budget is spent.
-        for _ in 0..HANDSHAKE_SOURCE_BURST {
+        // With the cookie, the rest of the source's burst passes, then its budget is spent.
+        for _ in 1..HANDSHAKE_SOURCE_BURST {
             let init = peer.initiation();
             assert!(matches!(
                 guard.check(now, ip(1), &init, &mut dst),

@@ -26,7 +26,7 @@ pub use allocation::FiveTuple;
 pub use config::{Config, ConfigError};
 pub use error::RequestError;
 pub use message::MalformedError;
-pub use peers::{DeniedRange, IpNet};
+pub use peers::{parse_network, DeniedRange, IpNet, IpNetError};
 pub use server::{
     AllocationInfo, Event, FreeReason, Server, TimerKind, Transmit, MAX_ALLOCATIONS_PER_USER,
     MAX_PEERS_PER_CREATE_PERMISSION, MAX_PERMISSIONS_PER_ALLOCATION,

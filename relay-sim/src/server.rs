@@ -1061,7 +1061,12 @@ impl Server {
     /// The range `peer` is refused in, unless the configuration allows it.
     fn denied_peer(&self, peer: SocketAddr) -> Option<DeniedRange> {
         let ip = peer.ip().to_canonical();
-        if self.config.allow_peers.iter().any(|net| net.contains(ip)) {
+        if self
+            .config
+            .allow_peers
+            .iter()
+            .any(|net| crate::peers::contains(net, ip))
+        {
             return None;
         }
         if ip == IpAddr::V4(self.config.public_ip) {

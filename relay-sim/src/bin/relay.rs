@@ -39,7 +39,8 @@ struct Args {
         long = "allow-peer",
         value_name = "CIDR",
         env = "RELAY_ALLOW_PEER",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = relay_sim::parse_network
     )]
     allow_peers: Vec<IpNet>,
     /// Log filter (tracing EnvFilter syntax), e.g. `relay=debug`.

@@ -297,5 +297,8 @@ fn relay_exits_cleanly_on_sigterm_and_refuses_bad_config() {
     command.args(["--auth-secret", SECRET, "--allow-peer", "10.1.0.0/8"]);
     let (status, output) = run(command, Duration::from_secs(10));
     assert!(!status.success());
-    assert!(output.contains("10.1.0.0/8 has bits set after its prefix"), "{output}");
+    assert!(
+        output.contains("10.1.0.0/8 has bits set after its prefix"),
+        "{output}"
+    );
 }

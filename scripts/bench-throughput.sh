@@ -128,10 +128,10 @@ JSON
 bg portal "$GW" env PORTAL_RELAY_SECRET=bench RUST_LOG=warn "$BIN_DIR/portal" \
   --listen 192.168.10.1:8080 --seed-file "$WORK/seed.json"
 sleep 0.5
-bg gateway "$GW" env RUST_LOG=warn "$BIN_DIR/gateway" --portal-url ws://192.168.10.1:8080 \
+bg gateway "$GW" env RUST_LOG=warn "$BIN_DIR/gateway" --portal-url ws://192.168.10.1:8080 --insecure-no-tls \
   --token gateway-token --tun-name ztagw --mtu $MTU --state-dir "$WORK/gateway-state"
 GATEWAY_PID=${PIDS[-1]}
-bg client "$CLI" env RUST_LOG=warn "$BIN_DIR/client" --portal-url ws://192.168.10.1:8080 \
+bg client "$CLI" env RUST_LOG=warn "$BIN_DIR/client" --portal-url ws://192.168.10.1:8080 --insecure-no-tls \
   --token client-token --tun-name ztacl --mtu $MTU --state-dir "$WORK/client-state"
 CLIENT_PID=${PIDS[-1]}
 

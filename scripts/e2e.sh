@@ -152,11 +152,22 @@ cat >"$WORK/seed.json" <<'JSON'
 }
 JSON
 
+# A test CA and the portal's certificate for 192.0.2.10: the control plane runs over TLS, as in
+# production, with the CA given to the nodes as a private one (--ca-file).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/CN=zta e2e test CA" -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=portal" \
+  -keyout "$WORK/portal.key" -out "$WORK/portal.csr" 2>/dev/null
+printf 'subjectAltName=IP:192.0.2.10\nbasicConstraints=CA:FALSE\n' >"$WORK/portal.ext"
+openssl x509 -req -in "$WORK/portal.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
+  -CAcreateserial -days 2 -extfile "$WORK/portal.ext" -out "$WORK/portal.pem" 2>/dev/null
+
 SECRET=e2e-relay-secret
 LOG=${ZTA_E2E_LOG:-info}
 start_portal() {
   start portal "$NS_PUB" env PORTAL_RELAY_SECRET=$SECRET RUST_LOG="$LOG" "$BIN_DIR/portal" \
-    --listen 192.0.2.10:8080 --seed-file "$WORK/seed.json"
+    --listen 192.0.2.10:8080 --seed-file "$WORK/seed.json" \
+    --tls-cert "$WORK/portal.pem" --tls-key "$WORK/portal.key"
 }
 start_relay() { # start_relay N PORTS
   start "relay$1" "$NS_PUB" env RELAY_AUTH_SECRET=$SECRET RUST_LOG="$LOG" "$BIN_DIR/relay" \
@@ -168,10 +179,10 @@ start_portal
 start_relay 1 50000-50999
 start_relay 2 51000-51999
 wait_for 10 "portal listening" in_ns "$NS_PUB" bash -c 'exec 3<>/dev/tcp/192.0.2.10/8080'
-start gateway "$NS_GW" env RUST_LOG="$LOG" "$BIN_DIR/gateway" --portal-url ws://192.0.2.10:8080 \
-  --token gateway-token --tun-name zta-gw --state-dir "$WORK/gateway-state"
-start client "$NS_CLI" env RUST_LOG="$LOG" "$BIN_DIR/client" --portal-url ws://192.0.2.10:8080 \
-  --token client-token --tun-name zta-cl --state-dir "$WORK/client-state"
+start gateway "$NS_GW" env RUST_LOG="$LOG" "$BIN_DIR/gateway" --portal-url wss://192.0.2.10:8080 \
+  --ca-file "$WORK/ca.pem" --token gateway-token --tun-name zta-gw --state-dir "$WORK/gateway-state"
+start client "$NS_CLI" env RUST_LOG="$LOG" "$BIN_DIR/client" --portal-url wss://192.0.2.10:8080 \
+  --ca-file "$WORK/ca.pem" --token client-token --tun-name zta-cl --state-dir "$WORK/client-state"
 wait_for 15 "client route to 10.0.0.5 through its TUN device" \
   sh -c "ip -n $NS_CLI route show 10.0.0.5 | grep -q zta-cl"
 

@@ -15,6 +15,7 @@ require ip iproute2              # tests/e2e.rs (scripts/e2e.sh): namespaces, ve
 require iptables iptables        # tests/e2e.rs: the NATs (masquerade), blocking direct UDP
 require iperf3 iperf3            # tests/e2e.rs: TCP transfers through the tunnel
 require ping iputils-ping        # tests/e2e.rs
+require openssl openssl          # tests/e2e.rs: the test CA and the portal's certificate
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -11,11 +11,18 @@ use tracing_subscriber::EnvFilter;
 /// Options of both binaries.
 #[derive(Debug, clap::Args)]
 pub struct CommonArgs {
-    /// The portal, `ws://host:port` (the path and token are added). TLS (`wss://`) is not
-    /// supported yet: put the portal behind a TLS-terminating tunnel or keep it on a trusted
-    /// network.
+    /// The portal, `wss://host[:port]` (the path and token are added). Its certificate is
+    /// checked against the system's trust store and `--ca-file`; an invalid one stops the node.
     #[arg(long, env = "ZTA_PORTAL_URL")]
     pub portal_url: String,
+    /// PEM certificates of a private certificate authority to trust for the portal, besides the
+    /// system's.
+    #[arg(long, env = "ZTA_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Allow `ws://` (no TLS) to a portal that is not on a loopback address: the token and the
+    /// portal's messages then travel in the clear. For labs and trusted networks only.
+    #[arg(long, env = "ZTA_INSECURE_NO_TLS")]
+    pub insecure_no_tls: bool,
     /// The token this node connects to the portal with (from the portal's seed file).
     #[arg(long, env = "ZTA_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -70,6 +77,24 @@ fn parse_advertise(s: &str) -> Result<Advertise, String> {
 }
 
 impl CommonArgs {
+    /// The connector to the portal `endpoint`: TLS with the trusted roots for `wss://`.
+    pub fn portal_connector(
+        &self,
+        endpoint: &PortalEndpoint,
+    ) -> anyhow::Result<crate::runtime::PortalConnector> {
+        if !endpoint.tls {
+            return Ok(crate::runtime::PortalConnector::plain(
+                endpoint.connect.clone(),
+            ));
+        }
+        let roots = crate::runtime::root_certificates(self.ca_file.as_deref())?;
+        anyhow::ensure!(
+            !roots.is_empty(),
+            "no trusted certificate authority: the system's store is empty and no --ca-file"
+        );
+        crate::runtime::PortalConnector::tls(endpoint.connect.clone(), &endpoint.host, roots)
+    }
+
     /// The state directory: `--state-dir`, or `/var/lib/zta/<role>`.
     pub fn state_dir(&self, role: &str) -> PathBuf {
         self.state_dir
@@ -98,43 +123,75 @@ pub fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
 pub struct PortalEndpoint {
     /// `host:port` to open TCP to.
     pub connect: String,
+    /// The host, without brackets or port: the name the portal's certificate must carry.
+    pub host: String,
+    /// Whether the WebSocket runs over TLS (`wss://`).
+    pub tls: bool,
     /// The WebSocket URL, with the node's path and token.
     pub url: String,
 }
 
 /// The portal endpoint of a node with `role` (`client` or `gateway`) and `token`, from the base
-/// URL given by the user.
-pub fn portal_endpoint(base: &str, role: &str, token: &str) -> anyhow::Result<PortalEndpoint> {
-    if base.starts_with("wss://") {
-        anyhow::bail!("--portal-url {base:?}: TLS (wss://) is not supported yet, use ws://");
-    }
-    let rest = base
-        .strip_prefix("ws://")
-        .with_context(|| format!("--portal-url {base:?} must start with ws://"))?;
+/// URL given by the user: `wss://` (TLS), or `ws://` only to a loopback address or with
+/// `insecure` (`--insecure-no-tls`), since the token and every key exchange would travel in
+/// the clear.
+pub fn portal_endpoint(
+    base: &str,
+    role: &str,
+    token: &str,
+    insecure: bool,
+) -> anyhow::Result<PortalEndpoint> {
+    let (tls, rest) = if let Some(rest) = base.strip_prefix("wss://") {
+        (true, rest)
+    } else if let Some(rest) = base.strip_prefix("ws://") {
+        (false, rest)
+    } else {
+        anyhow::bail!("--portal-url {base:?} must start with wss:// (or ws:// without TLS)");
+    };
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
         anyhow::bail!("--portal-url {base:?} has no host");
     }
     // A bracketed IPv6 literal holds colons of its own.
-    let has_port = match authority.rfind(']') {
-        Some(end) => authority[end..].contains(':'),
-        None => authority.contains(':'),
+    let (host, has_port) = match authority.rfind(']') {
+        Some(end) => (
+            authority[..end].trim_start_matches('['),
+            authority[end..].contains(':'),
+        ),
+        None => (
+            authority.split(':').next().unwrap_or_default(),
+            authority.contains(':'),
+        ),
     };
-    let connect = if has_port {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
+    let connect = match (has_port, tls) {
+        (true, _) => authority.to_owned(),
+        (false, true) => format!("{authority}:443"),
+        (false, false) => format!("{authority}:80"),
     };
+    if !tls && !insecure && !is_loopback(host) {
+        anyhow::bail!(
+            "--portal-url {base:?}: ws:// sends the token unencrypted; use wss://, or pass \
+             --insecure-no-tls on a network you trust"
+        );
+    }
     if token.is_empty() {
         anyhow::bail!("--token is empty");
     }
+    let scheme = if tls { "wss" } else { "ws" };
     Ok(PortalEndpoint {
         url: format!(
-            "ws://{authority}/{role}/websocket?token={}",
+            "{scheme}://{authority}/{role}/websocket?token={}",
             node_core::portal::url::percent_encode(token)
         ),
+        host: host.to_owned(),
+        tls,
         connect,
     })
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The host candidates of a socket whose host address is `host`: that one, then the `--advertise`
@@ -160,25 +217,54 @@ mod tests {
 
     #[test]
     fn portal_endpoint_adds_path_token_and_port() {
-        let e = portal_endpoint("ws://192.0.2.10:8080", "client", "a b&c").unwrap();
-        assert_eq!(e.connect, "192.0.2.10:8080");
+        let e = portal_endpoint("wss://portal.example.net", "client", "a b&c", false).unwrap();
+        assert!(e.tls);
+        assert_eq!(e.connect, "portal.example.net:443");
+        assert_eq!(e.host, "portal.example.net");
         assert_eq!(
             e.url,
-            "ws://192.0.2.10:8080/client/websocket?token=a%20b%26c"
+            "wss://portal.example.net/client/websocket?token=a%20b%26c"
         );
-        let e = portal_endpoint("ws://portal.example.net/", "gateway", "t").unwrap();
+        let e = portal_endpoint("wss://192.0.2.10:8443/", "gateway", "t", false).unwrap();
+        assert_eq!(
+            (e.connect.as_str(), e.host.as_str()),
+            ("192.0.2.10:8443", "192.0.2.10")
+        );
+        let e = portal_endpoint("ws://192.0.2.10:8080", "client", "t", true).unwrap();
+        assert!(!e.tls);
+        assert_eq!(e.url, "ws://192.0.2.10:8080/client/websocket?token=t");
+        let e = portal_endpoint("ws://portal.example.net/", "gateway", "t", true).unwrap();
         assert_eq!(e.connect, "portal.example.net:80");
-        assert_eq!(e.url, "ws://portal.example.net/gateway/websocket?token=t");
-        let e = portal_endpoint("ws://[2001:db8::1]", "client", "t").unwrap();
-        assert_eq!(e.connect, "[2001:db8::1]:80");
+        let e = portal_endpoint("wss://[2001:db8::1]", "client", "t", false).unwrap();
+        assert_eq!(
+            (e.connect.as_str(), e.host.as_str()),
+            ("[2001:db8::1]:443", "2001:db8::1")
+        );
+    }
+
+    #[test]
+    fn plain_websockets_only_to_loopback_unless_insecure() {
+        for local in [
+            "ws://127.0.0.1:8080",
+            "ws://localhost:8080",
+            "ws://[::1]:8080",
+        ] {
+            assert!(
+                portal_endpoint(local, "client", "t", false).is_ok(),
+                "{local}"
+            );
+        }
+        let error = portal_endpoint("ws://192.0.2.10:8080", "client", "t", false).unwrap_err();
+        assert!(error.to_string().contains("--insecure-no-tls"), "{error}");
+        assert!(portal_endpoint("ws://192.0.2.10:8080", "client", "t", true).is_ok());
     }
 
     #[test]
     fn portal_endpoint_refuses_bad_urls() {
-        for bad in ["wss://x", "http://x:1", "ws://", "x:8080"] {
-            assert!(portal_endpoint(bad, "client", "t").is_err(), "{bad}");
+        for bad in ["http://x:1", "ws://", "wss://", "x:8080"] {
+            assert!(portal_endpoint(bad, "client", "t", true).is_err(), "{bad}");
         }
-        assert!(portal_endpoint("ws://x:1", "client", "").is_err());
+        assert!(portal_endpoint("wss://x:1", "client", "", false).is_err());
     }
 
     #[test]

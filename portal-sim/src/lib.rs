@@ -15,6 +15,7 @@ pub mod credentials;
 mod portal;
 pub mod seed;
 pub mod server;
+pub mod tls;
 
 pub use portal::{ConnId, Identity, Output, Portal, PortalConfig, DEFAULT_AUTHORIZATION};
 pub use seed::{ResourceError, SeedError, SeedFile};

@@ -15,6 +15,14 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
+    /// The certificate chain to serve TLS with (PEM, leaf first): nodes then connect with
+    /// `wss://`. Without it the portal speaks plain WebSocket, for a TLS-terminating proxy in
+    /// front or a lab.
+    #[arg(long, env = "PORTAL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "PORTAL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Address to listen on for node WebSockets.
     #[arg(long, env = "PORTAL_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -58,6 +66,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.generation = generation;
     let portal = Portal::new(&seed_file, config);
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(portal_sim::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,10 +79,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::info!(addr = %listener.local_addr()?, "Portal listening");
-        Server::new(portal, clock)
-            .serve(listener)
-            .await
-            .context("accept failed")
+        tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "Portal listening");
+        let server = Server::new(portal, clock);
+        match tls {
+            Some(tls) => {
+                server
+                    .serve_upgraded(listener, move |tcp| {
+                        let tls = tls.clone();
+                        async move { tls.accept(tcp).await }
+                    })
+                    .await
+            }
+            None => server.serve(listener).await,
+        }
+        .context("accept failed")
     })
 }

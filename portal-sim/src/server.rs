@@ -49,6 +49,9 @@ pub const OUTBOUND_QUEUE_LEN: usize = 4096;
 /// says so, instead of being buffered and then dropped by the frame parser.
 pub const MAX_MESSAGE_LEN: usize = MAX_FRAME_LEN;
 
+/// How long an accepted connection may take to be upgraded (the TLS handshake).
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Something that accepts connections: a TCP listener, or a simulated one.
 pub trait Listener: Send + 'static {
     /// A connection.
@@ -160,7 +163,21 @@ impl Server {
 
     /// Accepts connections until `listener` fails. Dropping the future (or aborting its task)
     /// stops the server and closes every socket.
-    pub async fn serve<L: Listener>(&self, mut listener: L) -> io::Result<()> {
+    pub async fn serve<L: Listener>(&self, listener: L) -> io::Result<()> {
+        self.serve_upgraded(listener, |stream| std::future::ready(Ok(stream)))
+            .await
+    }
+
+    /// [`Server::serve`], with every accepted stream first upgraded by `upgrade` (a TLS
+    /// handshake, say) in the connection's own task, within [`UPGRADE_TIMEOUT`]: a slow or
+    /// failing upgrade holds up no other connection.
+    pub async fn serve_upgraded<L, U, F, S>(&self, mut listener: L, upgrade: U) -> io::Result<()>
+    where
+        L: Listener,
+        U: Fn(L::Stream) -> F + Clone + Send + 'static,
+        F: Future<Output = io::Result<S>> + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let mut connections = JoinSet::new();
         loop {
             tokio::select! {
@@ -168,7 +185,16 @@ impl Server {
                 accepted = listener.accept() => {
                     let (stream, peer) = accepted?;
                     let shared = Arc::clone(&self.shared);
-                    connections.spawn(async move { handle_connection(shared, stream, peer).await });
+                    let upgrade = upgrade.clone();
+                    connections.spawn(async move {
+                        match tokio::time::timeout(UPGRADE_TIMEOUT, upgrade(stream)).await {
+                            Ok(Ok(stream)) => handle_connection(shared, stream, peer).await,
+                            Ok(Err(error)) => {
+                                tracing::info!(%peer, %error, "Connection refused before the WebSocket");
+                            }
+                            Err(_) => tracing::info!(%peer, "Connection too slow to set up: closed"),
+                        }
+                    });
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }

@@ -8,8 +8,8 @@ use clap::Parser;
 use node::cli::{self, CommonArgs};
 use node::identity::Secrets;
 use node::runtime::{
-    self, Clock as _, DatagramSocket as _, Fatal, Observed, TcpConnector, TokioClock, TunConfig,
-    TunDevice, WebSocketLink,
+    self, Clock as _, DatagramSocket as _, Fatal, Observed, TokioClock, TunConfig, TunDevice,
+    WebSocketLink,
 };
 use node_core::engine::{ClientEngine, EngineEvent};
 use node_core::state::{ClientEvent, ClientState};
@@ -42,8 +42,14 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let common = args.common;
-    let endpoint = cli::portal_endpoint(&common.portal_url, "client", &common.token)?;
+    let endpoint = cli::portal_endpoint(
+        &common.portal_url,
+        "client",
+        &common.token,
+        common.insecure_no_tls,
+    )?;
     let secrets = Secrets::load(common.seed, &common.state_dir("client"))?;
+    let connector = common.portal_connector(&endpoint)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,7 +98,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 handle(event);
             }
         });
-        let mut link = WebSocketLink::new(TcpConnector { addr: endpoint.connect }, endpoint.url);
+        let mut link = WebSocketLink::new(connector, endpoint.url);
         runtime::drive(&mut engine, &socket, &mut device, &mut link, &fatal).await
         // The TUN device, its addresses and routes go when `device` is dropped here.
     })

@@ -17,8 +17,8 @@ use clap::Parser;
 use node::cli::{self, CommonArgs};
 use node::identity::Secrets;
 use node::runtime::{
-    self, Clock as _, DatagramSocket as _, Fatal, Observed, TcpConnector, TokioClock, TunConfig,
-    TunDevice, WebSocketLink,
+    self, Clock as _, DatagramSocket as _, Fatal, Observed, TokioClock, TunConfig, TunDevice,
+    WebSocketLink,
 };
 use node_core::engine::{EngineEvent, GatewayEngine};
 use node_core::portal::{IpNetwork, CLIENT_TUNNEL_IPV4, CLIENT_TUNNEL_IPV6};
@@ -74,8 +74,14 @@ fn enable_forwarding() -> anyhow::Result<()> {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let common = args.common;
-    let endpoint = cli::portal_endpoint(&common.portal_url, "gateway", &common.token)?;
+    let endpoint = cli::portal_endpoint(
+        &common.portal_url,
+        "gateway",
+        &common.token,
+        common.insecure_no_tls,
+    )?;
     let secrets = Secrets::load(common.seed, &common.state_dir("gateway"))?;
+    let connector = common.portal_connector(&endpoint)?;
     if !args.no_enable_forwarding {
         enable_forwarding()?;
     }
@@ -130,7 +136,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 handle(event);
             }
         });
-        let mut link = WebSocketLink::new(TcpConnector { addr: endpoint.connect }, endpoint.url);
+        let mut link = WebSocketLink::new(connector, endpoint.url);
         runtime::drive(&mut engine, &socket, &mut device, &mut link, &fatal).await
     })
 }

@@ -48,6 +48,11 @@ pub trait Connector: 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
     /// Opens a new stream to the portal.
     fn connect(&self) -> impl Future<Output = io::Result<Self::Stream>>;
+    /// What a failure of [`Connector::connect`] means for the portal session: by default an
+    /// I/O error, retried; a connector with TLS tells a certificate that failed verification.
+    fn connection_error(&self, error: io::Error) -> ConnectionError {
+        ConnectionError::Io(error.to_string())
+    }
 }
 
 /// A WebSocket to the portal. Its tasks are spawned with `spawn_local`: run it inside a
@@ -149,7 +154,7 @@ async fn handshake<C: Connector>(
     let stream = connector
         .connect()
         .await
-        .map_err(|e| ConnectionError::Io(e.to_string()))?;
+        .map_err(|e| connector.connection_error(e))?;
     match tokio_tungstenite::client_async(url, stream).await {
         Ok((ws, _response)) => Ok(ws),
         Err(error) => Err(to_connection_error(error)),

@@ -11,7 +11,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Notify};
 
 use super::{
-    run, BatchSocket, Command, DatagramSocket, TcpConnector, TokioClock, TunDevice, WebSocketLink,
+    run, BatchSocket, Command, DatagramSocket, PortalConnector, TokioClock, TunDevice,
+    WebSocketLink,
 };
 
 /// Binds the UDP socket of a node to `listen`, reporting to the event loop the host address
@@ -82,7 +83,7 @@ pub async fn drive<E: Engine, S: DatagramSocket>(
     engine: &mut E,
     socket: &S,
     device: &mut TunDevice,
-    link: &mut WebSocketLink<TcpConnector>,
+    link: &mut WebSocketLink<PortalConnector>,
     fatal: &Fatal,
 ) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;

@@ -9,6 +9,8 @@ mod control;
 #[cfg(feature = "host")]
 mod host;
 mod observe;
+#[cfg(feature = "host")]
+mod tls;
 mod tokio_io;
 #[cfg(feature = "host")]
 mod tun;
@@ -30,6 +32,8 @@ pub use control::{Connector, ControlLink, NoControl, WebSocketLink, CONNECT_TIME
 #[cfg(feature = "host")]
 pub use host::{bind_host_socket, drive, Fatal};
 pub use observe::Observed;
+#[cfg(feature = "host")]
+pub use tls::{root_certificates, PortalConnector, PortalStream};
 pub use tokio_io::{TcpConnector, TokioClock, TokioSocket};
 #[cfg(feature = "host")]
 pub use tun::{TunConfig, TunDevice};

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use harness::memnet::{udp_packet, HostId, MemNet, Peer};
+use harness::memnet::{udp_packet, ConnectedPair};
 use node_core::ids::{ClientId, GatewayId};
 use node_core::packet::IpPacket;
 use node_core::Node;
@@ -49,44 +49,29 @@ fn addr(d: u8, port: u16) -> SocketAddr {
 }
 
 struct Pair {
-    net: MemNet,
-    client: HostId,
-    gateway: HostId,
+    pair: ConnectedPair,
     packet: IpPacket,
 }
 
 impl Pair {
     fn new() -> Self {
-        let mut net = MemNet::new(Instant::now());
-        let client = net.add_client("client", 1, addr(1, 5000), None, 1);
-        let gateway = net.add_gateway("gateway", 1, addr(2, 6000), None, 2);
-        net.connect(client, gateway);
-        net.run_for(Duration::from_secs(2));
         let packet = udp_packet(
             SocketAddr::new(IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)), 40000),
             SocketAddr::new(IpAddr::V4(Ipv4Addr::new(100, 96, 0, 1)), 7),
             &[0x5A; 1280 - 28],
         );
         Self {
-            net,
-            client,
-            gateway,
+            pair: ConnectedPair::new(Instant::now()),
             packet,
         }
     }
 
     fn client(&mut self) -> &mut Node<GatewayId> {
-        match &mut self.net.host_mut(self.client).peer {
-            Peer::Client { node, .. } => node,
-            _ => unreachable!(),
-        }
+        self.pair.client_node()
     }
 
     fn gateway(&mut self) -> &mut Node<ClientId> {
-        match &mut self.net.host_mut(self.gateway).peer {
-            Peer::Gateway { node, .. } => node,
-            _ => unreachable!(),
-        }
+        self.pair.gateway_node()
     }
 
     fn gateway_key(&mut self) -> PublicKey {
@@ -97,7 +82,7 @@ impl Pair {
 /// Sends `packets` data packets, and `forged_per_packet` forged datagrams (on average) between
 /// them; returns the time taken.
 fn run(pair: &mut Pair, forgery: &Forgery, packets: usize, forged_per_packet: f64) -> Duration {
-    let now = pair.net.now();
+    let now = pair.pair.net.now();
     let packet = pair.packet.clone();
     let forged = &forgery.datagrams;
     let mut owed = 0.0;

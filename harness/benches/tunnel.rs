@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use criterion::{criterion_group, Criterion, Throughput};
-use harness::memnet::{udp_packet, HostId, MemNet, Peer};
+use harness::memnet::{udp_packet, ConnectedPair};
 use node_core::ids::{ClientId, GatewayId};
 use node_core::packet::IpPacket;
 
@@ -35,38 +35,24 @@ fn inner_packet() -> IpPacket {
 
 /// Two connected nodes, ready to pass packets from client to gateway.
 struct NodePair {
-    net: MemNet,
-    client: HostId,
-    gateway: HostId,
+    pair: ConnectedPair,
     now: Instant,
 }
 
 impl NodePair {
     fn new() -> Self {
-        let mut net = MemNet::new(Instant::now());
-        let client = net.add_client("client", 1, addr(1, 5000), None, 1);
-        let gateway = net.add_gateway("gateway", 1, addr(2, 6000), None, 2);
-        net.connect(client, gateway);
-        net.run_for(Duration::from_secs(2));
-        let now = net.now();
-        Self {
-            net,
-            client,
-            gateway,
-            now,
-        }
+        let pair = ConnectedPair::new(Instant::now());
+        let now = pair.net.now();
+        Self { pair, now }
     }
 
     fn round_trip(&mut self, packet: &IpPacket) {
-        let Peer::Client { node: tx, .. } = &mut self.net.host_mut(self.client).peer else {
-            unreachable!()
-        };
+        let tx = self.pair.client_node();
         tx.encapsulate(GatewayId(1), packet, self.now).unwrap();
         let transmit = tx.poll_transmit().unwrap();
-        let Peer::Gateway { node: rx, .. } = &mut self.net.host_mut(self.gateway).peer else {
-            unreachable!()
-        };
-        let (from, inner) = rx
+        let (from, inner) = self
+            .pair
+            .gateway_node()
             .decapsulate(addr(2, 6000), addr(1, 5000), &transmit.payload, self.now)
             .unwrap()
             .unwrap();

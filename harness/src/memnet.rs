@@ -979,6 +979,50 @@ fn erase<T>(event: Event<T>, raw: fn(T) -> u64, peer_is_client: bool) -> Event<(
     }
 }
 
+/// A client (10.0.0.1:5000, id 1) and a gateway (10.0.0.2:6000, id 1) on one network, connected
+/// directly and given two simulated seconds to settle: what the benchmarks drive.
+pub struct ConnectedPair {
+    /// The network.
+    pub net: MemNet,
+    /// The client host.
+    pub client: HostId,
+    /// The gateway host.
+    pub gateway: HostId,
+}
+
+impl ConnectedPair {
+    /// The pair, connected, at `start` plus the two seconds it took.
+    pub fn new(start: Instant) -> Self {
+        let addr = |d: u8, port: u16| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, d)), port);
+        let mut net = MemNet::new(start);
+        let client = net.add_client("client", 1, addr(1, 5000), None, 1);
+        let gateway = net.add_gateway("gateway", 1, addr(2, 6000), None, 2);
+        net.connect(client, gateway);
+        net.run_for(Duration::from_secs(2));
+        Self {
+            net,
+            client,
+            gateway,
+        }
+    }
+
+    /// The client's node.
+    pub fn client_node(&mut self) -> &mut Node<GatewayId> {
+        match &mut self.net.host_mut(self.client).peer {
+            Peer::Client { node, .. } => node,
+            Peer::Gateway { .. } | Peer::Relay { .. } => unreachable!("the client host"),
+        }
+    }
+
+    /// The gateway's node.
+    pub fn gateway_node(&mut self) -> &mut Node<ClientId> {
+        match &mut self.net.host_mut(self.gateway).peer {
+            Peer::Gateway { node, .. } => node,
+            Peer::Client { .. } | Peer::Relay { .. } => unreachable!("the gateway host"),
+        }
+    }
+}
+
 /// A UDP packet with a valid checksum.
 pub fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> IpPacket {
     let builder = match (src.ip(), dst.ip()) {

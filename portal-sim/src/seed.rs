@@ -2,7 +2,7 @@
 //!
 //! ```json
 //! {
-//!   "clients":   [{"id": 1, "name": "alice", "token": "tok-c1", "ipv4": "100.64.0.1", "ipv6": "fd00::1"}],
+//!   "clients":   [{"id": 1, "name": "alice", "token": "tok-c1", "ipv4": "100.64.0.1", "ipv6": "fd00:2021:1111::1"}],
 //!   "gateways":  [{"id": 1, "name": "hq-1", "token": "tok-g1", "site": "hq"}],
 //!   "resources": [{"id": 1, "name": "db", "site": "hq", "type": "host", "address": "10.0.0.5"}],
 //!   "policies":  [{"client_id": 1, "resource_id": 1, "duration_secs": 3600}],
@@ -13,11 +13,13 @@
 //! Public keys are not configured: nodes send theirs when they join.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use node_proto::ids::{ClientId, GatewayId, RelayId, ResourceId};
-use node_proto::portal::{IpNetwork, ResourceAddress, ResourceDescription};
+use node_proto::portal::{
+    IpNetwork, ResourceAddress, ResourceDescription, CLIENT_TUNNEL_IPV4, CLIENT_TUNNEL_IPV6,
+};
 use serde::{Deserialize, Serialize};
 
 /// Why a seed file was refused.
@@ -232,6 +234,19 @@ impl SeedFile {
                 return Err(SeedError::Inconsistent("duplicate token".into()));
             }
         }
+        // The gateways route only the client tunnel ranges into the tunnel: a client
+        // addressed elsewhere would never get an answer.
+        for c in &self.clients {
+            let (v4, v6) = (IpAddr::V4(c.ipv4), IpAddr::V6(c.ipv6));
+            for (ip, range) in [(v4, CLIENT_TUNNEL_IPV4), (v6, CLIENT_TUNNEL_IPV6)] {
+                if !range.contains(ip) {
+                    return Err(SeedError::Inconsistent(format!(
+                        "client {} ({:?}): tunnel address {ip} is outside the client range {range}",
+                        c.id, c.name
+                    )));
+                }
+            }
+        }
         for resource in &self.resources {
             resource.validate()?;
         }
@@ -291,6 +306,19 @@ mod tests {
         ] {
             assert!(SeedFile::parse(text).is_err(), "{what}");
         }
+    }
+
+    #[test]
+    fn clients_outside_the_client_tunnel_ranges_are_refused() {
+        for (ipv4, ipv6) in [("10.0.0.1", "fd00:2021:1111::1"), ("100.64.0.1", "fd00::1")] {
+            let text = format!(
+                r#"{{"clients": [{{"id": 1, "name": "far", "token": "t", "ipv4": "{ipv4}", "ipv6": "{ipv6}"}}]}}"#
+            );
+            let error = SeedFile::parse(&text).unwrap_err().to_string();
+            assert!(error.contains("outside the client range"), "{error}");
+        }
+        let inside = r#"{"clients": [{"id": 1, "token": "t", "ipv4": "100.64.0.1", "ipv6": "fd00:2021:1111::1"}]}"#;
+        assert!(SeedFile::parse(inside).is_ok());
     }
 
     #[test]

@@ -851,3 +851,87 @@ fn scenario_no_relay_left_for_a_new_flow() {
         1,
     );
 }
+
+/// The hostile client (valid credentials) signals thousands of bogus candidates for its
+/// connection to the gateway, and again once the checks of those the gateway took have failed
+/// (the ICE agent then holds a repeated candidate a second time): the gateway keeps at most
+/// `MAX_REMOTE_CANDIDATES` of them, and the honest client's packets keep flowing.
+#[test]
+fn scenario_candidate_flood() {
+    use Transition::*;
+    let counts = scenario_delivering(
+        17_084_674_453_828_647_805,
+        &[
+            Send {
+                client: 1,
+                resource: 1,
+            },
+            CandidateFlood,
+            Send {
+                client: 0,
+                resource: 0,
+            },
+            Send {
+                client: 1,
+                resource: 1,
+            },
+            CandidateFlood,
+            Send {
+                client: 0,
+                resource: 1,
+            },
+            CandidateFlood,
+            Ping {
+                client: 0,
+                resource: 0,
+            },
+        ],
+        3,
+    );
+    assert!(
+        counts.0.get("checked:candidates_capped").copied() == Some(3),
+        "{}",
+        counts.line()
+    );
+}
+
+/// The hostile client floods the gateway with forged handshake initiations that carry a valid
+/// mac1: the gateway decrypts at most its load a second, answers or drops the rest, and the
+/// honest client's packets keep flowing.
+#[test]
+fn scenario_handshake_flood() {
+    use Transition::*;
+    let counts = scenario_delivering(
+        3,
+        &[
+            Send {
+                client: 0,
+                resource: 0,
+            },
+            Send {
+                client: 1,
+                resource: 1,
+            },
+            HandshakeFlood,
+            Send {
+                client: 0,
+                resource: 0,
+            },
+            Send {
+                client: 0,
+                resource: 1,
+            },
+            HandshakeFlood,
+            Ping {
+                client: 0,
+                resource: 0,
+            },
+        ],
+        4,
+    );
+    assert!(
+        counts.0.contains_key("checked:handshakes_refused"),
+        "{}",
+        counts.line()
+    );
+}

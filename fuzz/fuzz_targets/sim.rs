@@ -117,10 +117,11 @@ impl<'a> Arbitrary<'a> for Input {
 
 /// One transition from (kind, argument): the kind byte picks the kind, the argument's digits its
 /// parameters ([`Digits`]: a send's client is `arg % 2`, its resource `arg / 2 % 3`; the relay,
-/// side, places, node or duration likewise). Kinds 0 to 15 keep their meaning as kinds are
-/// added, so that committed seeds and crash files still decode to the same case.
+/// side, places, node or duration likewise). Kinds 0 to 23 keep their meaning as kinds are
+/// added, so that committed seeds and crash files still decode to the same case; 24 and 25 are
+/// the hostile client's floods.
 fn transition(kind: u8, arg: u8) -> Transition {
-    let (kind, advance) = match kind % 24 {
+    let (kind, advance) = match kind % 26 {
         0..=3 | 23 => (Kind::Send, None),
         4 => (Kind::Advance, Some(1..=200)),
         5 => (Kind::PortalRestart, None),
@@ -140,7 +141,9 @@ fn transition(kind: u8, arg: u8) -> Transition {
         19 => (Kind::PortalPartition, None),
         20 => (Kind::Roam, None),
         21 => (Kind::RelayReplace, None),
-        _ => (Kind::AuthorizeFor, None),
+        22 => (Kind::AuthorizeFor, None),
+        24 => (Kind::CandidateFlood, None),
+        _ => (Kind::HandshakeFlood, None),
     };
     let mut digits = Digits(u64::from(arg));
     draw::transition(kind, |param| match (param, &advance) {

@@ -652,4 +652,6 @@ fn remote_candidates_are_capped_per_connection() {
     node.add_remote_candidate(GatewayId(1), &host(0), now);
     assert_eq!(node.stats().remote_candidates_dropped, 1);
     assert_eq!(node.stats().total_dropped(), 0);
+    let held = node.connection(GatewayId(1)).map(|c| c.remote_candidates);
+    assert_eq!(held, Some(MAX_REMOTE_CANDIDATES));
 }

@@ -8,9 +8,11 @@ use std::net::IpAddr;
 use node_core::packet::IpPacket;
 
 use super::deployment::{probe_packet, Deployment, RESOURCE_IPS};
+use super::hostile::{candidate_flood, handshake_flood, Attack, FLOOD_CANDIDATES};
 use super::hosts::client_tunnel_ip;
 use super::model::{
-    Expect, Model, Proto, Transition, CLIENTS, NODES, RESOURCES, SEND_WINDOW, SETTLE, WARM_UP,
+    Expect, Model, Proto, Transition, CLIENTS, FLOOD, HOSTILE, NODES, RESOURCES, SEND_WINDOW,
+    SETTLE, WARM_UP,
 };
 
 /// What a case counted, for the coverage line and the summary.
@@ -153,9 +155,96 @@ impl Case {
                 w.roam(*c);
             }
             Transition::RelayReplace(r) => w.replace_relay(*r),
+            Transition::CandidateFlood => return self.candidate_flood(),
+            Transition::HandshakeFlood => return self.handshake_flood(),
         }
         // The world runs as long as the model says the transition takes (a change settles).
         run(&mut self.deployment, t.duration())?;
+        check_invariants(&self.deployment)
+    }
+
+    /// The hostile client signals [`FLOOD_CANDIDATES`] bogus candidates for its connection to
+    /// the gateway. The gateway's connections hold at most
+    /// [`node_core::MAX_REMOTE_CANDIDATES`] signalled candidates each, and when the flood
+    /// reached a connection, every candidate past the cap was dropped.
+    fn candidate_flood(&mut self) -> Result<(), String> {
+        let w = &mut self.deployment;
+        let dropped_before = w.gateway.stats.borrow().remote_candidates_dropped;
+        let frame = candidate_flood(w.clients_public_ip());
+        w.attack(HOSTILE, Attack::Frame(frame));
+        w.run_for(SETTLE).map_err(|e| e.to_string())?;
+        let max = node_core::MAX_REMOTE_CANDIDATES;
+        for (cid, held) in w.gateway.remote_candidates.borrow().iter() {
+            if *held > max {
+                return Err(format!(
+                    "the gateway's connection to client {cid} holds {held} signalled candidates, \
+                     more than {max}"
+                ));
+            }
+        }
+        let dropped = w.gateway.stats.borrow().remote_candidates_dropped - dropped_before;
+        if dropped > 0 {
+            let flood = FLOOD_CANDIDATES as u64;
+            if dropped + (max as u64) < flood {
+                return Err(format!(
+                    "the gateway dropped {dropped} of {flood} signalled candidates: it took more \
+                     than {max}"
+                ));
+            }
+            self.counts.bump("checked:candidates_capped");
+        }
+        check_invariants(&self.deployment)
+    }
+
+    /// The hostile client sends forged handshake initiations (valid mac1, keys of their own)
+    /// to where its connection's path reaches the gateway. The gateway's load guard lets at
+    /// most [`node_core::HANDSHAKE_LOAD`] a second reach the X25519, and answers or drops the
+    /// rest.
+    fn handshake_flood(&mut self) -> Result<(), String> {
+        let w = &mut self.deployment;
+        let key = w.gateway.public_key.get();
+        // Straight to the gateway's address (its NAT's, or its relayed one): a path on the
+        // hostile client's own relay would need its allocation.
+        let dst = w.taps[HOSTILE]
+            .path
+            .borrow()
+            .and_then(|(_, path)| path.relay.is_none().then_some(path.remote));
+        let (Some(key), Some(dst)) = (key, dst) else {
+            w.run_for(FLOOD + SETTLE).map_err(|e| e.to_string())?;
+            return check_invariants(&self.deployment);
+        };
+        let before = w.gateway.stats.borrow().clone();
+        let salt = u64::try_from(w.elapsed().as_millis()).unwrap_or(0);
+        let datagrams = handshake_flood(key, self.model.seed.wrapping_add(salt));
+        let sent = datagrams.len() as u64;
+        w.attack(HOSTILE, Attack::Datagrams { dst, datagrams });
+        w.run_for(FLOOD + SETTLE).map_err(|e| e.to_string())?;
+        let after = w.gateway.stats.borrow().clone();
+        let refused = (after.cookie_replies + after.wireguard_errors)
+            .saturating_sub(before.cookie_replies + before.wireguard_errors);
+        // A forged initiation that passes the guard costs an X25519 and is then dropped: its
+        // key belongs to no connection.
+        let passed = after
+            .unroutable_wireguard
+            .saturating_sub(before.unroutable_wireguard);
+        // The flood spans at most this many of the guard's one-second windows.
+        let windows = FLOOD.as_secs() + 2;
+        let bound = node_core::HANDSHAKE_LOAD * windows;
+        if passed > bound {
+            return Err(format!(
+                "the gateway decrypted {passed} of {sent} forged handshake initiations, more than \
+                 {bound}"
+            ));
+        }
+        if refused + passed > 0 {
+            if refused < passed {
+                return Err(format!(
+                    "the gateway answered or dropped {refused} forged handshake initiations and \
+                     decrypted {passed}"
+                ));
+            }
+            self.counts.bump("checked:handshakes_refused");
+        }
         check_invariants(&self.deployment)
     }
 

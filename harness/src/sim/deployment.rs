@@ -12,6 +12,7 @@ use node_core::packet::IpPacket;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::hostile::{Attack, GatewayTap};
 use super::hosts::{
     client_host, client_tunnel_ip, gateway_host, portal_host, relay_host, DeviceTap, NodeHost,
     ResourceLog,
@@ -61,6 +62,8 @@ pub struct Deployment<'a> {
     pub taps: Vec<Rc<DeviceTap>>,
     /// What reached the resources.
     pub resources: Rc<ResourceLog>,
+    /// What the gateway's node reports.
+    pub gateway: Rc<GatewayTap>,
     /// The NAT boxes.
     pub nats: [NatHandle; 2],
     /// The NATs' behaviour.
@@ -231,6 +234,7 @@ impl<'a> Deployment<'a> {
             });
         }
         let resources = Rc::new(ResourceLog::default());
+        let gateway = Rc::new(GatewayTap::default());
         {
             let cfg = NodeHost {
                 name: GATEWAY.to_owned(),
@@ -241,16 +245,18 @@ impl<'a> Deployment<'a> {
             let inside_ip = ip(&sim, GATEWAY);
             let via = nat_g.inside_addr();
             let (trace, resources) = (trace.clone(), Rc::clone(&resources));
+            let observed = Rc::clone(&gateway);
             let boots = Rc::new(Cell::new(0u16));
             sim.host(GATEWAY, move || {
                 let (mut cfg, resources, trace) =
                     (cfg.clone(), Rc::clone(&resources), trace.clone());
+                let observed = Rc::clone(&observed);
                 let boot = next_boot(&boots);
                 let inside = SocketAddr::new(inside_ip, NODE_PORT + boot);
                 cfg.seed = cfg.seed.wrapping_add(u64::from(boot) << 32);
                 async move {
                     let socket = NatShim::bind(inside, via).await?;
-                    gateway_host(cfg, socket, epoch, resources, trace).await
+                    gateway_host(cfg, socket, epoch, resources, observed, trace).await
                 }
             });
         }
@@ -275,6 +281,7 @@ impl<'a> Deployment<'a> {
             trace,
             taps,
             resources,
+            gateway,
             nats: [nat_c, nat_g],
             nat_types,
             policies,
@@ -359,6 +366,20 @@ impl<'a> Deployment<'a> {
             .borrow()
             .as_ref()
             .is_some_and(|tx| tx.send(()).is_ok())
+    }
+
+    /// Tells a client's host to misbehave. False if the client is not running.
+    pub fn attack(&mut self, client: usize, attack: Attack) -> bool {
+        self.taps[client]
+            .attack
+            .borrow()
+            .as_ref()
+            .is_some_and(|tx| tx.send(attack).is_ok())
+    }
+
+    /// The public address of the clients' NAT.
+    pub fn clients_public_ip(&self) -> IpAddr {
+        self.nats[0].public_ip()
     }
 
     /// The portal announces the standby relay and withdraws `old`.

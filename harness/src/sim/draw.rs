@@ -56,6 +56,10 @@ pub enum Kind {
     RelayReplace,
     /// [`Transition::AuthorizeFor`].
     AuthorizeFor,
+    /// [`Transition::CandidateFlood`].
+    CandidateFlood,
+    /// [`Transition::HandshakeFlood`].
+    HandshakeFlood,
 }
 
 /// How often each kind is drawn, out of the sum of the weights. Traffic and time weigh most:
@@ -89,7 +93,8 @@ pub const WEIGHTS: [(u32, Kind); 21] = [
 
 /// The property test's weights (`tests/sim.rs`): more traffic per fault than [`WEIGHTS`], so that
 /// most faults are followed by the packets that check them (a third of its transitions send).
-pub const PROPERTY_WEIGHTS: [(u32, Kind); 19] = [
+/// The hostile client's kinds are drawn only here, so the seeds of [`generate`] keep their cases.
+pub const PROPERTY_WEIGHTS: [(u32, Kind); 21] = [
     (10, Kind::Send),
     (2, Kind::SendTcp),
     (2, Kind::Ping),
@@ -109,6 +114,8 @@ pub const PROPERTY_WEIGHTS: [(u32, Kind); 19] = [
     (1, Kind::Authorize),
     (1, Kind::GatewayRestart),
     (1, Kind::ClientRestart),
+    (1, Kind::CandidateFlood),
+    (1, Kind::HandshakeFlood),
 ];
 
 /// The spans an advance's duration is drawn from, each as likely, so that short advances come up
@@ -221,6 +228,8 @@ pub fn transition(kind: Kind, mut pick: impl FnMut(Param) -> u64) -> Transition 
             resource: pick(Param::Resource) as usize,
             secs: pick(Param::AuthorizationSecs),
         },
+        Kind::CandidateFlood => Transition::CandidateFlood,
+        Kind::HandshakeFlood => Transition::HandshakeFlood,
     }
 }
 
@@ -306,6 +315,7 @@ mod tests {
     fn every_transition_kind_has_a_weight() {
         let kinds: std::collections::BTreeSet<&str> = WEIGHTS
             .iter()
+            .chain(&PROPERTY_WEIGHTS)
             .map(|&(_, kind)| from_digits(kind, 0).kind())
             .collect();
         assert_eq!(kinds.len(), Transition::KINDS.len());
@@ -314,7 +324,7 @@ mod tests {
     #[test]
     fn digits_stay_in_range() {
         for number in [0, 1, 7, 255, u64::MAX] {
-            for (_, kind) in WEIGHTS {
+            for (_, kind) in WEIGHTS.iter().chain(&PROPERTY_WEIGHTS).copied() {
                 let mut digits = Digits(number);
                 transition(kind, |param| {
                     let value = digits.take(param.range());

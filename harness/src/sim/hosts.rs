@@ -19,6 +19,8 @@ use node_core::state::{ClientEvent, GatewayEvent};
 use node_core::state::{ClientState, GatewayState};
 use tokio::sync::mpsc;
 
+use super::hostile::{Attack, GatewayTap, Hostile};
+use super::model::FLOOD;
 use crate::turmoil_net::faulty_socket::FaultyNetwork;
 use crate::turmoil_net::{
     sim_time, sim_wall_clock, Faults, NatShim, RoamingSocket, Trace, TurmoilClock, TurmoilListener,
@@ -62,6 +64,9 @@ pub struct DeviceTap {
     /// Tells the running host to rebind its socket to a new inside port; replaced on every
     /// (re)start.
     pub roam: RefCell<Option<mpsc::UnboundedSender<()>>>,
+    /// Tells the running host to misbehave (see [`super::hostile`]); replaced on every
+    /// (re)start.
+    pub attack: RefCell<Option<mpsc::UnboundedSender<Attack>>>,
     /// The path ICE nominated for the connection to the gateway, with its connection index,
     /// as of the client's last step; `None` while there is no connection or no path.
     pub path: RefCell<Option<(u32, node_core::Path)>>,
@@ -173,10 +178,16 @@ pub async fn client_host(
     }
     let mut tunnel = ClientState::new(cfg.seed, now);
     tunnel.add_local_address(local, now);
-    let engine = ClientEngine::new(tunnel, "client", cfg.seed.wrapping_add(1));
+    let engine = Hostile::new(ClientEngine::new(
+        tunnel,
+        "client",
+        cfg.seed.wrapping_add(1),
+    ));
     let (host, traced, tapped) = (cfg.name.clone(), trace.clone(), Rc::clone(&tap));
-    let mut engine = Observed::new(engine, move |engine: &mut ClientEngine| {
-        engine.drain_events(&host, &traced, Some(&tapped));
+    let mut engine = Observed::new(engine, move |engine: &mut Hostile<ClientEngine>| {
+        engine
+            .engine_mut()
+            .drain_events(&host, &traced, Some(&tapped));
     });
     let mut link = link(&cfg, "client");
     let (mut device, inject, mut out) = ChannelDevice::new();
@@ -191,7 +202,16 @@ pub async fn client_host(
         }
     });
     trace.record(&cfg.name, "started");
-    let (_keep, mut commands) = mpsc::unbounded_channel();
+    let (commands_tx, mut commands) = mpsc::unbounded_channel();
+    let (attack_tx, attack_rx) = mpsc::unbounded_channel();
+    *tap.attack.borrow_mut() = Some(attack_tx);
+    tokio::task::spawn_local(misbehave(
+        attack_rx,
+        commands_tx,
+        Rc::clone(&socket),
+        cfg.name.clone(),
+        trace.clone(),
+    ));
     run(
         &mut engine,
         &*socket,
@@ -202,6 +222,55 @@ pub async fn client_host(
     )
     .await?;
     Ok(())
+}
+
+/// Carries out the driver's attacks: portal frames through the engine's run loop, datagrams
+/// straight from the node's socket, spread over [`FLOOD`].
+async fn misbehave<E: AsHostile + 'static>(
+    mut attacks: mpsc::UnboundedReceiver<Attack>,
+    commands: mpsc::UnboundedSender<node::runtime::Command<E>>,
+    socket: Rc<RoamingSocket>,
+    name: String,
+    trace: Trace,
+) {
+    while let Some(attack) = attacks.recv().await {
+        match attack {
+            Attack::Frame(frame) => {
+                trace.record(
+                    &name,
+                    format_args!("sends a frame of {} bytes", frame.len()),
+                );
+                let _ = commands.send(Box::new(move |engine: &mut E, _| {
+                    engine.hostile().send_frame(frame);
+                }));
+            }
+            Attack::Datagrams { dst, datagrams } => {
+                trace.record(
+                    &name,
+                    format_args!("floods {dst} with {} datagrams", datagrams.len()),
+                );
+                let millis = usize::try_from(FLOOD.as_millis()).unwrap_or(1000);
+                let per_ms = datagrams.len().div_ceil(millis).max(1);
+                for chunk in datagrams.chunks(per_ms) {
+                    for datagram in chunk {
+                        let _ = socket.send_to(datagram, dst).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// An engine with a [`Hostile`] inside, for [`misbehave`]'s commands.
+trait AsHostile {
+    fn hostile(&mut self) -> &mut Hostile<ClientEngine>;
+}
+
+impl<F: FnMut(&mut Hostile<ClientEngine>)> AsHostile for Observed<Hostile<ClientEngine>, F> {
+    fn hostile(&mut self) -> &mut Hostile<ClientEngine> {
+        self.engine_mut()
+    }
 }
 
 /// The inside ports a roaming client moves through, in turn.
@@ -216,6 +285,7 @@ pub async fn gateway_host<S: DatagramSocket>(
     socket: S,
     unix_epoch_secs: u64,
     resources: Rc<ResourceLog>,
+    observed: Rc<GatewayTap>,
     trace: Trace,
 ) -> turmoil::Result {
     let now = TurmoilClock.now();
@@ -224,8 +294,17 @@ pub async fn gateway_host<S: DatagramSocket>(
     tunnel.add_local_address(local, now);
     let engine = GatewayEngine::new(tunnel, "gateway", cfg.seed.wrapping_add(1));
     let (host, traced) = (cfg.name.clone(), trace.clone());
+    observed.public_key.set(Some(engine.state().public_key()));
     let mut engine = Observed::new(engine, move |engine: &mut GatewayEngine| {
         engine.drain_events(&host, &traced, None);
+        let node = engine.state().node();
+        observed.stats.borrow_mut().clone_from(node.stats());
+        let mut held = observed.remote_candidates.borrow_mut();
+        held.clear();
+        held.extend(
+            node.connections()
+                .filter_map(|cid| Some((cid, node.connection(cid)?.remote_candidates))),
+        );
     });
     let mut link = link(&cfg, "gateway");
     let (mut device, inject, mut out) = ChannelDevice::new();

@@ -4,5 +4,6 @@
 pub mod case;
 pub mod deployment;
 pub mod draw;
+pub mod hostile;
 pub mod hosts;
 pub mod model;

@@ -13,6 +13,9 @@ use std::time::Duration;
 pub const CLIENTS: usize = 2;
 /// Resources behind the gateway.
 pub const RESOURCES: usize = 3;
+/// The client that misbehaves in [`Transition::CandidateFlood`] and
+/// [`Transition::HandshakeFlood`] (with valid credentials); the other stays honest.
+pub const HOSTILE: usize = 1;
 /// Relay hosts. The portal announces two of them at a time; the third stands by for
 /// [`Transition::RelayReplace`].
 pub const RELAYS: usize = 3;
@@ -141,6 +144,12 @@ pub enum Transition {
         /// How long each authorization lasts.
         secs: u64,
     },
+    /// The [`HOSTILE`] client's portal session signals thousands of bogus candidates for its
+    /// connection to the gateway.
+    CandidateFlood,
+    /// The [`HOSTILE`] client floods the gateway with handshake initiations that carry a valid
+    /// mac1, from its own socket, for a second.
+    HandshakeFlood,
 }
 
 impl fmt::Display for Transition {
@@ -169,7 +178,9 @@ impl fmt::Display for Transition {
             Self::PortalRestart
             | Self::BlockDirect
             | Self::UnblockDirect
-            | Self::GatewayRestart => Ok(()),
+            | Self::GatewayRestart
+            | Self::CandidateFlood
+            | Self::HandshakeFlood => Ok(()),
         }
     }
 }
@@ -197,6 +208,8 @@ impl Transition {
             Self::Roam(_) => "roam",
             Self::RelayReplace(_) => "relay_replace",
             Self::AuthorizeFor { .. } => "authorize_expiring",
+            Self::CandidateFlood => "candidate_flood",
+            Self::HandshakeFlood => "handshake_flood",
         }
     }
 
@@ -206,6 +219,7 @@ impl Transition {
             Self::Send { .. } | Self::SendTcp { .. } | Self::Ping { .. } => SEND_WINDOW,
             Self::Advance { secs } => Duration::from_secs(*secs),
             Self::LossBurst { secs, .. } => Duration::from_secs(*secs) + SETTLE,
+            Self::HandshakeFlood => FLOOD + SETTLE,
             Self::PortalRestart
             | Self::NatExpiry(_)
             | Self::RelayCrash(_)
@@ -219,12 +233,13 @@ impl Transition {
             | Self::PortalPartition { .. }
             | Self::Roam(_)
             | Self::RelayReplace(_)
-            | Self::AuthorizeFor { .. } => SETTLE,
+            | Self::AuthorizeFor { .. }
+            | Self::CandidateFlood => SETTLE,
         }
     }
 
     /// Every kind, for the coverage check.
-    pub const KINDS: [&'static str; 19] = [
+    pub const KINDS: [&'static str; 21] = [
         "send",
         "advance_time",
         "portal_restart",
@@ -244,6 +259,8 @@ impl Transition {
         "roam",
         "relay_replace",
         "authorize_expiring",
+        "candidate_flood",
+        "handshake_flood",
     ];
 
     /// The probe this transition sends, if it is one: (client, resource, protocol).
@@ -267,7 +284,9 @@ impl Transition {
             | Self::PortalPartition { .. }
             | Self::Roam(_)
             | Self::RelayReplace(_)
-            | Self::AuthorizeFor { .. } => None,
+            | Self::AuthorizeFor { .. }
+            | Self::CandidateFlood
+            | Self::HandshakeFlood => None,
         }
     }
 }
@@ -300,6 +319,9 @@ pub struct Expiring {
     /// No authorization of the pair started (or was extended) after this.
     pub latest_start: Duration,
 }
+
+/// How long [`Transition::HandshakeFlood`] lasts.
+pub const FLOOD: Duration = Duration::from_secs(1);
 
 /// Slack on an authorization's end: the portal states expiries in whole unix seconds.
 pub const EXPIRY_SLACK: Duration = Duration::from_secs(2);
@@ -341,6 +363,9 @@ pub struct Model {
     /// when it sends, so each of its packets counts as a disruption until one is answered
     /// (kept by the driver, which sees the outcomes).
     pub roamed_idle: BTreeSet<usize>,
+    /// When the [`HOSTILE`] client last misbehaved: its own connection may suffer from what it
+    /// did (the other client's must not).
+    pub hostile_at: Option<Duration>,
     /// Whether direct UDP between the NATs is blocked.
     pub direct_blocked: bool,
     /// Simulated time at the start of the next transition.
@@ -363,6 +388,7 @@ impl Model {
             established: BTreeSet::new(),
             expiring: BTreeMap::new(),
             roamed_idle: BTreeSet::new(),
+            hostile_at: None,
             direct_blocked: false,
             now: WARM_UP,
             last_disruption: None,
@@ -414,7 +440,8 @@ impl Model {
             return Expect::Refused;
         }
         let recovered = self.last_disruption.is_none_or(|t| at >= t + RECOVERY);
-        if !self.path_exists() || !recovered || self.roamed_idle.contains(&client) {
+        let hostile = client == HOSTILE && self.hostile_at.is_some_and(|t| at < t + RECOVERY);
+        if !self.path_exists() || !recovered || hostile || self.roamed_idle.contains(&client) {
             return Expect::Uncertain;
         }
         // A new connection needs the portal on both ends; an established one needs neither.
@@ -522,6 +549,11 @@ impl Model {
                 disrupt(self);
             }
             Transition::RelayRestart(r) => self.relays_up[*r] = true,
+            // Disruptions for the hostile client alone.
+            Transition::CandidateFlood | Transition::HandshakeFlood => {
+                self.hostile_at = Some(self.now);
+                self.established.retain(|(client, _)| *client != HOSTILE);
+            }
             Transition::BlockDirect => {
                 self.direct_blocked = true;
                 disrupt(self);
@@ -575,7 +607,9 @@ impl Model {
             | Transition::ClientRestart(_)
             | Transition::Roam(_)
             | Transition::RelayReplace(_)
-            | Transition::AuthorizeFor { .. } => return,
+            | Transition::AuthorizeFor { .. }
+            | Transition::CandidateFlood
+            | Transition::HandshakeFlood => return,
         };
         for pair in pairs {
             if let Some(e) = self.expiring.get_mut(&pair) {
@@ -614,7 +648,9 @@ impl Model {
             | Transition::ClientRestart(_)
             | Transition::SendTcp { .. }
             | Transition::Ping { .. }
-            | Transition::Roam(_) => true,
+            | Transition::Roam(_)
+            | Transition::CandidateFlood
+            | Transition::HandshakeFlood => true,
         }
     }
 }

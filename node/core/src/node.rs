@@ -54,6 +54,8 @@ pub struct ConnectionInfo {
     pub established: bool,
     /// Whether the connection is idle (sparse keep-alives).
     pub idle: bool,
+    /// Signalled remote candidates it holds (at most [`crate::MAX_REMOTE_CANDIDATES`]).
+    pub remote_candidates: usize,
 }
 
 /// How many relays no longer used a node still recognises by their address (their late
@@ -386,6 +388,7 @@ impl<TId: PeerId> Node<TId> {
             ice_connected: c.ice_state().is_connected(),
             established: c.is_established(),
             idle: c.is_idle(),
+            remote_candidates: c.signalled_remote_candidates(),
         })
     }
 

@@ -261,22 +261,22 @@ impl Connection {
     /// Always added, also after a pair was nominated: ICE may have settled on a peer-reflexive
     /// pair before the signalled candidates arrived, and refusing them leaves it stuck there.
     /// Unless the connection already has [`ConnectionConfig::max_remote_candidates`] signalled
-    /// candidates: then a new one is dropped (`false`), since every candidate costs checks, and
-    /// a channel on every relay.
+    /// candidates: then another one is dropped (`false`), since every candidate costs checks,
+    /// and a channel on every relay. One it holds already is then left as it is: the agent
+    /// would hold it a second time once its pairs failed and were removed, so repeating held
+    /// candidates would grow the list past the cap.
     pub(crate) fn add_remote_candidate(&mut self, candidate: &IceCandidate, now: Instant) -> bool {
         let _guard = self.span.clone().entered();
-        let ice = candidate.as_ice();
-        let mut signalled = 0;
-        for c in self.ice.agent().remote_candidates() {
-            if c.addr() == ice.addr() && c.kind() == ice.kind() {
-                signalled = 0;
-                break;
+        if self.signalled_remote_candidates() >= self.config.max_remote_candidates {
+            let ice = candidate.as_ice();
+            let held = self
+                .ice
+                .agent()
+                .remote_candidates()
+                .any(|c| c.addr() == ice.addr() && c.kind() == ice.kind());
+            if held {
+                return true;
             }
-            if c.kind() != is::CandidateKind::PeerReflexive {
-                signalled += 1;
-            }
-        }
-        if signalled >= self.config.max_remote_candidates {
             tracing::debug!(%candidate, "too many remote candidates: dropped");
             return false;
         }
@@ -290,6 +290,15 @@ impl Connection {
         }
         self.mark_active(now);
         true
+    }
+
+    /// How many signalled remote candidates it holds (the cap of [`Self::add_remote_candidate`]).
+    pub(crate) fn signalled_remote_candidates(&self) -> usize {
+        self.ice
+            .agent()
+            .remote_candidates()
+            .filter(|c| c.kind() != is::CandidateKind::PeerReflexive)
+            .count()
     }
 
     pub(crate) fn remove_remote_candidate(&mut self, candidate: &IceCandidate, now: Instant) {

@@ -1,0 +1,151 @@
+//! A client with valid credentials that misbehaves: what it sends, and how it gets it out of
+//! its host. The honest code paths stay as they are; the hostile client runs the production
+//! engine wrapped in [`Hostile`], which sends portal frames of the driver's making besides the
+//! engine's own, and its host sends raw datagrams from the node's socket.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use boringtun::noise::{Tunn, TunnResult};
+use node_core::engine::{ControlCommand, ControlInput, Engine};
+use node_core::ids::{ClientId, GatewayId};
+use node_core::pool::Buffer;
+use node_core::portal::messages::{ClientEgress, GatewayCandidates};
+use node_core::portal::Frame;
+use node_core::{PublicKey, StaticSecret, Stats, Transmit};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// How many bogus candidates a [`Attack::Frame`] of a candidate flood carries.
+pub const FLOOD_CANDIDATES: usize = 4096;
+/// How many handshake initiations a handshake flood sends, within [`super::model::FLOOD`].
+pub const FLOOD_HANDSHAKES: usize = 3000;
+
+/// What the driver tells the hostile client's host to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attack {
+    /// Send this text frame on the portal session, besides the engine's own frames.
+    Frame(String),
+    /// Send these datagrams to `dst` from the node's socket, spread over [`super::model::FLOOD`].
+    Datagrams {
+        /// Where to.
+        dst: SocketAddr,
+        /// What.
+        datagrams: Vec<Vec<u8>>,
+    },
+}
+
+/// The production engine, with portal frames of the driver's making sent before its own.
+pub struct Hostile<E> {
+    engine: E,
+    frames: VecDeque<String>,
+}
+
+impl<E: Engine> Hostile<E> {
+    /// `engine`, honest until [`Hostile::send_frame`] is called.
+    pub fn new(engine: E) -> Self {
+        Self {
+            engine,
+            frames: VecDeque::new(),
+        }
+    }
+
+    /// The wrapped engine.
+    pub fn engine_mut(&mut self) -> &mut E {
+        &mut self.engine
+    }
+
+    /// Queues a text frame for the portal link.
+    pub fn send_frame(&mut self, frame: String) {
+        self.frames.push_back(frame);
+    }
+}
+
+impl<E: Engine> Engine for Hostile<E> {
+    fn handle_datagram(&mut self, local: SocketAddr, from: SocketAddr, bytes: &[u8], now: Instant) {
+        self.engine.handle_datagram(local, from, bytes, now);
+    }
+    fn handle_device_packet(&mut self, packet: Vec<u8>, now: Instant) {
+        self.engine.handle_device_packet(packet, now);
+    }
+    fn handle_device_bytes(&mut self, packet: &[u8], now: Instant) {
+        self.engine.handle_device_bytes(packet, now);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.engine.handle_timeout(now);
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        self.engine.poll_timeout()
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.engine.poll_transmit()
+    }
+    fn poll_device_packet(&mut self) -> Option<Buffer> {
+        self.engine.poll_device_packet()
+    }
+    fn handle_control(&mut self, input: ControlInput, now: Instant) {
+        self.engine.handle_control(input, now);
+    }
+    fn poll_control(&mut self) -> Option<ControlCommand> {
+        self.engine
+            .poll_control()
+            .or_else(|| self.frames.pop_front().map(ControlCommand::Send))
+    }
+}
+
+/// What the gateway's node reports, as of its last step, for the driver's checks.
+#[derive(Debug, Default)]
+pub struct GatewayTap {
+    /// The gateway's WireGuard public key.
+    pub public_key: Cell<Option<PublicKey>>,
+    /// What its node dropped, by reason.
+    pub stats: RefCell<Stats>,
+    /// The signalled remote candidates each of its connections holds.
+    pub remote_candidates: RefCell<BTreeMap<ClientId, usize>>,
+}
+
+/// An `ice_candidates` frame from the client to gateway 1 with [`FLOOD_CANDIDATES`] bogus host
+/// candidates, each on its own port of `ip`.
+pub fn candidate_flood(ip: IpAddr) -> String {
+    let candidates = (0..FLOOD_CANDIDATES)
+        .map(|i| {
+            format!(
+                "candidate:{i} 1 udp 2130706431 {ip} {} typ host",
+                10_000 + i
+            )
+        })
+        .collect();
+    let message = ClientEgress::IceCandidates(GatewayCandidates {
+        gateway_id: GatewayId(1),
+        candidates,
+    });
+    // A reference the engine's own requests never reach; the reply is dropped as unknown.
+    match Frame::message("client", &message, Some(1 << 40)) {
+        Ok(frame) => frame.to_text(),
+        Err(error) => panic!("cannot encode a candidate flood: {error}"),
+    }
+}
+
+/// [`FLOOD_HANDSHAKES`] handshake initiations towards `gateway`, each from a static key of its
+/// own (drawn from `seed`): their mac1 is valid, so only the gateway's load guard stands
+/// between them and an X25519 each.
+pub fn handshake_flood(gateway: PublicKey, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..FLOOD_HANDSHAKES)
+        .filter_map(|i| {
+            let secret = StaticSecret::from(rng.gen::<[u8; 32]>());
+            let index = u32::try_from(i).unwrap_or(0);
+            let mut tunn = Tunn::new(secret, gateway, None, None, index, None);
+            let mut buf = [0u8; 256];
+            match tunn.format_handshake_initiation(&mut buf, true) {
+                TunnResult::WriteToNetwork(bytes) => Some(bytes.to_vec()),
+                TunnResult::Done
+                | TunnResult::Err(_)
+                | TunnResult::WriteToTunnelV4(..)
+                | TunnResult::WriteToTunnelV6(..) => None,
+            }
+        })
+        .collect()
+}

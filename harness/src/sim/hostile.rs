@@ -1,22 +1,22 @@
 //! A client with valid credentials that misbehaves: what it sends, and how it gets it out of
 //! its host. The honest code paths stay as they are; the hostile client runs the production
-//! engine wrapped in [`Hostile`], which sends portal frames of the driver's making besides the
-//! engine's own, and its host sends raw datagrams from the node's socket.
+//! engine, its portal link wrapped in [`HostileLink`], which sends frames of the driver's making
+//! besides the engine's own, and its host sends raw datagrams from the node's socket.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
 
 use boringtun::noise::{Tunn, TunnResult};
-use node_core::engine::{ControlCommand, ControlInput, Engine};
+use node::runtime::ControlLink;
+use node_core::engine::{ControlCommand, ControlInput};
 use node_core::ids::{ClientId, GatewayId};
-use node_core::pool::Buffer;
 use node_core::portal::messages::{ClientEgress, GatewayCandidates};
 use node_core::portal::Frame;
-use node_core::{PublicKey, StaticSecret, Stats, Transmit};
+use node_core::{PublicKey, StaticSecret, Stats};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tokio::sync::mpsc;
 
 /// How many bogus candidates a [`Attack::Frame`] of a candidate flood carries.
 pub const FLOOD_CANDIDATES: usize = 4096;
@@ -37,61 +37,33 @@ pub enum Attack {
     },
 }
 
-/// The production engine, with portal frames of the driver's making sent before its own.
-pub struct Hostile<E> {
-    engine: E,
-    frames: VecDeque<String>,
+/// The link to the portal, with frames of the driver's making sent on it besides the engine's
+/// own: the hostility is on the wire, the engine is the production one, untouched.
+pub struct HostileLink<L> {
+    link: L,
+    frames: mpsc::UnboundedReceiver<String>,
 }
 
-impl<E: Engine> Hostile<E> {
-    /// `engine`, honest until [`Hostile::send_frame`] is called.
-    pub fn new(engine: E) -> Self {
-        Self {
-            engine,
-            frames: VecDeque::new(),
+impl<L: ControlLink> HostileLink<L> {
+    /// `link`, sending every frame that arrives on `frames` on its current socket.
+    pub fn new(link: L, frames: mpsc::UnboundedReceiver<String>) -> Self {
+        Self { link, frames }
+    }
+}
+
+impl<L: ControlLink> ControlLink for HostileLink<L> {
+    fn apply(&mut self, command: ControlCommand) {
+        self.link.apply(command);
+    }
+
+    async fn recv(&mut self) -> ControlInput {
+        loop {
+            // Both are cancel-safe, as the event loop needs `recv` to be.
+            tokio::select! {
+                input = self.link.recv() => return input,
+                Some(frame) = self.frames.recv() => self.link.apply(ControlCommand::Send(frame)),
+            }
         }
-    }
-
-    /// The wrapped engine.
-    pub fn engine_mut(&mut self) -> &mut E {
-        &mut self.engine
-    }
-
-    /// Queues a text frame for the portal link.
-    pub fn send_frame(&mut self, frame: String) {
-        self.frames.push_back(frame);
-    }
-}
-
-impl<E: Engine> Engine for Hostile<E> {
-    fn handle_datagram(&mut self, local: SocketAddr, from: SocketAddr, bytes: &[u8], now: Instant) {
-        self.engine.handle_datagram(local, from, bytes, now);
-    }
-    fn handle_device_packet(&mut self, packet: Vec<u8>, now: Instant) {
-        self.engine.handle_device_packet(packet, now);
-    }
-    fn handle_device_bytes(&mut self, packet: &[u8], now: Instant) {
-        self.engine.handle_device_bytes(packet, now);
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.engine.handle_timeout(now);
-    }
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        self.engine.poll_timeout()
-    }
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.engine.poll_transmit()
-    }
-    fn poll_device_packet(&mut self) -> Option<Buffer> {
-        self.engine.poll_device_packet()
-    }
-    fn handle_control(&mut self, input: ControlInput, now: Instant) {
-        self.engine.handle_control(input, now);
-    }
-    fn poll_control(&mut self) -> Option<ControlCommand> {
-        self.engine
-            .poll_control()
-            .or_else(|| self.frames.pop_front().map(ControlCommand::Send))
     }
 }
 

@@ -19,7 +19,7 @@ use node_core::state::{ClientEvent, GatewayEvent};
 use node_core::state::{ClientState, GatewayState};
 use tokio::sync::mpsc;
 
-use super::hostile::{Attack, GatewayTap, Hostile};
+use super::hostile::{Attack, GatewayTap, HostileLink};
 use super::model::FLOOD;
 use crate::turmoil_net::faulty_socket::FaultyNetwork;
 use crate::turmoil_net::{
@@ -178,18 +178,13 @@ pub async fn client_host(
     }
     let mut tunnel = ClientState::new(cfg.seed, now);
     tunnel.add_local_address(local, now);
-    let engine = Hostile::new(ClientEngine::new(
-        tunnel,
-        "client",
-        cfg.seed.wrapping_add(1),
-    ));
+    let engine = ClientEngine::new(tunnel, "client", cfg.seed.wrapping_add(1));
     let (host, traced, tapped) = (cfg.name.clone(), trace.clone(), Rc::clone(&tap));
-    let mut engine = Observed::new(engine, move |engine: &mut Hostile<ClientEngine>| {
-        engine
-            .engine_mut()
-            .drain_events(&host, &traced, Some(&tapped));
+    let mut engine = Observed::new(engine, move |engine: &mut ClientEngine| {
+        engine.drain_events(&host, &traced, Some(&tapped));
     });
-    let mut link = link(&cfg, "client");
+    let (frames_tx, frames) = mpsc::unbounded_channel();
+    let mut link = HostileLink::new(link(&cfg, "client"), frames);
     let (mut device, inject, mut out) = ChannelDevice::new();
     *tap.inject.borrow_mut() = Some(inject);
     let reader = Rc::clone(&tap);
@@ -202,12 +197,12 @@ pub async fn client_host(
         }
     });
     trace.record(&cfg.name, "started");
-    let (commands_tx, mut commands) = mpsc::unbounded_channel();
+    let (_keep, mut commands) = mpsc::unbounded_channel();
     let (attack_tx, attack_rx) = mpsc::unbounded_channel();
     *tap.attack.borrow_mut() = Some(attack_tx);
     tokio::task::spawn_local(misbehave(
         attack_rx,
-        commands_tx,
+        frames_tx,
         Rc::clone(&socket),
         cfg.name.clone(),
         trace.clone(),
@@ -224,11 +219,11 @@ pub async fn client_host(
     Ok(())
 }
 
-/// Carries out the driver's attacks: portal frames through the engine's run loop, datagrams
+/// Carries out the driver's attacks: portal frames on the node's portal link, datagrams
 /// straight from the node's socket, spread over [`FLOOD`].
-async fn misbehave<E: AsHostile + 'static>(
+async fn misbehave(
     mut attacks: mpsc::UnboundedReceiver<Attack>,
-    commands: mpsc::UnboundedSender<node::runtime::Command<E>>,
+    frames: mpsc::UnboundedSender<String>,
     socket: Rc<RoamingSocket>,
     name: String,
     trace: Trace,
@@ -240,9 +235,7 @@ async fn misbehave<E: AsHostile + 'static>(
                     &name,
                     format_args!("sends a frame of {} bytes", frame.len()),
                 );
-                let _ = commands.send(Box::new(move |engine: &mut E, _| {
-                    engine.hostile().send_frame(frame);
-                }));
+                let _ = frames.send(frame);
             }
             Attack::Datagrams { dst, datagrams } => {
                 trace.record(
@@ -259,17 +252,6 @@ async fn misbehave<E: AsHostile + 'static>(
                 }
             }
         }
-    }
-}
-
-/// An engine with a [`Hostile`] inside, for [`misbehave`]'s commands.
-trait AsHostile {
-    fn hostile(&mut self) -> &mut Hostile<ClientEngine>;
-}
-
-impl<F: FnMut(&mut Hostile<ClientEngine>)> AsHostile for Observed<Hostile<ClientEngine>, F> {
-    fn hostile(&mut self) -> &mut Hostile<ClientEngine> {
-        self.engine_mut()
     }
 }
 

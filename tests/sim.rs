@@ -790,6 +790,90 @@ fn scenario_roam_then_idle_recovers_after_the_first_packet() {
     );
 }
 
+/// Found by the property test: the clients' NAT forgets its mappings right after a loss burst;
+/// client 1 sends once through its new public port, then idles for two minutes. Its next flow,
+/// long after the fault, must be answered.
+#[test]
+fn scenario_idle_after_nat_expiry() {
+    use Transition::*;
+    scenario_delivering(
+        15_408_888_812_472_719_778,
+        &[
+            LossBurst {
+                sites: 23,
+                secs: 15,
+            },
+            NatExpiry(Side::Clients),
+            Send {
+                client: 0,
+                resource: 0,
+            },
+            Advance { secs: 10 },
+            Send {
+                client: 1,
+                resource: 2,
+            },
+            Advance { secs: 39 },
+            Advance { secs: 23 },
+            Send {
+                client: 1,
+                resource: 1,
+            },
+            Send {
+                client: 1,
+                resource: 1,
+            },
+            SendTcp {
+                client: 0,
+                resource: 1,
+            },
+        ],
+        1,
+    );
+}
+
+/// Found by the property test: as above, but client 1 last sent before the clients' NAT forgot
+/// its mappings, so no packet of its ever came from its new public port before its next flow.
+#[test]
+fn scenario_idle_after_nat_expiry_without_traffic() {
+    use Transition::*;
+    scenario_delivering(
+        15_408_888_812_472_719_778,
+        &[
+            LossBurst { sites: 12, secs: 3 },
+            Send {
+                client: 0,
+                resource: 0,
+            },
+            NatExpiry(Side::Clients),
+            Send {
+                client: 1,
+                resource: 0,
+            },
+            Advance { secs: 10 },
+            Send {
+                client: 1,
+                resource: 0,
+            },
+            Advance { secs: 39 },
+            Advance { secs: 23 },
+            Send {
+                client: 1,
+                resource: 1,
+            },
+            Send {
+                client: 1,
+                resource: 1,
+            },
+            SendTcp {
+                client: 0,
+                resource: 1,
+            },
+        ],
+        1,
+    );
+}
+
 /// Found by the property test (generated seed 3506868829773623517): the portal withdraws the
 /// relay whose server-reflexive address of the gateway the idle connection's path used. With
 /// the allocation gone nothing refreshes the gateway NAT's mapping towards that relay, so the
@@ -850,6 +934,41 @@ fn scenario_no_relay_left_for_a_new_flow() {
         ],
         1,
     );
+}
+
+/// The hostile client (valid credentials) joins its topic again with the other client's public
+/// key: while that client is online, while its portal link is cut, and right after a portal
+/// restart. The portal refuses every claim (the key is its owner's, online or not, and who owns
+/// which key outlives the portal process), and the other client's traffic keeps flowing.
+#[test]
+fn scenario_claim_key() {
+    use Transition::*;
+    let counts = scenario_delivering(
+        5,
+        &[
+            Send {
+                client: 0,
+                resource: 0,
+            },
+            ClaimKey,
+            Send {
+                client: 0,
+                resource: 0,
+            },
+            PortalPartition { node: 0, secs: 5 },
+            ClaimKey,
+            PortalRestart,
+            ClaimKey,
+            Advance { secs: 120 },
+            Send {
+                client: 0,
+                resource: 1,
+            },
+        ],
+        2,
+    );
+    let refused = counts.0.get("checked:claim_refused").copied().unwrap_or(0);
+    assert_eq!(refused, 3, "{}", counts.line());
 }
 
 /// The hostile client (valid credentials) signals thousands of bogus candidates for its

@@ -27,7 +27,11 @@
 //!   `Node::stats`, the one its error names; an accepted-but-ignored one (`Ok(None)`) adds
 //!   nothing and only happens for TURN messages from the relay's own address (a relay's
 //!   unsigned ChannelData or Data indication whose content was then dropped further in is
-//!   counted there, as an `Err`).
+//!   counted there, as an `Err`), and for initiations answered with a cookie reply (counted
+//!   under `cookie_replies` alone);
+//! - the handshake guard tracks at most `MAX_HANDSHAKE_SOURCES` sources: initiations with a
+//!   valid mac1 (anyone can sign one with the node's public key) come from any of 2^24
+//!   addresses, and the setup persists across inputs, so the table fills up and stays full.
 //!
 //! Seeds: `python3 fuzz/gen_corpus.py`. Run: `cargo +nightly fuzz run node_datagram`.
 
@@ -45,7 +49,9 @@ use common::{add_fingerprint, attribute, channel_data, stun, xor_address_v4, Byt
 use harness::memnet::{ConnParams, HostId, MemNet, Peer};
 use libfuzzer_sys::fuzz_target;
 use node_core::ids::RelayId;
-use node_core::{ConnectionInfo, Error, Node, PeerId, Stats};
+use node_core::{
+    sign_mac1, ConnectionInfo, Error, Node, PeerId, PublicKey, Stats, MAX_HANDSHAKE_SOURCES,
+};
 
 const RELAY: SocketAddr = v4([203, 0, 113, 1], 3478);
 const CLIENT_INSIDE: SocketAddr = v4([192, 168, 1, 2], 5000);
@@ -140,6 +146,8 @@ struct Target {
     local: SocketAddr,
     /// Channels bound on the relay for this node.
     channels: Vec<u16>,
+    /// The node's static public key: anyone can sign a valid mac1 with it.
+    public_key: PublicKey,
 }
 
 thread_local! {
@@ -193,6 +201,11 @@ fn run(s: &mut Setup, data: &[u8]) {
         peer: info.path.map_or(GATEWAY, |p| p.remote),
         local: s.net.host(host).addr,
         channels: bound_channels(&s.net, s.relay, public_ip),
+        public_key: match &s.net.host(host).peer {
+            Peer::Client { node, .. } => node.public_key(),
+            Peer::Gateway { node, .. } => node.public_key(),
+            Peer::Relay { .. } => unreachable!("the target host is a node"),
+        },
     };
     match &mut s.net.host_mut(host).peer {
         Peer::Client { node, .. } => feed(node, &target, &mut input, now),
@@ -208,12 +221,19 @@ fn feed<TId: PeerId>(node: &mut Node<TId>, target: &Target, input: &mut Bytes<'_
     let before = Snapshot::of(node);
     while !input.is_empty() {
         let (from, from_relay) = source(input.u8(), target);
-        let datagram = build(input, target);
+        let (datagram, spoofed) = build(input, target);
+        let from = spoofed.unwrap_or(from);
         let stats = node.stats().clone();
         let result = node.decapsulate(target.local, from, &datagram, now);
         let after = node.stats().clone();
         match &result {
             Ok(Some(_)) => panic!("an unauthenticated datagram produced a tunnel packet"),
+            Ok(None) if after.cookie_replies == stats.cookie_replies + 1 => {
+                // A node under load answers an initiation with a valid mac1 by a cookie reply.
+                let mut expected = stats.clone();
+                expected.cookie_replies += 1;
+                assert_eq!(after, expected, "a cookie reply moved other counters");
+            }
             Ok(None) => {
                 assert_eq!(
                     stats, after,
@@ -226,6 +246,11 @@ fn feed<TId: PeerId>(node: &mut Node<TId>, target: &Target, input: &mut Bytes<'_
             }
             Err(error) => check_counted(error, &stats, &after),
         }
+        assert!(
+            node.handshake_sources() <= MAX_HANDSHAKE_SOURCES,
+            "the handshake guard tracks {} sources, more than {MAX_HANDSHAKE_SOURCES}",
+            node.handshake_sources()
+        );
         if let Some(event) = node.poll_event() {
             panic!("an unauthenticated datagram from {from} caused {event:?}");
         }
@@ -270,6 +295,7 @@ fn check_counted(error: &Error, before: &Stats, after: &Stats) {
         Error::UnknownDatagram => &mut expected.unknown_datagram,
         Error::MalformedStun => &mut expected.malformed_stun,
         Error::UnroutableStun => &mut expected.unroutable_stun,
+        Error::AsymmetricStun => &mut expected.asymmetric_stun,
         Error::UnroutableWireGuard => &mut expected.unroutable_wireguard,
         Error::UnexpectedChannelData => &mut expected.unexpected_channel_data,
         Error::WireGuard(_) => &mut expected.wireguard_errors,
@@ -311,11 +337,20 @@ fn source(selector: u8, target: &Target) -> (SocketAddr, bool) {
     (from, from == RELAY)
 }
 
-/// A datagram of the kind the next byte picks, with the payload from the input.
-fn build(input: &mut Bytes<'_>, target: &Target) -> Vec<u8> {
+/// A datagram of the kind the next byte picks, with the payload from the input, and the source
+/// it claims when the kind picks its own.
+fn build(input: &mut Bytes<'_>, target: &Target) -> (Vec<u8>, Option<SocketAddr>) {
     let kind = input.u8();
     let len = usize::from(input.u8());
-    match kind % 10 {
+    if kind % 11 == 10 {
+        // A handshake initiation with a valid mac1, from any of 2^24 addresses: past
+        // HANDSHAKE_LOAD each source gets a budget in the guard, whose table is capped.
+        let mut initiation = wireguard(1, None, input, 148);
+        sign_mac1(&target.public_key, &mut initiation);
+        let [_, a, b, c] = input.u32().to_be_bytes();
+        return (initiation, Some(v4([10, a, b, c], 51820)));
+    }
+    let datagram = match kind % 11 {
         0 => input.take(len).to_vec(),
         // A STUN header (type from the input) in front of arbitrary attribute bytes.
         1 => {
@@ -360,7 +395,8 @@ fn build(input: &mut Bytes<'_>, target: &Target) -> Vec<u8> {
             attribute(&mut attrs, 0x0013, &inner);
             stun(0x0017, tid, &attrs)
         }
-    }
+    };
+    (datagram, None)
 }
 
 /// An ICE connectivity check addressed to us by our real username fragments, with a forged

@@ -16,7 +16,14 @@
 //!   allocation belongs to the node's 5-tuple;
 //! - the relay never sends from a relayed address to a peer without a permission;
 //! - the node never takes a relayed address the relay did not give it, even from an attacker
-//!   who knows its transaction ids.
+//!   who knows its transaction ids;
+//! - attributes after MESSAGE-INTEGRITY are ignored (RFC 8489 section 14.5): an allocation
+//!   holds permissions only for peers its owner signed for (the node: its peer; a user: the
+//!   peers of its CreatePermission requests), also after captured requests were replayed from
+//!   their 5-tuple with an XOR-PEER-ADDRESS appended;
+//! - the relay's quotas hold against a user with valid credentials of its own (what any client
+//!   of the portal has): at most `MAX_ALLOCATIONS_PER_USER` allocations per user and
+//!   `MAX_PERMISSIONS_PER_ALLOCATION` permissions per allocation, the requests past them refused.
 //!
 //! Seeds: `arbitrary`-encoded, so not written by `gen_corpus.py` but kept from a fuzzing run,
 //! minimised with `cargo +nightly fuzz cmin relay_ops`. Run: `cargo +nightly fuzz run relay_ops`;
@@ -27,7 +34,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -99,6 +106,21 @@ enum Op {
     },
     /// ChannelData to the node from the relay's address.
     ChannelDataToNode { channel: u16, payload: Vec<u8> },
+    /// A captured request of the node's (or of a user's), sent again from its 5-tuple with an
+    /// XOR-PEER-ADDRESS appended after its MESSAGE-INTEGRITY (the header's length counting it).
+    ReplayWithPeer { index: u8, peer: u8, of_user: bool },
+    /// A relay user with valid credentials of its own, from an attacker's address.
+    User { from: u8, action: UserAction },
+}
+
+/// What a user with valid credentials asks its relay for.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum UserAction {
+    Allocate,
+    /// CreatePermission requests for `count` distinct peers, at most
+    /// `MAX_PEERS_PER_CREATE_PERMISSION` per request.
+    Permissions { count: u16 },
+    ChannelBind { channel: u16, peer: u8 },
 }
 
 /// Who a datagram claims to come from.
@@ -263,6 +285,15 @@ struct World {
     granted: BTreeSet<SocketAddr>,
     /// Whether delivering the current op may legitimately create an allocation.
     honest: bool,
+    /// The nonce the relay last gave each address.
+    nonce_for: BTreeMap<SocketAddr, Vec<u8>>,
+    /// Addresses a user with valid credentials sent from: allocations of theirs are legitimate.
+    users: BTreeSet<SocketAddr>,
+    /// The users' signed requests, and the peers they signed permissions for.
+    sent_by_users: Vec<(SocketAddr, Vec<u8>)>,
+    user_peers: BTreeSet<IpAddr>,
+    /// Transaction ids made up so far.
+    tids_made: u64,
 }
 
 impl World {
@@ -312,6 +343,11 @@ impl World {
             nonces: Vec::new(),
             granted: BTreeSet::new(),
             honest: false,
+            nonce_for: BTreeMap::new(),
+            users: BTreeSet::new(),
+            sent_by_users: Vec::new(),
+            user_peers: BTreeSet::new(),
+            tids_made: 0,
         };
         world.collect();
         world
@@ -338,8 +374,13 @@ impl World {
         while let Some(t) = self.server.poll_transmit() {
             if is_stun(&t.payload) {
                 for (kind, value) in attributes(&t.payload) {
-                    if kind == 0x0015 && self.nonces.len() < 64 {
-                        self.nonces.push(value.to_vec());
+                    if kind == 0x0015 {
+                        if self.nonces.len() < 64 {
+                            self.nonces.push(value.to_vec());
+                        }
+                        if self.nonce_for.len() < 1024 || self.nonce_for.contains_key(&t.dst) {
+                            self.nonce_for.insert(t.dst, value.to_vec());
+                        }
                     }
                 }
             }
@@ -359,13 +400,47 @@ impl World {
     }
 
     fn check(&mut self) {
+        let mut per_user: BTreeMap<String, usize> = BTreeMap::new();
         for a in self.server.allocations() {
+            let max = relay_sim::MAX_PERMISSIONS_PER_ALLOCATION;
+            assert!(
+                a.permissions.len() <= max,
+                "{} holds {} permissions, more than {max}",
+                a.relay,
+                a.permissions.len()
+            );
+            *per_user.entry(a.username.clone()).or_default() += 1;
+            if self.users.contains(&a.five_tuple.client) {
+                assert!(
+                    a.permissions.iter().all(|ip| self.user_peers.contains(ip)),
+                    "a user's allocation has permissions it never signed for: {:?}",
+                    a.permissions
+                );
+                continue;
+            }
             assert_eq!(
                 a.five_tuple.client, NODE,
                 "the relay allocated for {} without credentials",
                 a.five_tuple.client
             );
+            // The node only ever asks for its peer: anything else came from bytes after the
+            // integrity of a replayed request.
+            assert!(
+                a.permissions.iter().all(|ip| *ip == PEER.ip()),
+                "the node's allocation has permissions it never asked for: {:?}",
+                a.permissions
+            );
+            assert!(
+                a.channels.iter().all(|(_, peer)| *peer == PEER),
+                "the node's allocation has channels it never asked for: {:?}",
+                a.channels
+            );
             self.granted.insert(a.relay);
+        }
+        // Usernames are `<expiry>:<user>`; every user op signs with one expiry per user.
+        let max = relay_sim::MAX_ALLOCATIONS_PER_USER;
+        for (user, n) in per_user {
+            assert!(n <= max, "user {user} holds {n} allocations, more than {max}");
         }
         if let Some(relayed) = self.node.relayed_address(RelayId(1)) {
             assert!(
@@ -500,11 +575,103 @@ impl World {
             Op::ChannelDataToNode { channel, payload } => {
                 self.deliver_to_node(&channel_data(*channel, payload));
             }
+            Op::ReplayWithPeer {
+                index,
+                peer,
+                of_user,
+            } => {
+                let captured = if *of_user {
+                    pick(&self.sent_by_users, *index)
+                } else {
+                    pick(&self.sent_by_node, *index).map(|b| (NODE, b))
+                };
+                let Some((from, bytes)) = captured else {
+                    return;
+                };
+                // 198.18.1.0/24: no request is ever signed for those.
+                let appended = v4([198, 18, 1, *peer], 9);
+                let Some(bytes) = with_peer_after_integrity(&bytes, appended) else {
+                    return;
+                };
+                // From the request's own 5-tuple: what the relay makes of the request itself
+                // is legitimate, only the appended peer is not.
+                self.honest = true;
+                self.deliver_to_relay(from, RELAY, &bytes);
+            }
+            Op::User { from, action } => {
+                self.honest = true;
+                self.user(Src::Attacker(*from).addr(), *action);
+            }
+        }
+    }
+
+    /// A request of a user with valid credentials (user `u<n>`, two users in all, so that
+    /// several addresses share one user's quota), after the unauthenticated round trip that
+    /// gets the address its nonce.
+    fn user(&mut self, from: SocketAddr, action: UserAction) {
+        self.users.insert(from);
+        if !self.nonce_for.contains_key(&from) {
+            let tid = self.fresh_tid();
+            let mut body = Vec::new();
+            attribute(&mut body, 0x0019, &[17, 0, 0, 0]);
+            let bytes = stun(message_type(Method::Allocate, Class::Request), tid, &body);
+            self.deliver_to_relay(from, RELAY, &bytes);
+        }
+        let Some(nonce) = self.nonce_for.get(&from).cloned() else {
+            return;
+        };
+        let name = format!("u{}", from.port() % 2);
+        let (username, password) = relay_sim::auth::rest_credentials(SECRET, UNIX + 3600, &name);
+        let requests: Vec<(Method, Vec<u8>)> = match action {
+            UserAction::Allocate => {
+                let mut body = Vec::new();
+                attribute(&mut body, 0x0019, &[17, 0, 0, 0]);
+                vec![(Method::Allocate, body)]
+            }
+            UserAction::Permissions { count } => {
+                let per = relay_sim::MAX_PEERS_PER_CREATE_PERMISSION;
+                let peers: Vec<u16> = (0..count.min(600)).collect();
+                peers
+                    .chunks(per)
+                    .map(|chunk| {
+                        let mut body = Vec::new();
+                        for n in chunk {
+                            let [hi, lo] = n.to_be_bytes();
+                            let ip = [198, 51, hi, lo];
+                            self.user_peers.insert(IpAddr::from(ip));
+                            attribute(&mut body, 0x0012, &common::xor_address_v4(ip, 1));
+                        }
+                        (Method::CreatePermission, body)
+                    })
+                    .collect()
+            }
+            UserAction::ChannelBind { channel, peer } => {
+                let mut body = Vec::new();
+                let [a, b] = channel.to_be_bytes();
+                attribute(&mut body, 0x000C, &[a, b, 0, 0]);
+                let ip = [198, 51, 0, peer];
+                self.user_peers.insert(IpAddr::from(ip));
+                attribute(&mut body, 0x0012, &common::xor_address_v4(ip, 1));
+                vec![(Method::ChannelBind, body)]
+            }
+        };
+        for (method, mut body) in requests {
+            attribute(&mut body, 0x0006, username.as_bytes());
+            attribute(&mut body, 0x0014, REALM.as_bytes());
+            attribute(&mut body, 0x0015, &nonce);
+            let tid = self.fresh_tid();
+            let mut bytes = stun(message_type(method, Class::Request), tid, &body);
+            add_integrity(&mut bytes, &username, REALM, &password);
+            if self.sent_by_users.len() < 64 {
+                self.sent_by_users.push((from, bytes.clone()));
+            }
+            self.deliver_to_relay(from, RELAY, &bytes);
         }
     }
 
     fn fresh_tid(&mut self) -> [u8; 12] {
-        let n = self.sent_by_node.len() as u64 + self.nonces.len() as u64;
+        self.tids_made += 1;
+        let n = self.tids_made;
         let mut tid = [0xA5; 12];
         tid[..8].copy_from_slice(&n.to_be_bytes());
         tid
@@ -556,6 +723,25 @@ impl World {
     fn elapsed_secs(&self) -> u64 {
         (self.now - self.start).as_secs()
     }
+}
+
+/// `request` with an XOR-PEER-ADDRESS for `peer` appended after its last attribute, the
+/// header's length counting it; `None` unless it is a whole STUN message.
+fn with_peer_after_integrity(request: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
+    if !is_stun(request) {
+        return None;
+    }
+    let declared = u16::from_be_bytes(request.get(2..4)?.try_into().ok()?);
+    if usize::from(declared) + 20 != request.len() {
+        return None;
+    }
+    let IpAddr::V4(ip) = peer.ip() else {
+        return None;
+    };
+    let mut out = request.to_vec();
+    attribute(&mut out, 0x0012, &common::xor_address_v4(ip.octets(), peer.port()));
+    out[2..4].copy_from_slice(&(declared + 12).to_be_bytes());
+    Some(out)
 }
 
 fn truncated(bytes: &[u8], max: usize) -> &[u8] {
@@ -613,6 +799,51 @@ fn check_honest_exchange() {
     assert!(
         bound,
         "setup: honest traffic must bind a channel to the peer"
+    );
+    // The quotas are reachable: a user's allocation fills up at the permission cap, and one
+    // user's ninth allocation (from a ninth address) is refused. Users are `u0` and `u1` by
+    // the parity of the attacker's port, so even numbers are one user.
+    let mut world = World::new();
+    world.apply(&Op::User {
+        from: 0,
+        action: UserAction::Allocate,
+    });
+    // A replay of the user's first CreatePermission with a peer appended after its integrity:
+    // `check` asserts that it adds nothing (what it would catch, the quota not yet in the way).
+    world.apply(&Op::User {
+        from: 0,
+        action: UserAction::Permissions { count: 1 },
+    });
+    world.apply(&Op::ReplayWithPeer {
+        index: 1,
+        peer: 1,
+        of_user: true,
+    });
+    let count = u16::try_from(relay_sim::MAX_PERMISSIONS_PER_ALLOCATION + 1).unwrap_or(u16::MAX);
+    world.apply(&Op::User {
+        from: 0,
+        action: UserAction::Permissions { count },
+    });
+    let held = world
+        .server
+        .allocations()
+        .map(|a| a.permissions.len())
+        .max();
+    assert_eq!(
+        held,
+        Some(relay_sim::MAX_PERMISSIONS_PER_ALLOCATION),
+        "setup: a user's permissions must stop at the cap"
+    );
+    for from in (0..2 * relay_sim::MAX_ALLOCATIONS_PER_USER as u8 + 2).step_by(2) {
+        world.apply(&Op::User {
+            from,
+            action: UserAction::Allocate,
+        });
+    }
+    assert_eq!(
+        world.server.allocations().count(),
+        relay_sim::MAX_ALLOCATIONS_PER_USER,
+        "setup: a user's allocations must stop at the cap"
     );
 }
 

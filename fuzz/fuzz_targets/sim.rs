@@ -119,9 +119,9 @@ impl<'a> Arbitrary<'a> for Input {
 /// parameters ([`Digits`]: a send's client is `arg % 2`, its resource `arg / 2 % 3`; the relay,
 /// side, places, node or duration likewise). Kinds 0 to 23 keep their meaning as kinds are
 /// added, so that committed seeds and crash files still decode to the same case; 24 and 25 are
-/// the hostile client's floods.
+/// the hostile client's floods, 26 its claim of the other client's key.
 fn transition(kind: u8, arg: u8) -> Transition {
-    let (kind, advance) = match kind % 26 {
+    let (kind, advance) = match kind % 27 {
         0..=3 | 23 => (Kind::Send, None),
         4 => (Kind::Advance, Some(1..=200)),
         5 => (Kind::PortalRestart, None),
@@ -143,7 +143,8 @@ fn transition(kind: u8, arg: u8) -> Transition {
         21 => (Kind::RelayReplace, None),
         22 => (Kind::AuthorizeFor, None),
         24 => (Kind::CandidateFlood, None),
-        _ => (Kind::HandshakeFlood, None),
+        25 => (Kind::HandshakeFlood, None),
+        _ => (Kind::ClaimKey, None),
     };
     let mut digits = Digits(u64::from(arg));
     draw::transition(kind, |param| match (param, &advance) {

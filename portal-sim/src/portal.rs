@@ -199,6 +199,10 @@ pub struct Portal {
     /// The key each gateway last joined with: a gateway that rejoins with the same key is the
     /// same process, and holds what it was told before.
     gateway_keys: BTreeMap<GatewayId, PublicKey>,
+    /// The node each public key was last joined by: the key stays that node's while it is
+    /// offline too, until it joins with another one. Gone with the process unless carried over
+    /// ([`Portal::key_owners`], [`Portal::restore_key_owners`]).
+    key_owners: BTreeMap<PublicKey, Identity>,
 
     outputs: VecDeque<Output>,
 }
@@ -260,6 +264,7 @@ impl Portal {
             pairs: BTreeMap::new(),
             flows: BTreeMap::new(),
             gateway_keys: BTreeMap::new(),
+            key_owners: BTreeMap::new(),
             outputs: VecDeque::new(),
             config,
         }
@@ -542,6 +547,7 @@ impl Portal {
         if let Some(session) = self.sessions.get_mut(&conn) {
             session.joined = Some((frame.topic.clone(), payload.public_key));
         }
+        self.own_key(identity, payload.public_key);
         let public_key = payload.public_key;
         tracing::info!(node = %identity, "Node joined");
         self.reply_ok(conn, frame, json!({}));
@@ -945,14 +951,37 @@ impl Portal {
             .collect()
     }
 
-    /// Another node whose joined session holds `key`. A node's own sessions do not count: it
-    /// may join again with its key (a reconnect replaces its older socket anyway).
+    /// Another node that owns `key` (see [`Portal::key_owners`]) or whose joined session holds
+    /// it. A node's own sessions do not count: it may join again with its key (a reconnect
+    /// replaces its older socket anyway).
     fn key_holder(&self, key: PublicKey, identity: Identity) -> Option<Identity> {
-        self.sessions
-            .values()
-            .filter(|s| s.identity != identity)
-            .find(|s| s.joined.as_ref().is_some_and(|(_, k)| *k == key))
-            .map(|s| s.identity)
+        let owner = self.key_owners.get(&key).copied();
+        owner.filter(|o| *o != identity).or_else(|| {
+            self.sessions
+                .values()
+                .filter(|s| s.identity != identity)
+                .find(|s| s.joined.as_ref().is_some_and(|(_, k)| *k == key))
+                .map(|s| s.identity)
+        })
+    }
+
+    /// Makes `key` the one key `identity` owns.
+    fn own_key(&mut self, identity: Identity, key: PublicKey) {
+        self.key_owners.retain(|_, owner| *owner != identity);
+        self.key_owners.insert(key, identity);
+    }
+
+    /// Which node owns which public key: the state a restart must keep for keys to stay their
+    /// owners' (the simulation carries it over; the binary keeps it in memory only).
+    pub fn key_owners(&self) -> Vec<(PublicKey, Identity)> {
+        self.key_owners.iter().map(|(&k, &i)| (k, i)).collect()
+    }
+
+    /// Takes over the key owners of an earlier run (see [`Portal::key_owners`]).
+    pub fn restore_key_owners(&mut self, owners: impl IntoIterator<Item = (PublicKey, Identity)>) {
+        for (key, identity) in owners {
+            self.own_key(identity, key);
+        }
     }
 
     fn joined_conn(&self, identity: Identity) -> Option<ConnId> {

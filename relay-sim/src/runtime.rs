@@ -55,9 +55,21 @@ struct Bound<S> {
 /// stopped and all sockets closed.
 pub async fn run<N: Network>(
     net: &N,
+    server: Server,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Server, RuntimeError> {
+    run_observed(net, server, listen, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `observe` with the server after every batch of input and every timeout:
+/// a test's view of the relay's state as it runs.
+pub async fn run_observed<N: Network>(
+    net: &N,
     mut server: Server,
     listen: SocketAddr,
     shutdown: impl Future<Output = ()>,
+    mut observe: impl FnMut(&Server),
 ) -> Result<Server, RuntimeError> {
     let socket = net
         .bind(listen)
@@ -97,6 +109,7 @@ pub async fn run<N: Network>(
                 }
             }
         }
+        observe(&server);
     }
     for bound in sockets.values() {
         bound.reader.abort();

@@ -193,6 +193,8 @@ pub struct AllocationInfo {
     pub permissions: Vec<IpAddr>,
     /// Channel numbers and their peers.
     pub channels: Vec<(u16, SocketAddr)>,
+    /// The username it was created with.
+    pub username: String,
 }
 
 /// The TURN server state machine. See the module documentation for the driver contract.
@@ -285,6 +287,7 @@ impl Server {
             expires: a.expires,
             permissions: a.permissions.keys().copied().collect(),
             channels: a.channels.iter().map(|(n, c)| (*n, c.peer)).collect(),
+            username: a.username.to_string(),
         })
     }
 

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use node_core::packet::IpPacket;
 
 use super::deployment::{probe_packet, Deployment, RESOURCE_IPS};
-use super::hostile::{candidate_flood, handshake_flood, Attack, FLOOD_CANDIDATES};
+use super::hostile::{candidate_flood, claim_key, handshake_flood, Attack, FLOOD_CANDIDATES};
 use super::hosts::client_tunnel_ip;
 use super::model::{
     Expect, Model, Proto, Transition, CLIENTS, FLOOD, HOSTILE, NODES, RESOURCES, SEND_WINDOW,
@@ -157,6 +157,7 @@ impl Case {
             Transition::RelayReplace(r) => w.replace_relay(*r),
             Transition::CandidateFlood => return self.candidate_flood(),
             Transition::HandshakeFlood => return self.handshake_flood(),
+            Transition::ClaimKey => return self.claim_key(),
         }
         // The world runs as long as the model says the transition takes (a change settles).
         run(&mut self.deployment, t.duration())?;
@@ -244,6 +245,34 @@ impl Case {
                 ));
             }
             self.counts.bump("checked:handshakes_refused");
+        }
+        check_invariants(&self.deployment)
+    }
+
+    /// The hostile client joins its topic again with the other client's public key, the one
+    /// that client last joined with (a key nobody announced yet is nobody's to steal: it is
+    /// the first joiner's). The portal refuses: the key stays the other client's, online or
+    /// not, and the hostile client's session keeps its own.
+    fn claim_key(&mut self) -> Result<(), String> {
+        let w = &mut self.deployment;
+        let victim =
+            portal_sim::Identity::Client(node_core::ids::ClientId((1 - HOSTILE) as u64 + 1));
+        let Some(key) = w.portal_key_of(victim) else {
+            w.run_for(SETTLE).map_err(|e| e.to_string())?;
+            return check_invariants(&self.deployment);
+        };
+        let sent = w.attack(HOSTILE, Attack::Frame(claim_key(key)));
+        w.run_for(SETTLE).map_err(|e| e.to_string())?;
+        match w.portal_key_owner(key) {
+            Some(owner) if owner != victim => {
+                return Err(format!("the portal gave {victim}'s public key to {owner}"));
+            }
+            // Its owner may have joined with a new key since (a restart): then the old one is
+            // free, and nobody may hold it but whoever joins with it.
+            Some(_) | None => {}
+        }
+        if sent && w.portal_key_owner(key) == Some(victim) {
+            self.counts.bump("checked:claim_refused");
         }
         check_invariants(&self.deployment)
     }
@@ -356,6 +385,32 @@ pub fn check_send(
 
 /// The invariants that hold after every step, faults or not.
 pub fn check_invariants(w: &Deployment<'static>) -> Result<(), String> {
+    // However the nodes (the hostile client among them) use their relays, every relay stays
+    // within its quotas.
+    for (r, tap) in w.relay_taps.iter().enumerate() {
+        let allocations = tap.allocations.borrow();
+        let mut per_user: BTreeMap<String, usize> = BTreeMap::new();
+        for a in allocations.iter() {
+            let max = relay_sim::MAX_PERMISSIONS_PER_ALLOCATION;
+            if a.permissions.len() > max {
+                return Err(format!(
+                    "relay {} allocation {} holds {} permissions, more than {max}",
+                    r + 1,
+                    a.relay,
+                    a.permissions.len()
+                ));
+            }
+            let user = a.username.split_once(':').map_or(&*a.username, |(_, u)| u);
+            *per_user.entry(user.to_owned()).or_default() += 1;
+        }
+        let max = relay_sim::MAX_ALLOCATIONS_PER_USER;
+        if let Some((user, n)) = per_user.into_iter().find(|(_, n)| *n > max) {
+            return Err(format!(
+                "relay {} holds {n} allocations of user {user}, more than {max}",
+                r + 1
+            ));
+        }
+    }
     // No packet is ever delivered to the wrong client: every probe echo a client gets names
     // that client as its sender.
     for (i, tap) in w.taps.iter().enumerate() {

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use super::hostile::{Attack, GatewayTap};
 use super::hosts::{
     client_host, client_tunnel_ip, gateway_host, portal_host, relay_host, DeviceTap, NodeHost,
-    ResourceLog,
+    RelayTap, ResourceLog,
 };
 use super::model::{Proto, Side, CLIENTS, LINK_SITES, NODES, RELAYS, RESOURCES};
 use crate::nat::{Filtering, MappingBehaviour, NatConfig};
@@ -78,6 +78,8 @@ pub struct Deployment<'a> {
     relay_crashed: [bool; RELAYS],
     /// The faults on the relays' sockets.
     relay_faults: Vec<Faults>,
+    /// What each relay holds.
+    pub relay_taps: Vec<Rc<RelayTap>>,
     relays: Vec<(u64, SocketAddr)>,
     /// Portal cuts to heal, by when.
     heals: Vec<(Duration, usize)>,
@@ -157,7 +159,7 @@ impl<'a> Deployment<'a> {
         let durations = Rc::new(RefCell::new(BTreeMap::new()));
         // The third relay stands by until a replacement announces it.
         let relays_announced = Rc::new(RefCell::new(BTreeSet::from([0, 1])));
-        let portal = Rc::new(RefCell::new(None));
+        let portal: Rc<RefCell<Option<portal_sim::server::Server>>> = Rc::new(RefCell::new(None));
         let generation = Rc::new(Cell::new(0u64));
         {
             let (policies, durations, portal, generation, relays, announced) = (
@@ -179,16 +181,23 @@ impl<'a> Deployment<'a> {
                 let seed_file = seed_file(&policies.borrow(), &durations.borrow(), &relays);
                 let mut config = portal_sim::PortalConfig::new(RELAY_SECRET, seed);
                 config.generation = generation.get();
-                let state = portal_sim::Portal::new(&seed_file, config);
+                let mut state = portal_sim::Portal::new(&seed_file, config);
+                // Who owns which key is stored state: it outlives the process.
+                if let Some(previous) = portal.borrow().as_ref() {
+                    state.restore_key_owners(previous.with_portal(|p, _| p.key_owners()));
+                }
                 portal_host(state, epoch, Rc::clone(&portal))
             });
         }
         let mut relay_faults = Vec::new();
+        let mut relay_taps = Vec::new();
         for (i, name) in RELAY_NAMES.iter().enumerate() {
             let public_ip = ipv4(&sim, name);
             let relay_seed = seed.wrapping_add(100 + i as u64);
             let faults = Faults::new(seed ^ (0x7E1A_0000 + i as u64));
             relay_faults.push(faults.clone());
+            let tap = Rc::new(RelayTap::default());
+            relay_taps.push(Rc::clone(&tap));
             sim.host(*name, move || {
                 relay_host(
                     public_ip,
@@ -196,6 +205,7 @@ impl<'a> Deployment<'a> {
                     relay_seed,
                     epoch,
                     faults.clone(),
+                    Rc::clone(&tap),
                 )
             });
         }
@@ -290,6 +300,7 @@ impl<'a> Deployment<'a> {
             portal,
             relay_crashed: [false; RELAYS],
             relay_faults,
+            relay_taps,
             relays,
             heals: Vec::new(),
             next_payload: 0,
@@ -375,6 +386,34 @@ impl<'a> Deployment<'a> {
             .borrow()
             .as_ref()
             .is_some_and(|tx| tx.send(attack).is_ok())
+    }
+
+    /// The public key the portal holds for `identity` (the one it last joined with).
+    pub fn portal_key_of(
+        &self,
+        identity: portal_sim::Identity,
+    ) -> Option<node_core::portal::PublicKey> {
+        let server = self.portal.borrow();
+        server.as_ref()?.with_portal(|p, _| {
+            p.key_owners()
+                .into_iter()
+                .find(|(_, owner)| *owner == identity)
+                .map(|(key, _)| key)
+        })
+    }
+
+    /// Who the portal says owns `key`.
+    pub fn portal_key_owner(
+        &self,
+        key: node_core::portal::PublicKey,
+    ) -> Option<portal_sim::Identity> {
+        let server = self.portal.borrow();
+        server.as_ref()?.with_portal(|p, _| {
+            p.key_owners()
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, owner)| owner)
+        })
     }
 
     /// The public address of the clients' NAT.

@@ -60,6 +60,8 @@ pub enum Kind {
     CandidateFlood,
     /// [`Transition::HandshakeFlood`].
     HandshakeFlood,
+    /// [`Transition::ClaimKey`].
+    ClaimKey,
 }
 
 /// How often each kind is drawn, out of the sum of the weights. Traffic and time weigh most:
@@ -94,7 +96,7 @@ pub const WEIGHTS: [(u32, Kind); 21] = [
 /// The property test's weights (`tests/sim.rs`): more traffic per fault than [`WEIGHTS`], so that
 /// most faults are followed by the packets that check them (a third of its transitions send).
 /// The hostile client's kinds are drawn only here, so the seeds of [`generate`] keep their cases.
-pub const PROPERTY_WEIGHTS: [(u32, Kind); 21] = [
+pub const PROPERTY_WEIGHTS: [(u32, Kind); 22] = [
     (10, Kind::Send),
     (2, Kind::SendTcp),
     (2, Kind::Ping),
@@ -116,6 +118,7 @@ pub const PROPERTY_WEIGHTS: [(u32, Kind); 21] = [
     (1, Kind::ClientRestart),
     (1, Kind::CandidateFlood),
     (1, Kind::HandshakeFlood),
+    (1, Kind::ClaimKey),
 ];
 
 /// The spans an advance's duration is drawn from, each as likely, so that short advances come up
@@ -230,6 +233,7 @@ pub fn transition(kind: Kind, mut pick: impl FnMut(Param) -> u64) -> Transition 
         },
         Kind::CandidateFlood => Transition::CandidateFlood,
         Kind::HandshakeFlood => Transition::HandshakeFlood,
+        Kind::ClaimKey => Transition::ClaimKey,
     }
 }
 

@@ -12,7 +12,7 @@ use node::runtime::ControlLink;
 use node_core::engine::{ControlCommand, ControlInput};
 use node_core::ids::{ClientId, GatewayId};
 use node_core::portal::messages::{ClientEgress, GatewayCandidates};
-use node_core::portal::Frame;
+use node_core::portal::{Frame, PublicKey as Key};
 use node_core::{PublicKey, StaticSecret, Stats};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -98,6 +98,13 @@ pub fn candidate_flood(ip: IpAddr) -> String {
         Ok(frame) => frame.to_text(),
         Err(error) => panic!("cannot encode a candidate flood: {error}"),
     }
+}
+
+/// A join of the `client` topic with `key`, another node's public key.
+pub fn claim_key(key: Key) -> String {
+    let payload = serde_json::json!({ "public_key": key });
+    // A reference the engine's own requests never reach; the reply is dropped as unknown.
+    Frame::join("client", payload, 1 << 41).to_text()
 }
 
 /// [`FLOOD_HANDSHAKES`] handshake initiations towards `gateway`, each from a static key of its

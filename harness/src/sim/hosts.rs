@@ -104,6 +104,7 @@ pub async fn relay_host(
     seed: u64,
     unix_epoch_secs: u64,
     faults: Faults,
+    tap: Rc<RelayTap>,
 ) -> turmoil::Result {
     let net = FaultyNetwork::new(TurmoilNetwork::new(unix_epoch_secs), faults);
     let mut config = relay_sim::Config::new("sim", secret, public_ip);
@@ -120,8 +121,19 @@ pub async fn relay_host(
     let server =
         relay_sim::Server::new(config, key, now, relay_sim::net::Network::unix_time(&net))?;
     let listen = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), crate::turmoil_net::TURN_PORT);
-    relay_sim::runtime::run(&net, server, listen, std::future::pending()).await?;
+    tap.allocations.borrow_mut().clear();
+    relay_sim::runtime::run_observed(&net, server, listen, std::future::pending(), |server| {
+        *tap.allocations.borrow_mut() = server.allocations().collect();
+    })
+    .await?;
     Ok(())
+}
+
+/// A relay's allocations as of its last step, for the driver's checks.
+#[derive(Debug, Default)]
+pub struct RelayTap {
+    /// Every allocation, with its permissions and channels.
+    pub allocations: RefCell<Vec<relay_sim::AllocationInfo>>,
 }
 
 /// Settings of a client or gateway host.

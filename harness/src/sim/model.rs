@@ -13,8 +13,8 @@ use std::time::Duration;
 pub const CLIENTS: usize = 2;
 /// Resources behind the gateway.
 pub const RESOURCES: usize = 3;
-/// The client that misbehaves in [`Transition::CandidateFlood`] and
-/// [`Transition::HandshakeFlood`] (with valid credentials); the other stays honest.
+/// The client that misbehaves in [`Transition::CandidateFlood`], [`Transition::HandshakeFlood`]
+/// and [`Transition::ClaimKey`] (with valid credentials); the other stays honest.
 pub const HOSTILE: usize = 1;
 /// Relay hosts. The portal announces two of them at a time; the third stands by for
 /// [`Transition::RelayReplace`].
@@ -150,6 +150,9 @@ pub enum Transition {
     /// The [`HOSTILE`] client floods the gateway with handshake initiations that carry a valid
     /// mac1, from its own socket, for a second.
     HandshakeFlood,
+    /// The [`HOSTILE`] client joins its portal topic again, with the other client's public
+    /// key: were the portal to take it, the gateway would hand that client's handshakes to it.
+    ClaimKey,
 }
 
 impl fmt::Display for Transition {
@@ -180,7 +183,8 @@ impl fmt::Display for Transition {
             | Self::UnblockDirect
             | Self::GatewayRestart
             | Self::CandidateFlood
-            | Self::HandshakeFlood => Ok(()),
+            | Self::HandshakeFlood
+            | Self::ClaimKey => Ok(()),
         }
     }
 }
@@ -210,6 +214,7 @@ impl Transition {
             Self::AuthorizeFor { .. } => "authorize_expiring",
             Self::CandidateFlood => "candidate_flood",
             Self::HandshakeFlood => "handshake_flood",
+            Self::ClaimKey => "claim_key",
         }
     }
 
@@ -234,12 +239,13 @@ impl Transition {
             | Self::Roam(_)
             | Self::RelayReplace(_)
             | Self::AuthorizeFor { .. }
-            | Self::CandidateFlood => SETTLE,
+            | Self::CandidateFlood
+            | Self::ClaimKey => SETTLE,
         }
     }
 
     /// Every kind, for the coverage check.
-    pub const KINDS: [&'static str; 21] = [
+    pub const KINDS: [&'static str; 22] = [
         "send",
         "advance_time",
         "portal_restart",
@@ -261,6 +267,7 @@ impl Transition {
         "authorize_expiring",
         "candidate_flood",
         "handshake_flood",
+        "claim_key",
     ];
 
     /// The probe this transition sends, if it is one: (client, resource, protocol).
@@ -286,7 +293,8 @@ impl Transition {
             | Self::RelayReplace(_)
             | Self::AuthorizeFor { .. }
             | Self::CandidateFlood
-            | Self::HandshakeFlood => None,
+            | Self::HandshakeFlood
+            | Self::ClaimKey => None,
         }
     }
 }
@@ -550,7 +558,7 @@ impl Model {
             }
             Transition::RelayRestart(r) => self.relays_up[*r] = true,
             // Disruptions for the hostile client alone.
-            Transition::CandidateFlood | Transition::HandshakeFlood => {
+            Transition::CandidateFlood | Transition::HandshakeFlood | Transition::ClaimKey => {
                 self.hostile_at = Some(self.now);
                 self.established.retain(|(client, _)| *client != HOSTILE);
             }
@@ -609,7 +617,8 @@ impl Model {
             | Transition::RelayReplace(_)
             | Transition::AuthorizeFor { .. }
             | Transition::CandidateFlood
-            | Transition::HandshakeFlood => return,
+            | Transition::HandshakeFlood
+            | Transition::ClaimKey => return,
         };
         for pair in pairs {
             if let Some(e) = self.expiring.get_mut(&pair) {
@@ -650,7 +659,8 @@ impl Model {
             | Transition::Ping { .. }
             | Transition::Roam(_)
             | Transition::CandidateFlood
-            | Transition::HandshakeFlood => true,
+            | Transition::HandshakeFlood
+            | Transition::ClaimKey => true,
         }
     }
 }

@@ -21,6 +21,11 @@ pub enum Error {
     /// A STUN message no connection accepts (unknown credentials or transaction, bad integrity).
     #[error("STUN message for no connection")]
     UnroutableStun,
+    /// A binding response from an address its request was not sent to (RFC 8445
+    /// §7.2.5.2.1): behind a NAT that maps per destination port, the pair does not work both
+    /// ways, whatever its check says.
+    #[error("binding response from where its request did not go")]
+    AsymmetricStun,
     /// A WireGuard message whose index or key belongs to no connection.
     #[error("WireGuard message for no connection")]
     UnroutableWireGuard,
@@ -53,6 +58,8 @@ pub struct Stats {
     pub malformed_stun: u64,
     /// STUN messages no connection accepted.
     pub unroutable_stun: u64,
+    /// Binding responses from an address their request was not sent to.
+    pub asymmetric_stun: u64,
     /// WireGuard messages for no connection.
     pub unroutable_wireguard: u64,
     /// Channel data without an allocation.
@@ -81,6 +88,7 @@ impl Stats {
             Error::UnknownDatagram => &mut self.unknown_datagram,
             Error::MalformedStun => &mut self.malformed_stun,
             Error::UnroutableStun => &mut self.unroutable_stun,
+            Error::AsymmetricStun => &mut self.asymmetric_stun,
             Error::UnroutableWireGuard => &mut self.unroutable_wireguard,
             Error::UnexpectedChannelData => &mut self.unexpected_channel_data,
             Error::WireGuard(_) => &mut self.wireguard_errors,
@@ -96,6 +104,7 @@ impl Stats {
         self.unknown_datagram
             + self.malformed_stun
             + self.unroutable_stun
+            + self.asymmetric_stun
             + self.unroutable_wireguard
             + self.unexpected_channel_data
             + self.wireguard_errors

@@ -181,10 +181,28 @@ impl HandshakeGuard {
     }
 
     /// How many sources have a budget tracked.
-    #[cfg(test)]
     pub(crate) fn tracked_sources(&self) -> usize {
         self.sources.len()
     }
+}
+
+/// Writes a valid mac1 into a 148-byte handshake initiation for the node whose static key is
+/// `public_key`: what anyone who knows a node's public key can do (for the fuzz targets).
+#[cfg(any(test, feature = "testing"))]
+pub fn sign_mac1(public_key: &PublicKey, initiation: &mut [u8]) {
+    if initiation.len() != INITIATION_LEN {
+        return;
+    }
+    let mut hash = Blake2s256::new();
+    blake2::Digest::update(&mut hash, b"mac1----");
+    blake2::Digest::update(&mut hash, public_key.as_bytes());
+    let key: [u8; 32] = hash.finalize().into();
+    let Ok(mut mac) = Blake2sMac::<blake2::digest::consts::U16>::new_from_slice(&key) else {
+        return;
+    };
+    blake2::digest::Update::update(&mut mac, &initiation[..MAC1_AT]);
+    let mac1: [u8; 16] = mac.finalize_fixed().into();
+    initiation[MAC1_AT..MAC1_AT + 16].copy_from_slice(&mac1);
 }
 
 #[cfg(test)]
@@ -306,6 +324,19 @@ mod tests {
             guard.check(later, ip(1), &init, &mut dst),
             Ok(Verdict::Pass)
         ));
+    }
+
+    /// `sign_mac1` (what the fuzz targets forge initiations with) signs as boringtun does.
+    #[test]
+    fn sign_mac1_matches_a_real_initiation() {
+        let (key, guard, _) = responder();
+        let real = Peer::new(&key, 9).initiation();
+        let mut forged = real.clone();
+        forged[MAC1_AT..].fill(0);
+        assert!(!guard.mac1_valid(&forged));
+        sign_mac1(&key, &mut forged);
+        assert_eq!(forged[..MAC1_AT + 16], real[..MAC1_AT + 16]);
+        assert!(guard.mac1_valid(&forged));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! goes through [`Ice::seeded`], which first reseeds that generator from the connection's own
 //! seeded one, so two runs of the same seed send the same bytes whatever else ran on the thread.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use is::{IceAgent, IceCreds};
@@ -68,18 +69,33 @@ impl Ice {
     }
 
     /// Whether a check from `from`, an address the agent does not know, would be one
-    /// peer-reflexive candidate too many (at most `max` are learned).
-    pub(crate) fn too_many_peer_reflexive(&self, from: SocketAddr, max: usize) -> bool {
+    /// peer-reflexive candidate too many: at most `max` are learned from checks that arrived
+    /// directly, and `max` from checks that a relay delivered (`via_relay`; `relayed` holds the
+    /// addresses learned that way).
+    pub(crate) fn too_many_peer_reflexive(
+        &self,
+        from: SocketAddr,
+        via_relay: bool,
+        relayed: &BTreeSet<SocketAddr>,
+        max: usize,
+    ) -> bool {
         let mut peer_reflexive = 0;
         for c in self.agent.remote_candidates() {
             if c.addr() == from {
                 return false;
             }
-            if c.kind() == is::CandidateKind::PeerReflexive {
+            if c.kind() == is::CandidateKind::PeerReflexive
+                && relayed.contains(&c.addr()) == via_relay
+            {
                 peer_reflexive += 1;
             }
         }
         peer_reflexive >= max
+    }
+
+    /// Whether the agent holds a remote candidate at `addr`.
+    pub(crate) fn has_remote_candidate(&self, addr: SocketAddr) -> bool {
+        self.agent.remote_candidates().any(|c| c.addr() == addr)
     }
 }
 

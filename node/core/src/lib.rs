@@ -32,6 +32,8 @@ pub use connection::{
 };
 pub use error::{Error, Stats};
 pub use event::{Event, FailReason};
+#[cfg(any(test, feature = "testing"))]
+pub use handshake_guard::sign_mac1;
 pub use handshake_guard::{
     HANDSHAKES_PER_SOURCE, HANDSHAKE_LOAD, HANDSHAKE_SOURCE_BURST, MAX_HANDSHAKE_SOURCES,
 };

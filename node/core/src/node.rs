@@ -106,7 +106,8 @@ pub struct Node<TId> {
     by_ufrag: BTreeMap<String, TId>,
     /// Our outstanding binding requests and the connection that sent each. Answers are routed
     /// by it, so a flood of forged answers costs one lookup each, not a check per connection.
-    stun_requests: BTreeMap<TransactionId, TId>,
+    /// Each with where it went: the answer must come from there.
+    stun_requests: BTreeMap<TransactionId, (TId, SocketAddr)>,
     /// The same requests, oldest first, to forget them after [`STUN_ANSWER_WINDOW`].
     stun_requests_sent: VecDeque<(Instant, TransactionId)>,
     local_addrs: BTreeSet<SocketAddr>,
@@ -202,6 +203,12 @@ impl<TId: PeerId> Node<TId> {
     /// This node's role.
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// How many sources of handshake initiations the load guard tracks (at most
+    /// [`crate::MAX_HANDSHAKE_SOURCES`]).
+    pub fn handshake_sources(&self) -> usize {
+        self.handshake_guard.tracked_sources()
     }
 
     /// This node's WireGuard public key.
@@ -560,8 +567,11 @@ impl<TId: PeerId> Node<TId> {
             self.by_ufrag.get(ours).copied()
         } else {
             let txid: Option<TransactionId> = datagram.get(8..20).and_then(|t| t.try_into().ok());
-            let id = txid.and_then(|t| self.stun_requests.get(&t).copied());
-            id.filter(|id| {
+            let request = txid.and_then(|t| self.stun_requests.get(&t).copied());
+            if request.is_some_and(|(_, to)| to != from) {
+                return Err(Error::AsymmetricStun);
+            }
+            request.map(|(id, _)| id).filter(|id| {
                 self.connections
                     .get(id)
                     .is_some_and(|c| c.accepts(&message))
@@ -626,13 +636,13 @@ impl<TId: PeerId> Node<TId> {
     fn drain_connection_events(&mut self, id: TId) {
         let mut failed = false;
         if let Some(conn) = self.connections.get_mut(&id) {
-            for (sent, txid) in conn.take_sent_requests() {
+            for (sent, txid, to) in conn.take_sent_requests() {
                 if self.stun_requests_sent.len() == MAX_STUN_REQUESTS {
                     if let Some((_, oldest)) = self.stun_requests_sent.pop_front() {
                         self.stun_requests.remove(&oldest);
                     }
                 }
-                self.stun_requests.insert(txid, id);
+                self.stun_requests.insert(txid, (id, to));
                 self.stun_requests_sent.push_back((sent, txid));
             }
             while let Some(event) = conn.poll_event() {

@@ -654,7 +654,7 @@ fn only_whole_tokens_authenticate() {
 /// Gateways find a client's connection by its key: a node that could join with another node's
 /// key would take over its handshakes.
 #[test]
-fn a_key_another_joined_node_holds_is_refused_and_its_owner_may_rejoin_with_it() {
+fn a_key_another_node_owns_is_refused_also_while_it_is_offline() {
     let mut w = World::new(portal(1, 0));
     let c1 = w.join(C1);
     let g1 = w.join(G1);
@@ -688,9 +688,26 @@ fn a_key_another_joined_node_holds_is_refused_and_its_owner_may_rejoin_with_it()
     }));
     assert!(w.portal.is_joined(C1));
 
-    // Once the holder is gone, the key is free.
+    // Once the holder is offline, the key is still its own.
     w.portal.disconnect(newer);
     w.connect_and_join(ConnId(31), C2, key(C1));
+    let out = w.drain();
+    assert_eq!(out[0].1.as_reply().unwrap().reason(), "public_key_in_use");
+    w.portal.disconnect(ConnId(31));
+    // And after a restart that carries the owners over.
+    let owners = w.portal.key_owners();
+    let mut restarted = portal(1, 0);
+    restarted.restore_key_owners(owners);
+    let mut w = World::new(restarted);
+    w.connect_and_join(ConnId(40), C2, key(C1));
+    let out = w.drain();
+    assert_eq!(out[0].1.as_reply().unwrap().reason(), "public_key_in_use");
+    w.portal.disconnect(ConnId(40));
+    // A key its owner replaced with another is free.
+    w.connect_and_join(ConnId(41), C1, PublicKey::from_bytes([77; 32]));
+    let out = w.drain();
+    assert_eq!(reply_status(&out[0].1), ReplyStatus::Ok);
+    w.connect_and_join(ConnId(42), C2, key(C1));
     let out = w.drain();
     assert_eq!(reply_status(&out[0].1), ReplyStatus::Ok);
     let _ = g1;

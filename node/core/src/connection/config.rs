@@ -55,7 +55,8 @@ pub struct ConnectionConfig {
     /// A session this old means the peer stopped renewing it: the connection fails. Default
     /// 480 s.
     pub session_give_up: Duration,
-    /// Peer-reflexive remote candidates learned per connection at most: two
+    /// Peer-reflexive remote candidates learned per connection at most (from direct checks,
+    /// and as many from checks a relay delivered): two
     /// address-and-port-dependent NATs otherwise teach each other new ones without end.
     /// Default 8.
     pub max_peer_reflexive: usize,

@@ -5,7 +5,7 @@
 //! node routes STUN by ICE credentials and WireGuard by session index, and hands the connection
 //! the shared transmit queue and buffer pool.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -92,6 +92,13 @@ pub(crate) struct Connection {
     /// Where the last authenticated WireGuard packet came from: the controlled side's route
     /// until ICE nominates a pair.
     wg_endpoint: Option<(SocketAddr, SocketAddr)>,
+    /// The client's one remote candidate learned from where the gateway's authenticated
+    /// packets come from (see [`Connection::follow_peer`]); a newer one replaces it.
+    learned_remote: Option<is::Candidate>,
+    /// Peer-reflexive remote candidates learned from checks that a relay delivered (counted
+    /// apart, see [`Connection::handle_stun`]); at most
+    /// [`ConnectionConfig::max_peer_reflexive`].
+    relayed_peer_reflexive: BTreeSet<SocketAddr>,
     ice_connected_at: Option<Instant>,
     established: bool,
     idle: bool,
@@ -103,8 +110,12 @@ pub(crate) struct Connection {
     events: VecDeque<ConnEvent>,
     /// Transaction ids of the binding requests sent since the node last asked, so that it
     /// routes their answers without asking every connection.
-    sent_requests: Vec<(Instant, TransactionId)>,
+    sent_requests: Vec<(Instant, TransactionId, SocketAddr)>,
 }
+
+/// The priority of a remote candidate learned from authenticated packets: the highest RFC 8445
+/// allows, so that a pair on it outranks every pair on a signalled candidate.
+const LEARNED_PRIORITY: u32 = (1 << 31) - 1;
 
 /// A STUN transaction id.
 pub(crate) type TransactionId = [u8; 12];
@@ -150,6 +161,8 @@ impl Connection {
             rekey_since: None,
             relayed: BTreeMap::new(),
             wg_endpoint: None,
+            learned_remote: None,
+            relayed_peer_reflexive: BTreeSet::new(),
             ice_connected_at: None,
             established: false,
             idle: false,
@@ -179,7 +192,9 @@ impl Connection {
     }
 
     /// The binding requests sent since the last call, by transaction id.
-    pub(crate) fn take_sent_requests(&mut self) -> std::vec::Drain<'_, (Instant, TransactionId)> {
+    pub(crate) fn take_sent_requests(
+        &mut self,
+    ) -> std::vec::Drain<'_, (Instant, TransactionId, SocketAddr)> {
         self.sent_requests.drain(..)
     }
 
@@ -436,6 +451,7 @@ impl Connection {
             Output::Tunnel(range) => {
                 buf.set_range(header + range.start..header + range.end);
                 self.wg_endpoint = Some((local, from));
+                self.follow_peer(reply_path, now);
                 self.mark_active(now);
                 Some(buf)
             }
@@ -444,6 +460,70 @@ impl Connection {
         };
         self.check_established(now);
         Ok(out)
+    }
+
+    /// Where the peer's authenticated packets come from, when that is not where we send.
+    ///
+    /// The gateway answers there, as WireGuard does: a client whose NAT gave it a new public
+    /// address (a flushed or expired mapping, a roam) keeps its nominated pair, so the
+    /// gateway's ICE agent sees no new nomination and its own pair points at a mapping that no
+    /// longer exists.
+    ///
+    /// The client, controlling, does not jump: if both sides followed each other, two NATs that
+    /// map per destination port would hand out a new port on every turn. It gives the address
+    /// to ICE as a remote candidate instead, above every signalled one, so that the agent
+    /// checks it and nominates it once it works: the gateway's answers from its new mapping
+    /// keep that mapping alive, while the one the client sends to may be refreshed by nothing
+    /// any more.
+    fn follow_peer(&mut self, reply_path: Path, now: Instant) {
+        let Some(path) = self.path else {
+            return;
+        };
+        if path == reply_path {
+            return;
+        }
+        match self.role {
+            Role::Gateway => {
+                tracing::info!(
+                    old = %path.remote,
+                    new = %reply_path.remote,
+                    "peer's authenticated packets come from a new address: following"
+                );
+                self.path = Some(reply_path);
+            }
+            Role::Client => {
+                // Only a direct path has an address of the peer's to learn.
+                if reply_path.relay.is_some()
+                    || self
+                        .learned_remote
+                        .as_ref()
+                        .is_some_and(|c| c.addr() == reply_path.remote)
+                {
+                    return;
+                }
+                let candidate = is::Candidate::from_parts(
+                    "learned".to_owned(),
+                    1,
+                    is::Protocol::Udp,
+                    LEARNED_PRIORITY,
+                    reply_path.remote,
+                    is::CandidateKind::PeerReflexive,
+                    None,
+                    None,
+                    None,
+                );
+                tracing::info!(
+                    nominated = %path.remote,
+                    learned = %reply_path.remote,
+                    "peer's authenticated packets come from a new address: checking it"
+                );
+                if let Some(old) = self.learned_remote.replace(candidate.clone()) {
+                    self.ice.seeded().invalidate_candidate(&old);
+                }
+                self.ice.seeded().add_remote_candidate(candidate);
+                self.ice.agent_mut().handle_timeout(now);
+            }
+        }
     }
 
     /// After a handshake boringtun releases the packets it queued, one call at a time.
@@ -518,13 +598,20 @@ impl Connection {
         transmits: &mut VecDeque<Transmit>,
     ) -> bool {
         let _guard = self.span.clone().entered();
-        if message.is_binding_request() && self.too_many_peer_reflexive(from) {
+        let via_relay = self.relayed.contains_key(&local);
+        if message.is_binding_request() && self.too_many_peer_reflexive(from, via_relay) {
             // Two address-and-port-dependent NATs feed each other: every check from a new
             // mapping teaches the other side a new peer-reflexive address, whose triggered
             // check opens yet another mapping. Past a handful, new ones are not learned.
-            tracing::debug!(%from, "check from yet another unknown address: ignored");
+            // Checks a relay delivered are counted apart: they cannot feed such a loop (our
+            // answers and checks leave from the relay's one address), and a peer whose NAT
+            // forgot its mappings reaches us through a relay from an address that is new,
+            // while the direct ones may have filled their count long before.
+            tracing::debug!(%from, via_relay, "check from yet another unknown address: ignored");
             return true;
         }
+        let learned_via_relay =
+            via_relay && message.is_binding_request() && !self.ice.has_remote_candidate(from);
         let accepted = self.ice.seeded().handle_packet(
             now,
             StunPacket {
@@ -534,6 +621,12 @@ impl Connection {
                 message,
             },
         );
+        if learned_via_relay && self.ice.has_remote_candidate(from) {
+            let ice = &self.ice;
+            self.relayed_peer_reflexive
+                .retain(|addr| ice.has_remote_candidate(*addr));
+            self.relayed_peer_reflexive.insert(from);
+        }
         // `is` only re-evaluates its state (and nominates, on the controlled side) inside
         // handle_timeout; without this the connection would come up a timer period late.
         self.ice.agent_mut().handle_timeout(now);
@@ -541,9 +634,13 @@ impl Connection {
         accepted
     }
 
-    fn too_many_peer_reflexive(&self, from: SocketAddr) -> bool {
-        self.ice
-            .too_many_peer_reflexive(from, self.config.max_peer_reflexive)
+    fn too_many_peer_reflexive(&self, from: SocketAddr, via_relay: bool) -> bool {
+        self.ice.too_many_peer_reflexive(
+            from,
+            via_relay,
+            &self.relayed_peer_reflexive,
+            self.config.max_peer_reflexive,
+        )
     }
 
     pub(crate) fn accepts(&self, message: &StunMessage<'_>) -> bool {
@@ -724,7 +821,7 @@ impl Connection {
         while let Some(t) = self.ice.agent_mut().poll_transmit() {
             let contents: &[u8] = &t.contents;
             if let Some(id) = binding_request_id(contents) {
-                self.sent_requests.push((now, id));
+                self.sent_requests.push((now, id, t.destination));
             }
             let path = self.path_from(t.source, t.destination);
             let header = path.header_len();

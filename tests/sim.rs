@@ -202,6 +202,22 @@ fn determinism() {
     assert_eq!(first, run());
 }
 
+/// Every failing case kept in `regressions/sim/` (see `harness::sim::regression`), each from a
+/// fresh world, held to the same checks as the scenarios below.
+#[test]
+fn regressions() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions/sim");
+    let cases = match harness::sim::regression::load_dir(&dir) {
+        Ok(cases) => cases,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(!cases.is_empty(), "no case files in {}", dir.display());
+    for case in cases {
+        println!("replaying {}", case.path.display());
+        scenario(case.seed, &case.transitions);
+    }
+}
+
 /// Hand-named scenarios: cases the property test found or that matter enough to pin down,
 /// each run from a fresh world and held to the same checks (the model, the invariants, and
 /// no ERROR logged).
@@ -782,90 +798,6 @@ fn scenario_roam_then_idle_recovers_after_the_first_packet() {
                 resource: 0,
             },
             Send {
-                client: 0,
-                resource: 1,
-            },
-        ],
-        1,
-    );
-}
-
-/// Found by the property test: the clients' NAT forgets its mappings right after a loss burst;
-/// client 1 sends once through its new public port, then idles for two minutes. Its next flow,
-/// long after the fault, must be answered.
-#[test]
-fn scenario_idle_after_nat_expiry() {
-    use Transition::*;
-    scenario_delivering(
-        15_408_888_812_472_719_778,
-        &[
-            LossBurst {
-                sites: 23,
-                secs: 15,
-            },
-            NatExpiry(Side::Clients),
-            Send {
-                client: 0,
-                resource: 0,
-            },
-            Advance { secs: 10 },
-            Send {
-                client: 1,
-                resource: 2,
-            },
-            Advance { secs: 39 },
-            Advance { secs: 23 },
-            Send {
-                client: 1,
-                resource: 1,
-            },
-            Send {
-                client: 1,
-                resource: 1,
-            },
-            SendTcp {
-                client: 0,
-                resource: 1,
-            },
-        ],
-        1,
-    );
-}
-
-/// Found by the property test: as above, but client 1 last sent before the clients' NAT forgot
-/// its mappings, so no packet of its ever came from its new public port before its next flow.
-#[test]
-fn scenario_idle_after_nat_expiry_without_traffic() {
-    use Transition::*;
-    scenario_delivering(
-        15_408_888_812_472_719_778,
-        &[
-            LossBurst { sites: 12, secs: 3 },
-            Send {
-                client: 0,
-                resource: 0,
-            },
-            NatExpiry(Side::Clients),
-            Send {
-                client: 1,
-                resource: 0,
-            },
-            Advance { secs: 10 },
-            Send {
-                client: 1,
-                resource: 0,
-            },
-            Advance { secs: 39 },
-            Advance { secs: 23 },
-            Send {
-                client: 1,
-                resource: 1,
-            },
-            Send {
-                client: 1,
-                resource: 1,
-            },
-            SendTcp {
                 client: 0,
                 resource: 1,
             },

@@ -257,13 +257,19 @@ impl Case {
         let w = &mut self.deployment;
         let victim =
             portal_sim::Identity::Client(node_core::ids::ClientId((1 - HOSTILE) as u64 + 1));
-        let Some(key) = w.portal_key_of(victim) else {
+        let owned = w.portal_key_owners();
+        let Some(key) = owned.iter().find(|(_, o)| *o == victim).map(|(k, _)| *k) else {
             w.run_for(SETTLE).map_err(|e| e.to_string())?;
             return check_invariants(&self.deployment);
         };
         let sent = w.attack(HOSTILE, Attack::Frame(claim_key(key)));
         w.run_for(SETTLE).map_err(|e| e.to_string())?;
-        match w.portal_key_owner(key) {
+        let owner = w
+            .portal_key_owners()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, o)| o);
+        match owner {
             Some(owner) if owner != victim => {
                 return Err(format!("the portal gave {victim}'s public key to {owner}"));
             }
@@ -271,7 +277,7 @@ impl Case {
             // free, and nobody may hold it but whoever joins with it.
             Some(_) | None => {}
         }
-        if sent && w.portal_key_owner(key) == Some(victim) {
+        if sent && owner == Some(victim) {
             self.counts.bump("checked:claim_refused");
         }
         check_invariants(&self.deployment)

@@ -388,32 +388,13 @@ impl<'a> Deployment<'a> {
             .is_some_and(|tx| tx.send(attack).is_ok())
     }
 
-    /// The public key the portal holds for `identity` (the one it last joined with).
-    pub fn portal_key_of(
-        &self,
-        identity: portal_sim::Identity,
-    ) -> Option<node_core::portal::PublicKey> {
+    /// Which node owns which public key, as the portal says (see `Portal::key_owners`).
+    pub fn portal_key_owners(&self) -> Vec<(node_core::portal::PublicKey, portal_sim::Identity)> {
         let server = self.portal.borrow();
-        server.as_ref()?.with_portal(|p, _| {
-            p.key_owners()
-                .into_iter()
-                .find(|(_, owner)| *owner == identity)
-                .map(|(key, _)| key)
-        })
-    }
-
-    /// Who the portal says owns `key`.
-    pub fn portal_key_owner(
-        &self,
-        key: node_core::portal::PublicKey,
-    ) -> Option<portal_sim::Identity> {
-        let server = self.portal.borrow();
-        server.as_ref()?.with_portal(|p, _| {
-            p.key_owners()
-                .into_iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, owner)| owner)
-        })
+        server
+            .as_ref()
+            .map(|s| s.with_portal(|p, _| p.key_owners()))
+            .unwrap_or_default()
     }
 
     /// The public address of the clients' NAT.

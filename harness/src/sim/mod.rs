@@ -7,3 +7,4 @@ pub mod draw;
 pub mod hostile;
 pub mod hosts;
 pub mod model;
+pub mod regression;

@@ -1,0 +1,285 @@
+//! Failing cases kept as text, one file per case, replayed by `cargo test --test sim` for ever.
+//!
+//! A case file names its seed and its transitions in the form the timeline prints them
+//! (`send(c1, r2)`, `loss_burst(0b10111, 15s)`, `nat_port_reuse(Clients)`), so it stays readable
+//! and does not depend on how the property test draws cases:
+//!
+//! ```text
+//! # What broke, and what fixed it.
+//! seed: 15408888812472719778
+//! loss_burst(0b10111, 15s)
+//! nat_port_reuse(Clients)
+//! send(c1, r1)
+//! ```
+//!
+//! Lines starting with `#` are the case's notes; blank lines are ignored.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::model::{Side, Transition, CLIENTS, NODES, RELAYS, RESOURCES};
+
+/// One kept case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Regression {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The world's seed.
+    pub seed: u64,
+    /// The transitions, in order.
+    pub transitions: Vec<Transition>,
+}
+
+/// Why a case file was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+/// Parses a case file's text.
+pub fn parse(path: &Path, text: &str) -> Result<Regression, ParseError> {
+    let mut seed = None;
+    let mut transitions = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let error = |reason: String| ParseError {
+            line: i + 1,
+            reason,
+        };
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(value) = line.strip_prefix("seed:") {
+            let value = value.trim();
+            seed = Some(
+                value
+                    .parse()
+                    .map_err(|_| error(format!("not a seed: {value:?}")))?,
+            );
+            continue;
+        }
+        transitions.push(parse_transition(line).map_err(error)?);
+    }
+    let seed = seed.ok_or(ParseError {
+        line: 0,
+        reason: "no `seed:` line".to_owned(),
+    })?;
+    Ok(Regression {
+        path: path.to_owned(),
+        seed,
+        transitions,
+    })
+}
+
+/// Every `*.case` file in `dir`, in name order.
+pub fn load_dir(dir: &Path) -> Result<Vec<Regression>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "case"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|path| {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            parse(path, &text).map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .collect()
+}
+
+/// The transition a timeline line names: the inverse of [`Transition`]'s `Display`.
+pub fn parse_transition(text: &str) -> Result<Transition, String> {
+    let (kind, args) = match text.split_once('(') {
+        Some((kind, rest)) => {
+            let args = rest
+                .strip_suffix(')')
+                .ok_or_else(|| format!("no closing parenthesis: {text:?}"))?;
+            let args: Vec<&str> = args.split(',').map(str::trim).collect();
+            (kind.trim(), args)
+        }
+        None => (text.trim(), Vec::new()),
+    };
+    let arity = |n: usize| {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(format!("{kind} takes {n} arguments: {text:?}"))
+        }
+    };
+    let t = match kind {
+        "send" | "send_tcp" | "ping" | "revoke" | "authorize" => {
+            arity(2)?;
+            let client = indexed(args[0], 'c', CLIENTS)?;
+            let resource = indexed(args[1], 'r', RESOURCES)?;
+            match kind {
+                "send" => Transition::Send { client, resource },
+                "send_tcp" => Transition::SendTcp { client, resource },
+                "ping" => Transition::Ping { client, resource },
+                "revoke" => Transition::Revoke { client, resource },
+                _ => Transition::Authorize { client, resource },
+            }
+        }
+        "authorize_expiring" => {
+            arity(3)?;
+            Transition::AuthorizeFor {
+                client: indexed(args[0], 'c', CLIENTS)?,
+                resource: indexed(args[1], 'r', RESOURCES)?,
+                secs: seconds(args[2])?,
+            }
+        }
+        "advance_time" => {
+            arity(1)?;
+            Transition::Advance {
+                secs: seconds(args[0])?,
+            }
+        }
+        "nat_port_reuse" => {
+            arity(1)?;
+            Transition::NatExpiry(match args[0] {
+                "Clients" => Side::Clients,
+                "Gateway" => Side::Gateway,
+                other => return Err(format!("not a NAT side: {other:?}")),
+            })
+        }
+        "relay_crash" | "relay_restart" | "relay_replace" => {
+            arity(1)?;
+            let relay = indexed(args[0], 't', RELAYS)?;
+            match kind {
+                "relay_crash" => Transition::RelayCrash(relay),
+                "relay_restart" => Transition::RelayRestart(relay),
+                _ => Transition::RelayReplace(relay),
+            }
+        }
+        "client_restart" | "roam" => {
+            arity(1)?;
+            let client = indexed(args[0], 'c', CLIENTS)?;
+            if kind == "roam" {
+                Transition::Roam(client)
+            } else {
+                Transition::ClientRestart(client)
+            }
+        }
+        "loss_burst" => {
+            arity(2)?;
+            let bits = args[0]
+                .strip_prefix("0b")
+                .ok_or_else(|| format!("sites are written 0b...: {:?}", args[0]))?;
+            Transition::LossBurst {
+                sites: u8::from_str_radix(bits, 2)
+                    .map_err(|_| format!("not a bit set: {:?}", args[0]))?,
+                secs: seconds(args[1])?,
+            }
+        }
+        "portal_partition" => {
+            arity(2)?;
+            let node = if args[0] == "g1" {
+                CLIENTS
+            } else {
+                indexed(args[0], 'c', CLIENTS)?
+            };
+            debug_assert!(node < NODES);
+            Transition::PortalPartition {
+                node,
+                secs: seconds(args[1])?,
+            }
+        }
+        _ if !args.is_empty() => return Err(format!("{kind} takes no arguments: {text:?}")),
+        "portal_restart" => Transition::PortalRestart,
+        "block_direct" => Transition::BlockDirect,
+        "unblock_direct" => Transition::UnblockDirect,
+        "gateway_restart" => Transition::GatewayRestart,
+        "candidate_flood" => Transition::CandidateFlood,
+        "handshake_flood" => Transition::HandshakeFlood,
+        "claim_key" => Transition::ClaimKey,
+        other => return Err(format!("no such transition: {other:?}")),
+    };
+    Ok(t)
+}
+
+/// `c2` as 1 when `prefix` is `c`, checked against `count`.
+fn indexed(text: &str, prefix: char, count: usize) -> Result<usize, String> {
+    let n: usize = text
+        .strip_prefix(prefix)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("expected {prefix}1 to {prefix}{count}: {text:?}"))?;
+    if n == 0 || n > count {
+        return Err(format!("expected {prefix}1 to {prefix}{count}: {text:?}"));
+    }
+    Ok(n - 1)
+}
+
+/// `15s` as 15.
+fn seconds(text: &str) -> Result<u64, String> {
+    text.strip_suffix('s')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("expected seconds like 15s: {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::sim::draw::generate;
+
+    /// Whatever the timeline prints, a case file can say.
+    #[test]
+    fn every_drawn_transition_reads_back() {
+        for seed in 0..200 {
+            for t in generate(seed, 30) {
+                assert_eq!(parse_transition(&t.to_string()), Ok(t.clone()), "{t}");
+            }
+        }
+        for t in [
+            Transition::CandidateFlood,
+            Transition::HandshakeFlood,
+            Transition::ClaimKey,
+            Transition::PortalPartition {
+                node: CLIENTS,
+                secs: 5,
+            },
+        ] {
+            assert_eq!(parse_transition(&t.to_string()), Ok(t.clone()), "{t}");
+        }
+    }
+
+    #[test]
+    fn a_case_file_reads_with_its_notes_and_refuses_nonsense() {
+        let text = "# broke\n\nseed: 7\nsend(c1, r2)\nloss_burst(0b101, 3s)\n";
+        let case = parse(Path::new("x.case"), text).unwrap();
+        assert_eq!(case.seed, 7);
+        assert_eq!(
+            case.transitions,
+            [
+                Transition::Send {
+                    client: 0,
+                    resource: 1
+                },
+                Transition::LossBurst { sites: 5, secs: 3 }
+            ]
+        );
+        for bad in [
+            "send(c1, r2)\n",
+            "seed: x\n",
+            "seed: 1\nsend(c3, r1)\n",
+            "seed: 1\nsend(c1)\n",
+            "seed: 1\nportal_restart(c1)\n",
+            "seed: 1\nfly(c1)\n",
+            "seed: 1\nadvance_time(10)\n",
+        ] {
+            assert!(parse(Path::new("x.case"), bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -73,6 +73,11 @@ impl Case {
 
     /// Applies `t` to the world and the model and checks the result.
     pub fn step(&mut self, t: &Transition) -> Result<(), String> {
+        let at = self.deployment.elapsed().as_secs();
+        self.deployment.heartbeat.set_label(format!(
+            "seed {}, transition {t} at {at} s of simulated time",
+            self.model.seed
+        ));
         self.counts.bump(t.kind());
         let before = self.model.clone();
         self.model.apply(t);

@@ -80,6 +80,9 @@ pub struct Deployment<'a> {
     relay_faults: Vec<Faults>,
     /// What each relay holds.
     pub relay_taps: Vec<Rc<RelayTap>>,
+    /// Beats at every step: a case whose simulated time stops advancing fails (see
+    /// [`super::watchdog`]).
+    pub heartbeat: super::watchdog::Heartbeat,
     relays: Vec<(u64, SocketAddr)>,
     /// Portal cuts to heal, by when.
     heals: Vec<(Duration, usize)>,
@@ -301,6 +304,7 @@ impl<'a> Deployment<'a> {
             relay_crashed: [false; RELAYS],
             relay_faults,
             relay_taps,
+            heartbeat: super::watchdog::Heartbeat::new(format!("seed {seed}, starting")),
             relays,
             heals: Vec::new(),
             next_payload: 0,
@@ -315,6 +319,7 @@ impl<'a> Deployment<'a> {
                 self.heal_due();
             }
             self.sim.step()?;
+            self.heartbeat.beat();
         }
         Ok(())
     }

@@ -8,3 +8,4 @@ pub mod hostile;
 pub mod hosts;
 pub mod model;
 pub mod regression;
+pub mod watchdog;

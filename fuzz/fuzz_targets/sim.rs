@@ -17,8 +17,9 @@
 //! a whole deployment), so this target is for long campaigns; the seeds each cover a fault.
 //!
 //! A crash replays with `cargo +nightly fuzz run sim <crash file>`. `cargo +nightly fuzz fmt
-//! sim <crash file>` prints the decoded case as `scenario(seed, &[transitions])`, the call a
-//! `scenario_*` test in `tests/sim.rs` makes; the failure message prints the whole test.
+//! sim <crash file>` prints the decoded case as a file for `regressions/sim/` (its seed and its
+//! transitions as the timeline prints them), and so does the failure message: keep it there,
+//! with a note on what broke, and the `regressions` test replays it for good.
 
 #![no_main]
 
@@ -82,24 +83,16 @@ impl Input {
         Self { seed, transitions }
     }
 
-    /// The regression test that replays this case, ready for `tests/sim.rs`.
-    fn as_test(&self) -> String {
-        [
-            "#[test]".to_owned(),
-            format!("fn scenario_fuzz_{:016x}() {{", self.seed),
-            "    use Side::*;".to_owned(),
-            "    use Transition::*;".to_owned(),
-            format!("    {self:?};"),
-            "}".to_owned(),
-        ]
-        .join("\n")
+    /// The case as a file for `regressions/sim/` (see `harness::sim::regression`).
+    fn as_case_file(&self) -> String {
+        harness::sim::regression::to_text(self.seed, &self.transitions)
     }
 }
 
-/// What `cargo fuzz fmt` prints: the call that replays the case from a fresh world.
+/// What `cargo fuzz fmt` prints: the case as a file for `regressions/sim/`.
 impl fmt::Debug for Input {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "scenario({}, &{:#?})", self.seed, self.transitions)
+        write!(f, "{}", self.as_case_file())
     }
 }
 
@@ -170,13 +163,16 @@ fuzz_target!(|input: Input| {
     ERRORS.store(0, Ordering::Relaxed);
     let (_, result) = run_case(input.seed, &input.transitions);
     if let Err(failure) = result {
-        panic!("{failure}\nreplay it as a test:\n{}", input.as_test());
+        panic!(
+            "{failure}\nkeep it as regressions/sim/<what-broke>.case:\n{}",
+            input.as_case_file()
+        );
     }
     let errors = ERRORS.load(Ordering::Relaxed);
     assert_eq!(
         errors,
         0,
-        "{errors} ERROR lines logged\nreplay it as a test:\n{}",
-        input.as_test()
+        "{errors} ERROR lines logged\nkeep it as regressions/sim/<what-broke>.case:\n{}",
+        input.as_case_file()
     );
 });

@@ -12,7 +12,13 @@
 //! send(c1, r1)
 //! ```
 //!
-//! Lines starting with `#` are the case's notes; blank lines are ignored.
+//! Lines starting with `#` are the case's notes; blank lines are ignored. A case may also require
+//! counts of its coverage line, so that it cannot pass by checking nothing:
+//!
+//! ```text
+//! require: checked:delivered >= 2
+//! require: checked:claim_refused = 3
+//! ```
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -28,6 +34,60 @@ pub struct Regression {
     pub seed: u64,
     /// The transitions, in order.
     pub transitions: Vec<Transition>,
+    /// Counts the case must end with.
+    pub requirements: Vec<Requirement>,
+}
+
+/// A count a case must end with: `key` of its coverage line at least, or exactly, `value`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// The coverage key, as `checked:delivered`.
+    pub key: String,
+    /// Whether the count must equal `value` (or reach it).
+    pub exactly: bool,
+    /// The count.
+    pub value: u64,
+}
+
+impl Requirement {
+    /// Whether `count` (0 when the key never counted) meets it.
+    pub fn met_by(&self, count: u64) -> bool {
+        if self.exactly {
+            count == self.value
+        } else {
+            count >= self.value
+        }
+    }
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = if self.exactly { "=" } else { ">=" };
+        write!(f, "{} {op} {}", self.key, self.value)
+    }
+}
+
+fn parse_requirement(text: &str) -> Result<Requirement, String> {
+    let (key, exactly, value) = if let Some((key, value)) = text.split_once(">=") {
+        (key, false, value)
+    } else if let Some((key, value)) = text.split_once('=') {
+        (key, true, value)
+    } else {
+        return Err(format!("expected `key >= n` or `key = n`: {text:?}"));
+    };
+    let key = key.trim();
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        return Err(format!("not a coverage key: {key:?}"));
+    }
+    let value = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a count: {:?}", value.trim()))?;
+    Ok(Requirement {
+        key: key.to_owned(),
+        exactly,
+        value,
+    })
 }
 
 /// Why a case file was refused.
@@ -45,10 +105,20 @@ impl fmt::Display for ParseError {
     }
 }
 
+/// A case as a file's text, with a placeholder note to fill in.
+pub fn to_text(seed: u64, transitions: &[Transition]) -> String {
+    let mut text = format!("# What broke, and the commit that fixed it.\nseed: {seed}\n");
+    for t in transitions {
+        text.push_str(&format!("{t}\n"));
+    }
+    text
+}
+
 /// Parses a case file's text.
 pub fn parse(path: &Path, text: &str) -> Result<Regression, ParseError> {
     let mut seed = None;
     let mut transitions = Vec::new();
+    let mut requirements = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         let error = |reason: String| ParseError {
@@ -67,6 +137,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Regression, ParseError> {
             );
             continue;
         }
+        if let Some(value) = line.strip_prefix("require:") {
+            requirements.push(parse_requirement(value).map_err(error)?);
+            continue;
+        }
         transitions.push(parse_transition(line).map_err(error)?);
     }
     let seed = seed.ok_or(ParseError {
@@ -77,6 +151,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Regression, ParseError> {
         path: path.to_owned(),
         seed,
         transitions,
+        requirements,
     })
 }
 
@@ -238,9 +313,12 @@ mod tests {
     #[test]
     fn every_drawn_transition_reads_back() {
         for seed in 0..200 {
-            for t in generate(seed, 30) {
+            let drawn = generate(seed, 30);
+            for t in &drawn {
                 assert_eq!(parse_transition(&t.to_string()), Ok(t.clone()), "{t}");
             }
+            let case = parse(Path::new("x.case"), &to_text(seed, &drawn)).unwrap();
+            assert_eq!((case.seed, case.transitions), (seed, drawn));
         }
         for t in [
             Transition::CandidateFlood,
@@ -257,7 +335,8 @@ mod tests {
 
     #[test]
     fn a_case_file_reads_with_its_notes_and_refuses_nonsense() {
-        let text = "# broke\n\nseed: 7\nsend(c1, r2)\nloss_burst(0b101, 3s)\n";
+        let text = "# broke\n\nseed: 7\nsend(c1, r2)\nloss_burst(0b101, 3s)\n\
+                    require: checked:delivered >= 2\nrequire: claim_key = 0\n";
         let case = parse(Path::new("x.case"), text).unwrap();
         assert_eq!(case.seed, 7);
         assert_eq!(
@@ -270,6 +349,10 @@ mod tests {
                 Transition::LossBurst { sites: 5, secs: 3 }
             ]
         );
+        let required: Vec<String> = case.requirements.iter().map(|r| r.to_string()).collect();
+        assert_eq!(required, ["checked:delivered >= 2", "claim_key = 0"]);
+        assert!(case.requirements[0].met_by(3) && !case.requirements[0].met_by(1));
+        assert!(case.requirements[1].met_by(0) && !case.requirements[1].met_by(1));
         for bad in [
             "send(c1, r2)\n",
             "seed: x\n",
@@ -278,6 +361,8 @@ mod tests {
             "seed: 1\nportal_restart(c1)\n",
             "seed: 1\nfly(c1)\n",
             "seed: 1\nadvance_time(10)\n",
+            "seed: 1\nrequire: checked:delivered > 2\n",
+            "seed: 1\nrequire: = 2\n",
         ] {
             assert!(parse(Path::new("x.case"), bad).is_err(), "{bad:?}");
         }

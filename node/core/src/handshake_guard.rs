@@ -80,11 +80,8 @@ impl HandshakeGuard {
     pub(crate) fn new(public_key: &PublicKey, now: Instant) -> Self {
         // The limiter reads boringtun's clock at construction.
         MockClock::set_time(Duration::ZERO);
-        let mut hash = Blake2s256::new();
-        blake2::Digest::update(&mut hash, b"mac1----");
-        blake2::Digest::update(&mut hash, public_key.as_bytes());
         Self {
-            mac1_key: hash.finalize().into(),
+            mac1_key: mac1_key(public_key),
             // Always under load: it is asked only when this guard judges the node is.
             limiter: RateLimiter::new(public_key, 0),
             epoch: now,
@@ -141,12 +138,9 @@ impl HandshakeGuard {
         if datagram.len() != INITIATION_LEN {
             return false;
         }
-        let Ok(mut mac) = Blake2sMac::<blake2::digest::consts::U16>::new_from_slice(&self.mac1_key)
-        else {
+        let Some(expected) = mac1(&self.mac1_key, datagram) else {
             return false;
         };
-        blake2::digest::Update::update(&mut mac, &datagram[..MAC1_AT]);
-        let expected: [u8; 16] = mac.finalize_fixed().into();
         expected.ct_eq(&datagram[MAC1_AT..MAC1_AT + 16]).into()
     }
 
@@ -193,16 +187,24 @@ pub fn sign_mac1(public_key: &PublicKey, initiation: &mut [u8]) {
     if initiation.len() != INITIATION_LEN {
         return;
     }
+    if let Some(mac) = mac1(&mac1_key(public_key), initiation) {
+        initiation[MAC1_AT..MAC1_AT + 16].copy_from_slice(&mac);
+    }
+}
+
+/// WireGuard's mac1 key for a responder: BLAKE2s("mac1----" || its public key).
+fn mac1_key(public_key: &PublicKey) -> [u8; 32] {
     let mut hash = Blake2s256::new();
     blake2::Digest::update(&mut hash, b"mac1----");
     blake2::Digest::update(&mut hash, public_key.as_bytes());
-    let key: [u8; 32] = hash.finalize().into();
-    let Ok(mut mac) = Blake2sMac::<blake2::digest::consts::U16>::new_from_slice(&key) else {
-        return;
-    };
-    blake2::digest::Update::update(&mut mac, &initiation[..MAC1_AT]);
-    let mac1: [u8; 16] = mac.finalize_fixed().into();
-    initiation[MAC1_AT..MAC1_AT + 16].copy_from_slice(&mac1);
+    hash.finalize().into()
+}
+
+/// The mac1 of an initiation (`INITIATION_LEN` bytes): a keyed BLAKE2s over what precedes it.
+fn mac1(key: &[u8; 32], initiation: &[u8]) -> Option<[u8; 16]> {
+    let mut mac = Blake2sMac::<blake2::digest::consts::U16>::new_from_slice(key).ok()?;
+    blake2::digest::Update::update(&mut mac, initiation.get(..MAC1_AT)?);
+    Some(mac.finalize_fixed().into())
 }
 
 #[cfg(test)]

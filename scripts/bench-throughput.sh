@@ -126,7 +126,7 @@ cat >"$WORK/seed.json" <<'JSON'
 }
 JSON
 bg portal "$GW" env PORTAL_RELAY_SECRET=bench RUST_LOG=warn "$BIN_DIR/portal" \
-  --listen 192.168.10.1:8080 --seed-file "$WORK/seed.json"
+  --listen 192.168.10.1:8080 --seed-file "$WORK/seed.json" --db "$WORK/portal.db"
 sleep 0.5
 bg gateway "$GW" env RUST_LOG=warn "$BIN_DIR/gateway" --portal-url ws://192.168.10.1:8080 --insecure-no-tls \
   --token gateway-token --tun-name ztagw --mtu $MTU --state-dir "$WORK/gateway-state"

@@ -166,7 +166,7 @@ SECRET=e2e-relay-secret
 LOG=${ZTA_E2E_LOG:-info}
 start_portal() {
   start portal "$NS_PUB" env PORTAL_RELAY_SECRET=$SECRET RUST_LOG="$LOG" "$BIN_DIR/portal" \
-    --listen 192.0.2.10:8080 --seed-file "$WORK/seed.json" \
+    --listen 192.0.2.10:8080 --seed-file "$WORK/seed.json" --db "$WORK/portal.db" \
     --tls-cert "$WORK/portal.pem" --tls-key "$WORK/portal.key"
 }
 start_relay() { # start_relay N PORTS

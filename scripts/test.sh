@@ -16,6 +16,8 @@ require iptables iptables        # tests/e2e.rs: the NATs (masquerade), blocking
 require iperf3 iperf3            # tests/e2e.rs: TCP transfers through the tunnel
 require ping iputils-ping        # tests/e2e.rs
 require openssl openssl          # tests/e2e.rs: the test CA and the portal's certificate
+# portal-sim's PostgreSQL tests (store, two instances): a throwaway server started below.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -28,6 +30,13 @@ fi
 
 # Unit, integration and interop tests of every crate.
 cargo test --workspace --all-targets --exclude zta "$@"
+# The portal's store and its two-instance test on a real PostgreSQL server (ignored by a plain
+# `cargo test`, which has none).
+source scripts/lib/postgres.sh
+trap stop_postgres EXIT
+start_postgres
+cargo test -p portal-sim --test store --test admin "$@" -- --ignored
+stop_postgres
 # The whole-system tests: the deterministic simulation (256 cases, fast only when optimised; the
 # release profile keeps debug assertions off but the same code) and the end-to-end test in
 # network namespaces with the real binaries.

@@ -11,11 +11,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod credentials;
+pub mod directory;
 mod portal;
+pub mod replica;
 pub mod seed;
 pub mod server;
+pub mod store;
 pub mod tls;
 
-pub use portal::{ConnId, Identity, Output, Portal, PortalConfig, DEFAULT_AUTHORIZATION};
+pub use portal::{
+    ConnId, Identity, Output, Portal, PortalConfig, PortalMetrics, DEFAULT_AUTHORIZATION,
+};
 pub use seed::{ResourceError, SeedError, SeedFile};

@@ -18,14 +18,13 @@ use node_proto::portal::{
 };
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha1::{Digest as _, Sha1};
 use subtle::ConstantTimeEq as _;
 
 use crate::credentials::rest_credentials;
-use crate::seed::{
-    ClientSeed, GatewaySeed, PolicySeed, RelaySeed, ResourceError, ResourceSeed, SeedFile,
-};
+use crate::directory::{Change, ChangeError, Client, Directory, Gateway, TokenDigest};
+use crate::seed::{PolicySeed, RelaySeed, ResourceError, ResourceSeed, SeedFile};
 
 /// How long an authorization lasts when its policy does not say.
 pub const DEFAULT_AUTHORIZATION: Duration = Duration::from_secs(3600);
@@ -75,7 +74,8 @@ impl fmt::Debug for PortalConfig {
 }
 
 /// Who is on the other end of a socket, as its token says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Identity {
     /// A client.
     Client(ClientId),
@@ -183,13 +183,10 @@ pub struct Portal {
     config: PortalConfig,
     rng: ChaCha20Rng,
 
-    clients: BTreeMap<ClientId, ClientSeed>,
-    gateways: BTreeMap<GatewayId, GatewaySeed>,
-    /// The digest of every node's token, see [`Self::authenticate`].
-    tokens: Vec<(TokenDigest, Identity)>,
-    resources: BTreeMap<ResourceId, ResourceSeed>,
-    policies: BTreeMap<(ClientId, ResourceId), PolicySeed>,
-    relays: BTreeMap<RelayId, SocketAddr>,
+    /// Who exists, what they may reach, the relays and the key owners: what outlives a
+    /// restart. (A key stays its owner's while it is offline too, until it joins with another
+    /// one.)
+    dir: Directory,
 
     sessions: BTreeMap<ConnId, Session>,
     /// The socket of each node that has one (joined or not).
@@ -199,21 +196,45 @@ pub struct Portal {
     /// The key each gateway last joined with: a gateway that rejoins with the same key is the
     /// same process, and holds what it was told before.
     gateway_keys: BTreeMap<GatewayId, PublicKey>,
-    /// The node each public key was last joined by: the key stays that node's while it is
-    /// offline too, until it joins with another one. Gone with the process unless carried over
-    /// ([`Portal::key_owners`], [`Portal::restore_key_owners`]).
-    key_owners: BTreeMap<PublicKey, Identity>,
 
     outputs: VecDeque<Output>,
+    /// Changes the core made to [`Self::dir`] by itself (key owners), for the runtime to store.
+    recorded: VecDeque<Change>,
+    /// Frames received from nodes.
+    frames: u64,
+    /// Frames refused, by the reason sent back (or `malformed_frame`, which gets no reply).
+    refused: BTreeMap<&'static str, u64>,
+    /// Administrative changes applied.
+    changes: u64,
 }
 
-/// A token as the portal keeps it.
-type TokenDigest = [u8; 20];
-
-/// Tokens are compared as digests so every comparison is over the same length. (SHA-1's known
-/// weakness is collisions; recovering a token from its digest would take a preimage.)
-fn token_digest(token: &[u8]) -> TokenDigest {
-    Sha1::digest(token).into()
+/// A snapshot of what the portal holds, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortalMetrics {
+    /// Sockets open.
+    pub sockets: usize,
+    /// Clients joined.
+    pub joined_clients: usize,
+    /// Gateways joined.
+    pub joined_gateways: usize,
+    /// Live flows (authorizations handed out).
+    pub flows: usize,
+    /// Clients in the directory.
+    pub clients: usize,
+    /// Gateways in the directory.
+    pub gateways: usize,
+    /// Resources in the directory.
+    pub resources: usize,
+    /// Policies in the directory.
+    pub policies: usize,
+    /// Relays in the directory.
+    pub relays: usize,
+    /// Frames received from nodes.
+    pub frames: u64,
+    /// Frames refused, by reason.
+    pub refused: Vec<(&'static str, u64)>,
+    /// Administrative changes applied.
+    pub changes: u64,
 }
 
 fn unix(now: SystemTime) -> u64 {
@@ -223,50 +244,55 @@ fn unix(now: SystemTime) -> u64 {
 impl Portal {
     /// A portal serving `seed`; `config.generation` tells restarts apart.
     pub fn new(seed: &SeedFile, config: PortalConfig) -> Self {
+        Self::with_directory(Directory::from_seed(seed), config)
+    }
+
+    /// A portal serving a stored directory (see [`crate::store`]).
+    pub fn with_directory(dir: Directory, config: PortalConfig) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(config.seed);
         rng.set_stream(config.generation);
-        let tokens = seed
-            .clients
-            .iter()
-            .map(|c| (token_digest(c.token.as_bytes()), Identity::Client(c.id)))
-            .chain(
-                seed.gateways
-                    .iter()
-                    .map(|g| (token_digest(g.token.as_bytes()), Identity::Gateway(g.id))),
-            )
-            .collect();
         Self {
             rng,
-            clients: seed.clients.iter().map(|c| (c.id, c.clone())).collect(),
-            gateways: seed.gateways.iter().map(|g| (g.id, g.clone())).collect(),
-            tokens,
-            resources: seed
-                .resources
-                .iter()
-                .filter(|r| match r.validate() {
-                    Ok(()) => true,
-                    // `SeedFile::load` refuses such a file; one built by hand skips the entry.
-                    Err(error) => {
-                        tracing::warn!(rid = %r.id, %error, "Skipping resource");
-                        false
-                    }
-                })
-                .map(|r| (r.id, r.clone()))
-                .collect(),
-            policies: seed
-                .policies
-                .iter()
-                .map(|p| ((p.client_id, p.resource_id), *p))
-                .collect(),
-            relays: seed.relays.iter().map(|r| (r.id, r.address)).collect(),
+            dir,
             sessions: BTreeMap::new(),
             online: BTreeMap::new(),
             pairs: BTreeMap::new(),
             flows: BTreeMap::new(),
             gateway_keys: BTreeMap::new(),
-            key_owners: BTreeMap::new(),
             outputs: VecDeque::new(),
+            recorded: VecDeque::new(),
+            frames: 0,
+            refused: BTreeMap::new(),
+            changes: 0,
             config,
+        }
+    }
+
+    /// What outlives a restart.
+    pub fn directory(&self) -> &Directory {
+        &self.dir
+    }
+
+    /// What the portal holds and has counted, for metrics.
+    pub fn metrics(&self) -> PortalMetrics {
+        let joined = self.joined_nodes();
+        let joined_clients = joined
+            .iter()
+            .filter(|(i, _)| matches!(i, Identity::Client(_)))
+            .count();
+        PortalMetrics {
+            sockets: self.sessions.len(),
+            joined_clients,
+            joined_gateways: joined.len() - joined_clients,
+            flows: self.flows.len(),
+            clients: self.dir.clients.len(),
+            gateways: self.dir.gateways.len(),
+            resources: self.dir.resources.len(),
+            policies: self.dir.policies.len(),
+            relays: self.dir.relays.len(),
+            frames: self.frames,
+            refused: self.refused.iter().map(|(&r, &n)| (r, n)).collect(),
+            changes: self.changes,
         }
     }
 
@@ -276,11 +302,21 @@ impl Portal {
     /// length are compared in constant time, against every node's token without stopping at a
     /// match.
     pub fn authenticate(&self, token: &[u8]) -> Option<Identity> {
-        let digest = token_digest(token);
+        let digest = TokenDigest::of(token);
+        let clients = self
+            .dir
+            .clients
+            .values()
+            .map(|c| (c.token, Identity::Client(c.id)));
+        let gateways = self
+            .dir
+            .gateways
+            .values()
+            .map(|g| (g.token, Identity::Gateway(g.id)));
         let mut found = None;
-        for (candidate, identity) in &self.tokens {
-            if bool::from(candidate.ct_eq(&digest)) {
-                found = Some(*identity);
+        for (candidate, identity) in clients.chain(gateways) {
+            if bool::from(candidate.0.ct_eq(&digest.0)) {
+                found = Some(identity);
             }
         }
         found
@@ -339,10 +375,12 @@ impl Portal {
             tracing::debug!(conn = conn.0, "Frame from an unknown socket");
             return;
         };
+        self.frames += 1;
         let frame = match Frame::parse(text) {
             Ok(frame) => frame,
             Err(error) => {
                 tracing::debug!(node = %identity, %error, "Dropping malformed frame");
+                *self.refused.entry("malformed_frame").or_default() += 1;
                 return;
             }
         };
@@ -409,7 +447,7 @@ impl Portal {
             return Err(error);
         }
         let rid = resource.id;
-        if let Some(old) = self.resources.get(&rid) {
+        if let Some(old) = self.dir.resources.get(&rid) {
             if old.site != resource.site {
                 // The old site's gateways no longer serve it.
                 let old = old.clone();
@@ -422,7 +460,7 @@ impl Portal {
         }
         tracing::debug!(%rid, site = %resource.site, "Resource created or updated");
         let description = resource.description();
-        self.resources.insert(rid, resource.clone());
+        self.dir.resources.insert(rid, resource.clone());
         for cid in self.clients_with_policy(rid) {
             self.push_client(
                 cid,
@@ -440,7 +478,7 @@ impl Portal {
 
     /// Deletes a resource, its policies and its flows. Returns whether it existed.
     pub fn remove_resource(&mut self, rid: ResourceId) -> bool {
-        let Some(resource) = self.resources.remove(&rid) else {
+        let Some(resource) = self.dir.resources.remove(&rid) else {
             return false;
         };
         tracing::debug!(%rid, "Resource deleted");
@@ -451,7 +489,7 @@ impl Portal {
         for gid in self.gateways_of_site(&resource.site) {
             self.push_gateway(gid, &GatewayIngress::ResourceDeleted(deleted));
         }
-        self.policies.retain(|(_, r), _| *r != rid);
+        self.dir.policies.retain(|(_, r), _| *r != rid);
         self.flows.retain(|(_, r), _| *r != rid);
         true
     }
@@ -460,8 +498,8 @@ impl Portal {
     pub fn add_policy(&mut self, policy: PolicySeed) {
         let (cid, rid) = (policy.client_id, policy.resource_id);
         tracing::debug!(%cid, %rid, "Policy added");
-        self.policies.insert((cid, rid), policy);
-        if let Some(resource) = self.resources.get(&rid) {
+        self.dir.policies.insert((cid, rid), policy);
+        if let Some(resource) = self.dir.resources.get(&rid) {
             let description = resource.description();
             self.push_client(cid, &ClientIngress::ResourceCreatedOrUpdated(description));
         }
@@ -470,7 +508,7 @@ impl Portal {
     /// Takes a client's access to a resource away: the policy goes, and the client and the
     /// gateway of a current flow are told. Returns whether there was a policy.
     pub fn revoke(&mut self, cid: ClientId, rid: ResourceId) -> bool {
-        let had_policy = self.policies.remove(&(cid, rid)).is_some();
+        let had_policy = self.dir.policies.remove(&(cid, rid)).is_some();
         let flow = self.flows.remove(&(cid, rid));
         if !had_policy && flow.is_none() {
             return false;
@@ -490,7 +528,7 @@ impl Portal {
     /// A relay came online: every joined node gets credentials for it.
     pub fn add_relay(&mut self, relay: RelaySeed, now: SystemTime) {
         tracing::debug!(relay = %relay.id, addr = %relay.address, "Relay connected");
-        self.relays.insert(relay.id, relay.address);
+        self.dir.relays.insert(relay.id, relay);
         for (identity, conn) in self.joined_nodes() {
             let presence = RelaysPresence {
                 connected: vec![self.relay_for(identity, relay.id, relay.address, now)],
@@ -503,7 +541,7 @@ impl Portal {
     /// A relay went away: every joined node is told to stop using it. Returns whether it was
     /// known.
     pub fn remove_relay(&mut self, id: RelayId) -> bool {
-        if self.relays.remove(&id).is_none() {
+        if self.dir.relays.remove(&id).is_none() {
             return false;
         }
         tracing::debug!(relay = %id, "Relay disconnected");
@@ -515,6 +553,119 @@ impl Portal {
             self.push_presence(conn, identity, presence);
         }
         true
+    }
+
+    /// Applies an administrative [`Change`] (from the admin API, the store's log or another
+    /// instance) through the same paths as the methods above: nodes are told at once. A change
+    /// [`Directory::check`] refuses changes nothing.
+    pub fn apply(&mut self, change: &Change, now: SystemTime) -> Result<(), ChangeError> {
+        self.dir.check(change)?;
+        self.changes += 1;
+        match change {
+            Change::AddClient { client } => self.add_client(client.clone()),
+            Change::RemoveClient { id } => self.remove_client(*id),
+            Change::AddGateway { gateway } => self.add_gateway(gateway.clone()),
+            Change::RemoveGateway { id } => self.remove_gateway(*id),
+            Change::AddResource { resource } => self.add_resource(resource.clone())?,
+            Change::RemoveResource { id } => {
+                self.remove_resource(*id);
+            }
+            Change::AddPolicy { policy } => self.add_policy(*policy),
+            Change::RemovePolicy {
+                client_id,
+                resource_id,
+            } => {
+                self.revoke(*client_id, *resource_id);
+            }
+            Change::AddRelay { relay } => self.add_relay(*relay, now),
+            Change::RemoveRelay { id } => {
+                self.remove_relay(*id);
+            }
+            Change::EndSessions { client_id } => self.end_sessions(*client_id),
+            // Recorded by whichever instance saw the join; nothing to tell anyone.
+            Change::OwnKey { .. } => self.dir.apply(change)?,
+        }
+        Ok(())
+    }
+
+    /// Adds a client, or changes one: a changed client's sessions end, so it joins again with
+    /// its new address (or must present its new token).
+    fn add_client(&mut self, client: Client) {
+        let cid = client.id;
+        let changed = self.dir.clients.get(&cid).is_some_and(|old| *old != client);
+        tracing::info!(%cid, changed, "Client added");
+        self.dir.clients.insert(cid, client);
+        if changed {
+            self.end_sessions(cid);
+        }
+    }
+
+    fn remove_client(&mut self, cid: ClientId) {
+        tracing::info!(%cid, "Client removed");
+        self.end_sessions(cid);
+        let _ = self.dir.apply(&Change::RemoveClient { id: cid });
+    }
+
+    /// Ends a client's flows (its gateways are told to revoke them) and closes its socket: it
+    /// joins again and needs new authorizations, with new preshared keys.
+    fn end_sessions(&mut self, cid: ClientId) {
+        let ended: Vec<(ResourceId, Flow)> = self
+            .flows
+            .iter()
+            .filter(|((c, _), _)| *c == cid)
+            .map(|(&(_, rid), f)| (rid, *f))
+            .collect();
+        for (rid, flow) in ended {
+            self.flows.remove(&(cid, rid));
+            let revoked = AccessRevoked {
+                client_id: cid,
+                resource_id: rid,
+            };
+            self.push_gateway(flow.gateway, &GatewayIngress::AccessRevoked(revoked));
+        }
+        self.pairs.retain(|(c, _), _| *c != cid);
+        self.close_node(Identity::Client(cid), "session ended by the portal");
+    }
+
+    /// Adds a gateway, or changes one: a changed gateway loses its flows and its socket, and
+    /// joins again (on its new site, with its new token).
+    fn add_gateway(&mut self, gateway: Gateway) {
+        let gid = gateway.id;
+        let changed = self
+            .dir
+            .gateways
+            .get(&gid)
+            .is_some_and(|old| *old != gateway);
+        tracing::info!(%gid, site = %gateway.site, changed, "Gateway added");
+        self.dir.gateways.insert(gid, gateway);
+        if changed {
+            self.drop_gateway_state(gid);
+        }
+    }
+
+    fn remove_gateway(&mut self, gid: GatewayId) {
+        tracing::info!(%gid, "Gateway removed");
+        self.drop_gateway_state(gid);
+        let _ = self.dir.apply(&Change::RemoveGateway { id: gid });
+    }
+
+    /// Forgets a gateway's flows and pairs and closes its socket. Its clients notice when their
+    /// connections to it fail, and ask again.
+    fn drop_gateway_state(&mut self, gid: GatewayId) {
+        self.flows.retain(|_, f| f.gateway != gid);
+        self.pairs.retain(|(_, g), _| *g != gid);
+        self.gateway_keys.remove(&gid);
+        self.close_node(Identity::Gateway(gid), "gateway changed by the portal");
+    }
+
+    fn close_node(&mut self, identity: Identity, reason: &str) {
+        if let Some(conn) = self.online.remove(&identity) {
+            self.sessions.remove(&conn);
+            self.outputs.push_back(Output::Close {
+                conn,
+                reason: reason.into(),
+            });
+        }
     }
 
     fn join(&mut self, conn: ConnId, identity: Identity, frame: &Frame, now: SystemTime) {
@@ -553,13 +704,14 @@ impl Portal {
         self.reply_ok(conn, frame, json!({}));
         let now_unix = unix(now);
         let relays: Vec<Relay> = self
+            .dir
             .relays
-            .iter()
-            .map(|(&id, &addr)| self.relay_for(identity, id, addr, now))
+            .values()
+            .map(|r| self.relay_for(identity, r.id, r.address, now))
             .collect();
         match identity {
             Identity::Client(cid) => {
-                let Some(client) = self.clients.get(&cid) else {
+                let Some(client) = self.dir.clients.get(&cid) else {
                     return;
                 };
                 let interface = Interface {
@@ -567,10 +719,11 @@ impl Portal {
                     ipv6: client.ipv6,
                 };
                 let resources = self
+                    .dir
                     .policies
                     .keys()
                     .filter(|(c, _)| *c == cid)
-                    .filter_map(|(_, rid)| self.resources.get(rid))
+                    .filter_map(|(_, rid)| self.dir.resources.get(rid))
                     .map(ResourceSeed::description)
                     .collect();
                 let init = ClientIngress::Init(ClientInit {
@@ -595,9 +748,10 @@ impl Portal {
                 // does: every pair a policy allows on this gateway's site stays listed, so
                 // the gateway keeps the tunnels it has and revokes only what policy removed.
                 // (The gateway ignores pairs it never had a flow for.)
-                let site = self.gateways.get(&gid).map(|g| g.site.clone());
-                for (&(client_id, resource_id), policy) in &self.policies {
+                let site = self.dir.gateways.get(&gid).map(|g| g.site.clone());
+                for (&(client_id, resource_id), policy) in &self.dir.policies {
                     let on_site = self
+                        .dir
                         .resources
                         .get(&resource_id)
                         .is_some_and(|r| Some(&r.site) == site.as_ref());
@@ -766,8 +920,14 @@ impl Portal {
         now: SystemTime,
     ) -> Result<GatewayId, &'static str> {
         // Unknown resources and forbidden ones look the same, so ids cannot be probed.
-        let policy = *self.policies.get(&(cid, rid)).ok_or("unauthorized")?;
-        let site = self.resources.get(&rid).ok_or("unauthorized")?.site.clone();
+        let policy = *self.dir.policies.get(&(cid, rid)).ok_or("unauthorized")?;
+        let site = self
+            .dir
+            .resources
+            .get(&rid)
+            .ok_or("unauthorized")?
+            .site
+            .clone();
         let candidates: Vec<GatewayId> = self
             .gateways_of_site(&site)
             .into_iter()
@@ -812,8 +972,8 @@ impl Portal {
         let client_key = self.public_key(Identity::Client(cid))?;
         let pair = self.pairs.get(&(cid, gid))?;
         let flow = self.flows.get(&(cid, rid))?;
-        let client = self.clients.get(&cid)?;
-        let resource = self.resources.get(&rid)?;
+        let client = self.dir.clients.get(&cid)?;
+        let resource = self.dir.resources.get(&rid)?;
         Some(GatewayIngress::AuthorizeFlow(AuthorizeFlow {
             client: FlowClient {
                 id: cid,
@@ -908,10 +1068,11 @@ impl Portal {
             .flows
             .iter()
             .any(|((c, _), f)| *c == cid && f.gateway == gid && f.expires_at > now);
-        let site = self.gateways.get(&gid).map(|g| &g.site);
-        flow || self.policies.keys().any(|(c, rid)| {
+        let site = self.dir.gateways.get(&gid).map(|g| &g.site);
+        flow || self.dir.policies.keys().any(|(c, rid)| {
             *c == cid
                 && self
+                    .dir
                     .resources
                     .get(rid)
                     .is_some_and(|r| Some(&r.site) == site)
@@ -936,7 +1097,8 @@ impl Portal {
     }
 
     fn clients_with_policy(&self, rid: ResourceId) -> Vec<ClientId> {
-        self.policies
+        self.dir
+            .policies
             .keys()
             .filter(|(_, r)| *r == rid)
             .map(|(c, _)| *c)
@@ -944,7 +1106,8 @@ impl Portal {
     }
 
     fn gateways_of_site(&self, site: &str) -> Vec<GatewayId> {
-        self.gateways
+        self.dir
+            .gateways
             .values()
             .filter(|g| g.site == site)
             .map(|g| g.id)
@@ -955,7 +1118,7 @@ impl Portal {
     /// it. A node's own sessions do not count: it may join again with its key (a reconnect
     /// replaces its older socket anyway).
     fn key_holder(&self, key: PublicKey, identity: Identity) -> Option<Identity> {
-        let owner = self.key_owners.get(&key).copied();
+        let owner = self.dir.key_owners.get(&key).copied();
         owner.filter(|o| *o != identity).or_else(|| {
             self.sessions
                 .values()
@@ -965,16 +1128,30 @@ impl Portal {
         })
     }
 
-    /// Makes `key` the one key `identity` owns.
+    /// Makes `key` the one key `identity` owns, and records the change for the store.
     fn own_key(&mut self, identity: Identity, key: PublicKey) {
-        self.key_owners.retain(|_, owner| *owner != identity);
-        self.key_owners.insert(key, identity);
+        if self.dir.key_owners.get(&key) == Some(&identity) {
+            return;
+        }
+        let change = Change::OwnKey {
+            public_key: key,
+            node: identity,
+        };
+        if self.dir.apply(&change).is_ok() {
+            self.recorded.push_back(change);
+        }
+    }
+
+    /// The next change the core made to its directory by itself (a key's new owner), for the
+    /// runtime to store: another instance, or the next start, must know it too.
+    pub fn poll_recorded(&mut self) -> Option<Change> {
+        self.recorded.pop_front()
     }
 
     /// Which node owns which public key: the state a restart must keep for keys to stay their
-    /// owners' (the simulation carries it over; the binary keeps it in memory only).
+    /// owners' (the store keeps it; see [`Self::poll_recorded`]).
     pub fn key_owners(&self) -> Vec<(PublicKey, Identity)> {
-        self.key_owners.iter().map(|(&k, &i)| (k, i)).collect()
+        self.dir.key_owners.iter().map(|(&k, &i)| (k, i)).collect()
     }
 
     /// Takes over the key owners of an earlier run (see [`Portal::key_owners`]).
@@ -1060,7 +1237,8 @@ impl Portal {
         }
     }
 
-    fn reply_error(&mut self, conn: ConnId, frame: &Frame, reason: &str) {
+    fn reply_error(&mut self, conn: ConnId, frame: &Frame, reason: &'static str) {
+        *self.refused.entry(reason).or_default() += 1;
         if let Some(reference) = frame.reference {
             let text = Frame::reply_error(&frame.topic, reference, reason).to_text();
             self.outputs.push_back(Output::Send { conn, text });

@@ -1,18 +1,14 @@
 //! The portal server on a real WebSocket, with nodes driven through `PhoenixChannel`.
 #![allow(clippy::unwrap_used, clippy::wildcard_enum_match_arm)] // test helpers; events not waited for are skipped
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use node_core::ids::{ClientId, GatewayId, RelayId, ResourceId};
 use node_core::portal::messages::{
-    ClientEgress, ClientIngress, GatewayCandidates, GatewayEgress, GatewayIngress,
-    RequestConnection,
+    ClientEgress, ClientIngress, GatewayCandidates, GatewayIngress, RequestConnection,
 };
-use node_core::portal::{
-    ChannelConfig, ConnectionError, Event, Input, JoinPayload, Message, PhoenixChannel,
-    PresharedKey, PublicKey, ReplyError, RequestId,
-};
+use node_core::portal::{Event, ReplyError};
 use node_proto::portal::url::percent_encode;
 use portal_sim::seed::RelaySeed;
 use portal_sim::server::{system_clock, Server, MAX_MESSAGE_LEN, OUTBOUND_QUEUE_LEN};
@@ -25,13 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const CANDIDATE: &str = "candidate:1 1 udp 2130706431 10.0.0.1 5000 typ host";
+mod common;
+use common::{connect_flow, joined_pair, Client};
 
-/// Tests take a real `Instant`; the channel only compares them.
-#[allow(clippy::disallowed_methods)]
-fn now() -> Instant {
-    Instant::now()
-}
+const CANDIDATE: &str = "candidate:1 1 udp 2130706431 10.0.0.1 5000 typ host";
 
 const EXAMPLE_SEED: &str = include_str!("../examples/seed.json");
 
@@ -64,135 +57,6 @@ async fn serve(portal: Portal) -> (String, Server, JoinHandle<()>) {
         let _ = server.serve(listener).await;
     });
     (format!("ws://{addr}"), handle, task)
-}
-
-/// A node: a `PhoenixChannel` driven over a tokio-tungstenite socket.
-struct Peer<I, E> {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    channel: PhoenixChannel<I, E>,
-}
-
-impl<I: Message + std::fmt::Debug, E: Message> Peer<I, E> {
-    async fn connect(url: &str, topic: &str, key: u8) -> Self {
-        let config = ChannelConfig::new(
-            topic,
-            JoinPayload {
-                public_key: PublicKey::from_bytes([key; 32]),
-            },
-        );
-        let mut channel = PhoenixChannel::new(config, u64::from(key));
-        assert!(matches!(channel.poll_event(), Some(Event::OpenSocket)));
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        channel.handle_input(now(), Input::Opened);
-        Self { ws, channel }
-    }
-
-    /// Sends (or holds back) a message and writes whatever the channel wants written.
-    async fn send(&mut self, message: &E) -> RequestId {
-        let id = self.channel.send(message).unwrap();
-        self.flush().await;
-        id
-    }
-
-    async fn flush(&mut self) {
-        while let Some(text) = self.channel.poll_transmit() {
-            self.ws.send(WsMessage::text(text)).await.unwrap();
-        }
-    }
-
-    async fn next_event(&mut self) -> Event<I> {
-        loop {
-            self.flush().await;
-            if let Some(event) = self.channel.poll_event() {
-                return event;
-            }
-            let message = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
-                .await
-                .expect("no event within 5 s");
-            match message {
-                Some(Ok(WsMessage::Text(text))) => {
-                    self.channel.handle_input(now(), Input::Text(text.as_str()));
-                }
-                Some(Ok(WsMessage::Close(frame))) => {
-                    let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                    let error = ConnectionError::Closed { reason };
-                    self.channel.handle_input(now(), Input::Closed(&error));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(error)) => {
-                    let error = ConnectionError::Io(error.to_string());
-                    self.channel.handle_input(now(), Input::Closed(&error));
-                }
-                None => {
-                    let error = ConnectionError::Io("stream ended".into());
-                    self.channel.handle_input(now(), Input::Closed(&error));
-                }
-            }
-        }
-    }
-
-    /// Skips events until `pick` returns something.
-    async fn wait_for<T>(&mut self, mut pick: impl FnMut(Event<I>) -> Option<T>) -> T {
-        loop {
-            if let Some(t) = pick(self.next_event().await) {
-                return t;
-            }
-        }
-    }
-}
-
-type Client = Peer<ClientIngress, ClientEgress>;
-type Gateway = Peer<GatewayIngress, GatewayEgress>;
-
-async fn joined_pair(url: &str) -> (Client, Gateway) {
-    let mut gateway = Gateway::connect(
-        &format!("{url}/gateway/websocket?token=gateway-token-1"),
-        "gateway:1",
-        101,
-    )
-    .await;
-    gateway
-        .wait_for(|e| matches!(e, Event::Message(GatewayIngress::Init(_))).then_some(()))
-        .await;
-    let client = Client::connect(
-        &format!("{url}/client/websocket?token=client-token-1"),
-        "client",
-        1,
-    )
-    .await;
-    (client, gateway)
-}
-
-/// Requests resource 1 and returns the PSK each side got.
-async fn connect_flow(client: &mut Client, gateway: &mut Gateway) -> (PresharedKey, PresharedKey) {
-    let request = client
-        .send(&ClientEgress::RequestConnection(RequestConnection {
-            resource_id: ResourceId(1),
-        }))
-        .await;
-    let details = client
-        .wait_for(|e| match e {
-            Event::Reply { id, result } if id == request => {
-                assert!(result.is_ok(), "{result:?}");
-                None
-            }
-            Event::Message(ClientIngress::FlowAuthorized(d)) => Some(d),
-            _ => None,
-        })
-        .await;
-    let authorize = gateway
-        .wait_for(|e| match e {
-            Event::Message(GatewayIngress::AuthorizeFlow(a)) => Some(a),
-            _ => None,
-        })
-        .await;
-    assert_eq!(details.gateway_id, GatewayId(1));
-    assert_eq!(details.gateway_public_key, PublicKey::from_bytes([101; 32]));
-    assert_eq!(authorize.client.id, ClientId(1));
-    assert_eq!(authorize.client.public_key, PublicKey::from_bytes([1; 32]));
-    assert_eq!(authorize.client_ice, details.client_ice);
-    assert_eq!(authorize.gateway_ice, details.gateway_ice);
-    (details.preshared_key, authorize.preshared_key)
 }
 
 #[tokio::test]

@@ -13,7 +13,8 @@
 # resource the client has no policy for, is unreachable and sees nothing; with direct UDP
 # blocked, traffic flows through a relay; killing that relay during a transfer, the transfer
 # completes through the other one; restarting the portal keeps the tunnel, and after it returns
-# new connections work.
+# new connections work; through the admin CLI, removing the policy stops the client's traffic at
+# once (nothing more reaches 10.0.0.5), and granting 10.0.0.6 lets it through, with no restart.
 #
 # Needs root, iproute2, iptables, iperf3, ping (scripts/test.sh installs them). Binaries come from
 # BIN_DIR, or are built with cargo (debug) when it is unset. Every namespace, process and
@@ -136,8 +137,9 @@ in_ns "$NS_GW" ip route add default via 192.168.2.1
 link "$NS_GW" res 10.0.0.1/24 "$NS_RES" eth0 10.0.0.5/24
 in_ns "$NS_RES" ip addr add 10.0.0.6/24 dev eth0
 in_ns "$NS_GW" iptables -t nat -A POSTROUTING -s 100.64.0.0/10 -o res -j MASQUERADE
-# Counts whatever reaches the resource the client is not authorized for.
+# Count whatever reaches each resource.
 in_ns "$NS_RES" iptables -A INPUT -d 10.0.0.6
+in_ns "$NS_RES" iptables -A INPUT -d 10.0.0.5
 
 cat >"$WORK/seed.json" <<'JSON'
 {
@@ -167,7 +169,13 @@ LOG=${ZTA_E2E_LOG:-info}
 start_portal() {
   start portal "$NS_PUB" env PORTAL_RELAY_SECRET=$SECRET RUST_LOG="$LOG" "$BIN_DIR/portal" \
     --listen 192.0.2.10:8080 --seed-file "$WORK/seed.json" --db "$WORK/portal.db" \
+    --admin-listen 192.0.2.10:8081 --admin-token "$ADMIN_TOKEN" \
     --tls-cert "$WORK/portal.pem" --tls-key "$WORK/portal.key"
+}
+ADMIN_TOKEN=e2e-admin-token
+admin() { # admin ARGS...: `portal admin` against the running portal, over TLS
+  in_ns "$NS_PUB" "$BIN_DIR/portal" admin --url https://192.0.2.10:8081 --ca "$WORK/ca.pem" \
+    --token "$ADMIN_TOKEN" "$@"
 }
 start_relay() { # start_relay N PORTS
   start "relay$1" "$NS_PUB" env RELAY_AUTH_SECRET=$SECRET RUST_LOG="$LOG" "$BIN_DIR/relay" \
@@ -218,7 +226,8 @@ fi
 if in_ns "$NS_CLI" timeout 3 bash -c 'exec 3<>/dev/tcp/10.0.0.6/5201' 2>/dev/null; then
   fail "a TCP connection to 10.0.0.6 succeeded"
 fi
-seen=$(in_ns "$NS_RES" iptables -L INPUT -v -x -n | awk '$8 == "10.0.0.6" { print $1 }')
+resource_packets() { in_ns "$NS_RES" iptables -L INPUT -v -x -n | awk -v d="$1" '$8 == d { print $1 }'; }
+seen=$(resource_packets 10.0.0.6)
 [ "$seen" = "0" ] || fail "10.0.0.6 received $seen packets"
 
 relay_bytes() { in_ns "$NS_PUB" iptables -L INPUT -v -x -n | awk -v d="192.0.2.1$1" '$8 == d { print $2 }'; }
@@ -279,4 +288,26 @@ wait_for 30 "the client back on the portal" \
 wait_for $PORTAL_RECOVERY "a ping answer after the portal returned" ping_ok 10.0.0.5
 step "  traffic again $(($(date +%s) - returned_at))s after the portal returned"
 transfer 2M
+
+step "revoking the policy live (portal admin remove-policy)"
+# The portal tells the client and the gateway as it commits the change: the next ping must go
+# unanswered, and nothing of the client's may reach 10.0.0.5 after a grace for packets already in
+# flight.
+REVOKE_BOUND=2
+admin list | grep -q "c1 -> r1" || fail "the admin CLI does not list the policy c1 -> r1"
+admin remove-policy --client c1 --resource r1 >"$WORK/admin.out" 2>&1 ||
+  fail "remove-policy failed: $(cat "$WORK/admin.out")"
+revoked_at=$(date +%s)
+wait_for $REVOKE_BOUND "the ping to 10.0.0.5 to stop after the revocation" sh -c "! ip netns exec $NS_CLI ping -c 1 -W 1 10.0.0.5"
+sleep 1
+reached_before=$(resource_packets 10.0.0.5)
+in_ns "$NS_CLI" ping -c 5 -i 0.2 -W 1 10.0.0.5 >/dev/null 2>&1 && fail "10.0.0.5 answered after the policy was removed"
+reached=$(($(resource_packets 10.0.0.5) - reached_before))
+[ "$reached" -eq 0 ] || fail "$reached packets reached 10.0.0.5 after the policy was removed"
+step "  no answer and nothing delivered within $(($(date +%s) - revoked_at))s of the revocation"
+admin add-policy --client c1 --resource r1 >/dev/null 2>&1 || fail "add-policy back failed"
+admin add-policy --client 1 --resource 2 --duration 10m >/dev/null 2>&1 || fail "add-policy for 10.0.0.6 failed"
+wait_for 20 "a ping answer from 10.0.0.6 once granted" ping_ok 10.0.0.6
+wait_for 20 "a ping answer from 10.0.0.5 once granted again" ping_ok 10.0.0.5
+step "  granted live: 10.0.0.5 and 10.0.0.6 answer"
 step "all checks passed"

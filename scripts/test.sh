@@ -28,6 +28,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The systemd units (systemd-analyze verify where installed).
+packaging/check.sh
 # Unit, integration and interop tests of every crate.
 cargo test --workspace --all-targets --exclude zta "$@"
 # The portal's store and its two-instance test on a real PostgreSQL server (ignored by a plain

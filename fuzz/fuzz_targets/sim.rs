@@ -112,9 +112,10 @@ impl<'a> Arbitrary<'a> for Input {
 /// parameters ([`Digits`]: a send's client is `arg % 2`, its resource `arg / 2 % 3`; the relay,
 /// side, places, node or duration likewise). Kinds 0 to 23 keep their meaning as kinds are
 /// added, so that committed seeds and crash files still decode to the same case; 24 and 25 are
-/// the hostile client's floods, 26 its claim of the other client's key.
+/// the hostile client's floods, 26 its claim of the other client's key, 27 and 28 an
+/// administrator removing a resource and putting it back.
 fn transition(kind: u8, arg: u8) -> Transition {
-    let (kind, advance) = match kind % 27 {
+    let (kind, advance) = match kind % 29 {
         0..=3 | 23 => (Kind::Send, None),
         4 => (Kind::Advance, Some(1..=200)),
         5 => (Kind::PortalRestart, None),
@@ -137,7 +138,9 @@ fn transition(kind: u8, arg: u8) -> Transition {
         22 => (Kind::AuthorizeFor, None),
         24 => (Kind::CandidateFlood, None),
         25 => (Kind::HandshakeFlood, None),
-        _ => (Kind::ClaimKey, None),
+        26 => (Kind::ClaimKey, None),
+        27 => (Kind::RemoveResource, None),
+        _ => (Kind::AddResource, None),
     };
     let mut digits = Digits(u64::from(arg));
     draw::transition(kind, |param| match (param, &advance) {

@@ -39,6 +39,15 @@ enum Command {
         #[arg(long, env = "RUST_LOG", default_value = "off")]
         log: String,
     },
+    /// Replay a case file (regressions/sim/*.case): print its timeline and summary, and check
+    /// its `require:` lines.
+    Replay {
+        /// The case file.
+        file: std::path::PathBuf,
+        /// Log filter for the nodes' own logs (e.g. `info`); off by default.
+        #[arg(long, env = "RUST_LOG", default_value = "off")]
+        log: String,
+    },
     /// Connect a client behind a NAT to a gateway on the in-memory network and exchange traffic.
     Pair {
         /// Decides keys, ICE credentials, tie-breakers and the link latency.
@@ -68,6 +77,21 @@ fn main() -> anyhow::Result<()> {
                 None => run_one(seed, trace_hash),
             }
         }
+        Command::Replay { file, log } => {
+            init_logging(&log)?;
+            let text = std::fs::read_to_string(&file)?;
+            let case = harness::sim::regression::parse(&file, &text).map_err(anyhow::Error::msg)?;
+            let counts = timeline(case.seed, &case.transitions, false)?;
+            for required in &case.requirements {
+                let count = counts.0.get(&required.key).copied().unwrap_or(0);
+                anyhow::ensure!(
+                    required.met_by(count),
+                    "requires {required}, counted {count}"
+                );
+            }
+            println!("requirements met: {}", case.requirements.len());
+            Ok(())
+        }
         Command::Pair { seed, seconds, log } => {
             init_logging(&log)?;
             pair(seed, seconds)
@@ -83,14 +107,18 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
 }
 
 fn run_one(seed: u64, only_hash: bool) -> anyhow::Result<()> {
-    let transitions = generate(seed, CASE_LENGTH);
+    timeline(seed, &generate(seed, CASE_LENGTH), only_hash).map(|_| ())
+}
+
+/// Runs one case and prints its timeline and summary (or only its trace hash); its counts.
+fn timeline(seed: u64, transitions: &[Transition], only_hash: bool) -> anyhow::Result<Counts> {
     #[allow(clippy::disallowed_methods)] // wall time for the speed figure only
     let started = Instant::now();
-    let (case, result) = run_case_traced(seed, &transitions, !only_hash);
+    let (case, result) = run_case_traced(seed, transitions, !only_hash);
     let wall = started.elapsed();
     if only_hash {
         println!("trace-hash: {:016x}", case.deployment.trace.hash());
-        return result.map_err(anyhow::Error::msg);
+        return result.map(|()| case.counts).map_err(anyhow::Error::msg);
     }
     let t = case.deployment.nat_types;
     println!(
@@ -102,7 +130,7 @@ fn run_one(seed: u64, only_hash: bool) -> anyhow::Result<()> {
         println!("{line}");
     }
     println!();
-    summary(&case.counts, &transitions);
+    summary(&case.counts, transitions);
     let sim = case.deployment.elapsed();
     println!(
         "simulated {:.0} s in {:.2} s wall ({:.0} sim-s per wall-s); trace-hash: {:016x}",
@@ -113,9 +141,8 @@ fn run_one(seed: u64, only_hash: bool) -> anyhow::Result<()> {
     );
     if let Err(e) = &result {
         println!("FAILED: {e}");
-        println!("replay: cargo run --release -p harness -- run --seed {seed}");
     }
-    result.map_err(anyhow::Error::msg)
+    result.map(|()| case.counts).map_err(anyhow::Error::msg)
 }
 
 fn summary(counts: &Counts, transitions: &[Transition]) {

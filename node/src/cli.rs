@@ -6,7 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use tracing_subscriber::EnvFilter;
+
+use crate::runtime::metrics::NodeMetrics;
 
 /// Options of both binaries.
 #[derive(Debug, clap::Args)]
@@ -46,6 +47,11 @@ pub struct CommonArgs {
     /// Logs as JSON lines instead of text.
     #[arg(long, env = "ZTA_LOG_JSON")]
     pub log_json: bool,
+    /// Serve Prometheus metrics (OpenMetrics text) on `http://ADDR/metrics`, e.g.
+    /// `127.0.0.1:9102`. Off by default; the endpoint has no authentication, so keep it on a
+    /// private address.
+    #[arg(long, value_name = "ADDR", env = "ZTA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Where the node keeps its WireGuard private key (file `private-key`, mode 0600, created on
     /// the first start), so that its identity survives restarts. Default
     /// `/var/lib/zta/<client|gateway>`.
@@ -103,19 +109,22 @@ impl CommonArgs {
     }
 }
 
-/// Installs the global log subscriber, on standard error.
-pub fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
-    let filter =
-        EnvFilter::try_new(filter).with_context(|| format!("invalid --log filter {filter:?}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+/// Starts the `/metrics` endpoint on `--metrics-listen`, if given, serving `metrics`. Must run
+/// inside a tokio runtime; the endpoint runs on its own tasks until the runtime ends.
+pub async fn serve_metrics(
+    listen: Option<SocketAddr>,
+    metrics: &NodeMetrics,
+) -> anyhow::Result<()> {
+    let Some(addr) = listen else {
+        return Ok(());
     };
-    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "Metrics on /metrics");
+    let metrics = metrics.clone();
+    tokio::spawn(telemetry::serve_metrics(listener, move || metrics.render()));
+    Ok(())
 }
 
 /// Where to reach the portal.

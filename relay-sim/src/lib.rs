@@ -18,6 +18,8 @@ pub mod server;
 pub mod stats;
 
 #[cfg(feature = "runtime")]
+pub mod metrics;
+#[cfg(feature = "runtime")]
 pub mod net;
 #[cfg(feature = "runtime")]
 pub mod runtime;

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -66,10 +66,102 @@ pub async fn run<N: Network>(
 /// a test's view of the relay's state as it runs.
 pub async fn run_observed<N: Network>(
     net: &N,
-    mut server: Server,
+    server: Server,
     listen: SocketAddr,
     shutdown: impl Future<Output = ()>,
     mut observe: impl FnMut(&Server),
+) -> Result<Server, RuntimeError> {
+    run_loop(
+        net,
+        server,
+        listen,
+        shutdown,
+        &mut observe,
+        None::<(Duration, Unmeasured)>,
+    )
+    .await
+}
+
+/// The measure of a loop that measures nothing.
+type Unmeasured = fn(&Server, &Traffic);
+
+/// [`run`], calling `measure` with the server and the [`Traffic`] so far once every `period` of
+/// `net`'s clock (the first time right after binding), and once more when it stops: how a metrics
+/// endpoint gets a fresh snapshot of the relay's counters without reaching into the loop.
+pub async fn run_measured<N: Network>(
+    net: &N,
+    server: Server,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+    period: Duration,
+    measure: impl FnMut(&Server, &Traffic),
+) -> Result<Server, RuntimeError> {
+    run_loop(
+        net,
+        server,
+        listen,
+        shutdown,
+        &mut |_| {},
+        Some((period, measure)),
+    )
+    .await
+}
+
+/// Datagrams and bytes the relay's sockets received and sent, counted by the runtime (the core
+/// counts what it did with them, [`crate::Stats`]). The client side is the listening socket;
+/// the peer side is every relay socket. Bytes are UDP payload bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Traffic {
+    /// Datagrams received from clients.
+    pub client_datagrams_received: u64,
+    /// Bytes received from clients.
+    pub client_bytes_received: u64,
+    /// Datagrams sent to clients.
+    pub client_datagrams_sent: u64,
+    /// Bytes sent to clients.
+    pub client_bytes_sent: u64,
+    /// Datagrams received from peers on relay sockets.
+    pub peer_datagrams_received: u64,
+    /// Bytes received from peers on relay sockets.
+    pub peer_bytes_received: u64,
+    /// Datagrams sent to peers from relay sockets.
+    pub peer_datagrams_sent: u64,
+    /// Bytes sent to peers from relay sockets.
+    pub peer_bytes_sent: u64,
+}
+
+impl Traffic {
+    fn received(&mut self, listen_port: u16, local: SocketAddr, len: usize) {
+        let len = len as u64;
+        if local.port() == listen_port {
+            self.client_datagrams_received += 1;
+            self.client_bytes_received += len;
+        } else {
+            self.peer_datagrams_received += 1;
+            self.peer_bytes_received += len;
+        }
+    }
+
+    fn sent(&mut self, listen_port: u16, src: SocketAddr, len: usize) {
+        let len = len as u64;
+        if src.port() == listen_port {
+            self.client_datagrams_sent += 1;
+            self.client_bytes_sent += len;
+        } else {
+            self.peer_datagrams_sent += 1;
+            self.peer_bytes_sent += len;
+        }
+    }
+}
+
+async fn run_loop<N: Network, M: FnMut(&Server, &Traffic)>(
+    net: &N,
+    mut server: Server,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+    observe: &mut impl FnMut(&Server),
+    mut measure: Option<(Duration, M)>,
 ) -> Result<Server, RuntimeError> {
     let socket = net
         .bind(listen)
@@ -87,13 +179,32 @@ pub async fn run_observed<N: Network>(
     let reader = spawn_reader(socket.clone(), listen_local, tx.clone());
     sockets.insert(listen_local.port(), Bound { socket, reader });
 
+    let listen_port = listen_local.port();
+    let mut traffic = Traffic::default();
+    let mut next_measure = measure.as_ref().map(|_| net.now());
+
     tokio::pin!(shutdown);
     loop {
-        flush(net, &mut server, &mut sockets, listen.ip(), &tx).await;
+        flush(
+            net,
+            &mut server,
+            &mut sockets,
+            listen.ip(),
+            &tx,
+            (&mut traffic, listen_port),
+        )
+        .await;
         let deadline = server.poll_timeout();
         tokio::select! {
             biased;
             () = &mut shutdown => break,
+            () = sleep(net, next_measure) => {
+                if let Some((period, measure)) = &mut measure {
+                    measure(&server, &traffic);
+                    next_measure = Some(net.now() + *period);
+                }
+                continue;
+            }
             () = sleep(net, deadline) => {
                 let now = net.now();
                 server.set_unix_time(now, net.unix_time());
@@ -102,9 +213,11 @@ pub async fn run_observed<N: Network>(
             inbound = rx.recv() => {
                 let Some(first) = inbound else { break };
                 let now = net.now();
+                traffic.received(listen_port, first.local, first.bytes.len());
                 server.handle_input(now, first.from, first.local, &first.bytes);
                 for _ in 1..BATCH {
                     let Ok(next) = rx.try_recv() else { break };
+                    traffic.received(listen_port, next.local, next.bytes.len());
                     server.handle_input(now, next.from, next.local, &next.bytes);
                 }
             }
@@ -114,7 +227,10 @@ pub async fn run_observed<N: Network>(
     for bound in sockets.values() {
         bound.reader.abort();
     }
-    info!(target: "relay", stats = ?server.stats(), "relay stopped");
+    if let Some((_, measure)) = &mut measure {
+        measure(&server, &traffic);
+    }
+    info!(target: "relay", stats = ?server.stats(), ?traffic, "relay stopped");
     Ok(server)
 }
 
@@ -132,6 +248,7 @@ async fn flush<N: Network>(
     sockets: &mut BTreeMap<u16, Bound<N::Socket>>,
     bind_ip: std::net::IpAddr,
     tx: &mpsc::Sender<Inbound>,
+    (traffic, listen_port): (&mut Traffic, u16),
 ) {
     while let Some(event) = server.poll_event() {
         match event {
@@ -163,8 +280,9 @@ async fn flush<N: Network>(
             debug!(target: "relay", %src, %dst, "no socket for transmit; dropped");
             continue;
         };
-        if let Err(error) = bound.socket.send_to(&payload, dst).await {
-            debug!(target: "relay", %src, %dst, %error, "send failed");
+        match bound.socket.send_to(&payload, dst).await {
+            Ok(_) => traffic.sent(listen_port, src, payload.len()),
+            Err(error) => debug!(target: "relay", %src, %dst, %error, "send failed"),
         }
     }
 }

@@ -279,6 +279,18 @@ impl Server {
         self.allocations.len()
     }
 
+    /// Permissions held over all allocations (including expired ones not yet swept). Walks
+    /// every allocation: for a periodic snapshot, not for every datagram.
+    pub fn permission_count(&self) -> usize {
+        self.allocations.values().map(|a| a.permissions.len()).sum()
+    }
+
+    /// Channels bound over all allocations (including expired ones not yet swept). Walks every
+    /// allocation, like [`Server::permission_count`].
+    pub fn channel_count(&self) -> usize {
+        self.allocations.values().map(|a| a.channels.len()).sum()
+    }
+
     /// The live allocations, ordered by relay port.
     pub fn allocations(&self) -> impl Iterator<Item = AllocationInfo> + '_ {
         self.allocations.values().map(|a| AllocationInfo {

@@ -7,8 +7,8 @@
 // A test: panics are the failure report, and timeouts need the real clock.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
-use std::io::Read as _;
-use std::net::UdpSocket;
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,36 @@ fn free_udp_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The body of `GET /metrics` on 127.0.0.1:`port`, over a plain TCP connection.
+fn scrape(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the sample `name` (with its labels, if any) in metrics `text`.
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Kills the child on drop.
@@ -300,5 +330,42 @@ fn relay_exits_cleanly_on_sigterm_and_refuses_bad_config() {
     assert!(
         output.contains("10.1.0.0/8 has bits set after its prefix"),
         "{output}"
+    );
+}
+
+#[test]
+fn metrics_count_allocations_and_relayed_datagrams() {
+    let metrics = free_tcp_port();
+    let relay = Relay::start_with(
+        22600,
+        &["--allow-peer", "127.0.0.1"],
+        &[("RELAY_METRICS_LISTEN", &format!("127.0.0.1:{metrics}"))],
+    );
+    let before = scrape(metrics);
+    assert_eq!(
+        sample(&before, "zta_relay_allocations_created_total"),
+        Some(0),
+        "{before}"
+    );
+    assert!(before.ends_with("# EOF\n"), "{before}");
+
+    assert_lossless(&relay, &["-y"]);
+    // The endpoint's snapshot is refreshed every second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let text = scrape(metrics);
+        if sample(&text, "zta_relay_allocations_created_total") >= Some(2) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no allocation counted:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        sample(&after, "zta_relay_relayed_internally_total") > Some(0),
+        "{after}"
+    );
+    assert!(
+        sample(&after, "zta_relay_received_bytes_total{side=\"client\"}") > Some(0),
+        "{after}"
     );
 }

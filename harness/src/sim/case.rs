@@ -144,13 +144,21 @@ impl Case {
             Transition::RelayRestart(r) => w.restart_relay(*r),
             Transition::BlockDirect => w.block_direct(true),
             Transition::UnblockDirect => w.block_direct(false),
-            Transition::Revoke { client, resource } => w.set_policy(*client, *resource, false),
-            Transition::Authorize { client, resource } => w.set_policy(*client, *resource, true),
+            // A change the portal refuses (a policy for a removed resource) changes nothing,
+            // in the model as at the portal.
+            Transition::Revoke { client, resource } => {
+                w.set_policy(*client, *resource, false);
+            }
+            Transition::Authorize { client, resource } => {
+                w.set_policy(*client, *resource, true);
+            }
             Transition::AuthorizeFor {
                 client,
                 resource,
                 secs,
-            } => w.set_policy_for(*client, *resource, Some(*secs)),
+            } => {
+                w.set_policy_for(*client, *resource, Some(*secs));
+            }
             Transition::GatewayRestart => w.restart_gateway(),
             Transition::ClientRestart(c) => w.restart_client(*c),
             Transition::PortalPartition { node, secs } => {
@@ -160,6 +168,17 @@ impl Case {
                 w.roam(*c);
             }
             Transition::RelayReplace(r) => w.replace_relay(*r),
+            // The model allows these only when they apply: a refusal is a disagreement.
+            Transition::RemoveResource(r) => {
+                if !w.remove_resource(*r) {
+                    return Err(format!("the portal refused to remove r{}", r + 1));
+                }
+            }
+            Transition::AddResource(r) => {
+                if !w.add_resource(*r) {
+                    return Err(format!("the portal refused to add r{} back", r + 1));
+                }
+            }
             Transition::CandidateFlood => return self.candidate_flood(),
             Transition::HandshakeFlood => return self.handshake_flood(),
             Transition::ClaimKey => return self.claim_key(),

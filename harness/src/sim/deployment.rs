@@ -3,7 +3,7 @@
 //! running production code in turmoil.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
@@ -11,6 +11,8 @@ use std::time::Duration;
 use node_core::packet::IpPacket;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use portal_sim::directory::Change;
 
 use super::hostile::{Attack, GatewayTap};
 use super::hosts::{
@@ -68,11 +70,13 @@ pub struct Deployment<'a> {
     pub nats: [NatHandle; 2],
     /// The NATs' behaviour.
     pub nat_types: NatTypes,
-    /// The policies the portal is (re)started with.
-    pub policies: Rc<RefCell<BTreeSet<(usize, usize)>>>,
-    /// How long the authorizations of a policy last, where not the portal's default.
-    pub durations: Rc<RefCell<BTreeMap<(usize, usize), u64>>>,
-    /// The relays the portal announces, and is (re)started with.
+    /// The portal's stored directory: outlives portal restarts, as a database does. Every
+    /// administrative change is committed here, then applied to the running portal, as the
+    /// `portal` binary's admin API does.
+    store: portal_sim::store::MemoryStore,
+    /// The resources as first configured, for putting a removed one back.
+    resource_specs: Vec<portal_sim::seed::ResourceSeed>,
+    /// The relays the portal announces.
     pub relays_announced: Rc<RefCell<BTreeSet<usize>>>,
     portal: Rc<RefCell<Option<portal_sim::server::Server>>>,
     relay_crashed: [bool; RELAYS],
@@ -158,37 +162,32 @@ impl<'a> Deployment<'a> {
                 )
             })
             .collect();
-        let policies = Rc::new(RefCell::new(policies));
-        let durations = Rc::new(RefCell::new(BTreeMap::new()));
         // The third relay stands by until a replacement announces it.
         let relays_announced = Rc::new(RefCell::new(BTreeSet::from([0, 1])));
+        let seed_file = seed_file(&policies, &relays[..2]);
+        let resource_specs = seed_file.resources.clone();
+        let store = portal_sim::store::MemoryStore::new(
+            portal_sim::directory::Directory::from_seed(&seed_file),
+        );
         let portal: Rc<RefCell<Option<portal_sim::server::Server>>> = Rc::new(RefCell::new(None));
         let generation = Rc::new(Cell::new(0u64));
         {
-            let (policies, durations, portal, generation, relays, announced) = (
-                Rc::clone(&policies),
-                Rc::clone(&durations),
-                Rc::clone(&portal),
-                Rc::clone(&generation),
-                relays.clone(),
-                Rc::clone(&relays_announced),
-            );
+            let (store, portal, generation) =
+                (store.clone(), Rc::clone(&portal), Rc::clone(&generation));
             sim.host(PORTAL, move || {
                 generation.set(generation.get() + 1);
-                let relays: Vec<(u64, SocketAddr)> = relays
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| announced.borrow().contains(i))
-                    .map(|(_, r)| *r)
-                    .collect();
-                let seed_file = seed_file(&policies.borrow(), &durations.borrow(), &relays);
+                // What the previous process recorded (who owns which key) is stored state: the
+                // binary stores it as it goes, the simulation when the process ends.
+                if let Some(previous) = portal.borrow().as_ref() {
+                    for change in previous.with_portal(|p, _| {
+                        std::iter::from_fn(|| p.poll_recorded()).collect::<Vec<_>>()
+                    }) {
+                        let _ = store.commit_now(&change);
+                    }
+                }
                 let mut config = portal_sim::PortalConfig::new(RELAY_SECRET, seed);
                 config.generation = generation.get();
-                let mut state = portal_sim::Portal::new(&seed_file, config);
-                // Who owns which key is stored state: it outlives the process.
-                if let Some(previous) = portal.borrow().as_ref() {
-                    state.restore_key_owners(previous.with_portal(|p, _| p.key_owners()));
-                }
+                let state = portal_sim::Portal::with_directory(store.directory(), config);
                 portal_host(state, epoch, Rc::clone(&portal))
             });
         }
@@ -297,8 +296,8 @@ impl<'a> Deployment<'a> {
             gateway,
             nats: [nat_c, nat_g],
             nat_types,
-            policies,
-            durations,
+            store,
+            resource_specs,
             relays_announced,
             portal,
             relay_crashed: [false; RELAYS],
@@ -420,16 +419,14 @@ impl<'a> Deployment<'a> {
         }
         let (new_id, new_addr) = self.relays[standby];
         let old_id = self.relays[old].0;
-        if let Some(server) = self.portal.borrow().as_ref() {
-            server.with_portal(|portal, now| {
-                let relay = portal_sim::seed::RelaySeed {
-                    id: node_core::ids::RelayId(new_id),
-                    address: new_addr,
-                };
-                portal.add_relay(relay, now);
-                portal.remove_relay(node_core::ids::RelayId(old_id));
-            });
-        }
+        let relay = portal_sim::seed::RelaySeed {
+            id: node_core::ids::RelayId(new_id),
+            address: new_addr,
+        };
+        self.admin(&Change::AddRelay { relay });
+        self.admin(&Change::RemoveRelay {
+            id: node_core::ids::RelayId(old_id),
+        });
     }
 
     /// What kind of path a client's connection to the gateway is on now: `relayed` (either
@@ -547,43 +544,56 @@ impl<'a> Deployment<'a> {
         self.sim.bounce(CLIENT_NAMES[client]);
     }
 
-    /// Changes a policy at the portal, now and for every later restart.
-    pub fn set_policy(&mut self, client: usize, resource: usize, allowed: bool) {
-        if allowed {
-            self.set_policy_for(client, resource, None);
-            return;
+    /// An administrative change: committed to the store, then applied to the running portal
+    /// (which tells the nodes), as the admin API does. False if the directory refuses it.
+    pub fn admin(&mut self, change: &Change) -> bool {
+        if self.store.commit_now(change).is_err() {
+            return false;
         }
-        let cid = node_core::ids::ClientId(client as u64 + 1);
-        let rid = node_core::ids::ResourceId(resource as u64 + 1);
-        self.policies.borrow_mut().remove(&(client, resource));
-        self.durations.borrow_mut().remove(&(client, resource));
         if let Some(server) = self.portal.borrow().as_ref() {
-            server.with_portal(|portal, _| {
-                portal.revoke(cid, rid);
+            server.with_portal(|portal, now| {
+                let _ = portal.apply(change, now);
             });
         }
+        true
     }
 
-    /// Grants a policy whose authorizations last `secs` (the portal's default if `None`), now
-    /// and for every later restart.
-    pub fn set_policy_for(&mut self, client: usize, resource: usize, secs: Option<u64>) {
-        let cid = node_core::ids::ClientId(client as u64 + 1);
-        let rid = node_core::ids::ResourceId(resource as u64 + 1);
-        self.policies.borrow_mut().insert((client, resource));
-        match secs {
-            Some(secs) => self.durations.borrow_mut().insert((client, resource), secs),
-            None => self.durations.borrow_mut().remove(&(client, resource)),
-        };
-        if let Some(server) = self.portal.borrow().as_ref() {
-            server.with_portal(|portal, _| {
-                let policy = portal_sim::seed::PolicySeed {
-                    client_id: cid,
-                    resource_id: rid,
-                    duration_secs: secs,
-                };
-                portal.add_policy(policy);
-            });
+    /// Grants or removes a policy at the portal. False if the portal refused the change (no
+    /// such policy to remove, or the resource is gone).
+    pub fn set_policy(&mut self, client: usize, resource: usize, allowed: bool) -> bool {
+        if allowed {
+            return self.set_policy_for(client, resource, None);
         }
+        self.admin(&Change::RemovePolicy {
+            client_id: node_core::ids::ClientId(client as u64 + 1),
+            resource_id: node_core::ids::ResourceId(resource as u64 + 1),
+        })
+    }
+
+    /// Grants a policy whose authorizations last `secs` (the portal's default if `None`). False
+    /// if the portal refused it (the resource is gone).
+    pub fn set_policy_for(&mut self, client: usize, resource: usize, secs: Option<u64>) -> bool {
+        let policy = portal_sim::seed::PolicySeed {
+            client_id: node_core::ids::ClientId(client as u64 + 1),
+            resource_id: node_core::ids::ResourceId(resource as u64 + 1),
+            duration_secs: secs,
+        };
+        self.admin(&Change::AddPolicy { policy })
+    }
+
+    /// Removes a resource (and its policies) at the portal. False if it was gone already.
+    pub fn remove_resource(&mut self, resource: usize) -> bool {
+        self.admin(&Change::RemoveResource {
+            id: node_core::ids::ResourceId(resource as u64 + 1),
+        })
+    }
+
+    /// Puts a resource back as first configured (without policies).
+    pub fn add_resource(&mut self, resource: usize) -> bool {
+        let Some(spec) = self.resource_specs.get(resource).cloned() else {
+            return false;
+        };
+        self.admin(&Change::AddResource { resource: spec })
     }
 }
 
@@ -612,10 +622,9 @@ fn pick_filtering(rng: &mut ChaCha8Rng) -> Filtering {
     }
 }
 
-/// The portal's seed file for the current policies.
+/// The portal's seed file: the initial policies, the announced relays.
 fn seed_file(
     policies: &BTreeSet<(usize, usize)>,
-    durations: &BTreeMap<(usize, usize), u64>,
     relays: &[(u64, SocketAddr)],
 ) -> portal_sim::SeedFile {
     let clients: Vec<String> = (0..CLIENTS)
@@ -635,14 +644,7 @@ fn seed_file(
     );
     let policies: Vec<String> = policies
         .iter()
-        .map(|(c, r)| match durations.get(&(*c, *r)) {
-            Some(secs) => format!(
-                r#"{{"client_id":{},"resource_id":{},"duration_secs":{secs}}}"#,
-                c + 1,
-                r + 1
-            ),
-            None => format!(r#"{{"client_id":{},"resource_id":{}}}"#, c + 1, r + 1),
-        })
+        .map(|(c, r)| format!(r#"{{"client_id":{},"resource_id":{}}}"#, c + 1, r + 1))
         .collect();
     let relays: Vec<String> = relays
         .iter()

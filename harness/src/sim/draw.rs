@@ -62,6 +62,10 @@ pub enum Kind {
     HandshakeFlood,
     /// [`Transition::ClaimKey`].
     ClaimKey,
+    /// [`Transition::RemoveResource`].
+    RemoveResource,
+    /// [`Transition::AddResource`].
+    AddResource,
 }
 
 /// How often each kind is drawn, out of the sum of the weights. Traffic and time weigh most:
@@ -95,8 +99,9 @@ pub const WEIGHTS: [(u32, Kind); 21] = [
 
 /// The property test's weights (`tests/sim.rs`): more traffic per fault than [`WEIGHTS`], so that
 /// most faults are followed by the packets that check them (a third of its transitions send).
-/// The hostile client's kinds are drawn only here, so the seeds of [`generate`] keep their cases.
-pub const PROPERTY_WEIGHTS: [(u32, Kind); 22] = [
+/// The hostile client's kinds and the resource changes are drawn only here, so the seeds of
+/// [`generate`] keep their cases.
+pub const PROPERTY_WEIGHTS: [(u32, Kind); 24] = [
     (10, Kind::Send),
     (2, Kind::SendTcp),
     (2, Kind::Ping),
@@ -119,6 +124,8 @@ pub const PROPERTY_WEIGHTS: [(u32, Kind); 22] = [
     (1, Kind::CandidateFlood),
     (1, Kind::HandshakeFlood),
     (1, Kind::ClaimKey),
+    (1, Kind::RemoveResource),
+    (3, Kind::AddResource),
 ];
 
 /// The spans an advance's duration is drawn from, each as likely, so that short advances come up
@@ -234,6 +241,8 @@ pub fn transition(kind: Kind, mut pick: impl FnMut(Param) -> u64) -> Transition 
         Kind::CandidateFlood => Transition::CandidateFlood,
         Kind::HandshakeFlood => Transition::HandshakeFlood,
         Kind::ClaimKey => Transition::ClaimKey,
+        Kind::RemoveResource => Transition::RemoveResource(pick(Param::Resource) as usize),
+        Kind::AddResource => Transition::AddResource(pick(Param::Resource) as usize),
     }
 }
 

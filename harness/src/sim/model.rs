@@ -153,6 +153,12 @@ pub enum Transition {
     /// The [`HOSTILE`] client joins its portal topic again, with the other client's public
     /// key: were the portal to take it, the gateway would hand that client's handshakes to it.
     ClaimKey,
+    /// An administrator removes a resource at the portal, while traffic flows: its policies go
+    /// with it, and nobody may reach it any more.
+    RemoveResource(usize),
+    /// An administrator puts a removed resource back; no policy lets anyone reach it until one
+    /// is granted again.
+    AddResource(usize),
 }
 
 impl fmt::Display for Transition {
@@ -171,6 +177,7 @@ impl fmt::Display for Transition {
             Self::RelayCrash(r) | Self::RelayRestart(r) => write!(f, "(t{})", r + 1),
             Self::ClientRestart(c) | Self::Roam(c) => write!(f, "(c{})", c + 1),
             Self::RelayReplace(r) => write!(f, "(t{})", r + 1),
+            Self::RemoveResource(r) | Self::AddResource(r) => write!(f, "(r{})", r + 1),
             Self::LossBurst { sites, secs } => write!(f, "({sites:#b}, {secs}s)"),
             Self::PortalPartition { node, secs } => write!(f, "({}, {secs}s)", node_name(*node)),
             Self::AuthorizeFor {
@@ -215,6 +222,8 @@ impl Transition {
             Self::CandidateFlood => "candidate_flood",
             Self::HandshakeFlood => "handshake_flood",
             Self::ClaimKey => "claim_key",
+            Self::RemoveResource(_) => "remove_resource",
+            Self::AddResource(_) => "add_resource",
         }
     }
 
@@ -240,12 +249,14 @@ impl Transition {
             | Self::RelayReplace(_)
             | Self::AuthorizeFor { .. }
             | Self::CandidateFlood
-            | Self::ClaimKey => SETTLE,
+            | Self::ClaimKey
+            | Self::RemoveResource(_)
+            | Self::AddResource(_) => SETTLE,
         }
     }
 
     /// Every kind, for the coverage check.
-    pub const KINDS: [&'static str; 22] = [
+    pub const KINDS: [&'static str; 24] = [
         "send",
         "advance_time",
         "portal_restart",
@@ -268,6 +279,8 @@ impl Transition {
         "candidate_flood",
         "handshake_flood",
         "claim_key",
+        "remove_resource",
+        "add_resource",
     ];
 
     /// The probe this transition sends, if it is one: (client, resource, protocol).
@@ -294,7 +307,9 @@ impl Transition {
             | Self::AuthorizeFor { .. }
             | Self::CandidateFlood
             | Self::HandshakeFlood
-            | Self::ClaimKey => None,
+            | Self::ClaimKey
+            | Self::RemoveResource(_)
+            | Self::AddResource(_) => None,
         }
     }
 }
@@ -350,6 +365,8 @@ pub enum Expect {
 pub struct Model {
     /// (client, resource) pairs the portal authorizes.
     pub authorized: BTreeSet<(usize, usize)>,
+    /// Resources an administrator removed (and has not put back).
+    pub removed_resources: BTreeSet<usize>,
     /// Relays that are running.
     pub relays_up: [bool; RELAYS],
     /// Relays the portal announces to the nodes.
@@ -390,6 +407,7 @@ impl Model {
     pub fn initial(seed: u64) -> Self {
         Self {
             authorized: [(0, 0), (0, 1), (1, 1), (1, 2)].into_iter().collect(),
+            removed_resources: BTreeSet::new(),
             relays_up: [true; RELAYS],
             relays_announced: [true, true, false],
             portal_cut_until: [None; NODES],
@@ -506,6 +524,9 @@ impl Model {
             | Transition::Ping { .. }
             | Transition::Advance { .. }
             | Transition::PortalRestart => {}
+            // The portal refuses a policy for a resource that is gone: nothing changes.
+            Transition::Authorize { resource, .. } | Transition::AuthorizeFor { resource, .. }
+                if self.removed_resources.contains(resource) => {}
             Transition::AuthorizeFor {
                 client,
                 resource,
@@ -576,6 +597,18 @@ impl Model {
                 self.authorized.insert((*client, *resource));
                 self.expiring.remove(&(*client, *resource));
             }
+            // As a revocation of every client's access to it.
+            Transition::RemoveResource(resource) => {
+                for client in 0..CLIENTS {
+                    self.authorized.remove(&(client, *resource));
+                    self.established.remove(&(client, *resource));
+                    self.expiring.remove(&(client, *resource));
+                }
+                self.removed_resources.insert(*resource);
+            }
+            Transition::AddResource(resource) => {
+                self.removed_resources.remove(resource);
+            }
         }
         self.now += t.duration();
     }
@@ -618,7 +651,9 @@ impl Model {
             | Transition::AuthorizeFor { .. }
             | Transition::CandidateFlood
             | Transition::HandshakeFlood
-            | Transition::ClaimKey => return,
+            | Transition::ClaimKey
+            | Transition::RemoveResource(_)
+            | Transition::AddResource(_) => return,
         };
         for pair in pairs {
             if let Some(e) = self.expiring.get_mut(&pair) {
@@ -635,6 +670,8 @@ impl Model {
             Transition::BlockDirect => !self.direct_blocked,
             Transition::UnblockDirect => self.direct_blocked,
             Transition::RelayReplace(r) => self.relays_announced[*r],
+            Transition::RemoveResource(r) => !self.removed_resources.contains(r),
+            Transition::AddResource(r) => self.removed_resources.contains(r),
             Transition::LossBurst { sites, .. } => {
                 *sites != 0 && usize::from(*sites) < 1 << LINK_SITES
             }

@@ -237,6 +237,15 @@ pub fn parse_transition(text: &str) -> Result<Transition, String> {
                 _ => Transition::RelayReplace(relay),
             }
         }
+        "remove_resource" | "add_resource" => {
+            arity(1)?;
+            let resource = indexed(args[0], 'r', RESOURCES)?;
+            if kind == "remove_resource" {
+                Transition::RemoveResource(resource)
+            } else {
+                Transition::AddResource(resource)
+            }
+        }
         "client_restart" | "roam" => {
             arity(1)?;
             let client = indexed(args[0], 'c', CLIENTS)?;
@@ -324,6 +333,8 @@ mod tests {
             Transition::CandidateFlood,
             Transition::HandshakeFlood,
             Transition::ClaimKey,
+            Transition::RemoveResource(2),
+            Transition::AddResource(0),
             Transition::PortalPartition {
                 node: CLIENTS,
                 secs: 5,

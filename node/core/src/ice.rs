@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use is::{IceAgent, IceCreds};
 
 use crate::types::{Credentials, Role};
-use crate::IceCandidate;
+use crate::{CandidateKind, IceCandidate};
 
 pub(crate) struct Ice {
     agent: IceAgent,
@@ -91,6 +91,17 @@ impl Ice {
             }
         }
         peer_reflexive >= max
+    }
+
+    /// The kind of the peer's candidate at `addr`, if the agent holds one.
+    pub(crate) fn remote_candidate_kind(&self, addr: SocketAddr) -> Option<CandidateKind> {
+        let candidate = self.agent.remote_candidates().find(|c| c.addr() == addr)?;
+        Some(match candidate.kind() {
+            is::CandidateKind::Host => CandidateKind::Host,
+            is::CandidateKind::PeerReflexive => CandidateKind::PeerReflexive,
+            is::CandidateKind::ServerReflexive => CandidateKind::ServerReflexive,
+            is::CandidateKind::Relayed => CandidateKind::Relayed,
+        })
     }
 
     /// Whether the agent holds a remote candidate at `addr`.

@@ -23,7 +23,7 @@ use crate::pool::{Buffer, BufferPool};
 use crate::turn::{Allocation, CHANNEL_DATA_HEADER_LEN};
 use crate::types::{Credentials, Psk, Role, Transmit};
 use crate::wireguard::ConnIndex;
-use crate::{Error, Event, PeerId, Stats};
+use crate::{CandidateKind, Error, Event, PeerId, Stats};
 
 mod relays;
 
@@ -48,6 +48,9 @@ pub struct ConnectionInfo {
     pub index: u32,
     /// The ICE-nominated path, if any.
     pub path: Option<Path>,
+    /// The kind of the peer's candidate that path sends to (with [`Path::relay`], whether the
+    /// path is direct, through the NAT's public address, or through a relay).
+    pub remote_kind: Option<CandidateKind>,
     /// Whether ICE currently has a working pair.
     pub ice_connected: bool,
     /// Whether a WireGuard session has been established.
@@ -392,6 +395,7 @@ impl<TId: PeerId> Node<TId> {
         self.connections.get(&id).map(|c| ConnectionInfo {
             index: c.index.get(),
             path: c.path(),
+            remote_kind: c.path_remote_kind(),
             ice_connected: c.ice_state().is_connected(),
             established: c.is_established(),
             idle: c.is_idle(),

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use node::cli::{self, CommonArgs};
 use node::identity::Secrets;
+use node::runtime::metrics::{self, Metered, NodeMetrics, Traffic};
 use node::runtime::{
     self, Clock as _, DatagramSocket as _, Fatal, Observed, TokioClock, TunConfig, TunDevice,
     WebSocketLink,
@@ -27,7 +28,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(error) = cli::init_logging(&args.common.log, args.common.log_json) {
+    if let Err(error) = telemetry::init_logging(&args.common.log, args.common.log_json) {
         eprintln!("client: {error:#}");
         return ExitCode::from(2);
     }
@@ -56,6 +57,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
+        let metrics = NodeMetrics::new("client");
+        cli::serve_metrics(common.metrics_listen, &metrics).await?;
         let socket = runtime::bind_host_socket(common.listen, &endpoint.connect).await?;
         let addresses = cli::local_addresses(socket.local_addr()?, &common.advertise);
         let mut device = TunDevice::create(&args.tun_name, common.mtu)
@@ -76,15 +79,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut config = TunConfig::new(device.name());
         let fatal = Fatal::default();
         let raise = fatal.clone();
+        let events = metrics.clone();
         let mut handle = move |event: EngineEvent<ClientEvent>| match event {
             EngineEvent::Tunnel(ClientEvent::InterfaceUpdated(interface)) => {
                 config.set_interface(interface);
             }
             EngineEvent::Tunnel(ClientEvent::RoutesUpdated(routes)) => config.set_routes(&routes),
             EngineEvent::Tunnel(ClientEvent::GatewayConnected(gateway)) => {
+                events.connection_established();
                 tracing::info!(%gateway, "Gateway connected");
             }
             EngineEvent::Tunnel(ClientEvent::GatewayDisconnected { gateway, reason }) => {
+                events.connection_failed(reason);
                 tracing::info!(%gateway, ?reason, "Gateway disconnected");
             }
             EngineEvent::PortalConnected => tracing::info!("Portal connected"),
@@ -93,11 +99,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             EngineEvent::PortalFatal(reason) => raise.raise(reason),
         };
-        let mut engine = Observed::new(engine, move |engine: &mut ClientEngine| {
+        let engine = Observed::new(engine, move |engine: &mut ClientEngine| {
             while let Some(event) = engine.poll_event() {
                 handle(event);
             }
         });
+        let period = common.metrics_listen.map(|_| metrics::REFRESH);
+        let refresh = move |engine: &Observed<_, _>, traffic: &Traffic| {
+            metrics.update(engine.engine(), traffic);
+        };
+        let mut engine = Metered::new(engine, period, TokioClock.now(), refresh);
         let mut link = WebSocketLink::new(connector, endpoint.url);
         runtime::drive(&mut engine, &socket, &mut device, &mut link, &fatal).await
         // The TUN device, its addresses and routes go when `device` is dropped here.

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use node::cli::{self, CommonArgs};
 use node::identity::Secrets;
+use node::runtime::metrics::{self, Metered, NodeMetrics, Traffic};
 use node::runtime::{
     self, Clock as _, DatagramSocket as _, Fatal, Observed, TokioClock, TunConfig, TunDevice,
     WebSocketLink,
@@ -50,7 +51,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(error) = cli::init_logging(&args.common.log, args.common.log_json) {
+    if let Err(error) = telemetry::init_logging(&args.common.log, args.common.log_json) {
         eprintln!("gateway: {error:#}");
         return ExitCode::from(2);
     }
@@ -91,6 +92,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
+        let metrics = NodeMetrics::new("gateway");
+        cli::serve_metrics(common.metrics_listen, &metrics).await?;
         let socket = runtime::bind_host_socket(common.listen, &endpoint.connect).await?;
         let addresses = cli::local_addresses(socket.local_addr()?, &common.advertise);
         let mut device = TunDevice::create(&args.tun_name, common.mtu)
@@ -115,11 +118,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         let engine = GatewayEngine::new(tunnel, "gateway", secrets.jitter_seed());
         let fatal = Fatal::default();
         let raise = fatal.clone();
+        let events = metrics.clone();
         let handle = move |event: EngineEvent<GatewayEvent>| match event {
             EngineEvent::Tunnel(GatewayEvent::ClientConnected(client)) => {
+                events.connection_established();
                 tracing::info!(%client, "Client connected");
             }
             EngineEvent::Tunnel(GatewayEvent::ClientDisconnected { client, reason }) => {
+                events.connection_failed(reason);
                 tracing::info!(%client, ?reason, "Client disconnected");
             }
             EngineEvent::Tunnel(GatewayEvent::FlowEnded { client, resource, reason }) => {
@@ -131,11 +137,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             EngineEvent::PortalFatal(reason) => raise.raise(reason),
         };
-        let mut engine = Observed::new(engine, move |engine: &mut GatewayEngine| {
+        let engine = Observed::new(engine, move |engine: &mut GatewayEngine| {
             while let Some(event) = engine.poll_event() {
                 handle(event);
             }
         });
+        let period = common.metrics_listen.map(|_| metrics::REFRESH);
+        let refresh = move |engine: &Observed<_, _>, traffic: &Traffic| {
+            metrics.update(engine.engine(), traffic);
+        };
+        let mut engine = Metered::new(engine, period, TokioClock.now(), refresh);
         let mut link = WebSocketLink::new(connector, endpoint.url);
         runtime::drive(&mut engine, &socket, &mut device, &mut link, &fatal).await
     })

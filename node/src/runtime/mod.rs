@@ -8,6 +8,8 @@
 mod control;
 #[cfg(feature = "host")]
 mod host;
+#[cfg(feature = "host")]
+pub mod metrics;
 mod observe;
 #[cfg(feature = "host")]
 mod tls;

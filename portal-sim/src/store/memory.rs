@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{ChangeId, Snapshot, Store, StoreError};
-use crate::directory::{Change, Directory};
+use crate::directory::{Change, ChangeError, Directory};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -29,6 +29,19 @@ impl MemoryStore {
         }
     }
 
+    /// The directory as it is now (what [`Store::load`] gives, without waiting).
+    pub fn directory(&self) -> Directory {
+        self.lock().directory.clone()
+    }
+
+    /// [`Store::commit`], without waiting.
+    pub fn commit_now(&self, change: &Change) -> Result<ChangeId, ChangeError> {
+        let mut inner = self.lock();
+        inner.directory.apply(change)?;
+        inner.log.push(change.clone());
+        Ok(Self::last(&inner))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner
             .lock()
@@ -50,10 +63,7 @@ impl Store for MemoryStore {
     }
 
     async fn commit(&self, change: &Change) -> Result<ChangeId, StoreError> {
-        let mut inner = self.lock();
-        inner.directory.apply(change)?;
-        inner.log.push(change.clone());
-        Ok(Self::last(&inner))
+        Ok(self.commit_now(change)?)
     }
 
     async fn changes_after(&self, after: ChangeId) -> Result<Vec<(ChangeId, Change)>, StoreError> {

@@ -3,12 +3,17 @@
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use clap::Parser;
 use rand::RngCore as _;
+use relay_sim::metrics::Snapshot;
 use relay_sim::net::{Network as _, TokioNetwork};
 use relay_sim::{Config, IpNet, Server};
-use tracing_subscriber::EnvFilter;
+
+/// How often the metrics endpoint's snapshot is refreshed from the event loop.
+const METRICS_REFRESH: Duration = Duration::from_secs(1);
 
 /// TURN relay (RFC 8656 over UDP) with TURN REST API credentials.
 #[derive(Debug, Parser)]
@@ -46,6 +51,14 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax), e.g. `relay=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+    /// Logs as JSON lines instead of text.
+    #[arg(long, env = "RELAY_LOG_JSON")]
+    log_json: bool,
+    /// Serve Prometheus metrics (OpenMetrics text) on `http://ADDR/metrics`, e.g.
+    /// `127.0.0.1:9101`. Off by default; the endpoint has no authentication, so keep it on a
+    /// private address.
+    #[arg(long, value_name = "ADDR", env = "RELAY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -68,17 +81,10 @@ fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = match EnvFilter::try_new(&args.log) {
-        Ok(filter) => filter,
-        Err(e) => {
-            eprintln!("relay: invalid --log filter {:?}: {e}", args.log);
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(error) = telemetry::init_logging(&args.log, args.log_json) {
+        eprintln!("relay: {error:#}");
+        return ExitCode::from(2);
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -116,10 +122,38 @@ fn run(args: Args) -> Result<(), String> {
         rand::rngs::OsRng.fill_bytes(&mut seed);
         let server = Server::new(config, seed, net.now(), net.unix_time())
             .map_err(|e| format!("bad configuration: {e}"))?;
-        relay_sim::runtime::run(&net, server, args.listen, shutdown_signal())
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        if let Some(addr) = args.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+            let addr = listener.local_addr().unwrap_or(addr);
+            tracing::info!(target: "relay", %addr, "metrics on /metrics");
+            let shared = snapshot.clone();
+            tokio::spawn(telemetry::serve_metrics(listener, move || {
+                let snapshot = *shared.lock().unwrap_or_else(PoisonError::into_inner);
+                snapshot.render()
+            }));
+        }
+        let measure = move |server: &Server, traffic: &_| {
+            let fresh = Snapshot::of(server, traffic);
+            *snapshot.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+        };
+        if args.metrics_listen.is_some() {
+            relay_sim::runtime::run_measured(
+                &net,
+                server,
+                args.listen,
+                shutdown_signal(),
+                METRICS_REFRESH,
+                measure,
+            )
             .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        } else {
+            relay_sim::runtime::run(&net, server, args.listen, shutdown_signal()).await
+        }
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     })
 }
 

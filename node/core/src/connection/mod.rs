@@ -21,7 +21,7 @@ use crate::pool::{Buffer, BufferPool};
 use crate::turn::CHANNEL_DATA_HEADER_LEN;
 use crate::types::{Credentials, Psk, Role, Transmit};
 use crate::wireguard::{ConnIndex, Output, SessionIdx, Tunnel};
-use crate::{Error, FailReason};
+use crate::{CandidateKind, Error, FailReason};
 
 mod config;
 mod timer;
@@ -200,6 +200,11 @@ impl Connection {
 
     pub(crate) fn path(&self) -> Option<Path> {
         self.path
+    }
+
+    /// The kind of the peer's candidate the nominated path sends to.
+    pub(crate) fn path_remote_kind(&self) -> Option<CandidateKind> {
+        self.ice.remote_candidate_kind(self.path?.remote)
     }
 
     pub(crate) fn is_idle(&self) -> bool {

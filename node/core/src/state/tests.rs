@@ -456,6 +456,21 @@ fn client_reaches_authorized_resource_and_reply_comes_back() {
 }
 
 #[test]
+fn connections_report_the_kind_of_their_path() {
+    let mut w = World::new(&[R1]);
+    assert!(w.client.node().connection(GID).is_none());
+    w.connect(&[ip("10.0.0.7")]);
+    let client = w.client.node().connection(GID).unwrap();
+    let gateway = w.gateway.node().connection(CID).unwrap();
+    // One link between two host candidates: each side sends to the other's host candidate.
+    assert_eq!(client.path.unwrap().remote, gateway_addr());
+    assert_eq!(client.path.unwrap().relay, None);
+    assert_eq!(client.remote_kind, Some(crate::CandidateKind::Host));
+    assert_eq!(gateway.path.unwrap().remote, client_addr());
+    assert_eq!(gateway.remote_kind, Some(crate::CandidateKind::Host));
+}
+
+#[test]
 fn unauthorized_destination_is_answered_with_icmp_prohibited() {
     let mut w = World::new(&[R1, R2]);
     w.connect(&[ip("10.0.0.7"), ip("10.0.1.5")]);

@@ -14,6 +14,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -21,16 +22,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::directory::{Change, TokenDigest};
 use crate::replica::Replica;
-use crate::server::UPGRADE_TIMEOUT;
 use crate::store::{Store, StoreError};
 
 /// Renders the portal's metrics for `GET /metrics`.
@@ -58,20 +59,47 @@ pub fn router<S: Store>(replica: Arc<Replica<S>>, token: &str, metrics: RenderMe
         .with_state(state)
 }
 
-/// Serves `router` on `listener` (TLS first when `tls` is given) until the listener fails.
+/// Admin connections served at once, at most; the next is accepted when one ends. The
+/// listener is reachable before any token is checked, so this is what an unauthenticated peer
+/// can hold.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// How long a connection may take to send a request's headers (and its TLS handshake) before
+/// it is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` (TLS first when `tls` is given) until the listener fails, at
+/// most [`MAX_CONNECTIONS`] connections at once.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     router: Router,
 ) -> io::Result<()> {
+    serve_limited(listener, tls, router, MAX_CONNECTIONS).await
+}
+
+/// [`serve`] with another connection limit (for tests of the limit).
+pub async fn serve_limited(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    max_connections: usize,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return Ok(()); // never closed
+        };
         let (tcp, peer) = listener.accept().await?;
         let service = TowerToHyperService::new(router.clone());
         let tls = tls.clone();
         tokio::spawn(async move {
-            let builder = hyper::server::conn::http1::Builder::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
             let served = match tls {
-                Some(tls) => match tokio::time::timeout(UPGRADE_TIMEOUT, tls.accept(tcp)).await {
+                Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
                     Ok(Ok(stream)) => builder
                         .serve_connection(TokioIo::new(stream), service)
                         .await
@@ -87,6 +115,7 @@ pub async fn serve(
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "Admin connection failed");
             }
+            drop(slot);
         });
     }
 }

@@ -79,15 +79,13 @@ impl<S: Store> Replica<S> {
         let recorded = self.server.with_portal(|portal, _| {
             std::iter::from_fn(|| portal.poll_recorded()).collect::<Vec<_>>()
         });
-        cursor.pending.extend(recorded);
-        let excess = cursor.pending.len().saturating_sub(MAX_PENDING_RECORDED);
-        if excess > 0 {
+        let dropped = keep_pending(&mut cursor.pending, recorded, MAX_PENDING_RECORDED);
+        if dropped > 0 {
             tracing::warn!(
-                dropped = excess,
+                dropped,
                 limit = MAX_PENDING_RECORDED,
                 "Dropping recorded changes the database has not taken"
             );
-            cursor.pending.drain(..excess);
         }
         while let Some(change) = cursor.pending.first() {
             self.store.commit(change).await?;
@@ -110,15 +108,64 @@ impl<S: Store> Replica<S> {
         Ok(())
     }
 
-    /// Catches up every `period`, forever (another instance's changes arrive within it).
-    pub async fn run(&self, period: Duration) {
+    /// Catches up every `period` (another instance's changes arrive within it), riding out
+    /// database failures, until the instance falls behind the change log
+    /// ([`StoreError::Behind`]), which it returns: the instance must restart.
+    pub async fn run(&self, period: Duration) -> StoreError {
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            if let Err(error) = self.catch_up().await {
-                tracing::warn!(%error, "Cannot reach the store; trying again");
+            match self.catch_up().await {
+                Ok(()) => {}
+                Err(error @ StoreError::Behind { .. }) => return error,
+                Err(error) => tracing::warn!(%error, "Cannot reach the store; trying again"),
             }
         }
+    }
+}
+
+/// Appends `recorded` to `pending` and drops the oldest beyond `limit`; how many were dropped.
+fn keep_pending(pending: &mut Vec<Change>, recorded: Vec<Change>, limit: usize) -> usize {
+    pending.extend(recorded);
+    let excess = pending.len().saturating_sub(limit);
+    pending.drain(..excess);
+    excess
+}
+
+#[cfg(test)]
+mod tests {
+    use node_proto::ids::ClientId;
+    use node_proto::portal::PublicKey;
+
+    use super::*;
+    use crate::Identity;
+
+    fn owner(n: usize) -> Change {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        Change::OwnKey {
+            public_key: PublicKey::from_bytes(key),
+            node: Identity::Client(ClientId(1)),
+        }
+    }
+
+    #[test]
+    fn pending_recorded_changes_stop_at_their_cap_dropping_the_oldest() {
+        let mut pending = Vec::new();
+        let recorded: Vec<Change> = (0..MAX_PENDING_RECORDED).map(owner).collect();
+        assert_eq!(
+            keep_pending(&mut pending, recorded, MAX_PENDING_RECORDED),
+            0
+        );
+        assert_eq!(pending.len(), MAX_PENDING_RECORDED);
+        let one_more = vec![owner(MAX_PENDING_RECORDED)];
+        assert_eq!(
+            keep_pending(&mut pending, one_more, MAX_PENDING_RECORDED),
+            1
+        );
+        assert_eq!(pending.len(), MAX_PENDING_RECORDED);
+        assert_eq!(pending.first(), Some(&owner(1)));
+        assert_eq!(pending.last(), Some(&owner(MAX_PENDING_RECORDED)));
     }
 }

@@ -84,7 +84,10 @@ async fn start(db: &str, import_seed: bool, generation: u64, poll: Duration) -> 
     }));
 
     let syncing = Arc::clone(&replica);
-    tasks.push(tokio::spawn(async move { syncing.run(poll).await }));
+    tasks.push(tokio::spawn(async move {
+        let behind = syncing.run(poll).await;
+        panic!("{behind}");
+    }));
     Instance {
         url,
         admin: admin_url,
@@ -321,4 +324,66 @@ async fn two_instances_on_one_postgres_database() {
     let db = postgres_database("two").await;
     let took = a_change_through_one_instance_reaches_the_other(&db).await;
     println!("PostgreSQL: a change reached the other instance's client in {took:?}");
+}
+
+/// Answers `GET /healthz` on a raw connection within `wait`, or `None`.
+async fn healthz(stream: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: portal\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    match tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await {
+        Ok(Ok(_)) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn the_admin_listener_serves_at_most_its_connection_limit() {
+    const LIMIT: usize = 2;
+    let db = temp_db("limit");
+    let store = SqlStore::open(db.to_str().unwrap()).await.unwrap();
+    let server = Server::new(
+        Portal::with_directory(
+            store.load().await.unwrap().directory,
+            PortalConfig::new("s", 1),
+        ),
+        system_clock(),
+    );
+    let replica = Arc::new(Replica::new(server, store, Default::default()));
+    let router = portal_sim::admin::router(replica, ADMIN_TOKEN, Arc::new(String::new));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(portal_sim::admin::serve_limited(
+        listener, None, router, LIMIT,
+    ));
+
+    // LIMIT silent connections hold every slot (unauthenticated: no token is ever asked).
+    let mut idle = Vec::new();
+    for _ in 0..LIMIT {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Make sure each is accepted before the next.
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"G")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        idle.push(stream);
+    }
+    let mut one_more = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        healthz(&mut one_more, Duration::from_millis(500)).await,
+        None,
+        "connection {} was served",
+        LIMIT + 1
+    );
+    // One ends: the waiting connection is served.
+    drop(idle.pop());
+    let answer = healthz(&mut one_more, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    task.abort();
+    let _ = std::fs::remove_file(&db);
 }

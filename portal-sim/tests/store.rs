@@ -1,6 +1,7 @@
 //! The SQL store against the directory's own rules: the same random changes, accepted and
 //! refused alike, leave the database and the in-memory directory equal, on SQLite and on
-//! PostgreSQL; concurrent commits from two pools get one gap-free order.
+//! PostgreSQL; concurrent commits from two pools get one gap-free order; the log keeps its
+//! newest changes and tells a reader that fell behind it.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -178,6 +179,30 @@ async fn concurrent_commits_get_one_order(db: &str) {
     assert_eq!(first.load().await.unwrap().directory.relays.len(), 40);
 }
 
+async fn the_log_keeps_its_newest_changes_and_says_when_one_fell_behind(db: &str) {
+    const LIMIT: i64 = 5;
+    let store = SqlStore::open(db).await.unwrap().with_log_limit(LIMIT);
+    for id in 1..=LIMIT as u64 + 1 {
+        let relay = RelaySeed {
+            id: RelayId(id),
+            address: SocketAddr::from(([192, 0, 2, 1], 3478)),
+        };
+        store.commit(&Change::AddRelay { relay }).await.unwrap();
+    }
+    // Change 1 is gone: a replica that applied nothing cannot catch up from the log.
+    match store.changes_after(ChangeId(0)).await {
+        Err(StoreError::Behind { applied, oldest }) => assert_eq!((applied, oldest), (0, 2)),
+        other => panic!("{other:?}"),
+    }
+    let kept = store.changes_after(ChangeId(1)).await.unwrap();
+    let ids: Vec<i64> = kept.iter().map(|(id, _)| id.0).collect();
+    assert_eq!(ids, (2..=LIMIT + 1).collect::<Vec<_>>());
+    // The directory itself keeps everything.
+    let snapshot = store.load().await.unwrap();
+    assert_eq!(snapshot.directory.relays.len(), LIMIT as usize + 1);
+    assert_eq!(snapshot.last, ChangeId(LIMIT + 1));
+}
+
 fn sqlite(name: &str) -> String {
     let path = std::env::temp_dir().join(format!("portal-store-{}-{name}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
@@ -189,6 +214,20 @@ async fn sqlite_follows_the_directory_rules() {
     let db = sqlite("rules");
     follows_the_directory_rules(&db).await;
     let _ = std::fs::remove_file(&db);
+}
+
+#[tokio::test]
+async fn sqlite_log_keeps_its_newest_changes() {
+    let db = sqlite("log");
+    the_log_keeps_its_newest_changes_and_says_when_one_fell_behind(&db).await;
+    let _ = std::fs::remove_file(&db);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs it"]
+async fn postgres_log_keeps_its_newest_changes() {
+    the_log_keeps_its_newest_changes_and_says_when_one_fell_behind(&postgres_database("log").await)
+        .await;
 }
 
 #[tokio::test]

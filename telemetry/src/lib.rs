@@ -310,6 +310,27 @@ impl Collector for Samples {
     }
 }
 
+/// Completes on SIGINT or SIGTERM (logging which, at INFO), so a binary can stop cleanly under
+/// systemd or Ctrl-C. Where SIGTERM cannot be watched it waits for SIGINT alone.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        () = terminate => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

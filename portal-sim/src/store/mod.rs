@@ -17,7 +17,7 @@ mod memory;
 mod sql;
 
 pub use memory::MemoryStore;
-pub use sql::{SqlStore, MIGRATIONS};
+pub use sql::{SqlStore, MAX_CHANGE_LOG, MIGRATIONS};
 
 /// A position in the change log: the id of the last change included. Ids start at 1.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,6 +33,15 @@ pub enum StoreError {
     /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The changes after this position are no longer in the log (it keeps the newest
+    /// [`MAX_CHANGE_LOG`]): the directory must be loaded afresh (restart the instance).
+    #[error("fell behind the change log: applied up to {applied}, the oldest change kept is {oldest}; restart to load the directory afresh")]
+    Behind {
+        /// The position asked from.
+        applied: i64,
+        /// The oldest change still in the log.
+        oldest: i64,
+    },
     /// The database holds something this portal cannot read.
     #[error("corrupt row in {table}: {reason}")]
     Corrupt {

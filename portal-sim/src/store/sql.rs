@@ -22,6 +22,12 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
     include_str!("../../migrations/0001_directory.sql"),
 )];
 
+/// Changes the log keeps: each commit drops those older than the newest this many. A node can
+/// make the log grow (every join with a new key records its owner), so it needs a bound; an
+/// instance that falls further behind than this (its database link down for that many changes)
+/// gets [`StoreError::Behind`] and must restart, which loads the whole directory.
+pub const MAX_CHANGE_LOG: i64 = 100_000;
+
 /// How often a commit that lost the race for the next log id is tried again.
 const COMMIT_ATTEMPTS: usize = 16;
 
@@ -29,6 +35,7 @@ const COMMIT_ATTEMPTS: usize = 16;
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    log_limit: i64,
 }
 
 impl SqlStore {
@@ -48,9 +55,19 @@ impl SqlStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect(&url)
             .await?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            log_limit: MAX_CHANGE_LOG,
+        };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The same store keeping at most `limit` changes in its log instead of [`MAX_CHANGE_LOG`]
+    /// (for tests of the limit).
+    pub fn with_log_limit(mut self, limit: i64) -> Self {
+        self.log_limit = limit.max(1);
+        self
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -97,6 +114,10 @@ impl SqlStore {
         let directory = load_directory(&mut tx).await?;
         directory.check(change)?;
         write(&mut tx, change).await?;
+        sqlx::query("DELETE FROM changes WHERE id <= $1")
+            .bind(id - self.log_limit)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(ChangeId(id))
     }
@@ -141,6 +162,16 @@ impl Store for SqlStore {
             .bind(after.0)
             .fetch_all(&self.pool)
             .await?;
+        // A gap between the position and the first row kept means trimmed changes.
+        if let Some(first) = rows.first() {
+            let oldest: i64 = first.try_get(0)?;
+            if oldest > after.0 + 1 {
+                return Err(StoreError::Behind {
+                    applied: after.0,
+                    oldest,
+                });
+            }
+        }
         rows.iter()
             .map(|row| {
                 let id: i64 = row.try_get(0)?;

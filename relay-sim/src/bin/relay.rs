@@ -144,36 +144,15 @@ fn run(args: Args) -> Result<(), String> {
                 &net,
                 server,
                 args.listen,
-                shutdown_signal(),
+                telemetry::shutdown_signal(),
                 METRICS_REFRESH,
                 measure,
             )
             .await
         } else {
-            relay_sim::runtime::run(&net, server, args.listen, shutdown_signal()).await
+            relay_sim::runtime::run(&net, server, args.listen, telemetry::shutdown_signal()).await
         }
         .map(|_| ())
         .map_err(|e| e.to_string())
     })
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(target: "relay", %error, "cannot watch SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        biased;
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!(target: "relay", "shutting down");
 }

@@ -186,10 +186,6 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(move || render_metrics(&server.with_portal(|p, _| p.metrics())))
         };
 
-        let syncing = Arc::clone(&replica);
-        let sync_interval = args.sync_interval;
-        tokio::spawn(async move { syncing.run(sync_interval).await });
-
         if let Some(addr) = args.metrics_listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -216,18 +212,26 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "Portal listening");
-        match tls {
-            Some(tls) => {
-                server
-                    .serve_upgraded(listener, move |tcp| {
-                        let tls = tls.clone();
-                        async move { tls.accept(tcp).await }
-                    })
-                    .await
+        let nodes = async {
+            match tls {
+                Some(tls) => {
+                    server
+                        .serve_upgraded(listener, move |tcp| {
+                            let tls = tls.clone();
+                            async move { tls.accept(tcp).await }
+                        })
+                        .await
+                }
+                None => server.serve(listener).await,
             }
-            None => server.serve(listener).await,
+            .context("accept failed")
+        };
+        tokio::select! {
+            served = nodes => served,
+            // Only a fall behind the change log ends it: a restart loads the directory afresh.
+            behind = replica.run(args.sync_interval) => Err(behind.into()),
+            () = telemetry::shutdown_signal() => Ok(()),
         }
-        .context("accept failed")
     })
 }
 

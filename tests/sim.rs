@@ -191,21 +191,55 @@ fn sim() {
     run_cases(cases);
 }
 
-/// The same seed twice gives the same trace, byte for byte.
+/// The case the determinism check runs: (trace hash, events, datagrams hashed).
+fn determinism_case() -> (u64, u64, u64) {
+    let transitions = generate(7, 12);
+    let (case, result) = run_case(7, &transitions);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let trace = &case.deployment.trace;
+    (trace.hash(), trace.len(), trace.digested())
+}
+
+/// The same seed gives the same trace, down to the bytes of every datagram the NATs carry: twice
+/// in this process, and once more in another process (whose OS random source and clock differ).
 #[test]
 fn determinism() {
     init_logging();
-    let transitions = generate(7, 12);
-    let run = || {
-        let (case, result) = run_case(7, &transitions);
-        if let Err(e) = result {
-            panic!("{e}");
-        }
-        (case.deployment.trace.hash(), case.deployment.trace.len())
-    };
-    let first = run();
+    let first = determinism_case();
     assert!(first.1 > 10, "the trace records the run");
-    assert_eq!(first, run());
+    assert!(first.2 > 100, "the trace hashes the datagrams");
+    assert_eq!(
+        first,
+        determinism_case(),
+        "a second run in this process differs"
+    );
+
+    let output = std::process::Command::new(std::env::current_exe().unwrap_or_default())
+        .args([
+            "--exact",
+            "determinism_in_a_child_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the child process: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "the child failed: {stdout}");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("determinism: "))
+        .unwrap_or_else(|| panic!("the child printed no result: {stdout}"));
+    assert_eq!(line, format!("{first:?}"), "another process differs");
+}
+
+/// [`determinism`]'s second process.
+#[test]
+#[ignore = "run by `determinism`, in a process of its own"]
+fn determinism_in_a_child_process() {
+    init_logging();
+    println!("determinism: {:?}", determinism_case());
 }
 
 /// Every case kept in `regressions/sim/` (see `harness::sim::regression`): the cases the property

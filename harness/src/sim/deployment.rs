@@ -241,7 +241,7 @@ impl<'a> Deployment<'a> {
                 cfg.seed = cfg.seed.wrapping_add(u64::from(boot) << 32);
                 async move {
                     let socket = NatShim::bind(inside, via).await?;
-                    client_host(cfg, socket, via, roam_ports, tap, trace).await
+                    client_host(cfg, socket, via, roam_ports, tap, trace, epoch).await
                 }
             });
         }

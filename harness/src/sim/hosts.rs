@@ -158,6 +158,7 @@ pub async fn client_host(
     roam_ports: Rc<std::cell::Cell<u16>>,
     tap: Rc<DeviceTap>,
     trace: Trace,
+    unix_epoch_secs: u64,
 ) -> turmoil::Result {
     let now = TurmoilClock.now();
     let local = socket.local_addr();
@@ -188,7 +189,8 @@ pub async fn client_host(
             }
         });
     }
-    let mut tunnel = ClientState::new(cfg.seed, now);
+    let mut tunnel =
+        ClientState::new(cfg.seed, now).with_wall_clock(now, sim_wall_clock(unix_epoch_secs));
     tunnel.add_local_address(local, now);
     let engine = ClientEngine::new(tunnel, "client", cfg.seed.wrapping_add(1));
     let (host, traced, tapped) = (cfg.name.clone(), trace.clone(), Rc::clone(&tap));

@@ -213,6 +213,7 @@ impl Host {
         let Some(public) = translated else {
             return;
         };
+        self.nat.shared.trace.digest(payload);
         let Some(socket) = self.public_socket(public).await else {
             return;
         };
@@ -268,6 +269,7 @@ impl Host {
         let Some(inside) = inside else {
             return;
         };
+        self.nat.shared.trace.digest(bytes);
         if let Err(error) = self.inside.send_to(&encapsulate(from, bytes), inside).await {
             tracing::debug!(%inside, %error, "NAT: send to inside failed");
         }

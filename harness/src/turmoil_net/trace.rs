@@ -2,8 +2,9 @@
 //! with a fixed hasher (FNV-1a 64) so that two runs with the same seed can be compared by one
 //! number, across processes and Rust versions.
 //!
-//! Record only what is deterministic: addresses, ports, counts, kinds. Never packet bytes (keys,
-//! nonces and WireGuard ciphertexts come from the OS RNG) and never tokio `Instant`s (each host's
+//! Record only what is deterministic: addresses, ports, counts, kinds, and the bytes of the
+//! datagrams the NATs carry ([`Trace::digest`]: every key, nonce, timestamp and ciphertext in
+//! them comes from the case's seed and the simulated clock); never tokio `Instant`s (each host's
 //! runtime has its own base).
 
 use std::fmt::{self, Display, Write as _};
@@ -19,6 +20,7 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 struct Inner {
     hash: u64,
     events: u64,
+    digested: u64,
     lines: Option<Vec<String>>,
     scratch: String,
 }
@@ -60,6 +62,7 @@ impl Trace {
             inner: Arc::new(Mutex::new(Inner {
                 hash: FNV_OFFSET,
                 events: 0,
+                digested: 0,
                 lines,
                 scratch: String::new(),
             })),
@@ -89,6 +92,22 @@ impl Trace {
             lines.push(format!("{:>10.3}s {host:<10} {scratch}", at.as_secs_f64()));
         }
         inner.scratch = scratch;
+    }
+
+    /// Feeds `bytes` (a datagram) into the hash, at the current simulated time, without an
+    /// event line: the hash then says whether two runs sent the same bytes, not only the same
+    /// events.
+    pub fn digest(&self, bytes: &[u8]) {
+        let mut inner = lock(&self.inner);
+        inner.feed(&sim_time().as_nanos().to_le_bytes());
+        inner.feed(&(bytes.len() as u64).to_le_bytes());
+        inner.feed(bytes);
+        inner.digested += 1;
+    }
+
+    /// How many datagrams went into the hash through [`Trace::digest`].
+    pub fn digested(&self) -> u64 {
+        lock(&self.inner).digested
     }
 
     /// The hash of everything recorded so far.

@@ -77,13 +77,18 @@ struct Bucket {
 }
 
 impl HandshakeGuard {
-    pub(crate) fn new(public_key: &PublicKey, now: Instant) -> Self {
+    /// A guard for the node with `public_key`; its cookie secrets come from `rng`.
+    pub(crate) fn new(
+        public_key: &PublicKey,
+        now: Instant,
+        rng: &mut (impl rand::RngCore + rand::CryptoRng),
+    ) -> Self {
         // The limiter reads boringtun's clock at construction.
         MockClock::set_time(Duration::ZERO);
         Self {
             mac1_key: mac1_key(public_key),
             // Always under load: it is asked only when this guard judges the node is.
-            limiter: RateLimiter::new(public_key, 0),
+            limiter: RateLimiter::new_with_rng(public_key, 0, rng),
             epoch: now,
             high_water: Duration::ZERO,
             second: (now, 0),
@@ -257,7 +262,8 @@ mod tests {
     fn responder() -> (PublicKey, HandshakeGuard, Instant) {
         let key = PublicKey::from(&StaticSecret::from([1; 32]));
         let now = Instant::now();
-        (key, HandshakeGuard::new(&key, now), now)
+        let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(1);
+        (key, HandshakeGuard::new(&key, now, &mut rng), now)
     }
 
     fn ip(last: u8) -> IpAddr {

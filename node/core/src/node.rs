@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn};
@@ -102,6 +102,8 @@ pub struct Node<TId> {
     rng: ChaCha20Rng,
     /// boringtun's clock for this node's tunnels counts from here.
     epoch: Instant,
+    /// The wall-clock time at `epoch` (see [`Node::set_wall_clock`]).
+    wall_at_epoch: SystemTime,
 
     connections: BTreeMap<TId, Connection>,
     by_index: BTreeMap<ConnIndex, TId>,
@@ -174,8 +176,10 @@ impl<TId: PeerId> Node<TId> {
             role,
             public_key,
             private_key,
+            handshake_guard: HandshakeGuard::new(&public_key, now, &mut guard_rng(&rng)),
             rng,
             epoch: now,
+            wall_at_epoch: UNIX_EPOCH,
             connections: BTreeMap::new(),
             by_index: BTreeMap::new(),
             by_key: BTreeMap::new(),
@@ -188,7 +192,6 @@ impl<TId: PeerId> Node<TId> {
             retry_delays: BTreeMap::new(),
             former_relays: VecDeque::new(),
             connection_config: ConnectionConfig::default(),
-            handshake_guard: HandshakeGuard::new(&public_key, now),
             pool: BufferPool::new(POOL_CAPACITY),
             staged: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -302,6 +305,7 @@ impl<TId: PeerId> Node<TId> {
             seed: self.rng.next_u64(),
             tie_breaker: self.rng.next_u64(),
             epoch: self.epoch,
+            wall: self.wall_at(now),
             span: id.span(),
             identity,
             config: self.connection_config,
@@ -322,6 +326,23 @@ impl<TId: PeerId> Node<TId> {
         self.drain_connection_events(id);
         self.flush_staged(now);
         outcome
+    }
+
+    /// Tells the node the wall-clock time `wall` at `now` (the host's clock, or the
+    /// simulation's). Its tunnels' handshake timestamps (TAI64N) count from it; a peer accepts
+    /// an initiation only if its timestamp is newer than the last it took for the same key, so a
+    /// node that keeps its key across restarts needs a clock that does too. Without it the
+    /// timestamps count from the Unix epoch.
+    pub fn set_wall_clock(&mut self, now: Instant, wall: SystemTime) {
+        let since_epoch = now.saturating_duration_since(self.epoch);
+        self.wall_at_epoch = wall.checked_sub(since_epoch).unwrap_or(UNIX_EPOCH);
+    }
+
+    fn wall_at(&self, now: Instant) -> SystemTime {
+        let since_epoch = now.saturating_duration_since(self.epoch);
+        self.wall_at_epoch
+            .checked_add(since_epoch)
+            .unwrap_or(self.wall_at_epoch)
     }
 
     fn free_index(&mut self) -> ConnIndex {
@@ -692,4 +713,13 @@ fn route_by_index<TId: Copy>(
         .get(&ConnIndex::from_session_index(idx))
         .copied()
         .ok_or(Error::UnroutableWireGuard)
+}
+
+/// The handshake guard's generator: the node's, on a stream of its own, so that what the node
+/// draws from its own stream stays as it was.
+fn guard_rng(rng: &ChaCha20Rng) -> ChaCha20Rng {
+    const GUARD_RNG_STREAM: u64 = 0x6775_6172;
+    let mut guard = rng.clone();
+    guard.set_stream(GUARD_RNG_STREAM);
+    guard
 }

@@ -7,12 +7,13 @@
 
 use std::net::IpAddr;
 use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use mock_instant::MockClock;
+use rand_chacha::ChaCha20Rng;
 
 /// A 24-bit connection index: boringtun shifts it left by 8 and numbers its sessions in the low
 /// byte, so `receiver_idx >> 8` of any incoming packet names the connection.
@@ -61,19 +62,35 @@ pub(crate) struct Tunnel {
 }
 
 impl Tunnel {
+    /// A tunnel whose ephemeral keys and cookie secrets come from `rng`, and whose handshake
+    /// timestamps (TAI64N) count from `wall`, the wall-clock time at `now`: nothing it sends
+    /// depends on the host's clock or random source, so a seed repeats a run byte for byte.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         now: Instant,
         epoch: Instant,
+        wall: SystemTime,
         private: StaticSecret,
         remote: PublicKey,
         psk: [u8; 32],
         index: ConnIndex,
+        rng: ChaCha20Rng,
     ) -> Self {
         let high_water = now.saturating_duration_since(epoch);
         // Tunn::new reads the clock for its timers and rate limiter.
         MockClock::set_time(high_water);
+        let tunn = Tunn::new_with(
+            private,
+            remote,
+            Some(psk),
+            None,
+            index.get(),
+            None,
+            Box::new(rng),
+            wall,
+        );
         Self {
-            tunn: Tunn::new(private, remote, Some(psk), None, index.get(), None),
+            tunn,
             epoch,
             high_water,
             session_since: None,
@@ -172,5 +189,54 @@ impl Output {
             TunnResult::Done => Self::Done,
             TunnResult::Err(e) => Self::Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rand::SeedableRng as _;
+
+    use super::*;
+
+    /// A handshake initiation from a fresh tunnel with this generator seed and wall clock.
+    fn initiation(rng_seed: u64, wall: SystemTime) -> Vec<u8> {
+        #[allow(clippy::disallowed_methods)] // any instant: the tunnel counts from `epoch`
+        let epoch = Instant::now();
+        let remote = PublicKey::from(&StaticSecret::from([2; 32]));
+        let mut tunnel = Tunnel::new(
+            epoch,
+            epoch,
+            wall,
+            StaticSecret::from([1; 32]),
+            remote,
+            [3; 32],
+            ConnIndex::new(7).unwrap(),
+            ChaCha20Rng::seed_from_u64(rng_seed),
+        );
+        let mut buf = [0u8; 256];
+        match tunnel.handshake_initiation(epoch, &mut buf, true) {
+            Output::Network(range) => buf[range].to_vec(),
+            Output::Tunnel(_) | Output::Done | Output::Err(_) => panic!("no initiation"),
+        }
+    }
+
+    #[test]
+    fn the_generator_and_the_wall_clock_decide_every_byte_of_an_initiation() {
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(86_400);
+        let first = initiation(1, wall);
+        assert_eq!(first.len(), 148);
+        assert_eq!(
+            first,
+            initiation(1, wall),
+            "same seed and clock, other bytes"
+        );
+        // Another generator: another ephemeral key (bytes 8..40).
+        assert_ne!(first[8..40], initiation(2, wall)[8..40]);
+        // Another wall clock: the same ephemeral key, another (encrypted) timestamp.
+        let later = initiation(1, wall + Duration::from_secs(1));
+        assert_eq!(first[8..40], later[8..40]);
+        assert_ne!(first[88..116], later[88..116]);
     }
 }

@@ -2,6 +2,7 @@
 //! the gateways that serve them.
 
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -66,12 +67,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(?addresses, device = device.name(), portal = %endpoint.connect, "Client starting");
 
         let now = TokioClock.now();
+        // The one wall-clock read: handshake timestamps count from it, and a peer accepts only
+        // newer ones for this key, also after a restart.
+        #[allow(clippy::disallowed_methods)]
+        let wall = SystemTime::now();
         let mut tunnel = match &secrets {
             Secrets::Random { private_key, rng_seed } => {
                 ClientState::from_secrets(private_key.clone(), *rng_seed, now)
             }
             Secrets::Seeded(seed) => ClientState::new(*seed, now),
-        };
+        }
+        .with_wall_clock(now, wall);
         for addr in addresses {
             tunnel.add_local_address(addr, now);
         }

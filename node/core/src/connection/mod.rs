@@ -7,7 +7,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
+
+use rand::SeedableRng as _;
+use rand_chacha::ChaCha20Rng;
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::x25519::{PublicKey, StaticSecret};
@@ -117,6 +120,9 @@ pub(crate) struct Connection {
 /// allows, so that a pair on it outranks every pair on a signalled candidate.
 const LEARNED_PRIORITY: u32 = (1 << 31) - 1;
 
+/// The stream of a connection's seed that its tunnel draws from.
+const TUNNEL_RNG_STREAM: u64 = 0x7475_6e6e;
+
 /// A STUN transaction id.
 pub(crate) type TransactionId = [u8; 12];
 
@@ -128,19 +134,27 @@ pub(crate) struct ConnectionParams {
     pub(crate) seed: u64,
     pub(crate) tie_breaker: u64,
     pub(crate) epoch: Instant,
+    /// The wall-clock time at `now` when the connection is made (its handshake timestamps).
+    pub(crate) wall: SystemTime,
     pub(crate) span: tracing::Span,
     pub(crate) config: ConnectionConfig,
 }
 
 impl Connection {
     pub(crate) fn new(p: ConnectionParams, local_addrs: &[SocketAddr], now: Instant) -> Self {
+        // The tunnel's randomness: the connection's seed on a stream of its own, so ICE (on
+        // the first stream) draws what it always drew.
+        let mut tunnel_rng = ChaCha20Rng::seed_from_u64(p.seed);
+        tunnel_rng.set_stream(TUNNEL_RNG_STREAM);
         let tunnel = Tunnel::new(
             now,
             p.epoch,
+            p.wall,
             p.private_key,
             p.identity.remote_key,
             p.identity.psk.0,
             p.index,
+            tunnel_rng,
         );
         let ice = Ice::new(
             p.role,

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use boringtun::x25519::StaticSecret;
 
@@ -153,6 +153,13 @@ impl ClientState {
     /// A client with a configured static key.
     pub fn with_private_key(private_key: StaticSecret, seed: u64, now: Instant) -> Self {
         Self::from_node(Node::with_private_key(Role::Client, private_key, seed, now))
+    }
+
+    /// Tells the client the wall-clock time `wall` at `now`, from which its handshake
+    /// timestamps count (see [`Node::set_wall_clock`]): the host's clock in the binary.
+    pub fn with_wall_clock(mut self, now: Instant, wall: SystemTime) -> Self {
+        self.node.set_wall_clock(now, wall);
+        self
     }
 
     fn from_node(node: Node<GatewayId>) -> Self {

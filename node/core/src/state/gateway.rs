@@ -132,7 +132,8 @@ impl GatewayState {
         Self::from_node(node, now, wall_clock)
     }
 
-    fn from_node(node: Node<ClientId>, now: Instant, wall_clock: SystemTime) -> Self {
+    fn from_node(mut node: Node<ClientId>, now: Instant, wall_clock: SystemTime) -> Self {
+        node.set_wall_clock(now, wall_clock);
         Self {
             node,
             clock: WallClock::new(now, wall_clock),

@@ -9,12 +9,14 @@
 # forwarded UDP in pub blocks the direct path between the NATs and leaves only the relays.
 # The gateway masquerades the clients' range on the resource side; res has no route back.
 #
-# Checks, in order: ping and a 10 MiB TCP transfer (iperf3) client -> 10.0.0.5; 10.0.0.6, a
+# Checks, in order: ping and a 10 MiB TCP transfer (iperf3) client -> 10.0.0.5 over the direct
+# path (the relays carry almost none of it); 10.0.0.6, a
 # resource the client has no policy for, is unreachable and sees nothing; with direct UDP
 # blocked, traffic flows through a relay; killing that relay during a transfer, the transfer
 # completes through the other one; restarting the portal keeps the tunnel, and after it returns
 # new connections work; through the admin CLI, removing the policy stops the client's traffic at
-# once (nothing more reaches 10.0.0.5), and granting 10.0.0.6 lets it through, with no restart.
+# once (nothing more reaches 10.0.0.5), and granting 10.0.0.6 lets it through, with no restart;
+# with both NATs port-randomising (MASQUERADE --random-fully) a relay carries the traffic.
 #
 # Needs root, iproute2, iptables, iperf3, ping (scripts/test.sh installs them). Binaries come from
 # BIN_DIR, or are built with cargo (debug) when it is unset. Every namespace, process and
@@ -106,6 +108,12 @@ link() { # link NS_A IF_A ADDR_A NS_B IF_B ADDR_B
   in_ns "$4" ip link set "$5" up
 }
 forwarding() { in_ns "$1" sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'; }
+# A home router's firewall (OpenWrt's wan zone, for one): unsolicited traffic to the router itself
+# is dropped. Without it Linux accepts such a datagram, confirms a conntrack entry for it (and
+# answers ICMP port unreachable), and when the inside host then sends to that peer, a
+# port-preserving MASQUERADE finds its port taken by that entry and maps it to another one:
+# whichever side's check arrives first defeats the other's hole punch, and only a relay is left.
+router_firewall() { in_ns "$1" iptables -A INPUT -i wan -m conntrack --ctstate NEW,INVALID -j DROP; }
 
 step "namespaces"
 for ns in "${ALL_NS[@]}"; do
@@ -126,12 +134,14 @@ in_ns "$NS_PUB" iptables -A INPUT -p udp -d 192.0.2.12
 link "$NS_NATC" lan 192.168.1.1/24 "$NS_CLI" eth0 192.168.1.2/24
 in_ns "$NS_NATC" ip route add default via 203.0.113.1
 in_ns "$NS_NATC" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE
+router_firewall "$NS_NATC"
 forwarding "$NS_NATC"
 in_ns "$NS_CLI" ip route add default via 192.168.1.1
 # Gateway behind its NAT, with the resource network on its other side.
 link "$NS_NATG" lan 192.168.2.1/24 "$NS_GW" eth0 192.168.2.2/24
 in_ns "$NS_NATG" ip route add default via 198.51.100.1
 in_ns "$NS_NATG" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE
+router_firewall "$NS_NATG"
 forwarding "$NS_NATG"
 in_ns "$NS_GW" ip route add default via 192.168.2.1
 link "$NS_GW" res 10.0.0.1/24 "$NS_RES" eth0 10.0.0.5/24
@@ -198,6 +208,7 @@ in_ns "$NS_RES" iperf3 -s -B 10.0.0.5 >"$WORK/iperf-server.log" 2>&1 &
 PIDS[iperf_server]=$!
 
 ping_ok() { in_ns "$NS_CLI" ping -c 1 -W 1 "$1"; }
+relay_bytes() { in_ns "$NS_PUB" iptables -L INPUT -v -x -n | awk -v d="192.0.2.1$1" '$8 == d { print $2 }'; }
 transfer() { # transfer BYTES [SECONDS]: a TCP transfer client -> 10.0.0.5, one retry for the server
   in_ns "$NS_CLI" timeout "${2:-30}" iperf3 -c 10.0.0.5 -n "$1" --connect-timeout 3000 >"$WORK/iperf.out" 2>&1 ||
     fail "TCP transfer of $1 to 10.0.0.5 failed: $(tail -n 3 "$WORK/iperf.out")"
@@ -216,8 +227,17 @@ step "ping 10.0.0.5"
 wait_for 20 "a ping answer from 10.0.0.5" ping_ok 10.0.0.5
 in_ns "$NS_CLI" ping -c 5 -i 0.2 -W 1 10.0.0.5 >"$WORK/ping.out" || fail "ping loss: $(tail -n 2 "$WORK/ping.out")"
 wait_for 5 "iperf3 server" in_ns "$NS_RES" bash -c 'exec 3<>/dev/tcp/10.0.0.5/5201'
-step "10 MiB TCP transfer"
+step "10 MiB TCP transfer, direct"
+# Both NATs keep ports and firewall like routers, and UDP between them is allowed: ICE must find
+# the direct path (server-reflexive to server-reflexive) and keep it, relays carrying (almost)
+# nothing of the transfer. The traffic started with the first ping, before every candidate had
+# arrived, so a relayed first nomination must have been upgraded by then.
+relays_before=$(($(relay_bytes 1) + $(relay_bytes 2)))
 transfer 10M
+relayed=$(($(relay_bytes 1) + $(relay_bytes 2) - relays_before)) got=$(received)
+[ $((relayed * 20)) -lt "$got" ] ||
+  fail "the transfer went through a relay ($relayed bytes to the relays for $got received) although a direct path exists"
+step "  direct: $relayed bytes to the relays for $got received"
 
 step "unauthorized resource 10.0.0.6"
 if in_ns "$NS_CLI" ping -c 3 -i 0.3 -W 1 10.0.0.6 >/dev/null 2>&1; then
@@ -230,7 +250,6 @@ resource_packets() { in_ns "$NS_RES" iptables -L INPUT -v -x -n | awk -v d="$1" 
 seen=$(resource_packets 10.0.0.6)
 [ "$seen" = "0" ] || fail "10.0.0.6 received $seen packets"
 
-relay_bytes() { in_ns "$NS_PUB" iptables -L INPUT -v -x -n | awk -v d="192.0.2.1$1" '$8 == d { print $2 }'; }
 step "blocking direct UDP between the NATs"
 in_ns "$NS_PUB" iptables -I FORWARD -p udp -j DROP
 blocked_at=$(date +%s)
@@ -310,4 +329,26 @@ admin add-policy --client 1 --resource 2 --duration 10m >/dev/null 2>&1 || fail 
 wait_for 20 "a ping answer from 10.0.0.6 once granted" ping_ok 10.0.0.6
 wait_for 20 "a ping answer from 10.0.0.5 once granted again" ping_ok 10.0.0.5
 step "  granted live: 10.0.0.5 and 10.0.0.6 answer"
+
+step "port-randomising NATs (MASQUERADE --random-fully), direct UDP allowed again"
+# Each NAT now picks a new random port per destination (address-and-port-dependent mapping): no
+# hole punch can work, only a relay carries the traffic. The client restarts so that its
+# mappings are made under the new rules.
+in_ns "$NS_PUB" iptables -D FORWARD -p udp -j DROP
+for ns in "$NS_NATC" "$NS_NATG"; do
+  in_ns "$ns" iptables -t nat -R POSTROUTING 1 -o wan -j MASQUERADE --random-fully
+done
+stop client
+start client "$NS_CLI" env RUST_LOG="$LOG" "$BIN_DIR/client" --portal-url wss://192.0.2.10:8080 \
+  --ca-file "$WORK/ca.pem" --token client-token --tun-name zta-cl --state-dir "$WORK/client-state"
+restarted_at=$(date +%s)
+wait_for 15 "client route to 10.0.0.5 after its restart" \
+  sh -c "ip -n $NS_CLI route show 10.0.0.5 | grep -q zta-cl"
+wait_for 30 "a ping answer through port-randomising NATs" ping_ok 10.0.0.5
+step "  traffic $(($(date +%s) - restarted_at))s after the client's restart"
+before_relay=$(relay_bytes "$other")
+transfer 2M
+moved=$(($(relay_bytes "$other") - before_relay)) got=$(received)
+[ "$moved" -ge "$got" ] || fail "through port-randomising NATs only $moved of $got bytes went through relay $other"
+step "  relayed: $moved bytes through relay $other for $got received"
 step "all checks passed"

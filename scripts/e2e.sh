@@ -253,7 +253,10 @@ seen=$(resource_packets 10.0.0.6)
 step "blocking direct UDP between the NATs"
 in_ns "$NS_PUB" iptables -I FORWARD -p udp -j DROP
 blocked_at=$(date +%s)
-wait_for 40 "traffic again after the direct path was blocked" ping_ok 10.0.0.5
+# ICE checks an active path every second and gives it up after 4 unanswered checks (about 3 s
+# after the first); the ping loop and whole seconds add up to 2 s to what this measures.
+PATH_FAILOVER=8
+wait_for $PATH_FAILOVER "traffic again after the direct path was blocked" ping_ok 10.0.0.5
 step "  traffic flows again $(($(date +%s) - blocked_at))s after the block"
 before1=$(relay_bytes 1) before2=$(relay_bytes 2)
 transfer 5M
@@ -270,10 +273,10 @@ else
 fi
 
 step "killing relay $in_use during a transfer"
-# The transfer (TCP) must survive: the connection moves to relay $other within RELAY_FAILOVER
-# seconds (ICE consent and the WireGuard keepalive notice the dead relay first), and TCP
-# retransmits across the gap.
-RELAY_FAILOVER=45
+# The transfer (TCP) must survive: the connection moves to relay $other within PATH_FAILOVER
+# seconds (ICE notices the dead relay as it noticed the blocked path), and TCP retransmits
+# across the gap.
+RELAY_FAILOVER=$PATH_FAILOVER
 in_ns "$NS_CLI" timeout 90 iperf3 -c 10.0.0.5 -t 8 --connect-timeout 3000 >"$WORK/iperf-kill.out" 2>&1 &
 PIDS[iperf_kill]=$!
 sleep 2

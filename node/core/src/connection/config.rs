@@ -34,8 +34,13 @@ pub struct ConnectionConfig {
     pub idle_after: Duration,
     /// The STUN keep-alive interval of an idle connection. Default [`IDLE_STUN_INTERVAL`].
     pub idle_stun_interval: Duration,
-    /// The STUN keep-alive interval of an active connection. Default 3 s (`is`' own).
+    /// The STUN keep-alive interval of an active connection (`is`' longest retransmission
+    /// delay). Default 1 s: a path that stops answering is noticed within seconds.
     pub active_stun_interval: Duration,
+    /// Unanswered checks after which a pair of an active connection with a nominated path
+    /// fails (ICE then moves to the next working pair). Default 4: about 3 s at a 1 s
+    /// interval.
+    pub active_stun_retransmits: usize,
     /// Once ICE is connected, a WireGuard session must exist within this long; an established
     /// connection whose handshakes go unanswered this long fails too. Default
     /// [`HANDSHAKE_DEADLINE`].
@@ -71,7 +76,8 @@ impl Default for ConnectionConfig {
             wireguard_tick: Duration::from_millis(250),
             idle_after: IDLE_AFTER,
             idle_stun_interval: IDLE_STUN_INTERVAL,
-            active_stun_interval: Duration::from_secs(3),
+            active_stun_interval: Duration::from_secs(1),
+            active_stun_retransmits: 4,
             handshake_deadline: HANDSHAKE_DEADLINE,
             ice_setup_timeout: ICE_SETUP_TIMEOUT,
             migration_grace: MIGRATION_GRACE,

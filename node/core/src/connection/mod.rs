@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
@@ -120,6 +120,14 @@ pub(crate) struct Connection {
 /// allows, so that a pair on it outranks every pair on a signalled candidate.
 const LEARNED_PRIORITY: u32 = (1 << 31) - 1;
 
+/// Unanswered checks after which a pair fails while no path exists, or the connection is idle:
+/// `is`' own default (about 20 s at a 3 s interval), so a hole punch waits for the peer's checks.
+const SETUP_STUN_RETRANSMITS: usize = 9;
+
+/// How long a binding request from the peer keeps a pair possible while ours go unanswered,
+/// when no path exists or the connection is idle: `is`' own 15 s.
+const SETUP_PEER_REQUEST_WINDOW: Duration = Duration::from_secs(15);
+
 /// The stream of a connection's seed that its tunnel draws from.
 const TUNNEL_RNG_STREAM: u64 = 0x7475_6e6e;
 
@@ -191,6 +199,7 @@ impl Connection {
         conn.timers
             .set(Timer::IceSetup, now + p.config.ice_setup_timeout);
         conn.timers.set(Timer::Idle, now + p.config.idle_after);
+        conn.apply_stun_timing();
         for addr in local_addrs {
             conn.add_local_address(*addr);
         }
@@ -282,6 +291,7 @@ impl Connection {
             // Until ICE nominates another pair there is no path; packets wait in boringtun.
             tracing::info!("path lost with its candidate");
             self.path = None;
+            self.apply_stun_timing();
         }
         if self
             .wg_endpoint
@@ -380,11 +390,33 @@ impl Connection {
             .set(Timer::Idle, self.last_activity + self.config.idle_after);
         if self.idle {
             self.idle = false;
-            self.ice
-                .agent_mut()
-                .set_max_stun_rto(self.config.active_stun_interval);
+            self.apply_stun_timing();
             tracing::debug!(parent: &self.span, "connection active again");
         }
+    }
+
+    /// ICE's check timing for what the connection is doing. While data flows on a nominated
+    /// path, checks go every `active_stun_interval` and a pair fails after
+    /// `active_stun_retransmits` unanswered ones, so a dead path is left within seconds; before a
+    /// path exists every pair gets `is`' full count (hole punching waits for the peer's checks);
+    /// an idle connection checks every `idle_stun_interval`.
+    fn apply_stun_timing(&mut self) {
+        let (interval, retransmits, peer_request_window) = if self.idle {
+            let interval = self.config.idle_stun_interval;
+            (interval, SETUP_STUN_RETRANSMITS, SETUP_PEER_REQUEST_WINDOW)
+        } else if self.path.is_some() {
+            // Our peer answers every check, so its requests arriving while ours go unanswered
+            // mean a one-way path: it may keep the pair only as long as one check interval.
+            let interval = self.config.active_stun_interval;
+            (interval, self.config.active_stun_retransmits, interval * 2)
+        } else {
+            let interval = self.config.active_stun_interval;
+            (interval, SETUP_STUN_RETRANSMITS, SETUP_PEER_REQUEST_WINDOW)
+        };
+        let agent = self.ice.agent_mut();
+        agent.set_max_stun_rto(interval);
+        agent.set_max_stun_retransmits(retransmits);
+        agent.set_recent_binding_request(peer_request_window);
     }
 
     /// The route for WireGuard packets: the nominated path, or, before ICE has nominated one
@@ -735,9 +767,7 @@ impl Connection {
             Timer::Idle => {
                 self.idle = true;
                 self.timers.stop(Timer::Idle);
-                self.ice
-                    .agent_mut()
-                    .set_max_stun_rto(self.config.idle_stun_interval);
+                self.apply_stun_timing();
                 tracing::debug!("connection idle");
                 self.events.push_back(ConnEvent::Idle);
             }
@@ -910,6 +940,7 @@ impl Connection {
         }
         tracing::info!(local = %path.local, remote = %path.remote, "path nominated");
         self.path = Some(path);
+        self.apply_stun_timing();
         // The controlling side starts WireGuard as soon as there is a path; `force` resends an
         // initiation that boringtun produced earlier, when there was nowhere to send it.
         if self.role == Role::Client && !self.established {

@@ -35,7 +35,21 @@ impl Counts {
     /// `key=n` pairs, space separated.
     pub fn line(&self) -> String {
         let parts: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        parts.join(" ")
+        format!("{} {}", parts.join(" "), self.uncertain_ratio())
+    }
+
+    /// `uncertain=N/M (P %)`: of the probes checked, how many the model could not hold to an
+    /// outcome (a fault was still healing); the rest were required to arrive or to be refused.
+    pub fn uncertain_ratio(&self) -> String {
+        let get = |k: &str| self.0.get(k).copied().unwrap_or(0);
+        let uncertain = get("checked:uncertain");
+        let checked = uncertain + get("checked:delivered") + get("checked:refused");
+        let percent = if checked == 0 {
+            0.0
+        } else {
+            uncertain as f64 * 100.0 / checked as f64
+        };
+        format!("uncertain={uncertain}/{checked} ({percent:.0} %)")
     }
 }
 

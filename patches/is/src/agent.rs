@@ -488,6 +488,22 @@ impl IceAgent {
         debug!("recent_binding_request = {window:?}");
     }
 
+    /// Sets after how many unanswered checks a pair whose history is full (it had
+    /// `max_retransmits` checks) fails (zta patch: it was `max_retransmits` itself, which also
+    /// sizes that history and so the keep-alive interval: a lower count failed dead pairs faster
+    /// only by also making keep-alives more frequent after an idle switch).
+    ///
+    /// Defaults to the maximum number of retransmits (9).
+    pub fn set_unanswered_to_fail(&mut self, num: usize) {
+        if self.timing_config.unanswered_to_fail == num {
+            return;
+        }
+
+        self.timing_config.unanswered_to_fail = num;
+
+        debug!("unanswered_to_fail = {num}");
+    }
+
     /// Sets the local preference calculation.
     ///
     /// This must be used before adding any local candidates.

@@ -490,15 +490,17 @@ impl CandidatePair {
         let attempts = self.binding_attempts.len();
         let unanswered = self.unanswered().map(|b| b.0).unwrap_or(0);
 
-        if attempts < timing_config.max_retransmits()
-            || unanswered < timing_config.max_retransmits()
-        {
+        // zta patch: the unanswered count that fails the pair is its own setting.
+        let to_fail = timing_config
+            .unanswered_to_fail
+            .min(timing_config.max_retransmits());
+        if attempts < timing_config.max_retransmits() || unanswered < to_fail {
             true
         } else {
             // check to see if we are still waiting for the last attempt
             // this unwrap is fine because unanswered count > 0
             let last = self.last_attempt_time().unwrap();
-            let cutoff = last + timing_config.stun_last_resend_delay();
+            let cutoff = last + timing_config.stun_resend_delay(to_fail);
             now < cutoff
         }
     }

@@ -19,6 +19,9 @@ pub struct StunTiming {
     /// zta patch: how long a binding request from the peer keeps a pair whose own checks go
     /// unanswered alive (was the constant `RECENT_BINDING_REQUEST`, 15 s).
     pub recent_binding_request: Duration,
+    /// zta patch: unanswered checks after which a pair with a full history fails (was
+    /// `max_retransmits`, which also sizes that history and with it the keep-alive interval).
+    pub unanswered_to_fail: usize,
 }
 
 impl StunTiming {
@@ -72,6 +75,7 @@ impl Default for StunTiming {
             // libwebrtc uses 8000 here but we want faster detection of gone peers.
             max_rto: Duration::from_millis(3000),
             recent_binding_request: Duration::from_secs(15),
+            unanswered_to_fail: DEFAULT_MAX_RETRANSMITS,
         }
     }
 }

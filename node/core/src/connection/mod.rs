@@ -415,7 +415,10 @@ impl Connection {
         };
         let agent = self.ice.agent_mut();
         agent.set_max_stun_rto(interval);
-        agent.set_max_stun_retransmits(retransmits);
+        // The retransmission count stays `is`' own: it also sizes each pair's history of
+        // checks, whose length sets the keep-alive interval (a short one would make an idle
+        // connection's keep-alives ramp up to the idle interval instead of starting there).
+        agent.set_unanswered_to_fail(retransmits);
         agent.set_recent_binding_request(peer_request_window);
     }
 

@@ -314,6 +314,18 @@ async fn exec<'q>(
     Ok(())
 }
 
+/// Runs `sql` with `value` as its one parameter (`DELETE ... WHERE column = $1`).
+async fn exec_with<'q, T>(
+    tx: &mut Transaction<'_, Any>,
+    sql: &'q str,
+    value: T,
+) -> Result<(), StoreError>
+where
+    T: 'q + sqlx::Encode<'q, Any> + sqlx::Type<Any> + Send,
+{
+    exec(tx, sqlx::query(sql).bind(value)).await
+}
+
 /// The statements that make the tables match the directory after `change`.
 async fn write(tx: &mut Transaction<'_, Any>, change: &Change) -> Result<(), StoreError> {
     match change {
@@ -333,21 +345,9 @@ async fn write(tx: &mut Transaction<'_, Any>, change: &Change) -> Result<(), Sto
         Change::RemoveClient { id } => {
             let node = node_text(Identity::Client(*id));
             let id = sql_id(id.0)?;
-            exec(
-                tx,
-                sqlx::query("DELETE FROM policies WHERE client_id = $1").bind(id),
-            )
-            .await?;
-            exec(
-                tx,
-                sqlx::query("DELETE FROM key_owners WHERE node = $1").bind(node),
-            )
-            .await?;
-            exec(
-                tx,
-                sqlx::query("DELETE FROM clients WHERE id = $1").bind(id),
-            )
-            .await
+            exec_with(tx, "DELETE FROM policies WHERE client_id = $1", id).await?;
+            exec_with(tx, "DELETE FROM key_owners WHERE node = $1", node).await?;
+            exec_with(tx, "DELETE FROM clients WHERE id = $1", id).await
         }
         Change::AddGateway { gateway } => {
             let q = sqlx::query(
@@ -363,16 +363,8 @@ async fn write(tx: &mut Transaction<'_, Any>, change: &Change) -> Result<(), Sto
         }
         Change::RemoveGateway { id } => {
             let node = node_text(Identity::Gateway(*id));
-            exec(
-                tx,
-                sqlx::query("DELETE FROM key_owners WHERE node = $1").bind(node),
-            )
-            .await?;
-            exec(
-                tx,
-                sqlx::query("DELETE FROM gateways WHERE id = $1").bind(sql_id(id.0)?),
-            )
-            .await
+            exec_with(tx, "DELETE FROM key_owners WHERE node = $1", node).await?;
+            exec_with(tx, "DELETE FROM gateways WHERE id = $1", sql_id(id.0)?).await
         }
         Change::AddResource { resource } => {
             let (kind, address) = resource_columns(&resource.address);
@@ -390,16 +382,8 @@ async fn write(tx: &mut Transaction<'_, Any>, change: &Change) -> Result<(), Sto
         }
         Change::RemoveResource { id } => {
             let id = sql_id(id.0)?;
-            exec(
-                tx,
-                sqlx::query("DELETE FROM policies WHERE resource_id = $1").bind(id),
-            )
-            .await?;
-            exec(
-                tx,
-                sqlx::query("DELETE FROM resources WHERE id = $1").bind(id),
-            )
-            .await
+            exec_with(tx, "DELETE FROM policies WHERE resource_id = $1", id).await?;
+            exec_with(tx, "DELETE FROM resources WHERE id = $1", id).await
         }
         Change::AddPolicy { policy } => {
             let duration = policy.duration_secs.map(sql_id).transpose()?;
@@ -432,11 +416,7 @@ async fn write(tx: &mut Transaction<'_, Any>, change: &Change) -> Result<(), Sto
             exec(tx, q).await
         }
         Change::RemoveRelay { id } => {
-            exec(
-                tx,
-                sqlx::query("DELETE FROM relays WHERE id = $1").bind(sql_id(id.0)?),
-            )
-            .await
+            exec_with(tx, "DELETE FROM relays WHERE id = $1", sql_id(id.0)?).await
         }
         // Only the log row: sessions are not lasting state.
         Change::EndSessions { .. } => Ok(()),

@@ -478,7 +478,7 @@ impl Portal {
 
     /// Deletes a resource, its policies and its flows. Returns whether it existed.
     pub fn remove_resource(&mut self, rid: ResourceId) -> bool {
-        let Some(resource) = self.dir.resources.remove(&rid) else {
+        let Some(resource) = self.dir.resources.get(&rid).cloned() else {
             return false;
         };
         tracing::debug!(%rid, "Resource deleted");
@@ -489,7 +489,8 @@ impl Portal {
         for gid in self.gateways_of_site(&resource.site) {
             self.push_gateway(gid, &GatewayIngress::ResourceDeleted(deleted));
         }
-        self.dir.policies.retain(|(_, r), _| *r != rid);
+        // The resource and its policies, as the directory's own rule has it.
+        let _ = self.dir.apply(&Change::RemoveResource { id: rid });
         self.flows.retain(|(_, r), _| *r != rid);
         true
     }
@@ -1149,16 +1150,9 @@ impl Portal {
     }
 
     /// Which node owns which public key: the state a restart must keep for keys to stay their
-    /// owners' (the store keeps it; see [`Self::poll_recorded`]).
+    /// owners' (part of [`Self::directory`]; the store keeps it, see [`Self::poll_recorded`]).
     pub fn key_owners(&self) -> Vec<(PublicKey, Identity)> {
         self.dir.key_owners.iter().map(|(&k, &i)| (k, i)).collect()
-    }
-
-    /// Takes over the key owners of an earlier run (see [`Portal::key_owners`]).
-    pub fn restore_key_owners(&mut self, owners: impl IntoIterator<Item = (PublicKey, Identity)>) {
-        for (key, identity) in owners {
-            self.own_key(identity, key);
-        }
     }
 
     fn joined_conn(&self, identity: Identity) -> Option<ConnId> {

@@ -7,6 +7,7 @@
 //! key's new owner) goes the other way: it is committed on the next catch-up, and kept for a
 //! later one if the database is down.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -26,8 +27,8 @@ pub const MAX_PENDING_RECORDED: usize = 4096;
 struct Cursor {
     /// The last change applied to the core.
     applied: ChangeId,
-    /// Recorded by the core, not yet committed.
-    pending: Vec<Change>,
+    /// Recorded by the core, not yet committed, oldest first.
+    pending: VecDeque<Change>,
 }
 
 /// A portal core and the store it follows.
@@ -46,7 +47,7 @@ impl<S: Store> Replica<S> {
             store,
             cursor: Mutex::new(Cursor {
                 applied,
-                pending: Vec::new(),
+                pending: VecDeque::new(),
             }),
         }
     }
@@ -87,9 +88,9 @@ impl<S: Store> Replica<S> {
                 "Dropping recorded changes the database has not taken"
             );
         }
-        while let Some(change) = cursor.pending.first() {
+        while let Some(change) = cursor.pending.front() {
             self.store.commit(change).await?;
-            cursor.pending.remove(0);
+            cursor.pending.pop_front();
         }
         let changes = self.store.changes_after(cursor.applied).await?;
         let Some(&(last, _)) = changes.last() else {
@@ -126,7 +127,7 @@ impl<S: Store> Replica<S> {
 }
 
 /// Appends `recorded` to `pending` and drops the oldest beyond `limit`; how many were dropped.
-fn keep_pending(pending: &mut Vec<Change>, recorded: Vec<Change>, limit: usize) -> usize {
+fn keep_pending(pending: &mut VecDeque<Change>, recorded: Vec<Change>, limit: usize) -> usize {
     pending.extend(recorded);
     let excess = pending.len().saturating_sub(limit);
     pending.drain(..excess);
@@ -152,7 +153,7 @@ mod tests {
 
     #[test]
     fn pending_recorded_changes_stop_at_their_cap_dropping_the_oldest() {
-        let mut pending = Vec::new();
+        let mut pending = VecDeque::new();
         let recorded: Vec<Change> = (0..MAX_PENDING_RECORDED).map(owner).collect();
         assert_eq!(
             keep_pending(&mut pending, recorded, MAX_PENDING_RECORDED),
@@ -165,7 +166,7 @@ mod tests {
             1
         );
         assert_eq!(pending.len(), MAX_PENDING_RECORDED);
-        assert_eq!(pending.first(), Some(&owner(1)));
-        assert_eq!(pending.last(), Some(&owner(MAX_PENDING_RECORDED)));
+        assert_eq!(pending.front(), Some(&owner(1)));
+        assert_eq!(pending.back(), Some(&owner(MAX_PENDING_RECORDED)));
     }
 }

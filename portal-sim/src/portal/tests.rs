@@ -694,10 +694,10 @@ fn a_key_another_node_owns_is_refused_also_while_it_is_offline() {
     let out = w.drain();
     assert_eq!(out[0].1.as_reply().unwrap().reason(), "public_key_in_use");
     w.portal.disconnect(ConnId(31));
-    // And after a restart that carries the owners over.
-    let owners = w.portal.key_owners();
-    let mut restarted = portal(1, 0);
-    restarted.restore_key_owners(owners);
+    // And after a restart from the stored directory, which holds the owners.
+    let mut config = PortalConfig::new(SECRET, 1);
+    config.generation = 1;
+    let restarted = Portal::with_directory(w.portal.directory().clone(), config);
     let mut w = World::new(restarted);
     w.connect_and_join(ConnId(40), C2, key(C1));
     let out = w.drain();

@@ -1,6 +1,7 @@
 //! The SQL store against the directory's own rules: the same random changes, accepted and
 //! refused alike, leave the database and the in-memory directory equal, on SQLite and on
-//! PostgreSQL; concurrent commits from two pools get one gap-free order; the log keeps its
+//! PostgreSQL; concurrent commits from four pools get one gap-free order; a database made by an
+//! older schema is upgraded in place; the log keeps its
 //! newest changes and tells a reader that fell behind it.
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +11,7 @@ use node_proto::ids::{ClientId, GatewayId, RelayId, ResourceId};
 use node_proto::portal::{PublicKey, ResourceAddress};
 use portal_sim::directory::{Change, Client, Directory, Gateway, TokenDigest};
 use portal_sim::seed::{PolicySeed, RelaySeed, ResourceSeed};
-use portal_sim::store::{ChangeId, SqlStore, Store, StoreError};
+use portal_sim::store::{ChangeId, SqlStore, Store, StoreError, MIGRATIONS};
 use portal_sim::Identity;
 use rand::{Rng, SeedableRng};
 
@@ -161,10 +162,9 @@ async fn follows_the_directory_rules(db: &str) {
 }
 
 async fn concurrent_commits_get_one_order(db: &str) {
-    let first = SqlStore::open(db).await.unwrap();
-    let second = SqlStore::open(db).await.unwrap();
+    const EACH: u64 = 30;
     let commit_many = |store: SqlStore, base: u64| async move {
-        for i in 0..20u64 {
+        for i in 0..EACH {
             let relay = RelaySeed {
                 id: RelayId(base + i),
                 address: SocketAddr::from(([192, 0, 2, 1], 3478)),
@@ -172,11 +172,65 @@ async fn concurrent_commits_get_one_order(db: &str) {
             store.commit(&Change::AddRelay { relay }).await.unwrap();
         }
     };
-    tokio::join!(commit_many(first.clone(), 100), commit_many(second, 200));
+    // Four pools, as four portal instances would have: every commit races three others.
+    let first = SqlStore::open(db).await.unwrap();
+    tokio::join!(
+        commit_many(first.clone(), 100),
+        commit_many(SqlStore::open(db).await.unwrap(), 200),
+        commit_many(SqlStore::open(db).await.unwrap(), 300),
+        commit_many(SqlStore::open(db).await.unwrap(), 400),
+    );
     let log = first.changes_after(ChangeId(0)).await.unwrap();
     let ids: Vec<i64> = log.iter().map(|(id, _)| id.0).collect();
-    assert_eq!(ids, (1..=40).collect::<Vec<_>>());
-    assert_eq!(first.load().await.unwrap().directory.relays.len(), 40);
+    assert_eq!(ids, (1..=4 * EACH as i64).collect::<Vec<_>>());
+    assert_eq!(
+        first.load().await.unwrap().directory.relays.len(),
+        4 * EACH as usize
+    );
+}
+
+/// A database made by the first schema, with changes in its log, goes on numbering after them.
+async fn an_upgraded_database_numbers_after_its_log(db: &str) {
+    {
+        sqlx::any::install_default_drivers();
+        let url = if db.starts_with("postgres") {
+            db.to_owned()
+        } else {
+            format!("sqlite://{db}?mode=rwc")
+        };
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        let (version, name, sql) = MIGRATIONS[0];
+        sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
+            .bind(version)
+            .bind(name)
+            .execute(&pool)
+            .await
+            .unwrap();
+        // Ids 6 and 7 only: a log trimmed of its first five.
+        for id in [6i64, 7] {
+            sqlx::query("INSERT INTO changes (id, change) VALUES ($1, $2)")
+                .bind(id)
+                .bind("{}")
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    }
+    let store = SqlStore::open(db).await.unwrap();
+    let relay = RelaySeed {
+        id: RelayId(1),
+        address: SocketAddr::from(([192, 0, 2, 1], 3478)),
+    };
+    let id = store.commit(&Change::AddRelay { relay }).await.unwrap();
+    assert_eq!(id, ChangeId(8));
 }
 
 async fn the_log_keeps_its_newest_changes_and_says_when_one_fell_behind(db: &str) {
@@ -247,4 +301,17 @@ async fn postgres_follows_the_directory_rules() {
 #[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs it"]
 async fn postgres_concurrent_commits_get_one_order() {
     concurrent_commits_get_one_order(&postgres_database("concurrent").await).await;
+}
+
+#[tokio::test]
+async fn sqlite_upgraded_database_numbers_after_its_log() {
+    let db = sqlite("upgrade");
+    an_upgraded_database_numbers_after_its_log(&db).await;
+    let _ = std::fs::remove_file(&db);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs it"]
+async fn postgres_upgraded_database_numbers_after_its_log() {
+    an_upgraded_database_numbers_after_its_log(&postgres_database("upgrade").await).await;
 }

@@ -16,20 +16,24 @@ use crate::seed::{PolicySeed, RelaySeed, ResourceSeed};
 
 /// The schema, in order: `(version, name, SQL)`. A database records the versions it has in
 /// `schema_migrations`; each missing one runs in its own transaction.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "directory",
-    include_str!("../../migrations/0001_directory.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "directory",
+        include_str!("../../migrations/0001_directory.sql"),
+    ),
+    (
+        2,
+        "change_head",
+        include_str!("../../migrations/0002_change_head.sql"),
+    ),
+];
 
 /// Changes the log keeps: each commit drops those older than the newest this many. A node can
 /// make the log grow (every join with a new key records its owner), so it needs a bound; an
 /// instance that falls further behind than this (its database link down for that many changes)
 /// gets [`StoreError::Behind`] and must restart, which loads the whole directory.
 pub const MAX_CHANGE_LOG: i64 = 100_000;
-
-/// How often a commit that lost the race for the next log id is tried again.
-const COMMIT_ATTEMPTS: usize = 16;
 
 /// The portal's directory in a SQL database.
 #[derive(Debug, Clone)]
@@ -98,29 +102,6 @@ impl SqlStore {
         }
         Ok(())
     }
-
-    async fn try_commit(&self, change: &Change, text: &str) -> Result<ChangeId, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The log row comes first: a concurrent commit takes the same id, waits on it and then
-        // fails, so commits (and the checks below) are serialised across instances.
-        let id: i64 = sqlx::query(
-            "INSERT INTO changes (id, change) \
-             SELECT COALESCE(MAX(id), 0) + 1, $1 FROM changes RETURNING id",
-        )
-        .bind(text)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        let directory = load_directory(&mut tx).await?;
-        directory.check(change)?;
-        write(&mut tx, change).await?;
-        sqlx::query("DELETE FROM changes WHERE id <= $1")
-            .bind(id - self.log_limit)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(ChangeId(id))
-    }
 }
 
 impl Store for SqlStore {
@@ -143,18 +124,28 @@ impl Store for SqlStore {
             table: "changes",
             reason: e.to_string(),
         })?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.try_commit(change, &text).await {
-                Err(StoreError::Database(error))
-                    if attempt < COMMIT_ATTEMPTS && is_unique_violation(&error) =>
-                {
-                    tracing::debug!(attempt, "Lost the race for a change id; trying again");
-                }
-                result => return result,
-            }
-        }
+        let mut tx = self.pool.begin().await?;
+        // Taking the id comes first: the head row stays locked until this transaction ends, so
+        // commits (and the checks below, which then see every earlier commit) are serialised
+        // across instances.
+        let id: i64 = sqlx::query("UPDATE change_head SET last = last + 1 RETURNING last")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        sqlx::query("INSERT INTO changes (id, change) VALUES ($1, $2)")
+            .bind(id)
+            .bind(text)
+            .execute(&mut *tx)
+            .await?;
+        let directory = load_directory(&mut tx).await?;
+        directory.check(change)?;
+        write(&mut tx, change).await?;
+        sqlx::query("DELETE FROM changes WHERE id <= $1")
+            .bind(id - self.log_limit)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ChangeId(id))
     }
 
     async fn changes_after(&self, after: ChangeId) -> Result<Vec<(ChangeId, Change)>, StoreError> {
@@ -181,12 +172,6 @@ impl Store for SqlStore {
             })
             .collect()
     }
-}
-
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(|e| e.is_unique_violation())
 }
 
 fn corrupt(table: &'static str, reason: impl ToString) -> StoreError {

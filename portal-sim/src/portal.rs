@@ -151,6 +151,9 @@ struct Session {
     identity: Identity,
     /// The joined room and the node's key, once joined.
     joined: Option<(String, PublicKey)>,
+    /// When the node gets fresh relay credentials, while joined: half their lifetime after
+    /// the last ones, so a node that stays connected for days never holds expired ones.
+    renew_relays_at: Option<SystemTime>,
 }
 
 /// What a client–gateway pair shares for one portal generation.
@@ -206,6 +209,8 @@ pub struct Portal {
     refused: BTreeMap<&'static str, u64>,
     /// Administrative changes applied.
     changes: u64,
+    /// Relay credential renewals sent to nodes.
+    credential_renewals: u64,
 }
 
 /// A snapshot of what the portal holds, for metrics.
@@ -235,6 +240,8 @@ pub struct PortalMetrics {
     pub refused: Vec<(&'static str, u64)>,
     /// Administrative changes applied.
     pub changes: u64,
+    /// Relay credential renewals sent to nodes.
+    pub credential_renewals: u64,
 }
 
 fn unix(now: SystemTime) -> u64 {
@@ -264,6 +271,7 @@ impl Portal {
             frames: 0,
             refused: BTreeMap::new(),
             changes: 0,
+            credential_renewals: 0,
             config,
         }
     }
@@ -293,6 +301,7 @@ impl Portal {
             frames: self.frames,
             refused: self.refused.iter().map(|(&r, &n)| (r, n)).collect(),
             changes: self.changes,
+            credential_renewals: self.credential_renewals,
         }
     }
 
@@ -338,6 +347,7 @@ impl Portal {
             Session {
                 identity,
                 joined: None,
+                renew_relays_at: None,
             },
         );
     }
@@ -362,6 +372,55 @@ impl Portal {
     /// (for simulation checks).
     pub fn preshared_key(&self, cid: ClientId, gid: GatewayId) -> Option<PresharedKey> {
         self.pairs.get(&(cid, gid)).map(|p| p.psk)
+    }
+
+    /// When [`Self::handle_timeout`] has something to do: the next renewal of a joined node's
+    /// relay credentials.
+    pub fn poll_timeout(&self) -> Option<SystemTime> {
+        self.sessions
+            .values()
+            .filter(|s| s.joined.is_some())
+            .filter_map(|s| s.renew_relays_at)
+            .min()
+    }
+
+    /// Renews the relay credentials of every joined node whose renewal is due: a
+    /// `relays_presence` with every relay under fresh credentials. The node moves its
+    /// allocations to them (see the relay's `allocation_for`) without tearing them down.
+    pub fn handle_timeout(&mut self, now: SystemTime) {
+        let due: Vec<(ConnId, Identity)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.joined.is_some() && s.renew_relays_at.is_some_and(|t| t <= now))
+            .map(|(conn, s)| (*conn, s.identity))
+            .collect();
+        let next = self.relay_renewal_after(now);
+        for (conn, identity) in due {
+            if let Some(session) = self.sessions.get_mut(&conn) {
+                session.renew_relays_at = Some(next);
+            }
+            let connected: Vec<Relay> = self
+                .dir
+                .relays
+                .values()
+                .map(|r| self.relay_for(identity, r.id, r.address, now))
+                .collect();
+            if connected.is_empty() {
+                continue;
+            }
+            tracing::debug!(node = %identity, relays = connected.len(), "Renewing relay credentials");
+            self.credential_renewals += 1;
+            let presence = RelaysPresence {
+                connected,
+                disconnected_ids: vec![],
+            };
+            self.push_presence(conn, identity, presence);
+        }
+    }
+
+    fn relay_renewal_after(&self, now: SystemTime) -> SystemTime {
+        // At least a second apart, whatever the configured lifetime.
+        now + (self.config.relay_credentials_lifetime / 2).max(Duration::from_secs(1))
     }
 
     /// The next thing for the runtime to do.
@@ -696,8 +755,10 @@ impl Portal {
             self.reply_error(conn, frame, "public_key_in_use");
             return;
         }
+        let renew_at = self.relay_renewal_after(now);
         if let Some(session) = self.sessions.get_mut(&conn) {
             session.joined = Some((frame.topic.clone(), payload.public_key));
+            session.renew_relays_at = Some(renew_at);
         }
         self.own_key(identity, payload.public_key);
         let public_key = payload.public_key;

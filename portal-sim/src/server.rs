@@ -49,6 +49,9 @@ pub const OUTBOUND_QUEUE_LEN: usize = 4096;
 /// says so, instead of being buffered and then dropped by the frame parser.
 pub const MAX_MESSAGE_LEN: usize = MAX_FRAME_LEN;
 
+/// The longest the server sleeps before it looks at the core's timers again.
+pub const MAX_TIMER_SLEEP: Duration = Duration::from_secs(60);
+
 /// How long an accepted connection may take to be upgraded (the TLS handshake).
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -180,8 +183,10 @@ impl Server {
     {
         let mut connections = JoinSet::new();
         loop {
+            let timer = self.until_timeout();
             tokio::select! {
                 biased;
+                () = tokio::time::sleep(timer) => self.handle_timeout(),
                 accepted = listener.accept() => {
                     let (stream, peer) = accepted?;
                     let shared = Arc::clone(&self.shared);
@@ -199,6 +204,26 @@ impl Server {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
+    }
+
+    /// How long until the core's next timeout, by the server's clock; at most
+    /// [`MAX_TIMER_SLEEP`], so that a clock that jumps is read again soon.
+    fn until_timeout(&self) -> Duration {
+        let now = (self.shared.clock)();
+        lock(&self.shared)
+            .portal
+            .poll_timeout()
+            .map_or(MAX_TIMER_SLEEP, |at| {
+                at.duration_since(now).unwrap_or(Duration::ZERO)
+            })
+            .min(MAX_TIMER_SLEEP)
+    }
+
+    fn handle_timeout(&self) {
+        let now = (self.shared.clock)();
+        let mut state = lock(&self.shared);
+        state.portal.handle_timeout(now);
+        state.dispatch();
     }
 
     /// Changes the portal's state (add a resource, revoke a policy, ...) and sends what it

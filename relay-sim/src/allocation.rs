@@ -51,7 +51,8 @@ pub(crate) struct Channel {
 pub(crate) struct Allocation {
     pub(crate) five_tuple: FiveTuple,
     pub(crate) relay_port: u16,
-    /// The USERNAME that created the allocation; later requests must use the same one (441).
+    /// The USERNAME that created the allocation, or the renewed one of the same user that
+    /// replaced it; other users' requests get 441.
     pub(crate) username: Box<str>,
     pub(crate) expires: Instant,
     /// The creating transaction and its encoded success response, for retransmitted Allocates.

@@ -69,7 +69,12 @@ impl Snapshot {
             s.allocations_expired,
         )
         .counter("requests", "STUN and TURN requests answered", s.requests)
-        .counter("error_responses", "Error responses sent", s.error_responses);
+        .counter("error_responses", "Error responses sent", s.error_responses)
+        .counter(
+            "credentials_renewed",
+            "Requests that moved an allocation to renewed credentials of its user",
+            s.credentials_renewed,
+        );
 
         let relayed = "Datagrams relayed, by direction and framing";
         for (direction, kind, value) in [
@@ -132,9 +137,12 @@ impl Snapshot {
         ] {
             m.counter_with("dropped", dropped, &[("reason", reason)], value);
         }
-        let refused = "Requests refused by policy or quota, by reason (forbidden_peer also counts \
-                       Send indications to denied peers)";
+        let refused =
+            "Requests refused by policy, quota or expiry, by reason (forbidden_peer also \
+                       counts Send indications to denied peers; expired_credentials counts only \
+                       authentic ones)";
         for (reason, value) in [
+            ("expired_credentials", s.expired_credentials),
             ("forbidden_peer", s.forbidden_peers),
             ("allocation_quota", s.allocation_quota_refusals),
             ("permission_quota", s.permission_quota_refusals),

@@ -568,9 +568,6 @@ impl Server {
             .name()
             .parse()
             .map_err(|_| RequestError::Unauthorized("username is not <expiry>:<id>"))?;
-        if !rest.is_valid_at(self.unix_now(now)) {
-            return Err(RequestError::Unauthorized("credentials expired"));
-        }
         let password = auth::rest_password(&self.config.auth_secret, username.name());
         // Not stun_codec's own check, which compares with `==` (see `auth` on why that matters).
         let key = auth::long_term_key(username.name(), realm.text(), &password);
@@ -578,6 +575,12 @@ impl Server {
             return Err(RequestError::Unauthorized(
                 "MESSAGE-INTEGRITY does not match",
             ));
+        }
+        // Checked after the MAC, so that the count is of genuine credentials that ran out (a
+        // node the portal did not renew in time), not of anyone's guesses.
+        if !rest.is_valid_at(self.unix_now(now)) {
+            self.stats.expired_credentials += 1;
+            return Err(RequestError::Unauthorized("credentials expired"));
         }
         Ok(Credentials {
             username: username.clone(),
@@ -608,9 +611,15 @@ impl Server {
         }
     }
 
-    /// The live allocation of a 5-tuple, created with the same username.
+    /// The live allocation of a 5-tuple, created with the same user's credentials.
+    ///
+    /// RFC 8656 wants the very USERNAME the allocation was made with (441 otherwise). Ours also
+    /// takes renewed credentials of the same user (the id after `<expiry>:`, which only the
+    /// portal can sign for): the portal re-issues them before they expire, and the node moves
+    /// its allocation over on the next refresh instead of losing it at expiry. The allocation
+    /// keeps whichever credentials expire last.
     fn allocation_for(
-        &self,
+        &mut self,
         now: Instant,
         five_tuple: FiveTuple,
         credentials: &Credentials,
@@ -618,13 +627,21 @@ impl Server {
         let allocation = self
             .by_five_tuple
             .get(&five_tuple)
-            .and_then(|port| self.allocations.get(port))
+            .and_then(|port| self.allocations.get_mut(port))
             .filter(|a| a.is_live(now))
             .ok_or(RequestError::AllocationMismatch(
                 "no allocation on this 5-tuple",
             ))?;
-        if *allocation.username != *credentials.username.name() {
-            return Err(RequestError::WrongCredentials);
+        let presented = credentials.username.name();
+        if *allocation.username != *presented {
+            if user_of(&allocation.username) != user_of(presented) {
+                return Err(RequestError::WrongCredentials);
+            }
+            if expiry_of(presented) > expiry_of(&allocation.username) {
+                debug!(target: "relay", port = allocation.relay_port, user = user_of(presented), "allocation moved to renewed credentials");
+                allocation.username = presented.into();
+                self.stats.credentials_renewed += 1;
+            }
         }
         Ok(allocation.relay_port)
     }
@@ -1211,6 +1228,13 @@ impl Server {
 /// username if it is not one (it cannot be: it passed authentication).
 fn user_of(username: &str) -> &str {
     username.split_once(':').map_or(username, |(_, id)| id)
+}
+
+/// The expiry of a REST username (0 if it is not one).
+fn expiry_of(username: &str) -> u64 {
+    username
+        .parse::<RestUsername>()
+        .map_or(0, |rest| rest.expiry_unix())
 }
 
 fn check_unknown(msg: &StunMessage) -> Result<(), RequestError> {

@@ -42,6 +42,10 @@ pub struct Stats {
     /// [`crate::server::MAX_PERMISSIONS_PER_ALLOCATION`] or
     /// [`crate::server::MAX_PEERS_PER_CREATE_PERMISSION`].
     pub permission_quota_refusals: u64,
+    /// Authentic requests refused (401) because their credentials had expired.
+    pub expired_credentials: u64,
+    /// Requests that moved an allocation to renewed credentials of the same user.
+    pub credentials_renewed: u64,
     /// Other client datagrams dropped (indications that are not Send, stray responses, oversize).
     pub dropped_other: u64,
 }

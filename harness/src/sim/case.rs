@@ -454,6 +454,15 @@ pub fn check_invariants(w: &Deployment<'static>) -> Result<(), String> {
                 r + 1
             ));
         }
+        // The portal renews every joined node's credentials at half their lifetime, and the
+        // node moves its allocations to them: none ever reaches a relay expired.
+        let expired = tap.stats.get().expired_credentials;
+        if expired > 0 {
+            return Err(format!(
+                "relay {} refused {expired} requests with expired credentials",
+                r + 1
+            ));
+        }
     }
     // No packet is ever delivered to the wrong client: every probe echo a client gets names
     // that client as its sender.

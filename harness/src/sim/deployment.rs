@@ -28,6 +28,10 @@ use crate::turmoil_net::{
 
 /// The secret portal and relays share for TURN credentials.
 const RELAY_SECRET: &str = "sim-relay-secret";
+/// Relay credentials last half an hour here, not the portal's default day: every case longer
+/// than a quarter of an hour then sees them renewed, and one past half an hour would lose its
+/// relays if renewal failed (the invariants check that no relay ever sees expired ones).
+pub const RELAY_CREDENTIALS_LIFETIME: Duration = Duration::from_secs(1800);
 /// The UDP port nodes bind inside their host.
 const NODE_PORT: u16 = 51820;
 
@@ -187,6 +191,7 @@ impl<'a> Deployment<'a> {
                 }
                 let mut config = portal_sim::PortalConfig::new(RELAY_SECRET, seed);
                 config.generation = generation.get();
+                config.relay_credentials_lifetime = RELAY_CREDENTIALS_LIFETIME;
                 let state = portal_sim::Portal::with_directory(store.directory(), config);
                 portal_host(state, epoch, Rc::clone(&portal))
             });

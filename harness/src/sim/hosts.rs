@@ -3,7 +3,7 @@
 //! `Rc<RefCell<..>>` cells, because turmoil re-runs a host's closure when the host restarts and
 //! everything runs on one thread.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -124,6 +124,7 @@ pub async fn relay_host(
     tap.allocations.borrow_mut().clear();
     relay_sim::runtime::run_observed(&net, server, listen, std::future::pending(), |server| {
         *tap.allocations.borrow_mut() = server.allocations().collect();
+        tap.stats.set(*server.stats());
     })
     .await?;
     Ok(())
@@ -134,6 +135,8 @@ pub async fn relay_host(
 pub struct RelayTap {
     /// Every allocation, with its permissions and channels.
     pub allocations: RefCell<Vec<relay_sim::AllocationInfo>>,
+    /// The running relay's counters (from zero at each restart).
+    pub stats: Cell<relay_sim::Stats>,
 }
 
 /// Settings of a client or gateway host.

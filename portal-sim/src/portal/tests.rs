@@ -763,3 +763,47 @@ fn a_hand_built_seed_with_a_resource_in_a_client_tunnel_range_skips_it() {
     let out = w.request(c1, 1);
     assert_eq!(out[0].1.as_reply().unwrap().reason(), "unauthorized");
 }
+
+#[test]
+fn joined_nodes_get_fresh_relay_credentials_at_half_their_lifetime() {
+    let mut config = PortalConfig::new(SECRET, 1);
+    config.relay_credentials_lifetime = Duration::from_secs(3600);
+    let mut w = World::new(Portal::new(&seed_file(), config));
+    assert_eq!(w.portal.poll_timeout(), None, "nobody joined");
+    let c1 = w.join(C1);
+    let half = t0() + Duration::from_secs(1800);
+    assert_eq!(w.portal.poll_timeout(), Some(half));
+    // Not before it is due.
+    w.portal.handle_timeout(half - Duration::from_secs(1));
+    assert!(w.drain().is_empty());
+    let relays = w.portal.directory().relays.len();
+    for round in 1..=3u64 {
+        let at = t0() + Duration::from_secs(1800 * round);
+        assert_eq!(w.portal.poll_timeout(), Some(at));
+        w.portal.handle_timeout(at);
+        let out = w.drain();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, c1);
+        let Ok(Some(ClientIngress::RelaysPresence(p))) = ClientIngress::from_frame(&out[0].1)
+        else {
+            panic!("{:?}", out[0].1);
+        };
+        assert!(p.disconnected_ids.is_empty());
+        assert_eq!(p.connected.len(), relays);
+        let now_unix = 1_700_000_000 + 1800 * round;
+        for relay in &p.connected {
+            assert_eq!(relay.expires_at, now_unix + 3600);
+            assert!(verify(
+                SECRET,
+                &relay.username,
+                &relay.password,
+                now_unix + 3599
+            ));
+        }
+    }
+    assert_eq!(w.portal.metrics().credential_renewals, 3);
+    // A node that left its room gets none.
+    w.send(c1, C1.room(), "phx_leave", json!({}));
+    w.drain();
+    assert_eq!(w.portal.poll_timeout(), None);
+}

@@ -620,6 +620,65 @@ fn other_username_on_an_allocation_is_441() {
 }
 
 #[test]
+fn renewed_credentials_of_the_same_user_keep_the_allocation() {
+    let mut h = Harness::new();
+    let mut c = Client::with_credentials(
+        "192.0.2.1:1000",
+        rest_credentials(SECRET, UNIX + 300, "alice"),
+    );
+    c.allocate(&mut h);
+    let old = (c.username.clone(), c.password.clone());
+    // The portal's renewal, an hour later in expiry: the same allocation takes it.
+    (c.username, c.password) = rest_credentials(SECRET, UNIX + 4200, "alice");
+    let refreshed = c.call(&mut h, REFRESH, vec![]);
+    assert_eq!(refreshed.class(), MessageClass::SuccessResponse);
+    assert_eq!(h.server.stats().credentials_renewed, 1);
+    assert_eq!(h.server.stats().allocations_created, 1);
+    // The old credentials still work until they expire (requests in flight), but do not take
+    // the allocation back.
+    (c.username, c.password) = old;
+    assert_eq!(
+        c.call(&mut h, REFRESH, vec![]).class(),
+        MessageClass::SuccessResponse
+    );
+    assert_eq!(h.server.stats().credentials_renewed, 1);
+    // Past the old expiry, only the renewed ones are accepted; nothing was lost on the way.
+    h.advance(Duration::from_secs(301));
+    c.login(&mut h);
+    assert_eq!(code(&c.call(&mut h, REFRESH, vec![])), Some(401));
+    assert_eq!(h.server.stats().expired_credentials, 1);
+    (c.username, c.password) = rest_credentials(SECRET, UNIX + 4200, "alice");
+    c.login(&mut h);
+    assert_eq!(
+        c.call(&mut h, REFRESH, vec![]).class(),
+        MessageClass::SuccessResponse
+    );
+    assert_eq!(h.server.stats().allocations_expired, 0);
+}
+
+#[test]
+fn expired_credentials_are_counted_only_when_genuine() {
+    let mut h = Harness::new();
+    let mut c = Client::with_credentials(
+        "192.0.2.1:1000",
+        rest_credentials(SECRET, UNIX - 1, "alice"),
+    );
+    c.login(&mut h);
+    assert_eq!(
+        code(&c.call(&mut h, ALLOCATE, vec![RequestedTransport::new(17).into()])),
+        Some(401)
+    );
+    assert_eq!(h.server.stats().expired_credentials, 1);
+    // The same expired username with a guessed password is just a wrong MAC.
+    c.password = "guess".to_owned();
+    assert_eq!(
+        code(&c.call(&mut h, ALLOCATE, vec![RequestedTransport::new(17).into()])),
+        Some(401)
+    );
+    assert_eq!(h.server.stats().expired_credentials, 1);
+}
+
+#[test]
 fn non_udp_transport_is_442_and_missing_transport_is_400() {
     let mut h = Harness::new();
     let mut c = Client::new("192.0.2.1:1000");

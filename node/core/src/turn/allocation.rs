@@ -105,6 +105,12 @@ struct Pending {
     next_at: Instant,
     /// Whether the request carried credentials (a 401 then means they are wrong).
     authenticated: bool,
+    /// The credentials it was signed with: its answer is signed with the same ones, also when
+    /// the allocation moved to renewed credentials meanwhile.
+    signed_with: Option<(String, String)>,
+    /// Whether it carried renewed credentials the relay has not yet taken (see
+    /// [`Allocation::previous_credentials`]).
+    renewing: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -139,8 +145,16 @@ pub(crate) struct Allocation {
     mismatch_retried: bool,
     /// When to try allocating again after the relay refused our 5-tuple.
     retry_allocate_at: Option<Instant>,
-    /// Credentials announced after this allocation was made; used when it is made again.
+    /// Credentials announced after the ones in use: the allocation moves to them on its next
+    /// refresh (or uses them when it has to be made again).
     next_credentials: Option<(String, String)>,
+    /// The credentials in use before a move to renewed ones, until the relay takes those: a
+    /// relay that refuses them (441: it holds an allocation to the very username that made it,
+    /// as RFC 8656 has it) gets these back, and the move waits for the allocation to be made
+    /// again.
+    previous_credentials: Option<(String, String)>,
+    /// The relay refused to move the allocation to renewed credentials: not tried again on it.
+    renewal_refused: bool,
 }
 
 impl Allocation {
@@ -166,6 +180,8 @@ impl Allocation {
             mismatch_retried: false,
             retry_allocate_at: None,
             next_credentials: None,
+            previous_credentials: None,
+            renewal_refused: false,
         };
         allocation.send(RequestKind::Binding, now);
         allocation.send(RequestKind::Allocate, now);
@@ -176,21 +192,48 @@ impl Allocation {
         self.config.id
     }
 
-    /// Keeps fresh credentials for the next time the allocation has to be made.
+    /// Keeps fresh credentials, for the next refresh or the next time the allocation is made.
     pub(crate) fn set_next_credentials(&mut self, username: String, password: String) {
         if username != self.config.username || password != self.config.password {
             self.next_credentials = Some((username, password));
         }
     }
 
-    /// Switches to the credentials announced last, if there are any.
-    fn take_next_credentials(&mut self) -> bool {
-        let Some((username, password)) = self.next_credentials.take() else {
-            return false;
+    /// Switches to the credentials announced last, if there are any; returns the ones they
+    /// replace.
+    fn take_next_credentials(&mut self) -> Option<(String, String)> {
+        let (username, password) = self.next_credentials.take()?;
+        let previous = (
+            std::mem::replace(&mut self.config.username, username),
+            std::mem::replace(&mut self.config.password, password),
+        );
+        Some(previous)
+    }
+
+    /// Moves the live allocation to the credentials announced last, before the ones it was
+    /// made with expire: the requests from here on carry them.
+    fn renew_credentials(&mut self) {
+        if self.renewal_refused || self.previous_credentials.is_some() || self.relayed.is_none() {
+            return;
+        }
+        if let Some(previous) = self.take_next_credentials() {
+            tracing::debug!(target: "node::turn", rid = %self.config.id, "moving the allocation to renewed credentials");
+            self.previous_credentials = Some(previous);
+        }
+    }
+
+    /// The relay refused renewed credentials on this allocation: back to the ones it knows,
+    /// keeping the new ones for when it has to be made again.
+    fn undo_renewal(&mut self) {
+        let Some((username, password)) = self.previous_credentials.take() else {
+            return;
         };
-        self.config.username = username;
-        self.config.password = password;
-        true
+        tracing::info!(target: "node::turn", rid = %self.config.id, "relay keeps the allocation to its first credentials; renewed ones wait for the next allocation");
+        self.renewal_refused = true;
+        self.next_credentials = Some((
+            std::mem::replace(&mut self.config.username, username),
+            std::mem::replace(&mut self.config.password, password),
+        ));
     }
 
     /// The relay's settings, with the credentials announced last: what to allocate with again
@@ -310,7 +353,12 @@ impl Allocation {
             self.local = Some(local);
         }
         match response.class() {
-            MessageClass::SuccessResponse => self.on_success(request.kind, &response, now),
+            MessageClass::SuccessResponse => {
+                if request.renewing && self.previous_credentials.take().is_some() {
+                    tracing::debug!(target: "node::turn", rid = %self.config.id, "allocation moved to renewed credentials");
+                }
+                self.on_success(request.kind, &response, now);
+            }
             MessageClass::ErrorResponse => self.on_error(request, &response, now),
             MessageClass::Request | MessageClass::Indication => {
                 tracing::debug!(target: "node::turn", rid = %self.config.id, "unexpected message class");
@@ -336,11 +384,17 @@ impl Allocation {
             // A Binding carries no credentials and is answered unsigned.
             return !request.authenticated && matches!(request.kind, RequestKind::Binding);
         };
-        let Ok(username) = Username::new(self.config.username.clone()) else {
+        let (username, password) = request
+            .signed_with
+            .as_ref()
+            .map_or((&self.config.username, &self.config.password), |(u, p)| {
+                (u, p)
+            });
+        let Ok(username) = Username::new(username.clone()) else {
             return false;
         };
         integrity
-            .check_long_term_credential(&username, realm, &self.config.password)
+            .check_long_term_credential(&username, realm, password)
             .is_ok()
     }
 
@@ -403,7 +457,20 @@ impl Allocation {
             .get_attribute::<ErrorCode>()
             .map_or(0, ErrorCode::code);
         let rid = self.config.id;
+        let current = Some((&self.config.username, &self.config.password));
+        let stale = request.signed_with.as_ref().map(|(u, p)| (u, p)) != current;
         match code {
+            // Renewed credentials on a relay that holds an allocation to the username that made
+            // it: back to that one.
+            WRONG_CREDENTIALS if request.renewing => {
+                self.undo_renewal();
+                self.send(request.kind, now);
+            }
+            // Signed with credentials the allocation has since left (the request was in flight
+            // during a move, or before an undone one): asked again with the current ones.
+            UNAUTHORIZED | WRONG_CREDENTIALS if request.authenticated && stale => {
+                self.send(request.kind, now);
+            }
             // Our credentials expired (or were replaced); newer ones start a new allocation.
             UNAUTHORIZED if request.authenticated && self.next_credentials.is_some() => {
                 tracing::info!(target: "node::turn", rid = %rid, "credentials refused; allocating with the new ones");
@@ -503,6 +570,8 @@ impl Allocation {
 
     /// Drops the relayed address and every channel, and allocates anew.
     fn reset(&mut self, now: Instant) {
+        self.previous_credentials = None;
+        self.renewal_refused = false;
         self.take_next_credentials();
         self.lose_relayed();
         self.channels.clear();
@@ -588,6 +657,7 @@ impl Allocation {
         }
         if self.refresh_at.is_some_and(|t| t <= now) {
             self.refresh_at = None;
+            self.renew_credentials();
             self.send(
                 RequestKind::Refresh {
                     lifetime: Duration::from_secs(600),
@@ -661,6 +731,8 @@ impl Allocation {
         if authenticate && !self.authenticate(&mut request) {
             return;
         }
+        let signed_with =
+            authenticate.then(|| (self.config.username.clone(), self.config.password.clone()));
         let Some(bytes) = message::encode(request) else {
             tracing::debug!(target: "node::turn", "could not encode request");
             return;
@@ -674,6 +746,8 @@ impl Allocation {
                 attempts: 1,
                 next_at: now + INITIAL_RTO,
                 authenticated: authenticate,
+                signed_with,
+                renewing: authenticate && self.previous_credentials.is_some(),
             },
         );
     }
@@ -927,5 +1001,98 @@ mod tests {
             .next()
             .unwrap();
         assert!(channel, "bound after the 438 retry");
+    }
+
+    /// An allocation made with credentials expiring `expires_in` after `now`, allocated.
+    fn allocated_with(expires_in: u64, now: Instant) -> (Allocation, relay_sim::Server) {
+        let (mut a, s) = setup(now);
+        (a.config.username, a.config.password) =
+            relay_sim::auth::rest_credentials(SECRET, UNIX + expires_in, "c1");
+        let mut s = s;
+        exchange(&mut a, &mut s, now);
+        assert!(a.relayed().is_some());
+        events(&mut a);
+        (a, s)
+    }
+
+    /// Runs both sides on their own timers until `end`; returns the allocation's events.
+    fn run_until(
+        a: &mut Allocation,
+        s: &mut relay_sim::Server,
+        mut now: Instant,
+        end: Instant,
+    ) -> Vec<(Instant, AllocationEvent)> {
+        let mut out = Vec::new();
+        while now < end {
+            now = [a.poll_timeout(), s.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(end)
+                .clamp(now, end);
+            a.handle_timeout(now);
+            s.handle_timeout(now);
+            exchange(a, s, now);
+            out.extend(std::iter::from_fn(|| a.poll_event()).map(|e| (now, e)));
+        }
+        out
+    }
+
+    #[test]
+    fn renewed_credentials_move_the_allocation_without_losing_it() {
+        let now = Instant::now();
+        // Credentials good for 20 minutes; the portal's renewal comes after 10.
+        let (mut a, mut s) = allocated_with(1200, now);
+        let relayed = a.relayed();
+        let mid = now + Duration::from_secs(600);
+        assert!(run_until(&mut a, &mut s, now, mid).is_empty());
+        let (username, password) = relay_sim::auth::rest_credentials(SECRET, UNIX + 5000, "c1");
+        a.set_next_credentials(username.clone(), password);
+        // Well past the first expiry: the allocation lives on under the new credentials.
+        let events = run_until(&mut a, &mut s, mid, now + Duration::from_secs(3600));
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(a.relayed(), relayed);
+        assert_eq!(a.config.username, username);
+        assert!(a.previous_credentials.is_none());
+        let stats = s.stats();
+        assert_eq!(stats.credentials_renewed, 1);
+        assert_eq!(stats.expired_credentials, 0);
+        assert_eq!(stats.allocations_created, 1);
+        assert_eq!(s.allocation_count(), 1);
+    }
+
+    #[test]
+    fn a_relay_that_keeps_the_first_credentials_gets_them_back_until_they_expire() {
+        let now = Instant::now();
+        let (mut a, mut s) = allocated_with(1200, now);
+        let relayed = a.relayed();
+        // Another user's credentials stand for a relay that refuses the move (441), as RFC
+        // 8656 relays do.
+        let (username, password) = relay_sim::auth::rest_credentials(SECRET, UNIX + 5000, "c9");
+        a.set_next_credentials(username.clone(), password);
+        let first_expiry = now + Duration::from_secs(1200);
+        let events = run_until(&mut a, &mut s, now, first_expiry);
+        assert!(
+            events.is_empty(),
+            "nothing lost before the expiry: {events:?}"
+        );
+        assert!(a.renewal_refused);
+        assert_eq!(a.relayed(), relayed);
+        assert_ne!(a.config.username, username);
+        assert_eq!(s.stats().credentials_renewed, 0);
+        // At the expiry the refused refresh makes the allocation again, with the new ones.
+        let events = run_until(
+            &mut a,
+            &mut s,
+            first_expiry,
+            now + Duration::from_secs(1800),
+        );
+        assert!(
+            events
+                .iter()
+                .any(|(_, e)| matches!(e, AllocationEvent::RelayedLost { .. })),
+            "{events:?}"
+        );
+        assert_eq!(a.config.username, username);
     }
 }

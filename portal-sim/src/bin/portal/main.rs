@@ -275,6 +275,11 @@ fn render_metrics(m: &PortalMetrics) -> String {
             "changes_applied",
             "Administrative changes applied",
             m.changes,
+        )
+        .counter(
+            "relay_credential_renewals",
+            "Relay credential renewals sent to joined nodes",
+            m.credential_renewals,
         );
     for (reason, n) in &m.refused {
         set.counter_with(

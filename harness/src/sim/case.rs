@@ -106,8 +106,8 @@ impl Case {
             let expect = if injected { expect } else { Expect::Uncertain };
             let unlimited = before.expect_unlimited(client, resource, before.now);
             let outcome = self.check_probe(client, resource, &payload, expect, unlimited)?;
-            if outcome == "checked:refused" && before.expiring.contains_key(&(client, resource)) {
-                self.counts.bump("checked:refused_after_expiry");
+            if outcome == "checked:delivered" && before.expiring.contains_key(&(client, resource)) {
+                self.counts.bump("checked:delivered_expiring");
             }
             let cut = (0..NODES).any(|n| before.portal_unreachable(n, before.now));
             if outcome == "checked:delivered" && cut {

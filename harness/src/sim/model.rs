@@ -338,20 +338,15 @@ pub fn node_name(node: usize) -> String {
     }
 }
 
-/// A pair whose authorizations expire.
+/// A pair whose authorizations expire (and are renewed by the client while the policy stands).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expiring {
     /// How long one authorization lasts.
     pub lasts: Duration,
-    /// No authorization of the pair started (or was extended) after this.
-    pub latest_start: Duration,
 }
 
 /// How long [`Transition::HandshakeFlood`] lasts.
 pub const FLOOD: Duration = Duration::from_secs(1);
-
-/// Slack on an authorization's end: the portal states expiries in whole unix seconds.
-pub const EXPIRY_SLACK: Duration = Duration::from_secs(2);
 
 /// What must happen to a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -446,28 +441,23 @@ impl Model {
 
     /// What must happen to a packet from `client` to `resource` sent at `at`.
     ///
-    /// A pair whose authorizations expire: the client does not renew an authorization on its
-    /// own, so once the last one ended, a packet over the route it still has (the pair is
-    /// established) reaches the gateway and is refused there. Before that, or without a
-    /// route (the packet asks for a new authorization), either can happen.
+    /// A pair whose authorizations expire is served as long as its policy stands: the client
+    /// asks for a new authorization when the last one is about to end (while it is used) or
+    /// has ended (after a pause, holding the packet back meanwhile). Any packet of the pair may
+    /// so need the portal, as a new connection does.
     pub fn expect(&self, client: usize, resource: usize, at: Duration) -> Expect {
-        let pair = (client, resource);
-        if let Some(e) = self.expiring.get(&pair) {
-            if !self.authorized.contains(&pair) {
-                return Expect::Refused;
-            }
-            let ended = at > e.latest_start + e.lasts + EXPIRY_SLACK;
-            return if ended && self.established.contains(&pair) {
-                Expect::Refused
-            } else {
-                Expect::Uncertain
-            };
-        }
-        self.expect_unlimited(client, resource, at)
+        let renews = self.expiring.contains_key(&(client, resource));
+        self.expect_served(client, resource, at, renews)
     }
 
     /// [`Model::expect`] as if every authorization lasted forever.
     pub fn expect_unlimited(&self, client: usize, resource: usize, at: Duration) -> Expect {
+        self.expect_served(client, resource, at, false)
+    }
+
+    /// [`Model::expect`], with `renews` saying whether the packet may need a new authorization
+    /// from the portal.
+    fn expect_served(&self, client: usize, resource: usize, at: Duration, renews: bool) -> Expect {
         if !self.authorized.contains(&(client, resource)) {
             return Expect::Refused;
         }
@@ -476,8 +466,9 @@ impl Model {
         if !self.path_exists() || !recovered || hostile || self.roamed_idle.contains(&client) {
             return Expect::Uncertain;
         }
-        // A new connection needs the portal on both ends; an established one needs neither.
-        let needs_portal = !self.established.contains(&(client, resource));
+        // A new connection (or authorization) needs the portal on both ends; an established
+        // one needs neither.
+        let needs_portal = renews || !self.established.contains(&(client, resource));
         // And a relay: both ends are behind NATs, and without a STUN server neither learns the
         // public address the other must reach it on (host candidates are private).
         if needs_portal && !self.relay_available() {
@@ -515,7 +506,6 @@ impl Model {
                 *until = None;
             }
         }
-        self.extend_authorizations(t);
         let senders: Vec<usize> = match (t.probe(), t) {
             (Some((client, _, _)), _) => vec![client],
             (None, Transition::LossBurst { .. }) => (0..CLIENTS).collect(),
@@ -547,7 +537,6 @@ impl Model {
                     (*client, *resource),
                     Expiring {
                         lasts: Duration::from_secs(*secs),
-                        latest_start: self.now,
                     },
                 );
             }
@@ -624,55 +613,6 @@ impl Model {
             }
         }
         self.now += t.duration();
-    }
-
-    /// Moves the latest start of the expiring authorizations `t` may start or extend: a probe
-    /// may ask for one at any time within its window; a gateway that (re)joins the portal gets
-    /// every authorization it still has extended by a full duration.
-    fn extend_authorizations(&mut self, t: &Transition) {
-        let now = self.now;
-        let (pairs, until): (Vec<(usize, usize)>, Duration) = match t {
-            Transition::Send { client, resource }
-            | Transition::SendTcp { client, resource }
-            | Transition::Ping { client, resource } => {
-                (vec![(*client, *resource)], now + SEND_WINDOW)
-            }
-            Transition::LossBurst { .. } => {
-                (self.expiring.keys().copied().collect(), now + t.duration())
-            }
-            Transition::PortalRestart => (
-                self.expiring.keys().copied().collect(),
-                now + t.duration() + PORTAL_REJOIN,
-            ),
-            Transition::PortalPartition { node, secs } if *node == CLIENTS => (
-                self.expiring.keys().copied().collect(),
-                now + Duration::from_secs(*secs) + PORTAL_REJOIN,
-            ),
-            Transition::PortalPartition { .. }
-            | Transition::Advance { .. }
-            | Transition::NatExpiry(_)
-            | Transition::RelayCrash(_)
-            | Transition::RelayRestart(_)
-            | Transition::BlockDirect
-            | Transition::UnblockDirect
-            | Transition::Revoke { .. }
-            | Transition::Authorize { .. }
-            | Transition::GatewayRestart
-            | Transition::ClientRestart(_)
-            | Transition::Roam(_)
-            | Transition::RelayReplace(_)
-            | Transition::AuthorizeFor { .. }
-            | Transition::CandidateFlood
-            | Transition::HandshakeFlood
-            | Transition::ClaimKey
-            | Transition::RemoveResource(_)
-            | Transition::AddResource(_) => return,
-        };
-        for pair in pairs {
-            if let Some(e) = self.expiring.get_mut(&pair) {
-                e.latest_start = e.latest_start.max(until);
-            }
-        }
     }
 
     /// Whether `t` makes sense now (a restart of a relay that runs does not).

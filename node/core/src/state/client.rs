@@ -24,6 +24,14 @@ pub const PENDING_QUEUE_CAPACITY: usize = 32;
 /// next packet asks again (the portal's refusal arrives as a reply the tunnel does not see).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long before its authorization ends traffic to a resource asks the portal for a new one
+/// (at most half the authorization's length), so a flow in use never meets the gateway's expiry.
+pub const AUTHORIZATION_RENEW_BEFORE: Duration = Duration::from_secs(60);
+
+/// How much earlier than the gateway the client takes an authorization to be over: a packet it
+/// still sends over the old one must arrive before the gateway drops it, clocks a little apart.
+pub const AUTHORIZATION_GUARD: Duration = Duration::from_secs(2);
+
 /// What the client tells its runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
@@ -95,7 +103,35 @@ enum Route {
     Gateway {
         gateway: GatewayId,
         queue: PacketQueue,
+        /// The authorization's lifetime on this side, if the client knows the wall clock.
+        term: Option<Term>,
     },
+}
+
+/// When an authorization is to be renewed, and when it is over for the client.
+#[derive(Debug, Clone, Copy)]
+struct Term {
+    /// From here a packet to the resource asks for a new authorization (once).
+    renew_at: Instant,
+    /// From here packets are held back until the new one arrives.
+    ends: Instant,
+    /// A renewal was asked for.
+    renewing: bool,
+}
+
+impl Term {
+    fn new(expires: Instant, now: Instant) -> Self {
+        let ends = expires
+            .checked_sub(AUTHORIZATION_GUARD)
+            .unwrap_or(now)
+            .max(now);
+        let left = ends.saturating_duration_since(now);
+        Self {
+            renew_at: ends - AUTHORIZATION_RENEW_BEFORE.min(left / 2),
+            ends,
+            renewing: false,
+        }
+    }
 }
 
 impl Route {
@@ -136,6 +172,8 @@ pub struct ClientState {
     egress: VecDeque<ClientEgress>,
     events: VecDeque<ClientEvent>,
     stats: ClientStats,
+    /// Maps the portal's unix expiry times onto instants, once the runtime told the time.
+    clock: Option<super::WallClock>,
 }
 
 impl ClientState {
@@ -159,6 +197,7 @@ impl ClientState {
     /// timestamps count (see [`Node::set_wall_clock`]): the host's clock in the binary.
     pub fn with_wall_clock(mut self, now: Instant, wall: SystemTime) -> Self {
         self.node.set_wall_clock(now, wall);
+        self.clock = Some(super::WallClock::new(now, wall));
         self
     }
 
@@ -173,6 +212,7 @@ impl ClientState {
             egress: VecDeque::new(),
             events: VecDeque::new(),
             stats: ClientStats::default(),
+            clock: None,
         }
     }
 
@@ -216,23 +256,44 @@ impl ClientState {
             tracing::debug!(%dst, "no resource for destination: dropped");
             return;
         };
-        let route = match self.routes.get_mut(&rid) {
-            Some(route) => route,
-            None => {
-                tracing::debug!(%rid, "requesting a connection");
-                self.egress
-                    .push_back(ClientEgress::RequestConnection(RequestConnection {
-                        resource_id: rid,
-                    }));
-                self.routes.entry(rid).or_insert(Route::Requested {
-                    deadline: now + REQUEST_TIMEOUT,
-                    queue: PacketQueue::default(),
-                })
+        // An authorization that is over: asked for anew, like the first time, with the packets
+        // held back (the gateway would drop them).
+        if let Some(Route::Gateway {
+            term: Some(term), ..
+        }) = self.routes.get(&rid)
+        {
+            if now >= term.ends {
+                tracing::debug!(%rid, "authorization over: asking again");
+                let queue = self
+                    .routes
+                    .remove(&rid)
+                    .map(Route::into_queue)
+                    .unwrap_or_default();
+                self.request(rid, queue, now);
             }
+        }
+        if !self.routes.contains_key(&rid) {
+            tracing::debug!(%rid, "requesting a connection");
+            self.request(rid, PacketQueue::default(), now);
+        }
+        let Some(route) = self.routes.get_mut(&rid) else {
+            return;
         };
         let gateway = match route {
-            Route::Gateway { gateway, .. } if self.gateways.get(gateway) == Some(&true) => *gateway,
-            Route::Gateway { gateway, queue } => {
+            Route::Gateway { gateway, term, .. } if self.gateways.get(gateway) == Some(&true) => {
+                // In use near its end: a new authorization is asked for while this one still
+                // carries the traffic.
+                if let Some(term) = term.as_mut().filter(|t| !t.renewing && now >= t.renew_at) {
+                    term.renewing = true;
+                    tracing::debug!(%rid, "authorization ending: asking for a new one");
+                    self.egress
+                        .push_back(ClientEgress::RequestConnection(RequestConnection {
+                            resource_id: rid,
+                        }));
+                }
+                *gateway
+            }
+            Route::Gateway { gateway, queue, .. } => {
                 tracing::trace!(%rid, gid = %gateway, "connection not up yet: packet held back");
                 if queue.push(packet) {
                     self.stats.queue_overflow += 1;
@@ -412,7 +473,7 @@ impl ClientState {
             client_ice,
             gateway_ice,
             preshared_key,
-            expires_at: _,
+            expires_at,
         } = details;
         if !self.resources.contains_key(&rid) {
             tracing::debug!(%rid, %gid, "flow for an unknown resource: ignored");
@@ -440,16 +501,35 @@ impl ClientState {
             .remove(&rid)
             .map(Route::into_queue)
             .unwrap_or_default();
+        let term = self
+            .clock
+            .map(|clock| Term::new(clock.instant_at(expires_at), now));
         self.routes.insert(
             rid,
             Route::Gateway {
                 gateway: gid,
                 queue,
+                term,
             },
         );
         if established {
             self.flush(gid, now);
         }
+    }
+
+    /// Asks the portal for a connection to `rid`, holding `queue` back until it answers.
+    fn request(&mut self, rid: ResourceId, queue: PacketQueue, now: Instant) {
+        self.egress
+            .push_back(ClientEgress::RequestConnection(RequestConnection {
+                resource_id: rid,
+            }));
+        self.routes.insert(
+            rid,
+            Route::Requested {
+                deadline: now + REQUEST_TIMEOUT,
+                queue,
+            },
+        );
     }
 
     /// A new connection to `gid` (new keys, PSK or credentials: the gateway may have restarted
@@ -468,17 +548,7 @@ impl ClientState {
                 continue;
             };
             tracing::debug!(rid = %other, %gid, "new connection to the gateway: asking again");
-            self.egress
-                .push_back(ClientEgress::RequestConnection(RequestConnection {
-                    resource_id: other,
-                }));
-            self.routes.insert(
-                other,
-                Route::Requested {
-                    deadline: now + REQUEST_TIMEOUT,
-                    queue: route.into_queue(),
-                },
-            );
+            self.request(other, route.into_queue(), now);
         }
     }
 

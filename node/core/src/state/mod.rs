@@ -32,7 +32,10 @@ mod tests;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use client::{ClientEvent, ClientState, ClientStats, PENDING_QUEUE_CAPACITY, REQUEST_TIMEOUT};
+pub use client::{
+    ClientEvent, ClientState, ClientStats, AUTHORIZATION_GUARD, AUTHORIZATION_RENEW_BEFORE,
+    PENDING_QUEUE_CAPACITY, REQUEST_TIMEOUT,
+};
 pub use gateway::{FlowEndReason, GatewayEvent, GatewayState, GatewayStats};
 pub use icmp::prohibited_reply;
 pub use resources::ResourceTable;

@@ -165,9 +165,18 @@ struct World {
 impl World {
     /// The client knows R1, R2 and R3; the policy allows `allowed` for an hour.
     fn new(allowed: &[ResourceId]) -> Self {
+        Self::with_client_clock(allowed, false)
+    }
+
+    /// [`World::new`], with a client that knows the wall clock (and so the authorizations'
+    /// ends) if `clock`.
+    fn with_client_clock(allowed: &[ResourceId], clock: bool) -> Self {
         let now = Instant::now();
         let wall = UNIX_EPOCH + Duration::from_secs(WALL_SECS);
         let mut client = ClientState::new(1, now);
+        if clock {
+            client = client.with_wall_clock(now, wall);
+        }
         let mut gateway = GatewayState::new(2, now, wall);
         client.add_local_address(client_addr(), now);
         gateway.add_local_address(gateway_addr(), now);
@@ -605,6 +614,58 @@ fn authorization_expiry_removes_access_at_the_expiry() {
     ));
     w.client_sends(&udp(v4(), ip("10.0.0.7"), b"still fine"));
     assert_eq!(w.gateway_tun.len(), 2);
+}
+
+#[test]
+fn a_client_in_use_renews_its_authorization_before_the_gateway_ends_it() {
+    let mut w = World::with_client_clock(&[R2], true);
+    w.portal.allowed.insert(R2, WALL_SECS + 300);
+    w.connect(&[ip("10.0.1.5")]);
+    assert_eq!(w.portal.requests, [R2]);
+    // The portal's next authorization runs longer.
+    w.portal.allowed.insert(R2, WALL_SECS + 900);
+    // Traffic before the renewal point asks for nothing.
+    w.run_for(Duration::from_secs(200) - w.elapsed());
+    w.client_sends(&udp(v4(), ip("10.0.1.5"), b"early"));
+    assert_eq!(w.portal.requests, [R2]);
+    // Within the last minute: one request, and the packet still goes at once.
+    w.run_for(Duration::from_secs(250) - w.elapsed());
+    w.client_sends(&udp(v4(), ip("10.0.1.5"), b"renewing"));
+    w.client_sends(&udp(v4(), ip("10.0.1.5"), b"renewing too"));
+    assert_eq!(w.portal.requests, [R2, R2]);
+    assert_eq!(w.gateway_tun.len(), 3);
+    // Past the first authorization's end, the gateway holds the second one.
+    w.run_for(Duration::from_secs(400) - w.elapsed());
+    assert!(w.gateway.is_authorized(CID, R2, w.now));
+    w.client_sends(&udp(v4(), ip("10.0.1.5"), b"later"));
+    assert_eq!(w.gateway_tun.len(), 4);
+    assert!(!w
+        .gateway_events
+        .iter()
+        .any(|e| matches!(e, GatewayEvent::FlowEnded { .. })));
+}
+
+#[test]
+fn an_idle_client_asks_again_after_its_authorization_ended_and_loses_nothing() {
+    let mut w = World::with_client_clock(&[R2], true);
+    w.portal.allowed.insert(R2, WALL_SECS + 60);
+    w.connect(&[ip("10.0.1.5")]);
+    w.portal.allowed.insert(R2, WALL_SECS + 3600);
+    // Idle past the end: the gateway dropped it.
+    w.run_for(Duration::from_secs(120) - w.elapsed());
+    assert!(!w.gateway.is_authorized(CID, R2, w.now));
+    // The next packet is held back, asked for and delivered, not refused by the gateway.
+    w.client_sends(&udp(v4(), ip("10.0.1.5"), b"after a break"));
+    assert_eq!(w.portal.requests, [R2, R2]);
+    assert_eq!(w.gateway_tun.len(), 1);
+    assert_eq!(
+        w.gateway_tun[0],
+        udp(v4(), ip("10.0.1.5"), b"after a break").as_bytes()
+    );
+    assert!(w
+        .client_tun
+        .iter()
+        .all(|p| !is_prohibited(p, ip("10.0.1.5"), v4())));
 }
 
 #[test]

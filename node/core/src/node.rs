@@ -127,6 +127,9 @@ pub struct Node<TId> {
     /// answers are a relay's, not a peer's, which the port alone cannot tell (a peer's NAT may
     /// well map it to 3478).
     former_relays: VecDeque<SocketAddr>,
+    /// A connection went away: the relays' channels to peers no connection uses any more are
+    /// released at the next timeout.
+    channels_to_release: bool,
     /// The timing of connections created from here on.
     connection_config: ConnectionConfig,
 
@@ -191,6 +194,7 @@ impl<TId: PeerId> Node<TId> {
             relay_retries: BTreeMap::new(),
             retry_delays: BTreeMap::new(),
             former_relays: VecDeque::new(),
+            channels_to_release: false,
             connection_config: ConnectionConfig::default(),
             pool: BufferPool::new(POOL_CAPACITY),
             staged: VecDeque::new(),
@@ -362,6 +366,7 @@ impl<TId: PeerId> Node<TId> {
             return false;
         };
         self.by_index.remove(&conn.index);
+        self.channels_to_release = true;
         if self.by_key.get(&conn.identity.remote_key.to_bytes()) == Some(&id) {
             self.by_key.remove(&conn.identity.remote_key.to_bytes());
         }

@@ -185,7 +185,30 @@ impl<TId: PeerId> Node<TId> {
         }
     }
 
+    /// Releases the channels to peers no connection has as a candidate any more, so that a
+    /// long-lived node does not run out of them ([`crate::turn::MAX_CHANNELS`] per relay).
+    fn release_unused_channels(&mut self, now: Instant) {
+        let in_use: std::collections::BTreeSet<SocketAddr> = self
+            .connections
+            .values()
+            .flat_map(|c| c.remote_candidate_addrs())
+            .collect();
+        for allocation in self.allocations.values_mut() {
+            allocation.release_channels_except(&in_use, now);
+        }
+    }
+
+    /// Channels held on `relay`, released ones included.
+    pub fn relay_channels(&self, relay: RelayId) -> usize {
+        self.allocations
+            .get(&relay)
+            .map_or(0, Allocation::channel_count)
+    }
+
     pub(super) fn handle_relay_timeouts(&mut self, now: Instant) {
+        if std::mem::take(&mut self.channels_to_release) {
+            self.release_unused_channels(now);
+        }
         let retry: Vec<RelayId> = self
             .relay_retries
             .iter()

@@ -37,6 +37,13 @@ const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// The node binds channels in the RFC 5766 range; the relay accepts the wider RFC 8656 one.
 const FIRST_CHANNEL: u16 = 0x4000;
 const LAST_CHANNEL: u16 = 0x4FFF;
+/// Channels one allocation binds at most: the whole range. A peer past it gets no channel
+/// (and no relayed path) until a released one may be reused.
+pub const MAX_CHANNELS: usize = (LAST_CHANNEL - FIRST_CHANNEL) as usize + 1;
+/// How long a released channel stays out of use: its binding may have just been refreshed, so
+/// it lives on at the relay for up to [`CHANNEL_LIFETIME`], and RFC 8656 §12 keeps an expired
+/// channel from being bound to another peer for 5 minutes more.
+const CHANNEL_QUARANTINE: Duration = Duration::from_secs(CHANNEL_LIFETIME.as_secs() + 300);
 /// A Binding to the relay this often keeps the NAT mapping towards it open and notices a relay
 /// that went away long before the next refresh would.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(25);
@@ -119,6 +126,9 @@ struct Channel {
     bound: bool,
     /// When to send the next ChannelBind for it: a refresh, or none while one is in flight.
     refresh_at: Option<Instant>,
+    /// No connection uses the peer any more: the channel is no longer refreshed, and is
+    /// forgotten (free for another peer) at this instant, unless the peer is wanted again.
+    released: Option<Instant>,
 }
 
 /// One allocation on one relay.
@@ -269,8 +279,18 @@ impl Allocation {
         if self.failed || self.relayed.is_none() || peer.is_ipv4() != self.config.server.is_ipv4() {
             return None;
         }
-        if let Some(channel) = self.channel_by_peer.get(&peer) {
-            return Some(*channel);
+        if let Some(&channel) = self.channel_by_peer.get(&peer) {
+            // Wanted again while released: the same channel, bound afresh.
+            if let Some(c) = self
+                .channels
+                .get_mut(&channel)
+                .filter(|c| c.released.is_some())
+            {
+                c.released = None;
+                c.refresh_at = None;
+                self.send(RequestKind::ChannelBind { channel, peer }, now);
+            }
+            return Some(channel);
         }
         let channel = self.free_channel()?;
         self.channels.insert(
@@ -279,12 +299,37 @@ impl Allocation {
                 peer,
                 bound: false,
                 refresh_at: None,
+                released: None,
             },
         );
         self.channel_by_peer.insert(peer, channel);
         tracing::debug!(target: "node::turn", rid = %self.config.id, %peer, channel, "binding channel");
         self.send(RequestKind::ChannelBind { channel, peer }, now);
         Some(channel)
+    }
+
+    /// Stops refreshing the channels to peers outside `in_use`; each is forgotten once its
+    /// binding cannot be alive any more ([`CHANNEL_QUARANTINE`]). Returns how many it released.
+    pub(crate) fn release_channels_except(
+        &mut self,
+        in_use: &std::collections::BTreeSet<SocketAddr>,
+        now: Instant,
+    ) -> usize {
+        let mut released = 0;
+        for (number, c) in &mut self.channels {
+            if c.released.is_none() && !in_use.contains(&c.peer) {
+                tracing::debug!(target: "node::turn", rid = %self.config.id, peer = %c.peer, channel = number, "channel released");
+                c.released = Some(now + CHANNEL_QUARANTINE);
+                c.refresh_at = None;
+                released += 1;
+            }
+        }
+        released
+    }
+
+    /// Channels held, released ones included (at most [`MAX_CHANNELS`]).
+    pub(crate) fn channel_count(&self) -> usize {
+        self.channels.len()
     }
 
     fn free_channel(&mut self) -> Option<u16> {
@@ -445,7 +490,10 @@ impl Allocation {
                 if let Some(c) = self.channels.get_mut(&channel) {
                     if c.peer == peer {
                         c.bound = true;
-                        c.refresh_at = Some(now + CHANNEL_LIFETIME / 2);
+                        // A channel released meanwhile stays unrefreshed.
+                        if c.released.is_none() {
+                            c.refresh_at = Some(now + CHANNEL_LIFETIME / 2);
+                        }
                     }
                 }
             }
@@ -665,6 +713,15 @@ impl Allocation {
                 now,
             );
         }
+        let forgotten: Vec<(u16, SocketAddr)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.released.is_some_and(|t| t <= now))
+            .map(|(n, c)| (*n, c.peer))
+            .collect();
+        for (channel, peer) in forgotten {
+            self.forget_channel(channel, peer);
+        }
         let refresh: Vec<(u16, SocketAddr)> = self
             .channels
             .iter()
@@ -684,7 +741,10 @@ impl Allocation {
             return None;
         }
         let pending = self.pending.values().map(|p| p.next_at);
-        let channels = self.channels.values().filter_map(|c| c.refresh_at);
+        let channels = self
+            .channels
+            .values()
+            .flat_map(|c| c.refresh_at.into_iter().chain(c.released));
         pending
             .chain(channels)
             .chain(self.refresh_at)
@@ -1094,5 +1154,47 @@ mod tests {
             "{events:?}"
         );
         assert_eq!(a.config.username, username);
+    }
+
+    fn peer_n(n: usize) -> SocketAddr {
+        let n = u32::try_from(n).unwrap();
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0xC612_0000 + n)), 51820)
+    }
+
+    #[test]
+    fn channels_stop_at_the_range_and_released_ones_come_back_after_their_quarantine() {
+        let now = Instant::now();
+        let (mut a, _s) = allocated_with(3600, now);
+        for n in 0..MAX_CHANNELS {
+            assert!(a.channel_to(peer_n(n), now).is_some(), "channel {n}");
+        }
+        // Cap + 1: no channel for one more peer.
+        let extra = peer_n(MAX_CHANNELS);
+        assert_eq!(a.channel_to(extra, now), None);
+        assert_eq!(a.channel_count(), MAX_CHANNELS);
+        // Every peer but the first is no longer used.
+        let first = a.channel_to(peer_n(0), now);
+        let in_use = std::collections::BTreeSet::from([peer_n(0)]);
+        assert_eq!(a.release_channels_except(&in_use, now), MAX_CHANNELS - 1);
+        // Released, not yet free: a binding may still be alive at the relay.
+        let later = now + CHANNEL_QUARANTINE - Duration::from_secs(1);
+        a.handle_timeout(later);
+        assert_eq!(a.channel_to(extra, later), None);
+        // A released peer wanted again keeps its channel, bound afresh.
+        let again = a.channel_to(peer_n(1), later);
+        assert!(again.is_some());
+        assert!(a
+            .pending
+            .values()
+            .any(|p| matches!(p.kind, RequestKind::ChannelBind { peer, .. } if peer == peer_n(1))));
+        // Past the quarantine the others are forgotten and their numbers serve new peers.
+        let after = now + CHANNEL_QUARANTINE;
+        a.handle_timeout(after);
+        assert_eq!(a.channel_count(), 2);
+        let fresh = a.channel_to(extra, after);
+        assert!(fresh.is_some());
+        assert_ne!(fresh, first);
+        assert_ne!(fresh, again);
+        assert_eq!(a.channel_to(peer_n(0), after), first);
     }
 }

@@ -268,6 +268,28 @@ fn regressions() {
     }
 }
 
+/// Three simulated days of one world (`harness soak`): rounds of traffic, one change or fault
+/// each (restarts of every kind, relay crashes and replacements, NAT flushes, roams, policy
+/// changes) and idle stretches of up to an hour, held to the model, the invariants (relay
+/// credentials, renewed every quarter of an hour here, never reach a relay expired) and caps
+/// on the relays' allocations, channels and permissions, which must not grow with churn.
+#[test]
+fn soak_three_days() {
+    init_logging();
+    ERRORS.with(|n| n.set(0));
+    let report = harness::sim::soak::soak(1, 72, |r| println!("soak: {r:?}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("soak: {report:?}");
+    assert!(report.elapsed.as_secs() >= 72 * 3600);
+    assert!(report.rounds >= 100, "{} rounds", report.rounds);
+    assert!(
+        report.delivered >= 200,
+        "{} required deliveries",
+        report.delivered
+    );
+    assert_eq!(ERRORS.with(Cell::get), 0, "an ERROR was logged");
+}
+
 /// One case from a fresh world, held to the model, the invariants and no ERROR logged; its
 /// counts.
 fn scenario(seed: u64, transitions: &[Transition]) -> Counts {

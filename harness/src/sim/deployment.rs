@@ -110,6 +110,7 @@ impl<'a> Deployment<'a> {
         let mut settings = SimSettings::new(seed, Duration::from_secs(24 * 3600));
         settings.latency = Duration::from_millis(10);
         let epoch = settings.unix_epoch_secs;
+        crate::turmoil_net::set_driver_elapsed(Duration::ZERO);
         let mut sim = sim_builder(&settings).build();
         let trace = if keep_lines {
             Trace::with_lines()
@@ -323,6 +324,7 @@ impl<'a> Deployment<'a> {
                 self.heal_due();
             }
             self.sim.step()?;
+            crate::turmoil_net::set_driver_elapsed(self.sim.elapsed());
             self.heartbeat.beat();
         }
         Ok(())

@@ -8,4 +8,5 @@ pub mod hostile;
 pub mod hosts;
 pub mod model;
 pub mod regression;
+pub mod soak;
 pub mod watchdog;

@@ -99,9 +99,22 @@ pub fn sim_builder(settings: &SimSettings) -> turmoil::Builder {
     builder
 }
 
-/// Simulated time since the start, the same on every host; zero outside a running host.
+thread_local! {
+    // turmoil tells the time only inside a host; the driver's calls between steps (an admin
+    // change at the portal, which mints relay credentials with it) read this instead.
+    static DRIVER_ELAPSED: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
+/// Simulated time since the start, the same on every host and, between steps, in the driver
+/// (see [`set_driver_elapsed`]).
 pub fn sim_time() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
+    turmoil::sim_elapsed().unwrap_or_else(|| DRIVER_ELAPSED.with(std::cell::Cell::get))
+}
+
+/// Tells [`sim_time`] the simulation's time for calls made outside a host: the driver calls it
+/// after every step of its `Sim`, and with zero when it builds a new one.
+pub fn set_driver_elapsed(elapsed: Duration) {
+    DRIVER_ELAPSED.with(|cell| cell.set(elapsed));
 }
 
 /// Simulated wall-clock time: `unix_epoch_secs` plus [`sim_time`].

@@ -399,12 +399,7 @@ impl Portal {
             if let Some(session) = self.sessions.get_mut(&conn) {
                 session.renew_relays_at = Some(next);
             }
-            let connected: Vec<Relay> = self
-                .dir
-                .relays
-                .values()
-                .map(|r| self.relay_for(identity, r.id, r.address, now))
-                .collect();
+            let connected = self.relays_for(identity, now);
             if connected.is_empty() {
                 continue;
             }
@@ -765,12 +760,7 @@ impl Portal {
         tracing::info!(node = %identity, "Node joined");
         self.reply_ok(conn, frame, json!({}));
         let now_unix = unix(now);
-        let relays: Vec<Relay> = self
-            .dir
-            .relays
-            .values()
-            .map(|r| self.relay_for(identity, r.id, r.address, now))
-            .collect();
+        let relays = self.relays_for(identity, now);
         match identity {
             Identity::Client(cid) => {
                 let Some(client) = self.dir.clients.get(&cid) else {
@@ -1099,6 +1089,15 @@ impl Portal {
             username: s(8),
             password: s(24),
         }
+    }
+
+    /// Every relay, with fresh credentials for `identity`.
+    fn relays_for(&self, identity: Identity, now: SystemTime) -> Vec<Relay> {
+        self.dir
+            .relays
+            .values()
+            .map(|r| self.relay_for(identity, r.id, r.address, now))
+            .collect()
     }
 
     fn relay_for(

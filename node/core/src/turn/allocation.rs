@@ -327,6 +327,19 @@ impl Allocation {
         released
     }
 
+    /// The channels whose `deadline` has come, with their peers.
+    fn channels_due(
+        &self,
+        deadline: impl Fn(&Channel) -> Option<Instant>,
+        now: Instant,
+    ) -> Vec<(u16, SocketAddr)> {
+        self.channels
+            .iter()
+            .filter(|(_, c)| deadline(c).is_some_and(|t| t <= now))
+            .map(|(n, c)| (*n, c.peer))
+            .collect()
+    }
+
     /// Channels held, released ones included (at most [`MAX_CHANNELS`]).
     pub(crate) fn channel_count(&self) -> usize {
         self.channels.len()
@@ -713,22 +726,10 @@ impl Allocation {
                 now,
             );
         }
-        let forgotten: Vec<(u16, SocketAddr)> = self
-            .channels
-            .iter()
-            .filter(|(_, c)| c.released.is_some_and(|t| t <= now))
-            .map(|(n, c)| (*n, c.peer))
-            .collect();
-        for (channel, peer) in forgotten {
+        for (channel, peer) in self.channels_due(|c| c.released, now) {
             self.forget_channel(channel, peer);
         }
-        let refresh: Vec<(u16, SocketAddr)> = self
-            .channels
-            .iter()
-            .filter(|(_, c)| c.refresh_at.is_some_and(|t| t <= now))
-            .map(|(n, c)| (*n, c.peer))
-            .collect();
-        for (channel, peer) in refresh {
+        for (channel, peer) in self.channels_due(|c| c.refresh_at, now) {
             if let Some(c) = self.channels.get_mut(&channel) {
                 c.refresh_at = None;
             }

@@ -257,13 +257,19 @@ impl ClientState {
             return;
         };
         // An authorization that is over: asked for anew, like the first time, with the packets
-        // held back (the gateway would drop them).
+        // held back (the gateway would drop them). So is one near its end on an idle
+        // connection: the answer may replace the connection (a portal restart since brings a
+        // new preshared key), and a packet waiting in the old one for a handshake would be lost
+        // with it.
         if let Some(Route::Gateway {
-            term: Some(term), ..
+            gateway,
+            term: Some(term),
+            ..
         }) = self.routes.get(&rid)
         {
-            if now >= term.ends {
-                tracing::debug!(%rid, "authorization over: asking again");
+            let idle = self.node.connection(*gateway).is_some_and(|c| c.idle);
+            if now >= term.ends || (now >= term.renew_at && !term.renewing && idle) {
+                tracing::debug!(%rid, idle, "authorization over or ending: asking again");
                 let queue = self
                     .routes
                     .remove(&rid)

@@ -646,6 +646,27 @@ fn a_client_in_use_renews_its_authorization_before_the_gateway_ends_it() {
 }
 
 #[test]
+fn an_idle_connection_near_its_authorizations_end_holds_the_packet_for_the_new_one() {
+    let mut w = World::with_client_clock(&[R2], true);
+    w.portal.allowed.insert(R2, WALL_SECS + 300);
+    w.connect(&[ip("10.0.1.5")]);
+    w.portal.allowed.insert(R2, WALL_SECS + 900);
+    w.run_for(Duration::from_secs(260) - w.elapsed());
+    assert!(w.client.node().connection(GID).unwrap().idle);
+    // Held back, asked for, then sent: one request, one packet, nothing refused.
+    w.portal.hold = true;
+    w.client_sends(&udp(v4(), ip("10.0.1.5"), b"after idling"));
+    assert_eq!(w.portal.requests, [R2, R2]);
+    assert!(w.gateway_tun.is_empty(), "held back until the answer");
+    w.release();
+    assert_eq!(w.gateway_tun.len(), 1);
+    assert!(w
+        .client_tun
+        .iter()
+        .all(|p| !is_prohibited(p, ip("10.0.1.5"), v4())));
+}
+
+#[test]
 fn an_idle_client_asks_again_after_its_authorization_ended_and_loses_nothing() {
     let mut w = World::with_client_clock(&[R2], true);
     w.portal.allowed.insert(R2, WALL_SECS + 60);

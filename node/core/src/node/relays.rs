@@ -198,13 +198,6 @@ impl<TId: PeerId> Node<TId> {
         }
     }
 
-    /// Channels held on `relay`, released ones included.
-    pub fn relay_channels(&self, relay: RelayId) -> usize {
-        self.allocations
-            .get(&relay)
-            .map_or(0, Allocation::channel_count)
-    }
-
     pub(super) fn handle_relay_timeouts(&mut self, now: Instant) {
         if std::mem::take(&mut self.channels_to_release) {
             self.release_unused_channels(now);

@@ -341,7 +341,8 @@ impl Allocation {
     }
 
     /// Channels held, released ones included (at most [`MAX_CHANNELS`]).
-    pub(crate) fn channel_count(&self) -> usize {
+    #[cfg(test)]
+    fn channel_count(&self) -> usize {
         self.channels.len()
     }
 

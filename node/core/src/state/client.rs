@@ -292,10 +292,7 @@ impl ClientState {
                 if let Some(term) = term.as_mut().filter(|t| !t.renewing && now >= t.renew_at) {
                     term.renewing = true;
                     tracing::debug!(%rid, "authorization ending: asking for a new one");
-                    self.egress
-                        .push_back(ClientEgress::RequestConnection(RequestConnection {
-                            resource_id: rid,
-                        }));
+                    Self::ask(&mut self.egress, rid);
                 }
                 *gateway
             }
@@ -525,10 +522,7 @@ impl ClientState {
 
     /// Asks the portal for a connection to `rid`, holding `queue` back until it answers.
     fn request(&mut self, rid: ResourceId, queue: PacketQueue, now: Instant) {
-        self.egress
-            .push_back(ClientEgress::RequestConnection(RequestConnection {
-                resource_id: rid,
-            }));
+        Self::ask(&mut self.egress, rid);
         self.routes.insert(
             rid,
             Route::Requested {
@@ -536,6 +530,13 @@ impl ClientState {
                 queue,
             },
         );
+    }
+
+    /// Queues the request for a connection to `rid` (or a new authorization for it).
+    fn ask(egress: &mut VecDeque<ClientEgress>, rid: ResourceId) {
+        egress.push_back(ClientEgress::RequestConnection(RequestConnection {
+            resource_id: rid,
+        }));
     }
 
     /// A new connection to `gid` (new keys, PSK or credentials: the gateway may have restarted

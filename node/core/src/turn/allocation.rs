@@ -110,14 +110,19 @@ struct Pending {
     bytes: Vec<u8>,
     attempts: u32,
     next_at: Instant,
-    /// Whether the request carried credentials (a 401 then means they are wrong).
-    authenticated: bool,
-    /// The credentials it was signed with: its answer is signed with the same ones, also when
-    /// the allocation moved to renewed credentials meanwhile.
+    /// The credentials it was signed with, if any (a 401 then means they are wrong): its answer
+    /// is signed with the same ones, also when the allocation moved to renewed credentials
+    /// meanwhile.
     signed_with: Option<(String, String)>,
     /// Whether it carried renewed credentials the relay has not yet taken (see
     /// [`Allocation::previous_credentials`]).
     renewing: bool,
+}
+
+impl Pending {
+    fn is_signed(&self) -> bool {
+        self.signed_with.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -441,7 +446,7 @@ impl Allocation {
         let integrity = response.get_attribute::<MessageIntegrity>();
         let (Some(realm), Some(integrity)) = (&self.realm, integrity) else {
             // A Binding carries no credentials and is answered unsigned.
-            return !request.authenticated && matches!(request.kind, RequestKind::Binding);
+            return !request.is_signed() && matches!(request.kind, RequestKind::Binding);
         };
         let (username, password) = request
             .signed_with
@@ -530,15 +535,15 @@ impl Allocation {
             }
             // Signed with credentials the allocation has since left (the request was in flight
             // during a move, or before an undone one): asked again with the current ones.
-            UNAUTHORIZED | WRONG_CREDENTIALS if request.authenticated && stale => {
+            UNAUTHORIZED | WRONG_CREDENTIALS if request.is_signed() && stale => {
                 self.send(request.kind, now);
             }
             // Our credentials expired (or were replaced); newer ones start a new allocation.
-            UNAUTHORIZED if request.authenticated && self.next_credentials.is_some() => {
+            UNAUTHORIZED if request.is_signed() && self.next_credentials.is_some() => {
                 tracing::info!(target: "node::turn", rid = %rid, "credentials refused; allocating with the new ones");
                 self.reset(now);
             }
-            UNAUTHORIZED if !request.authenticated => {
+            UNAUTHORIZED if !request.is_signed() => {
                 // The expected first answer: it brings the realm and nonce to authenticate with.
                 self.realm = response.get_attribute::<Realm>().cloned();
                 self.nonce = response.get_attribute::<Nonce>().cloned();
@@ -807,7 +812,6 @@ impl Allocation {
                 bytes,
                 attempts: 1,
                 next_at: now + INITIAL_RTO,
-                authenticated: authenticate,
                 signed_with,
                 renewing: authenticate && self.previous_credentials.is_some(),
             },

@@ -41,6 +41,10 @@ pub struct CommonArgs {
     #[arg(long, env = "ZTA_TUN_MTU", default_value_t = 1280,
           value_parser = clap::value_parser!(u16).range(576..=9000))]
     pub mtu: u16,
+    /// Threads that encrypt and decrypt data packets; default: the cores this process may run
+    /// on. 1 keeps the crypto on the event loop's thread.
+    #[arg(long, env = "ZTA_CRYPTO_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub crypto_threads: Option<u16>,
     /// Log filter (tracing-subscriber `EnvFilter` syntax), e.g. `info,node=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -99,6 +103,16 @@ impl CommonArgs {
             "no trusted certificate authority: the system's store is empty and no --ca-file"
         );
         crate::runtime::PortalConnector::tls(endpoint.connect.clone(), &endpoint.host, roots)
+    }
+
+    /// The threads for the crypto (`--crypto-threads`, or one per core available).
+    pub fn crypto_pool(&self) -> anyhow::Result<crate::runtime::CryptoPool> {
+        let threads = match self.crypto_threads {
+            Some(n) => usize::from(n),
+            // The cores of the process's affinity mask (taskset, cgroups), not the machine's.
+            None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        };
+        crate::runtime::CryptoPool::new(threads).context("cannot start the crypto threads")
     }
 
     /// The state directory: `--state-dir`, or `/var/lib/zta/<role>`.

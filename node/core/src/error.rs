@@ -45,6 +45,10 @@ pub enum Error {
     /// data after we gave an allocation up. Expected after relay changes.
     #[error("TURN message from a relay we have no allocation on")]
     UnknownRelay,
+    /// A data packet while [`crate::MAX_PENDING_DECRYPTIONS`] wait to be opened: the runtime
+    /// is not taking them.
+    #[error("too many data packets waiting to be opened")]
+    DecryptionQueueFull,
 }
 
 /// Counters of what the node dropped, by reason.
@@ -72,6 +76,8 @@ pub struct Stats {
     pub malformed_turn: u64,
     /// TURN messages from relays without an allocation.
     pub unknown_relay: u64,
+    /// Data packets dropped because [`crate::MAX_PENDING_DECRYPTIONS`] waited to be opened.
+    pub decryption_queue_full: u64,
     /// Signalled remote candidates dropped because their connection had
     /// [`crate::MAX_REMOTE_CANDIDATES`] already (not datagrams: not in
     /// [`Stats::total_dropped`]).
@@ -95,6 +101,7 @@ impl Stats {
             Error::InvalidInnerPacket(_) => &mut self.invalid_inner_packet,
             Error::Turn(_) => &mut self.malformed_turn,
             Error::UnknownRelay => &mut self.unknown_relay,
+            Error::DecryptionQueueFull => &mut self.decryption_queue_full,
         };
         *counter += 1;
     }
@@ -111,5 +118,6 @@ impl Stats {
             + self.invalid_inner_packet
             + self.malformed_turn
             + self.unknown_relay
+            + self.decryption_queue_full
     }
 }

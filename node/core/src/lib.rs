@@ -7,6 +7,7 @@
 //! a runtime drives. Nothing here owns a socket, reads a clock or spawns a task: runtimes feed it
 //! datagrams, IP packets and `now`, and carry out what it asks for.
 
+pub mod crypto;
 pub mod datagram;
 pub mod engine;
 pub mod packet;
@@ -38,8 +39,8 @@ pub use handshake_guard::{
     HANDSHAKES_PER_SOURCE, HANDSHAKE_LOAD, HANDSHAKE_SOURCE_BURST, MAX_HANDSHAKE_SOURCES,
 };
 pub use node::{
-    ConnectionInfo, Node, Upsert, FORMER_RELAYS_KEPT, MAX_STUN_REQUESTS, RELAY_RETRY_INITIAL,
-    RELAY_RETRY_MAX, STUN_ANSWER_WINDOW,
+    ConnectionInfo, Node, Upsert, FORMER_RELAYS_KEPT, MAX_PENDING_DECRYPTIONS, MAX_STUN_REQUESTS,
+    RELAY_RETRY_INITIAL, RELAY_RETRY_MAX, STUN_ANSWER_WINDOW,
 };
 pub use node_proto::{candidate, ids};
 pub use node_proto::{CandidateKind, IceCandidate};

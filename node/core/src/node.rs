@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn};
 use boringtun::x25519::{PublicKey, StaticSecret};
@@ -13,8 +14,10 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::candidate::IceCandidate;
 use crate::connection::{
-    ConnEvent, Connection, ConnectionConfig, ConnectionParams, Identity, Path, TransactionId,
+    ConnEvent, Connection, ConnectionConfig, ConnectionParams, Identity, Inbound, Path,
+    TransactionId,
 };
+use crate::crypto::Decryption;
 use crate::datagram::{classify, DatagramKind};
 use crate::handshake_guard::{HandshakeGuard, Verdict};
 use crate::ids::RelayId;
@@ -141,7 +144,15 @@ pub struct Node<TId> {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event<TId>>,
     stats: Stats,
+    /// Whether data packets' AEAD is left to the runtime (see [`crate::crypto`]).
+    deferred_crypto: bool,
+    /// Data packets to open, at most [`MAX_PENDING_DECRYPTIONS`].
+    decryptions: VecDeque<Decryption>,
 }
+
+/// Data packets waiting to be opened beyond which more are dropped: a runtime takes them after
+/// every batch of datagrams it reads, so only one that stopped taking them reaches it.
+pub const MAX_PENDING_DECRYPTIONS: usize = 4096;
 
 impl<TId: PeerId> Node<TId> {
     /// A node whose static key, like everything else random, comes from `seed`.
@@ -201,7 +212,59 @@ impl<TId: PeerId> Node<TId> {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            deferred_crypto: false,
+            decryptions: VecDeque::new(),
         }
+    }
+
+    /// Leaves the AEAD of data packets to the runtime (see [`crate::crypto`]): transmits come
+    /// out of [`Node::poll_transmit`] to be sealed, and data packets out of
+    /// [`Node::poll_decryption`] to be opened and handed to [`Node::finish_decryption`]. Off by
+    /// default: everything is done in the call that receives or sends.
+    pub fn set_deferred_crypto(&mut self, on: bool) {
+        self.deferred_crypto = on;
+    }
+
+    /// The next data packet to open, oldest first.
+    pub fn poll_decryption(&mut self) -> Option<Decryption> {
+        self.decryptions.pop_front()
+    }
+
+    /// Finishes a data packet from [`Node::poll_decryption`], [run](Decryption::run) or not
+    /// (then it is opened here). Returns what [`Node::decapsulate`] would have.
+    pub fn finish_decryption(
+        &mut self,
+        mut job: Decryption,
+        now: Instant,
+    ) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
+        job.run();
+        let result = self.finish_decryption_inner(job, now);
+        self.flush_staged(now);
+        if let Err(error) = &result {
+            self.stats.record(error);
+            tracing::debug!(%error, "dropped datagram");
+        }
+        result
+    }
+
+    fn finish_decryption_inner(
+        &mut self,
+        job: Decryption,
+        now: Instant,
+    ) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
+        // The connection may have gone while the packet was opened.
+        let id = *self
+            .by_index
+            .get(&job.index)
+            .ok_or(Error::UnroutableWireGuard)?;
+        let conn = self
+            .connections
+            .get_mut(&id)
+            .ok_or(Error::UnroutableWireGuard)?;
+        let opened = job.opened.unwrap_or(Err(WireGuardError::InvalidAeadTag));
+        let inner = conn.finish_open(job.local, job.from, &job.opening, opened, job.buf, now);
+        self.drain_connection_events(id);
+        inner_packet(id, inner?)
     }
 
     /// Sets the timing of the connections created from now on (the defaults are what the
@@ -450,7 +513,7 @@ impl<TId: PeerId> Node<TId> {
             self.stats.unknown_connection += 1;
             return Err(Error::UnknownConnection);
         };
-        match conn.encapsulate(packet.as_bytes(), now, &self.pool) {
+        match conn.encapsulate(packet.as_bytes(), now, &self.pool, self.deferred_crypto) {
             Ok(Some(transmit)) => {
                 if let Some(t) = self.wrap_relayed(transmit, now) {
                     self.transmits.push_back(t);
@@ -526,14 +589,34 @@ impl<TId: PeerId> Node<TId> {
             .connections
             .get_mut(&id)
             .ok_or(Error::UnroutableWireGuard)?;
-        let inner = conn.decapsulate(local, from, datagram, now, &self.pool, &mut self.staged);
+        let inner = conn.decapsulate(
+            local,
+            from,
+            datagram,
+            now,
+            &self.pool,
+            &mut self.staged,
+            self.deferred_crypto,
+        );
+        let index = conn.index;
         self.drain_connection_events(id);
         match inner? {
-            Some(bytes) => {
-                let packet = IpPacket::parse(bytes).map_err(Error::InvalidInnerPacket)?;
-                Ok(Some((id, packet)))
+            Inbound::Packet(bytes) => inner_packet(id, Some(bytes)),
+            Inbound::Nothing => Ok(None),
+            Inbound::Open(opening, buf) => {
+                if self.decryptions.len() >= MAX_PENDING_DECRYPTIONS {
+                    return Err(Error::DecryptionQueueFull);
+                }
+                self.decryptions.push_back(Decryption {
+                    opening,
+                    buf,
+                    opened: None,
+                    local,
+                    from,
+                    index,
+                });
+                Ok(None)
             }
-            None => Ok(None),
         }
     }
 
@@ -565,6 +648,7 @@ impl<TId: PeerId> Node<TId> {
                 dst: from,
                 payload: buf,
                 via,
+                seal: None,
             });
         }
         Ok(verdict)
@@ -701,6 +785,20 @@ impl<TId: PeerId> Node<TId> {
         if failed {
             self.remove_connection(id);
         }
+    }
+}
+
+/// The IP packet in a decrypted data packet; a keep-alive carries none.
+fn inner_packet<TId>(
+    id: TId,
+    bytes: Option<Buffer>,
+) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
+    match bytes {
+        Some(bytes) => {
+            let packet = IpPacket::parse(bytes).map_err(Error::InvalidInnerPacket)?;
+            Ok(Some((id, packet)))
+        }
+        None => Ok(None),
     }
 }
 

@@ -13,6 +13,11 @@ use crossbeam_queue::ArrayQueue;
 /// Large enough for any UDP datagram, and so for a GSO batch or a TURN-framed WireGuard packet.
 pub const BUFFER_SIZE: usize = 65_536 + 64;
 
+/// Bytes left free in front of every decrypted IP packet, so that a device can write its own
+/// header there (a TUN device with offload needs a 10-byte virtio-net header) instead of
+/// copying the packet behind one.
+pub const DEVICE_HEADROOM: usize = 16;
+
 /// Hands out [`Buffer`]s and takes them back.
 #[derive(Clone)]
 pub struct BufferPool {
@@ -64,6 +69,17 @@ impl Buffer {
         }
     }
 
+    /// A buffer that belongs to no pool, holding a copy of `bytes` after `headroom` free bytes.
+    pub fn with_headroom(bytes: &[u8], headroom: usize) -> Self {
+        let mut storage = vec![0; headroom + bytes.len()];
+        storage[headroom..].copy_from_slice(bytes);
+        Self {
+            storage,
+            range: headroom..headroom + bytes.len(),
+            pool: None,
+        }
+    }
+
     /// The whole underlying storage, for writers that place data at an offset.
     pub(crate) fn storage_mut(&mut self) -> &mut [u8] {
         &mut self.storage
@@ -81,6 +97,38 @@ impl Buffer {
     /// Bytes before the view that a header may be written into (e.g. TURN channel data).
     pub fn headroom(&self) -> usize {
         self.range.start
+    }
+
+    /// Bytes the view may grow to at the back, counted from its start.
+    pub fn capacity(&self) -> usize {
+        self.storage.len() - self.range.start
+    }
+
+    /// Makes the view `len` bytes long, filling bytes it gains with `value`.
+    ///
+    /// # Panics
+    /// If `len` exceeds [`Buffer::capacity`].
+    pub fn resize(&mut self, len: usize, value: u8) {
+        assert!(len <= self.capacity(), "buffer capacity exceeded");
+        let old_end = self.range.end;
+        self.range.end = self.range.start + len;
+        if self.range.end > old_end {
+            self.storage[old_end..self.range.end].fill(value);
+        }
+    }
+
+    /// Appends `bytes` to the view.
+    ///
+    /// # Panics
+    /// If the view would exceed [`Buffer::capacity`].
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        let end = self.range.end;
+        assert!(
+            end + bytes.len() <= self.storage.len(),
+            "buffer capacity exceeded"
+        );
+        self.storage[end..end + bytes.len()].copy_from_slice(bytes);
+        self.range.end = end + bytes.len();
     }
 
     /// Widens the view by `n` bytes to the front and returns them, to write a header in place.
@@ -164,5 +212,22 @@ mod tests {
         assert_eq!(b.headroom(), 4);
         b.prepend(2).copy_from_slice(b"xy");
         assert_eq!(&*b, b"xyabc");
+    }
+
+    #[test]
+    fn a_view_grows_and_shrinks_at_the_back_within_its_storage() {
+        let pool = BufferPool::new(1);
+        let mut b = pool.pull();
+        b.storage_mut()[10..13].copy_from_slice(b"abc");
+        b.set_range(10..13);
+        assert_eq!(b.capacity(), BUFFER_SIZE - 10);
+        b.extend_from_slice(b"de");
+        assert_eq!(&*b, b"abcde");
+        b.resize(7, 0);
+        assert_eq!(&*b, b"abcde\0\0");
+        b.resize(2, 0);
+        assert_eq!(&*b, b"ab");
+        b.resize(b.capacity(), 1);
+        assert_eq!(b.len(), BUFFER_SIZE - 10);
     }
 }

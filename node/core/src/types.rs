@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use node_proto::ids::RelayId;
 use node_proto::portal::{IceCredentials, PresharedKey};
 
+use crate::crypto::Seal;
 use crate::pool::Buffer;
 
 /// Which end of a connection this node is. The client controls ICE and starts WireGuard.
@@ -48,6 +49,8 @@ pub struct Transmit {
     pub payload: Buffer,
     /// The relay this must go through; the node wraps it before handing it out.
     pub(crate) via: Option<RelayId>,
+    /// The encryption it still needs (deferred crypto only).
+    pub(crate) seal: Option<Seal>,
 }
 
 impl Transmit {
@@ -58,7 +61,21 @@ impl Transmit {
             dst,
             payload,
             via: None,
+            seal: None,
         }
+    }
+
+    /// Encrypts the datagram if it still needs it (see [`crate::Node::set_deferred_crypto`]);
+    /// runs on any thread, and must before the datagram is sent.
+    pub fn seal(&mut self) {
+        if let Some(seal) = self.seal.take() {
+            seal.sealing.seal(&mut self.payload.storage_mut()[seal.at]);
+        }
+    }
+
+    /// Whether [`Transmit::seal`] has work to do.
+    pub fn needs_seal(&self) -> bool {
+        self.seal.is_some()
     }
 }
 

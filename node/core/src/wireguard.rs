@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime};
 
 use boringtun::noise::errors::WireGuardError;
-use boringtun::noise::{Tunn, TunnResult};
+use boringtun::noise::{Deferred, Opening, Sealing, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use mock_instant::MockClock;
 use rand_chacha::ChaCha20Rng;
@@ -110,6 +110,49 @@ impl Tunnel {
         Output::from_result(base, self.tunn.encapsulate(packet, dst))
     }
 
+    /// [`Tunnel::encapsulate`], leaving the encryption of a data packet to the caller.
+    pub(crate) fn encapsulate_deferred(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        dst: &mut [u8],
+    ) -> Output {
+        self.set_clock(now);
+        let base = dst.as_ptr() as usize;
+        Output::from_deferred(base, self.tunn.encapsulate_deferred(packet, dst))
+    }
+
+    /// [`Tunnel::decapsulate`], leaving the decryption of a data packet to the caller, who
+    /// hands the result to [`Tunnel::finish_open`].
+    pub(crate) fn decapsulate_deferred(
+        &mut self,
+        now: Instant,
+        src: IpAddr,
+        datagram: &[u8],
+        dst: &mut [u8],
+    ) -> Output {
+        self.set_clock(now);
+        let base = dst.as_ptr() as usize;
+        Output::from_deferred(
+            base,
+            self.tunn.decapsulate_deferred(Some(src), datagram, dst),
+        )
+    }
+
+    /// Finishes a data packet opened away from the tunnel; `packet` starts where the
+    /// ciphertext did.
+    pub(crate) fn finish_open(
+        &mut self,
+        now: Instant,
+        opening: &Opening,
+        opened: Result<usize, WireGuardError>,
+        packet: &mut [u8],
+    ) -> Output {
+        self.set_clock(now);
+        let base = packet.as_ptr() as usize;
+        Output::from_result(base, self.tunn.finish_open(opening, opened, packet))
+    }
+
     /// `datagram` empty means "flush what boringtun queued", as boringtun documents.
     pub(crate) fn decapsulate(
         &mut self,
@@ -170,17 +213,32 @@ impl Tunnel {
 pub(crate) enum Output {
     Network(Range<usize>),
     Tunnel(Range<usize>),
+    /// A data packet, unencrypted, to seal before sending.
+    Seal(Sealing, Range<usize>),
+    /// A data packet's ciphertext, to open and finish.
+    Open(Opening, Range<usize>),
     Done,
     Err(WireGuardError),
 }
 
+/// Where `out`, a sub-slice of a destination starting at `base`, lies in it: boringtun hands
+/// back sub-slices, and their position is all we keep.
+fn range_in(base: usize, out: &[u8]) -> Range<usize> {
+    let start = (out.as_ptr() as usize).saturating_sub(base);
+    start..start + out.len()
+}
+
 impl Output {
+    fn from_deferred(base: usize, deferred: Deferred<'_>) -> Self {
+        match deferred {
+            Deferred::Seal(sealing, out) => Self::Seal(sealing, range_in(base, out)),
+            Deferred::Open(opening, out) => Self::Open(opening, range_in(base, out)),
+            Deferred::Now(result) => Self::from_result(base, result),
+        }
+    }
+
     fn from_result(base: usize, result: TunnResult<'_>) -> Self {
-        // boringtun hands back a sub-slice of the destination; its position is all we keep.
-        let range = |out: &[u8]| {
-            let start = (out.as_ptr() as usize).saturating_sub(base);
-            start..start + out.len()
-        };
+        let range = |out: &[u8]| range_in(base, out);
         match result {
             TunnResult::WriteToNetwork(out) => Self::Network(range(out)),
             TunnResult::WriteToTunnelV4(out, _) | TunnResult::WriteToTunnelV6(out, _) => {
@@ -218,7 +276,11 @@ mod tests {
         let mut buf = [0u8; 256];
         match tunnel.handshake_initiation(epoch, &mut buf, true) {
             Output::Network(range) => buf[range].to_vec(),
-            Output::Tunnel(_) | Output::Done | Output::Err(_) => panic!("no initiation"),
+            Output::Tunnel(_)
+            | Output::Seal(..)
+            | Output::Open(..)
+            | Output::Done
+            | Output::Err(_) => panic!("no initiation"),
         }
     }
 

@@ -64,7 +64,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         let addresses = cli::local_addresses(socket.local_addr()?, &common.advertise);
         let mut device = TunDevice::create(&args.tun_name, common.mtu)
             .with_context(|| format!("cannot create the TUN device {:?} (root or CAP_NET_ADMIN needed)", args.tun_name))?;
-        tracing::info!(?addresses, device = device.name(), portal = %endpoint.connect, "Client starting");
+        let crypto = common.crypto_pool()?;
+        tracing::info!(?addresses, device = device.name(), portal = %endpoint.connect, crypto_threads = crypto.threads(), "Client starting");
 
         let now = TokioClock.now();
         // The one wall-clock read: handshake timestamps count from it, and a peer accepts only
@@ -116,7 +117,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         let mut engine = Metered::new(engine, period, TokioClock.now(), refresh);
         let mut link = WebSocketLink::new(connector, endpoint.url);
-        runtime::drive(&mut engine, &socket, &mut device, &mut link, &fatal).await
+        runtime::drive(&mut engine, &socket, &mut device, &mut link, &crypto, &fatal).await
         // The TUN device, its addresses and routes go when `device` is dropped here.
     })
 }

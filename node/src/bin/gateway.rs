@@ -100,7 +100,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create the TUN device {:?} (root or CAP_NET_ADMIN needed)", args.tun_name))?;
         let mut config = TunConfig::new(device.name());
         config.set_routes(&args.client_ranges.iter().copied().collect::<BTreeSet<_>>());
-        tracing::info!(?addresses, device = device.name(), portal = %endpoint.connect, "Gateway starting");
+        let crypto = common.crypto_pool()?;
+        tracing::info!(?addresses, device = device.name(), portal = %endpoint.connect, crypto_threads = crypto.threads(), "Gateway starting");
 
         let now = TokioClock.now();
         // The one wall-clock read: it maps the portal's unix expiry times onto instants.
@@ -148,6 +149,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         let mut engine = Metered::new(engine, period, TokioClock.now(), refresh);
         let mut link = WebSocketLink::new(connector, endpoint.url);
-        runtime::drive(&mut engine, &socket, &mut device, &mut link, &fatal).await
+        runtime::drive(&mut engine, &socket, &mut device, &mut link, &crypto, &fatal).await
     })
 }

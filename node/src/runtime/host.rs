@@ -11,8 +11,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Notify};
 
 use super::{
-    run, BatchSocket, Command, DatagramSocket, PortalConnector, TokioClock, TunDevice,
-    WebSocketLink,
+    run_with_crypto, BatchSocket, Command, CryptoPool, DatagramSocket, PortalConnector, TokioClock,
+    TunDevice, WebSocketLink,
 };
 
 /// Binds the UDP socket of a node to `listen`, reporting to the event loop the host address
@@ -77,19 +77,29 @@ impl Fatal {
     }
 }
 
-/// Runs `engine` until SIGINT or SIGTERM (`Ok`), a [`Fatal`] error or an I/O failure (`Err`).
-/// Must run inside a `LocalSet` (the portal link spawns local tasks).
+/// Runs `engine` until SIGINT or SIGTERM (`Ok`), a [`Fatal`] error or an I/O failure (`Err`),
+/// with its crypto on `crypto`. Must run inside a `LocalSet` (the portal link spawns local
+/// tasks).
 pub async fn drive<E: Engine, S: DatagramSocket>(
     engine: &mut E,
     socket: &S,
     device: &mut TunDevice,
     link: &mut WebSocketLink<PortalConnector>,
+    crypto: &CryptoPool,
     fatal: &Fatal,
 ) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let (commands_tx, mut commands) = mpsc::unbounded_channel::<Command<E>>();
-    let looped = run(engine, socket, &TokioClock, device, link, &mut commands);
+    let looped = run_with_crypto(
+        engine,
+        socket,
+        &TokioClock,
+        device,
+        link,
+        &mut commands,
+        crypto,
+    );
     tokio::pin!(looped);
     let outcome = tokio::select! {
         result = &mut looped => return result.context("the event loop failed"),

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use node_core::crypto::Decryption;
 use node_core::datagram::{classify, DatagramKind};
 use node_core::engine::{ControlCommand, ControlInput, Engine, RoleState, TunnelEngine};
 use node_core::pool::Buffer;
@@ -189,6 +190,19 @@ impl<E: Engine, F: FnMut(&E, &Traffic)> Engine for Metered<E, F> {
 
     fn poll_control(&mut self) -> Option<ControlCommand> {
         self.engine.poll_control()
+    }
+
+    fn set_deferred_crypto(&mut self, on: bool) {
+        self.engine.set_deferred_crypto(on);
+    }
+
+    fn poll_decryption(&mut self) -> Option<Decryption> {
+        self.engine.poll_decryption()
+    }
+
+    fn handle_decryption(&mut self, job: Decryption, now: Instant) {
+        self.engine.handle_decryption(job, now);
+        self.refresh_if_due(now);
     }
 }
 
@@ -425,6 +439,7 @@ impl NodeSnapshot {
             ("invalid_inner_packet", s.invalid_inner_packet),
             ("malformed_turn", s.malformed_turn),
             ("unknown_relay", s.unknown_relay),
+            ("decryption_queue_full", s.decryption_queue_full),
         ] {
             m.counter_with("dropped_datagrams", datagrams, &[("reason", reason)], count);
         }

@@ -7,6 +7,8 @@
 
 mod control;
 #[cfg(feature = "host")]
+mod crypto;
+#[cfg(feature = "host")]
 mod host;
 #[cfg(feature = "host")]
 pub mod metrics;
@@ -26,11 +28,14 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use node_core::crypto::Decryption;
 use node_core::engine::Engine;
 use node_core::pool::Buffer;
 use node_core::Transmit;
 
 pub use control::{Connector, ControlLink, NoControl, WebSocketLink, CONNECT_TIMEOUT};
+#[cfg(feature = "host")]
+pub use crypto::CryptoPool;
 #[cfg(feature = "host")]
 pub use host::{bind_host_socket, drive, Fatal};
 pub use observe::Observed;
@@ -178,12 +183,13 @@ pub trait Device {
             }
         }
     }
-    /// Writes `packets`, in as few calls as the device allows. The default writes them one by
-    /// one with [`Device::send`].
-    fn send_batch(&mut self, packets: &[Buffer]) -> impl Future<Output = io::Result<()>> {
+    /// Writes `packets` and leaves the vector empty (a device may write into their headroom),
+    /// in as few calls as the device allows. The default writes them one by one with
+    /// [`Device::send`].
+    fn send_batch(&mut self, packets: &mut Vec<Buffer>) -> impl Future<Output = io::Result<()>> {
         async move {
-            for packet in packets {
-                self.send(packet).await?;
+            for packet in packets.drain(..) {
+                self.send(&packet).await?;
             }
             Ok(())
         }
@@ -291,7 +297,32 @@ pub enum RunError {
     Device(io::Error),
 }
 
-/// Runs `engine` until the command channel closes (a clean stop) or I/O fails.
+/// Where the AEAD of data packets runs (see [`node_core::crypto`]): on the loop's own thread,
+/// or spread over threads. Either way datagrams and packets leave in the order they came.
+pub trait Crypto {
+    /// Seals every transmit that needs it.
+    fn seal(&self, transmits: &mut [Transmit]);
+    /// Opens every data packet.
+    fn open(&self, decryptions: &mut [Decryption]);
+}
+
+/// The AEAD on the loop's thread, one packet after the other: the simulation's (one thread,
+/// deterministic) and a one-core host's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inline;
+
+impl Crypto for Inline {
+    fn seal(&self, transmits: &mut [Transmit]) {
+        transmits.iter_mut().for_each(Transmit::seal);
+    }
+
+    fn open(&self, decryptions: &mut [Decryption]) {
+        decryptions.iter_mut().for_each(Decryption::run);
+    }
+}
+
+/// Runs `engine` until the command channel closes (a clean stop) or I/O fails, with the AEAD
+/// on the loop's thread ([`Inline`]).
 pub async fn run<E, S, C, D, L>(
     engine: &mut E,
     socket: &S,
@@ -307,7 +338,29 @@ where
     D: Device,
     L: ControlLink,
 {
+    run_with_crypto(engine, socket, clock, device, control, commands, &Inline).await
+}
+
+/// [`run`], with the AEAD of data packets where `crypto` puts it.
+pub async fn run_with_crypto<E, S, C, D, L, K>(
+    engine: &mut E,
+    socket: &S,
+    clock: &C,
+    device: &mut D,
+    control: &mut L,
+    commands: &mut mpsc::UnboundedReceiver<Command<E>>,
+    crypto: &K,
+) -> Result<(), RunError>
+where
+    E: Engine,
+    S: DatagramSocket,
+    C: Clock,
+    D: Device,
+    L: ControlLink,
+    K: Crypto,
+{
     let local = socket.local_addr().map_err(RunError::Receive)?;
+    engine.set_deferred_crypto(true);
     // Read into buffers allocated once: a whole batch of datagrams or packets per wake-up, so
     // the cost of waking (and of a syscall, where the socket or device batches) is shared by
     // many packets under load.
@@ -316,7 +369,8 @@ where
     let mut outgoing = Outgoing::default();
     let mut device_open = true;
     loop {
-        flush(engine, socket, device, &mut outgoing).await?;
+        open(engine, crypto, &mut outgoing, clock.now());
+        flush(engine, socket, device, crypto, &mut outgoing).await?;
         while let Some(command) = engine.poll_control() {
             control.apply(command);
         }
@@ -345,7 +399,8 @@ where
                     // go, so the packets in flight fit in the engine's buffer pool (beyond
                     // it every packet would be a fresh 64 KiB allocation).
                     if i > 0 && i.is_multiple_of(FLUSH_EVERY) {
-                        flush(engine, socket, device, &mut outgoing).await?;
+                        open(engine, crypto, &mut outgoing, now);
+                        flush(engine, socket, device, crypto, &mut outgoing).await?;
                     }
                     engine.handle_datagram(local, from, bytes, now);
                 }
@@ -355,7 +410,7 @@ where
                     let now = clock.now();
                     for (i, packet) in packets.packets().enumerate() {
                         if i > 0 && i.is_multiple_of(FLUSH_EVERY) {
-                            flush(engine, socket, device, &mut outgoing).await?;
+                            flush(engine, socket, device, crypto, &mut outgoing).await?;
                         }
                         engine.handle_device_bytes(packet, now);
                     }
@@ -378,12 +433,28 @@ const FLUSH_EVERY: usize = 64;
 struct Outgoing {
     transmits: Vec<Transmit>,
     packets: Vec<Buffer>,
+    decryptions: Vec<Decryption>,
 }
 
-async fn flush<E: Engine, S: DatagramSocket, D: Device>(
+/// Opens the data packets the engine handed out (all at once, so `crypto` can spread them)
+/// and gives them back in the order they came.
+fn open<E: Engine, K: Crypto>(engine: &mut E, crypto: &K, out: &mut Outgoing, now: Instant) {
+    out.decryptions
+        .extend(std::iter::from_fn(|| engine.poll_decryption()));
+    if out.decryptions.is_empty() {
+        return;
+    }
+    crypto.open(&mut out.decryptions);
+    for decryption in out.decryptions.drain(..) {
+        engine.handle_decryption(decryption, now);
+    }
+}
+
+async fn flush<E: Engine, S: DatagramSocket, D: Device, K: Crypto>(
     engine: &mut E,
     socket: &S,
     device: &mut D,
+    crypto: &K,
     out: &mut Outgoing,
 ) -> Result<(), RunError> {
     // Bounded, so a long queue in the engine is written in several batches rather than
@@ -406,10 +477,11 @@ async fn flush<E: Engine, S: DatagramSocket, D: Device>(
             return Ok(());
         }
         if !out.transmits.is_empty() {
+            crypto.seal(&mut out.transmits);
             socket.send_batch(&mut out.transmits).await;
         }
         if !out.packets.is_empty() {
-            let written = device.send_batch(&out.packets).await;
+            let written = device.send_batch(&mut out.packets).await;
             out.packets.clear();
             written.map_err(RunError::Device)?;
         }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use node_core::crypto::Decryption;
 use node_core::engine::{ControlCommand, ControlInput, Engine};
 use node_core::pool::Buffer;
 use node_core::Transmit;
@@ -78,5 +79,18 @@ impl<E: Engine, F: FnMut(&mut E)> Engine for Observed<E, F> {
 
     fn poll_control(&mut self) -> Option<ControlCommand> {
         self.engine.poll_control()
+    }
+
+    fn set_deferred_crypto(&mut self, on: bool) {
+        self.engine.set_deferred_crypto(on);
+    }
+
+    fn poll_decryption(&mut self) -> Option<Decryption> {
+        self.engine.poll_decryption()
+    }
+
+    fn handle_decryption(&mut self, job: Decryption, now: Instant) {
+        self.engine.handle_decryption(job, now);
+        self.observe();
     }
 }

@@ -10,16 +10,28 @@
 //! MTU-sized packets ([`Device::recv_batch`]), and packets written in one batch are coalesced
 //! per TCP flow into one write ([`Device::send_batch`], GRO). Under load this is what divides
 //! the number of TUN syscalls, and of trips through the kernel's stack, by tens.
+//!
+//! Reads run on a thread of their own, like the UDP socket's: splitting a GSO run and the read
+//! syscall itself happen beside the event loop that encrypts. Writes happen on the loop, in
+//! place: a decrypted packet leaves [`DEVICE_HEADROOM`] bytes in front of it, where the
+//! virtio-net header is written, so the packet is never copied on its way to the kernel.
 
 use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
-use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use crossbeam_queue::ArrayQueue;
+use tokio::sync::mpsc;
+use tun_rs::{
+    ExpandBuffer, GROTable, InterruptEvent, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN,
+};
 
 use super::{Device, PacketBatch};
-use node_core::pool::Buffer;
+use node_core::pool::{Buffer, DEVICE_HEADROOM};
 use node_core::portal::{Interface, IpNetwork};
 
 /// Headroom above the MTU for a read buffer (the kernel never hands us more than the MTU, but
@@ -33,21 +45,29 @@ const MAX_OFFLOAD: usize = 65_535;
 /// Entries of the TUN device's transmit queue with offload on (see [`TunDevice::create`]).
 const TX_QUEUE_LEN: u32 = 64;
 
+/// Batches read ahead of the loop: the device's own queue absorbs bursts beyond them.
+const READ_AHEAD: usize = 2;
+
+const _: () = assert!(DEVICE_HEADROOM >= VIRTIO_NET_HDR_LEN);
+
 /// A TUN device, removed when dropped.
 pub struct TunDevice {
-    device: tun_rs::AsyncDevice,
+    device: Arc<SyncDevice>,
     name: String,
-    read_size: usize,
     /// Whether the kernel accepted offload (packets carry a virtio-net header).
     offload: bool,
-    /// The raw read: virtio-net header and the unsplit GSO run.
-    raw: Vec<u8>,
+    /// Batches from the reader thread.
+    inbox: mpsc::Receiver<PacketBatch>,
+    /// Read batches handed back to the reader, so reading allocates nothing.
+    free: Arc<ArrayQueue<PacketBatch>>,
+    stop: Arc<AtomicBool>,
+    interrupt: Arc<InterruptEvent>,
+    reader: Option<JoinHandle<()>>,
     /// Packets read but not yet handed out by [`Device::recv`] (the one-packet path).
     pending: PacketBatch,
     pending_next: usize,
-    /// Packets to write, each after `VIRTIO_NET_HDR_LEN` bytes of room for its header, with
-    /// capacity for a coalesced run; reused from write to write.
-    writes: Vec<Vec<u8>>,
+    /// The packets of one write, virtio-net header in front; reused from write to write.
+    writes: Vec<TunWrite>,
     gro: GROTable,
 }
 
@@ -55,21 +75,21 @@ impl std::fmt::Debug for TunDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TunDevice")
             .field("name", &self.name)
-            .field("read_size", &self.read_size)
+            .field("offload", &self.offload)
             .finish_non_exhaustive()
     }
 }
 
 impl TunDevice {
-    /// Creates the TUN device `name` with `mtu`, and brings it up. Needs `CAP_NET_ADMIN`. Must be
-    /// called inside a tokio runtime (the device registers with its reactor).
+    /// Creates the TUN device `name` with `mtu`, brings it up and starts its reader thread.
+    /// Needs `CAP_NET_ADMIN`.
     pub fn create(name: &str, mtu: u16) -> io::Result<Self> {
         let device = tun_rs::DeviceBuilder::new()
             .name(name)
             .mtu(mtu)
             .offload(true)
             .enable(true)
-            .build_async()?;
+            .build_sync()?;
         // The kernel may have picked the name (a pattern such as `tun%d`).
         let name = device.name()?;
         let offload = device.tcp_gso();
@@ -84,15 +104,39 @@ impl TunDevice {
         }
         tracing::debug!(device = %name, offload, udp_gso = device.udp_gso(), "TUN device");
         let read_size = usize::from(mtu) + READ_HEADROOM;
+        let device = Arc::new(device);
+        let interrupt = Arc::new(InterruptEvent::new()?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let free = Arc::new(ArrayQueue::new(READ_AHEAD + 2));
+        let (to_loop, inbox) = mpsc::channel(READ_AHEAD);
+        let reader = {
+            let (device, interrupt, free, stop) = (
+                Arc::clone(&device),
+                Arc::clone(&interrupt),
+                Arc::clone(&free),
+                Arc::clone(&stop),
+            );
+            let name = name.clone();
+            std::thread::Builder::new()
+                .name(format!("tun-read-{name}"))
+                .spawn(move || {
+                    read_loop(
+                        &device, &interrupt, &to_loop, &free, &stop, read_size, &name,
+                    );
+                })?
+        };
         Ok(Self {
             device,
             name,
-            read_size,
             offload,
-            raw: vec![0; VIRTIO_NET_HDR_LEN + MAX_OFFLOAD],
-            pending: PacketBatch::new(IDEAL_BATCH_SIZE, read_size, 0),
+            inbox,
+            free,
+            stop,
+            interrupt,
+            reader: Some(reader),
+            pending: PacketBatch::default(),
             pending_next: 0,
-            writes: Vec::new(),
+            writes: Vec::with_capacity(IDEAL_BATCH_SIZE),
             gro: GROTable::new(),
         })
     }
@@ -100,6 +144,68 @@ impl TunDevice {
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+impl Drop for TunDevice {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Fails a reader waiting for room in the channel, and wakes one waiting for packets.
+        self.inbox.close();
+        if let Err(error) = self.interrupt.trigger() {
+            tracing::error!(%error, device = %self.name, "cannot stop the TUN reader");
+            return;
+        }
+        if let Some(reader) = self.reader.take() {
+            if reader.join().is_err() {
+                tracing::error!(device = %self.name, "the TUN reader panicked");
+            }
+        }
+    }
+}
+
+/// Reads batches until the device fails or the [`TunDevice`] is dropped; the loop sees the
+/// channel close in both cases.
+fn read_loop(
+    device: &SyncDevice,
+    interrupt: &InterruptEvent,
+    to_loop: &mpsc::Sender<PacketBatch>,
+    free: &ArrayQueue<PacketBatch>,
+    stop: &AtomicBool,
+    read_size: usize,
+    name: &str,
+) {
+    // The raw read: virtio-net header and the unsplit GSO run.
+    let mut raw = vec![0; VIRTIO_NET_HDR_LEN + MAX_OFFLOAD];
+    loop {
+        let mut batch = free.pop().unwrap_or_default();
+        batch.clear();
+        batch.reserve(IDEAL_BATCH_SIZE, read_size);
+        let n = loop {
+            let (buffers, sizes, offset) = batch.parts_mut();
+            match device.recv_multiple_intr(&mut raw, buffers, sizes, offset, interrupt) {
+                Ok(n) => break n,
+                Err(_) if stop.load(Ordering::Relaxed) => return,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) => {}
+                Err(error) if error.raw_os_error().is_none() => {
+                    // A malformed GSO run from the kernel (tun-rs's own check): skip it.
+                    tracing::debug!(%error, device = %name, "bad packet from the TUN device");
+                }
+                Err(error) => {
+                    tracing::error!(%error, device = %name, "reading the TUN device failed");
+                    return;
+                }
+            }
+        };
+        batch.set_len(n);
+        // Blocks while the loop is behind; fails once the device is dropped.
+        if to_loop.blocking_send(batch).is_err() {
+            return;
+        }
     }
 }
 
@@ -125,86 +231,88 @@ impl Device for TunDevice {
     }
 
     async fn send(&mut self, packet: &[u8]) -> io::Result<()> {
-        self.write_all(std::iter::once(packet)).await
+        let mut one = vec![Buffer::with_headroom(packet, VIRTIO_NET_HDR_LEN)];
+        self.send_batch(&mut one).await
     }
 
     async fn recv_batch(&mut self, batch: &mut PacketBatch) -> bool {
-        batch.clear();
-        batch.reserve(IDEAL_BATCH_SIZE, self.read_size);
-        loop {
-            let (buffers, sizes, offset) = batch.parts_mut();
-            // Cancel-safe: a dropped future has read nothing.
-            match self
-                .device
-                .recv_multiple(&mut self.raw, buffers, sizes, offset)
-                .await
-            {
-                Ok(n) => {
-                    batch.set_len(n);
-                    return true;
-                }
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                    ) => {}
-                Err(error) if error.raw_os_error().is_none() => {
-                    // A malformed GSO run from the kernel (tun-rs's own check): skip it.
-                    tracing::debug!(%error, device = %self.name, "bad packet from the TUN device");
-                }
-                Err(error) => {
-                    tracing::error!(%error, device = %self.name, "reading the TUN device failed");
-                    return false;
-                }
+        // Cancel-safe: the channel's `recv` is, and nothing is taken before it returns.
+        match self.inbox.recv().await {
+            Some(mut read) => {
+                std::mem::swap(batch, &mut read);
+                read.clear();
+                // A full queue means the reader has enough; this one is freed.
+                let _ = self.free.push(read);
+                true
             }
+            None => false,
         }
     }
 
-    async fn send_batch(&mut self, packets: &[Buffer]) -> io::Result<()> {
-        self.write_all(packets.iter().map(|p| &p[..])).await
-    }
-}
-
-impl TunDevice {
-    /// Writes `packets` in batches of [`IDEAL_BATCH_SIZE`], each coalesced per TCP flow when
-    /// offload is on.
-    async fn write_all<'a>(&mut self, packets: impl Iterator<Item = &'a [u8]>) -> io::Result<()> {
-        let mut packets = packets.peekable();
-        while packets.peek().is_some() {
-            let mut n = 0;
-            for packet in packets.by_ref().take(IDEAL_BATCH_SIZE) {
-                if self.writes.len() == n {
-                    // Room for the header and a coalesced run, so GRO never reallocates.
-                    self.writes
-                        .push(Vec::with_capacity(VIRTIO_NET_HDR_LEN + MAX_OFFLOAD));
-                }
-                let buffer = &mut self.writes[n];
-                buffer.clear();
-                buffer.resize(VIRTIO_NET_HDR_LEN, 0);
-                buffer.extend_from_slice(packet);
-                n += 1;
+    async fn send_batch(&mut self, packets: &mut Vec<Buffer>) -> io::Result<()> {
+        if !self.offload {
+            for packet in packets.drain(..) {
+                self.device.send(&packet)?;
             }
-            if self.offload {
-                let written = self
-                    .device
-                    .send_multiple(&mut self.gro, &mut self.writes[..n], VIRTIO_NET_HDR_LEN)
-                    .await;
-                match written {
-                    Ok(_) => {}
-                    // tun-rs refusing a packet it cannot coalesce or frame (no OS error): the
-                    // batch is lost, like packets a kernel drops; the device is fine.
-                    Err(error) if error.raw_os_error().is_none() => {
-                        tracing::debug!(%error, device = %self.name, "packets not written");
-                    }
-                    Err(error) => return Err(error),
+            return Ok(());
+        }
+        while !packets.is_empty() {
+            let n = packets.len().min(IDEAL_BATCH_SIZE);
+            self.writes.clear();
+            for mut packet in packets.drain(..n) {
+                if packet.headroom() < VIRTIO_NET_HDR_LEN {
+                    // Not a decrypted packet (those keep room): copied, once.
+                    packet = Buffer::with_headroom(&packet, VIRTIO_NET_HDR_LEN);
                 }
-            } else {
-                for buffer in &self.writes[..n] {
-                    self.device.send(&buffer[VIRTIO_NET_HDR_LEN..]).await?;
+                packet.prepend(VIRTIO_NET_HDR_LEN).fill(0);
+                self.writes.push(TunWrite(packet));
+            }
+            let written =
+                self.device
+                    .send_multiple(&mut self.gro, &mut self.writes, VIRTIO_NET_HDR_LEN);
+            // Back to the pool before anything else.
+            self.writes.clear();
+            match written {
+                Ok(_) => {}
+                // tun-rs refusing a packet it cannot coalesce or frame (no OS error): the
+                // batch is lost, like packets a kernel drops; the device is fine.
+                Err(error) if error.raw_os_error().is_none() => {
+                    tracing::debug!(%error, device = %self.name, "packets not written");
                 }
+                Err(error) => return Err(error),
             }
         }
         Ok(())
+    }
+}
+
+/// A pool buffer as tun-rs sees one to write: GRO appends the segments of a TCP flow to the
+/// first packet of the flow, within the buffer's storage.
+struct TunWrite(Buffer);
+
+impl AsRef<[u8]> for TunWrite {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsMut<[u8]> for TunWrite {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl ExpandBuffer for TunWrite {
+    fn buf_capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    fn buf_resize(&mut self, new_len: usize, value: u8) {
+        self.0.resize(new_len, value);
+    }
+
+    fn buf_extend_from_slice(&mut self, src: &[u8]) {
+        self.0.extend_from_slice(src);
     }
 }
 

@@ -13,14 +13,16 @@ use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 
 use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::Opening;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use is::stun::{StunMessage, StunPacket};
 use is::{IceAgentEvent, IceConnectionState};
 
 use crate::candidate::IceCandidate;
+use crate::crypto::Seal;
 use crate::ice::Ice;
 use crate::ids::RelayId;
-use crate::pool::{Buffer, BufferPool};
+use crate::pool::{Buffer, BufferPool, DEVICE_HEADROOM};
 use crate::turn::CHANNEL_DATA_HEADER_LEN;
 use crate::types::{Credentials, Psk, Role, Transmit};
 use crate::wireguard::{ConnIndex, Output, SessionIdx, Tunnel};
@@ -58,6 +60,17 @@ impl Path {
             None => 0,
         }
     }
+}
+
+/// What a WireGuard datagram gave.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// Nothing for the device (a handshake, a keep-alive).
+    Nothing,
+    /// A decrypted IP packet.
+    Packet(Buffer),
+    /// A data packet's ciphertext, to open (deferred crypto).
+    Open(Opening, Buffer),
 }
 
 /// What the node learns from a connection after a call into it.
@@ -438,11 +451,14 @@ impl Connection {
         }
     }
 
+    /// Encrypts `packet` for the peer; with `defer`, a data packet comes out unsealed, its
+    /// [`Seal`] on the transmit.
     pub(crate) fn encapsulate(
         &mut self,
         packet: &[u8],
         now: Instant,
         pool: &BufferPool,
+        defer: bool,
     ) -> Result<Option<Transmit>, Error> {
         self.mark_active(now);
         let mut buf = pool.pull();
@@ -453,10 +469,24 @@ impl Connection {
             return Ok(None);
         };
         let header = path.header_len();
-        let result = self
-            .tunnel
-            .encapsulate(now, packet, &mut buf.storage_mut()[header..]);
+        let dst = &mut buf.storage_mut()[header..];
+        let result = if defer {
+            self.tunnel.encapsulate_deferred(now, packet, dst)
+        } else {
+            self.tunnel.encapsulate(now, packet, dst)
+        };
         match result {
+            Output::Seal(sealing, range) => {
+                let at = header + range.start..header + range.end;
+                buf.set_range(at.clone());
+                Ok(Some(Transmit {
+                    src: Some(path.local),
+                    dst: path.remote,
+                    payload: buf,
+                    via: path.relay,
+                    seal: Some(Seal { sealing, at }),
+                }))
+            }
             Output::Network(range) => {
                 buf.set_range(header + range.start..header + range.end);
                 self.note_sent(&buf, now);
@@ -465,15 +495,18 @@ impl Connection {
                     dst: path.remote,
                     payload: buf,
                     via: path.relay,
+                    seal: None,
                 }))
             }
             Output::Err(e) => Err(Error::WireGuard(e)),
-            Output::Done | Output::Tunnel(_) => Ok(None),
+            Output::Done | Output::Tunnel(_) | Output::Open(..) => Ok(None),
         }
     }
 
     /// Decrypts one WireGuard datagram; handshake messages produce transmits, data produces
-    /// the inner IP packet's bytes.
+    /// the inner IP packet's bytes, or with `defer` the ciphertext to open and hand to
+    /// [`Connection::finish_open`].
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn decapsulate(
         &mut self,
         local: SocketAddr,
@@ -482,15 +515,27 @@ impl Connection {
         now: Instant,
         pool: &BufferPool,
         transmits: &mut VecDeque<Transmit>,
-    ) -> Result<Option<Buffer>, Error> {
+        defer: bool,
+    ) -> Result<Inbound, Error> {
         let mut buf = pool.pull();
         // Answers go back where the message came from: that is the path the peer is using.
         let reply_path = self.path_from(local, from);
-        let header = reply_path.header_len();
-        let result =
+        // Room for a TURN header in front of an answer, or for the device's header in front
+        // of a decrypted packet.
+        let header = reply_path.header_len().max(DEVICE_HEADROOM);
+        let dst = &mut buf.storage_mut()[header..];
+        let result = if defer {
             self.tunnel
-                .decapsulate(now, from.ip(), datagram, &mut buf.storage_mut()[header..]);
+                .decapsulate_deferred(now, from.ip(), datagram, dst)
+        } else {
+            self.tunnel.decapsulate(now, from.ip(), datagram, dst)
+        };
         let out = match result {
+            Output::Open(opening, range) => {
+                buf.set_range(header + range.start..header + range.end);
+                // Nothing is known of the packet until it is opened.
+                return Ok(Inbound::Open(opening, buf));
+            }
             Output::Network(range) => {
                 buf.set_range(header + range.start..header + range.end);
                 transmits.push_back(Transmit {
@@ -498,22 +543,54 @@ impl Connection {
                     dst: from,
                     payload: buf,
                     via: reply_path.relay,
+                    seal: None,
                 });
                 self.flush_queued(from, local, now, pool, transmits);
-                None
+                Inbound::Nothing
             }
             Output::Tunnel(range) => {
                 buf.set_range(header + range.start..header + range.end);
-                self.wg_endpoint = Some((local, from));
-                self.follow_peer(reply_path, now);
-                self.mark_active(now);
-                Some(buf)
+                self.accept_data(reply_path, now);
+                Inbound::Packet(buf)
             }
-            Output::Done => None,
+            Output::Done | Output::Seal(..) => Inbound::Nothing,
             Output::Err(e) => return Err(Error::WireGuard(e)),
         };
         self.check_established(now);
         Ok(out)
+    }
+
+    /// Finishes a data packet [`Connection::decapsulate`] left to open: `buf` holds what
+    /// `opened` says of it. Returns the inner IP packet, if it carried one.
+    pub(crate) fn finish_open(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        opening: &Opening,
+        opened: Result<usize, WireGuardError>,
+        mut buf: Buffer,
+        now: Instant,
+    ) -> Result<Option<Buffer>, Error> {
+        let start = buf.headroom();
+        let result = self.tunnel.finish_open(now, opening, opened, &mut buf);
+        let out = match result {
+            Output::Tunnel(range) => {
+                buf.set_range(start + range.start..start + range.end);
+                self.accept_data(self.path_from(local, from), now);
+                Some(buf)
+            }
+            Output::Err(e) => return Err(Error::WireGuard(e)),
+            Output::Network(_) | Output::Seal(..) | Output::Open(..) | Output::Done => None,
+        };
+        self.check_established(now);
+        Ok(out)
+    }
+
+    /// An authenticated data packet arrived over `reply_path`.
+    fn accept_data(&mut self, reply_path: Path, now: Instant) {
+        self.wg_endpoint = Some((reply_path.local, reply_path.remote));
+        self.follow_peer(reply_path, now);
+        self.mark_active(now);
     }
 
     /// Where the peer's authenticated packets come from, when that is not where we send.
@@ -796,7 +873,11 @@ impl Connection {
                 tracing::debug!("WireGuard session expired; the next packet starts a handshake");
             }
             Output::Err(e) => tracing::debug!(error = ?e, "WireGuard timers"),
-            result @ (Output::Network(_) | Output::Tunnel(_) | Output::Done) => {
+            result @ (Output::Network(_)
+            | Output::Tunnel(_)
+            | Output::Seal(..)
+            | Output::Open(..)
+            | Output::Done) => {
                 if let Some(path) = route {
                     if let Some(t) = self.network_result(result, buf, header, path, now) {
                         transmits.push_back(t);
@@ -859,13 +940,15 @@ impl Connection {
                     dst: path.remote,
                     payload: buf,
                     via: path.relay,
+                    seal: None,
                 })
             }
             Output::Err(e) => {
                 tracing::debug!(error = ?e, "WireGuard");
                 None
             }
-            Output::Done | Output::Tunnel(_) => None,
+            // Timers and flushes never defer.
+            Output::Done | Output::Tunnel(_) | Output::Seal(..) | Output::Open(..) => None,
         }
     }
 
@@ -886,6 +969,7 @@ impl Connection {
                 dst: t.destination,
                 payload: buf,
                 via: path.relay,
+                seal: None,
             });
         }
         while let Some(event) = self.ice.agent_mut().poll_event() {

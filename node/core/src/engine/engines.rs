@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{ControlCommand, ControlInput, Engine, PortalDriver};
+use crate::crypto::Decryption;
 use crate::ids::ResourceId;
 use crate::packet::IpPacket;
 use crate::pool::Buffer;
@@ -37,6 +38,13 @@ pub trait RoleState {
     /// A packet from the device; the datagram that carries it, when one can go, is queued for
     /// [`RoleState::poll_transmit`].
     fn handle_tun_packet(&mut self, packet: &IpPacket<&[u8]>, now: Instant);
+    /// Leaves the AEAD of data packets to the runtime (see [`crate::crypto`]).
+    fn set_deferred_crypto(&mut self, on: bool);
+    /// The next data packet to open.
+    fn poll_decryption(&mut self) -> Option<Decryption>;
+    /// A data packet from [`RoleState::poll_decryption`]; returns the packet for the device,
+    /// if it carried one.
+    fn handle_decryption(&mut self, job: Decryption, now: Instant) -> Option<IpPacket<Buffer>>;
     /// A message from the portal.
     fn handle_portal_message(&mut self, message: Self::Ingress, now: Instant);
     /// A deadline passed.
@@ -82,6 +90,15 @@ macro_rules! forward_role_state {
         }
         fn handle_tun_packet(&mut self, packet: &IpPacket<&[u8]>, now: Instant) {
             self.handle_tun_packet(packet, now);
+        }
+        fn set_deferred_crypto(&mut self, on: bool) {
+            self.set_deferred_crypto(on);
+        }
+        fn poll_decryption(&mut self) -> Option<Decryption> {
+            self.poll_decryption()
+        }
+        fn handle_decryption(&mut self, job: Decryption, now: Instant) -> Option<IpPacket<Buffer>> {
+            self.handle_decryption(job, now)
         }
         fn handle_portal_message(&mut self, message: $ingress, now: Instant) {
             self.handle_portal_message(message, now);
@@ -245,6 +262,21 @@ impl<S: RoleState> Engine for TunnelEngine<S> {
 
     fn handle_device_packet(&mut self, packet: Vec<u8>, now: Instant) {
         self.handle_device_bytes(&packet, now);
+    }
+
+    fn set_deferred_crypto(&mut self, on: bool) {
+        self.state.set_deferred_crypto(on);
+    }
+
+    fn poll_decryption(&mut self) -> Option<Decryption> {
+        self.state.poll_decryption()
+    }
+
+    fn handle_decryption(&mut self, job: Decryption, now: Instant) {
+        if let Some(packet) = self.state.handle_decryption(job, now) {
+            self.device.push_back(packet.into_inner());
+        }
+        self.drain(now);
     }
 
     fn handle_device_bytes(&mut self, packet: &[u8], now: Instant) {

@@ -11,6 +11,7 @@ mod portal_driver;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::crypto::Decryption;
 use crate::pool::Buffer;
 use crate::portal::ConnectionError;
 use crate::Transmit;
@@ -66,5 +67,20 @@ pub trait Engine {
     /// The next thing for the link to the portal to do.
     fn poll_control(&mut self) -> Option<ControlCommand> {
         None
+    }
+    /// Leaves the AEAD of data packets to the runtime (see [`crate::crypto`]): it seals what
+    /// [`Engine::poll_transmit`] hands out ([`Transmit::seal`]) and opens what
+    /// [`Engine::poll_decryption`] hands out, giving each back to
+    /// [`Engine::handle_decryption`] in order. Engines without tunnels ignore it.
+    fn set_deferred_crypto(&mut self, on: bool) {
+        let _ = on;
+    }
+    /// The next data packet to open.
+    fn poll_decryption(&mut self) -> Option<Decryption> {
+        None
+    }
+    /// A data packet from [`Engine::poll_decryption`], opened or not.
+    fn handle_decryption(&mut self, job: Decryption, now: Instant) {
+        let _ = (job, now);
     }
 }

@@ -85,6 +85,7 @@ impl<TId: PeerId> Node<TId> {
                 dst,
                 payload: self.buffer_from(&bytes),
                 via: None,
+                seal: None,
             });
         }
         self.forget_candidates_of(&allocation, now);
@@ -250,6 +251,7 @@ impl<TId: PeerId> Node<TId> {
                 dst,
                 payload,
                 via: None,
+                seal: None,
             });
         }
         for event in events {
@@ -401,6 +403,7 @@ impl<TId: PeerId> Node<TId> {
             dst,
             payload: transmit.payload,
             via: None,
+            seal: transmit.seal,
         })
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use boringtun::x25519::StaticSecret;
 
 use super::{apply_relays_presence, earliest, replace_relays, ResourceTable};
+use crate::crypto::Decryption;
 use crate::ids::{GatewayId, ResourceId};
 use crate::packet::IpPacket;
 use crate::pool::Buffer;
@@ -331,6 +332,35 @@ impl ClientState {
         self.drain_node(now);
         // Errors are counted and logged by the node.
         let (gateway, packet) = result.ok().flatten()?;
+        self.accept_inbound(gateway, packet)
+    }
+
+    /// Leaves the AEAD of data packets to the runtime (see [`crate::crypto`]).
+    pub fn set_deferred_crypto(&mut self, on: bool) {
+        self.node.set_deferred_crypto(on);
+    }
+
+    /// The next data packet to open (deferred crypto, see [`crate::crypto`]).
+    pub fn poll_decryption(&mut self) -> Option<Decryption> {
+        self.node.poll_decryption()
+    }
+
+    /// A data packet from [`Self::poll_decryption`], opened or not. Returns what
+    /// [`Self::handle_network_input`] would have for its datagram.
+    pub fn handle_decryption(&mut self, job: Decryption, now: Instant) -> Option<IpPacket<Buffer>> {
+        let result = self.node.finish_decryption(job, now);
+        self.drain_node(now);
+        // Errors are counted and logged by the node.
+        let (gateway, packet) = result.ok().flatten()?;
+        self.accept_inbound(gateway, packet)
+    }
+
+    /// A packet `gateway` sent: for the device if it is for us, from a resource of `gateway`.
+    fn accept_inbound(
+        &mut self,
+        gateway: GatewayId,
+        packet: IpPacket<Buffer>,
+    ) -> Option<IpPacket<Buffer>> {
         let dst = packet.destination();
         if !self.is_own_address(dst) {
             self.stats.unexpected_destination += 1;

@@ -9,6 +9,7 @@ use boringtun::x25519::StaticSecret;
 use super::authorizations::Authorizations;
 use super::icmp::prohibited_reply;
 use super::{apply_relays_presence, earliest, replace_relays, WallClock};
+use crate::crypto::Decryption;
 use crate::ids::{ClientId, ResourceId};
 use crate::packet::IpPacket;
 use crate::pool::Buffer;
@@ -200,6 +201,37 @@ impl GatewayState {
         self.drain_node(now);
         // Errors are counted and logged by the node.
         let (cid, packet) = result.ok().flatten()?;
+        self.accept_inbound(cid, packet, now)
+    }
+
+    /// Leaves the AEAD of data packets to the runtime (see [`crate::crypto`]).
+    pub fn set_deferred_crypto(&mut self, on: bool) {
+        self.node.set_deferred_crypto(on);
+    }
+
+    /// The next data packet to open (deferred crypto, see [`crate::crypto`]).
+    pub fn poll_decryption(&mut self) -> Option<Decryption> {
+        self.node.poll_decryption()
+    }
+
+    /// A data packet from [`Self::poll_decryption`], opened or not. Returns what
+    /// [`Self::handle_network_input`] would have for its datagram.
+    pub fn handle_decryption(&mut self, job: Decryption, now: Instant) -> Option<IpPacket<Buffer>> {
+        let result = self.node.finish_decryption(job, now);
+        self.drain_node(now);
+        // Errors are counted and logged by the node.
+        let (cid, packet) = result.ok().flatten()?;
+        self.accept_inbound(cid, packet, now)
+    }
+
+    /// A packet client `cid` sent: for the resource network if it may send it; an
+    /// unauthorized destination is answered with ICMP.
+    fn accept_inbound(
+        &mut self,
+        cid: ClientId,
+        packet: IpPacket<Buffer>,
+        now: Instant,
+    ) -> Option<IpPacket<Buffer>> {
         let Some(client) = self.clients.get(&cid) else {
             self.stats.unknown_client += 1;
             tracing::debug!(%cid, "packet from a client without authorizations: dropped");

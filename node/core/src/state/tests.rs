@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use super::*;
+use crate::crypto::Decryption;
 use crate::ids::{ClientId, GatewayId, ResourceId};
 use crate::packet::{IpPacket, Transport};
 use crate::portal::messages::{
@@ -21,7 +22,7 @@ use crate::portal::{
     AccessRevoked, Authorization, IceCredentials, Interface, IpNetwork, PresharedKey,
     ResourceAddress, ResourceDescription,
 };
-use crate::Transmit;
+use crate::{Transmit, MAX_PENDING_DECRYPTIONS};
 
 const CID: ClientId = ClientId(1);
 const GID: GatewayId = GatewayId(1);
@@ -1039,4 +1040,117 @@ fn wall_clock_maps_unix_times_to_instants() {
     );
     assert!(clock.instant_at(WALL_SECS - 5) <= now);
     assert!(clock.instant_at(u64::MAX) > now + Duration::from_secs(3600 * 24 * 365));
+}
+
+/// The client's next datagram for the gateway.
+fn next_data_transmit(w: &mut World) -> Transmit {
+    let t = w
+        .client
+        .poll_transmit()
+        .expect("a datagram for the gateway");
+    assert_eq!(t.dst, gateway_addr());
+    t
+}
+
+#[test]
+fn deferred_crypto_leaves_only_the_aead_to_the_runtime() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    w.client.set_deferred_crypto(true);
+    w.gateway.set_deferred_crypto(true);
+    let packets: Vec<IpPacket> = (0..3u8)
+        .map(|i| udp(v4(), ip("10.0.0.7"), &[b'a' + i; 100]))
+        .collect();
+    let mut transmits = Vec::new();
+    for packet in &packets {
+        w.client.handle_tun_packet(packet, w.now);
+        let t = next_data_transmit(&mut w);
+        assert!(t.needs_seal());
+        // Unsealed, the plain packet sits where the ciphertext goes.
+        assert_eq!(
+            &t.payload[16..16 + packet.as_bytes().len()],
+            packet.as_bytes()
+        );
+        transmits.push(t);
+    }
+
+    // Unsealed, the gateway refuses it: the AEAD fails.
+    let unsealed =
+        w.gateway
+            .handle_network_input(gateway_addr(), client_addr(), &transmits[0].payload, w.now);
+    assert!(unsealed.is_none());
+    let job = w.gateway.poll_decryption().expect("a data packet to open");
+    assert!(w.gateway.handle_decryption(job, w.now).is_none());
+    assert_eq!(w.gateway.node().stats().wireguard_errors, 1);
+
+    // Sealed (in any order, as threads would), then opened in any order and finished in the
+    // order they arrived: every packet comes out unchanged.
+    for t in transmits.iter_mut().rev() {
+        t.seal();
+        assert!(!t.needs_seal());
+        assert_ne!(&t.payload[16..32], &packets[0].as_bytes()[..16]);
+    }
+    for t in &transmits {
+        let none = w
+            .gateway
+            .handle_network_input(gateway_addr(), client_addr(), &t.payload, w.now);
+        assert!(none.is_none(), "nothing before it is opened");
+    }
+    let mut jobs: Vec<Decryption> = std::iter::from_fn(|| w.gateway.poll_decryption()).collect();
+    assert_eq!(jobs.len(), 3);
+    for job in jobs.iter_mut().rev() {
+        job.run();
+    }
+    let out: Vec<Vec<u8>> = jobs
+        .into_iter()
+        .filter_map(|job| w.gateway.handle_decryption(job, w.now))
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    let sent: Vec<Vec<u8>> = packets.iter().map(|p| p.as_bytes().to_vec()).collect();
+    assert_eq!(out, sent);
+
+    // A replay is refused before it costs an AEAD.
+    w.gateway
+        .handle_network_input(gateway_addr(), client_addr(), &transmits[1].payload, w.now);
+    assert!(w.gateway.poll_decryption().is_none());
+    assert_eq!(w.gateway.node().stats().wireguard_errors, 2);
+}
+
+#[test]
+fn a_data_packet_beyond_the_pending_decryptions_cap_is_dropped() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    w.gateway.set_deferred_crypto(true);
+    let packet = udp(v4(), ip("10.0.0.7"), b"x");
+    for _ in 0..=MAX_PENDING_DECRYPTIONS {
+        w.client.handle_tun_packet(&packet, w.now);
+        let t = next_data_transmit(&mut w);
+        w.gateway
+            .handle_network_input(gateway_addr(), client_addr(), &t.payload, w.now);
+    }
+    assert_eq!(w.gateway.node().stats().decryption_queue_full, 1);
+    let pending = std::iter::from_fn(|| w.gateway.poll_decryption()).count();
+    assert_eq!(pending, MAX_PENDING_DECRYPTIONS);
+}
+
+#[test]
+fn a_data_packet_opened_after_its_connection_went_is_dropped() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    w.gateway.set_deferred_crypto(true);
+    w.client
+        .handle_tun_packet(&udp(v4(), ip("10.0.0.7"), b"late"), w.now);
+    let t = next_data_transmit(&mut w);
+    w.gateway
+        .handle_network_input(gateway_addr(), client_addr(), &t.payload, w.now);
+    let mut job = w.gateway.poll_decryption().expect("a data packet to open");
+    job.run();
+    // A new preshared key (a portal restart): the gateway replaces the connection.
+    w.portal.psk = [8; 32];
+    let flow = w.portal.authorize_flow(R1);
+    w.gateway
+        .handle_portal_message(GatewayIngress::AuthorizeFlow(flow), w.now);
+    let before = w.gateway.node().stats().unroutable_wireguard;
+    assert!(w.gateway.handle_decryption(job, w.now).is_none());
+    assert_eq!(w.gateway.node().stats().unroutable_wireguard, before + 1);
 }

@@ -56,12 +56,71 @@ impl<'a> From<WireGuardError> for TunnResult<'a> {
     }
 }
 
+/// A data packet whose encryption is left for later, possibly to another thread (zta patch).
+///
+/// Its counter was taken and the tunnel's timers ran when it was made, so data packets keep
+/// the order they were made in however their encryption is spread; the caller sends them in
+/// that order once sealed.
+pub struct Sealing {
+    session: Arc<session::Session>,
+    counter: u64,
+    len: usize,
+}
+
+impl Sealing {
+    /// Encrypts `packet`, the bytes [`Tunn::encapsulate_deferred`] wrote (header, then the
+    /// plain packet, then room for the tag), in place.
+    pub fn seal(&self, packet: &mut [u8]) {
+        self.session.seal_packet_data(self.counter, packet, self.len);
+    }
+}
+
+impl std::fmt::Debug for Sealing {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "Sealing({} bytes, counter {})", self.len, self.counter)
+    }
+}
+
+/// A data packet whose decryption is left for later, possibly to another thread; the tunnel
+/// finishes with it in [`Tunn::finish_open`] (zta patch).
+pub struct Opening {
+    session: Arc<session::Session>,
+    counter: u64,
+    receiver_idx: u32,
+}
+
+impl Opening {
+    /// Decrypts `ciphertext`, the bytes [`Tunn::decapsulate_deferred`] copied, in place, and
+    /// marks the counter received; returns the length of the plain packet at its start.
+    pub fn open(&self, ciphertext: &mut [u8]) -> Result<usize, WireGuardError> {
+        self.session.open_packet_data(self.counter, ciphertext)
+    }
+}
+
+impl std::fmt::Debug for Opening {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "Opening(index {}, counter {})", self.receiver_idx, self.counter)
+    }
+}
+
+/// What [`Tunn::encapsulate_deferred`] and [`Tunn::decapsulate_deferred`] produced (zta patch).
+#[derive(Debug)]
+pub enum Deferred<'a> {
+    /// A data packet to seal before sending: the bytes to seal in place.
+    Seal(Sealing, &'a mut [u8]),
+    /// A data packet to open: the ciphertext, copied to the destination.
+    Open(Opening, &'a mut [u8]),
+    /// Anything else, handled as the immediate call would.
+    Now(TunnResult<'a>),
+}
+
 /// Tunnel represents a point-to-point WireGuard connection
 pub struct Tunn {
     /// The handshake currently in progress
     handshake: handshake::Handshake,
     /// The N_SESSIONS most recent sessions, index is session id modulo N_SESSIONS
-    sessions: [Option<session::Session>; N_SESSIONS],
+    /// (zta patch: shared, so that a deferred encryption or decryption keeps its session)
+    sessions: [Option<Arc<session::Session>>; N_SESSIONS],
     /// Index of most recently used session
     current: usize,
     /// Queue to store blocked packets
@@ -302,6 +361,82 @@ impl Tunn {
         self.format_handshake_initiation(dst, false)
     }
 
+    /// [`Tunn::encapsulate`], except that a data packet on an established session is written
+    /// unencrypted, to be sealed by the caller with the [`Sealing`] returned (zta patch).
+    pub fn encapsulate_deferred<'a>(&mut self, src: &[u8], dst: &'a mut [u8]) -> Deferred<'a> {
+        let Some(session) = self.sessions[self.current % N_SESSIONS].clone() else {
+            return Deferred::Now(self.encapsulate(src, dst));
+        };
+        let (counter, packet) = session.format_packet_unsealed(src, dst);
+        self.timer_tick(TimerName::TimeLastPacketSent);
+        if !src.is_empty() {
+            self.timer_tick(TimerName::TimeLastDataPacketSent);
+        }
+        self.tx_bytes += src.len();
+        let sealing = Sealing {
+            session,
+            counter,
+            len: src.len(),
+        };
+        Deferred::Seal(sealing, packet)
+    }
+
+    /// [`Tunn::decapsulate`], except that a data packet is only checked (index, replay) and
+    /// copied to `dst`, to be opened by the caller with the [`Opening`] returned and handed to
+    /// [`Tunn::finish_open`] (zta patch).
+    pub fn decapsulate_deferred<'a>(
+        &mut self,
+        src_addr: Option<IpAddr>,
+        datagram: &[u8],
+        dst: &'a mut [u8],
+    ) -> Deferred<'a> {
+        let Ok(Packet::PacketData(packet)) = Tunn::parse_incoming_packet(datagram) else {
+            return Deferred::Now(self.decapsulate(src_addr, datagram, dst));
+        };
+        let r_idx = packet.receiver_idx as usize;
+        let Some(session) = self.sessions[r_idx % N_SESSIONS].clone() else {
+            tracing::trace!(message = "No current session available", remote_idx = r_idx);
+            return Deferred::Now(TunnResult::Err(WireGuardError::NoCurrentSession));
+        };
+        let counter = packet.counter;
+        match session.receive_packet_unopened(packet, dst) {
+            Ok(len) => Deferred::Open(
+                Opening {
+                    session,
+                    counter,
+                    receiver_idx: r_idx as u32,
+                },
+                &mut dst[..len],
+            ),
+            Err(e) => Deferred::Now(TunnResult::Err(e)),
+        }
+    }
+
+    /// Finishes a data packet of [`Tunn::decapsulate_deferred`]: `opened` is what
+    /// [`Opening::open`] returned, `packet` the buffer it opened (zta patch).
+    pub fn finish_open<'a>(
+        &mut self,
+        opening: &Opening,
+        opened: Result<usize, WireGuardError>,
+        packet: &'a mut [u8],
+    ) -> TunnResult<'a> {
+        let len = match opened {
+            Ok(len) => len,
+            Err(e) => return TunnResult::Err(e),
+        };
+        let r_idx = opening.receiver_idx as usize;
+        // A newer session may have taken the slot since: only the one the packet came on
+        // becomes current.
+        if self.sessions[r_idx % N_SESSIONS]
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, &opening.session))
+        {
+            self.set_current_session(r_idx);
+        }
+        self.timer_tick(TimerName::TimeLastPacketReceived);
+        self.validate_decapsulated_packet(&mut packet[..len])
+    }
+
     /// Receives a UDP datagram from the network and parses it.
     /// Returns TunnResult.
     ///
@@ -364,7 +499,7 @@ impl Tunn {
 
         // Store new session in ring buffer
         let index = session.local_index();
-        self.sessions[index % N_SESSIONS] = Some(session);
+        self.sessions[index % N_SESSIONS] = Some(Arc::new(session));
 
         self.timer_tick(TimerName::TimeLastPacketReceived);
         self.timer_tick(TimerName::TimeLastPacketSent);
@@ -392,7 +527,7 @@ impl Tunn {
         // Store new session in ring buffer
         let l_idx = session.local_index();
         let index = l_idx % N_SESSIONS;
-        self.sessions[index] = Some(session);
+        self.sessions[index] = Some(Arc::new(session));
 
         self.timer_tick(TimerName::TimeLastPacketReceived);
         self.timer_tick_session_established(true, index); // New session established, we are the initiator

@@ -194,6 +194,19 @@ impl Session {
     /// dst - pre-allocated space to hold the encapsulating UDP packet to send over the network
     /// returns the size of the formatted packet
     pub(super) fn format_packet_data<'a>(&self, src: &[u8], dst: &'a mut [u8]) -> &'a mut [u8] {
+        let (counter, packet) = self.format_packet_unsealed(src, dst);
+        self.seal_packet_data(counter, packet, src.len());
+        packet
+    }
+
+    /// [`Session::format_packet_data`] up to the encryption: the header is written, the counter
+    /// taken and `src` copied after the header; [`Session::seal_packet_data`] finishes it
+    /// (zta patch: so that the AEAD can run later, on another thread).
+    pub(super) fn format_packet_unsealed<'a>(
+        &self,
+        src: &[u8],
+        dst: &'a mut [u8],
+    ) -> (u64, &'a mut [u8]) {
         if dst.len() < src.len() + super::DATA_OVERHEAD_SZ {
             panic!("The destination buffer is too small");
         }
@@ -207,26 +220,30 @@ impl Session {
         message_type.copy_from_slice(&super::DATA.to_le_bytes());
         receiver_index.copy_from_slice(&self.sending_index.to_le_bytes());
         counter.copy_from_slice(&sending_key_counter.to_le_bytes());
+        data[..src.len()].copy_from_slice(src);
 
         // TODO: spec requires padding to 16 bytes, but actually works fine without it
-        let n = {
-            let mut nonce = [0u8; 12];
-            nonce[4..12].copy_from_slice(&sending_key_counter.to_le_bytes());
-            data[..src.len()].copy_from_slice(src);
-            self.sender
-                .seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(&[]),
-                    &mut data[..src.len()],
-                )
-                .map(|tag| {
-                    data[src.len()..src.len() + AEAD_SIZE].copy_from_slice(tag.as_ref());
-                    src.len() + AEAD_SIZE
-                })
-                .unwrap()
-        };
+        (
+            sending_key_counter,
+            &mut dst[..DATA_OFFSET + src.len() + AEAD_SIZE],
+        )
+    }
 
-        &mut dst[..DATA_OFFSET + n]
+    /// Encrypts the `len` bytes after the header of `packet`, written by
+    /// [`Session::format_packet_unsealed`] with `counter`, and appends the tag (zta patch).
+    pub(super) fn seal_packet_data(&self, counter: u64, packet: &mut [u8], len: usize) {
+        let data = &mut packet[DATA_OFFSET..];
+        let mut nonce = [0u8; 12];
+        nonce[4..12].copy_from_slice(&counter.to_le_bytes());
+        let tag = self
+            .sender
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&[]),
+                &mut data[..len],
+            )
+            .unwrap();
+        data[len..len + AEAD_SIZE].copy_from_slice(tag.as_ref());
     }
 
     /// packet - a data packet we received from the network
@@ -238,6 +255,21 @@ impl Session {
         packet: PacketData,
         dst: &'a mut [u8],
     ) -> Result<&'a mut [u8], WireGuardError> {
+        let counter = packet.counter;
+        let ct_len = self.receive_packet_unopened(packet, dst)?;
+        let n = self.open_packet_data(counter, &mut dst[..ct_len])?;
+        Ok(&mut dst[..n])
+    }
+
+    /// [`Session::receive_packet_data`] up to the decryption: the index and the counter are
+    /// checked and the ciphertext copied to `dst`; returns its length.
+    /// [`Session::open_packet_data`] finishes it (zta patch: so that the AEAD can run later, on
+    /// another thread).
+    pub(super) fn receive_packet_unopened(
+        &self,
+        packet: PacketData,
+        dst: &mut [u8],
+    ) -> Result<usize, WireGuardError> {
         let ct_len = packet.encrypted_encapsulated_packet.len();
         if dst.len() < ct_len {
             // This is a very incorrect use of the library, therefore panic and not error
@@ -248,23 +280,33 @@ impl Session {
         }
         // Don't reuse counters, in case this is a replay attack we want to quickly check the counter without running expensive decryption
         self.receiving_counter_quick_check(packet.counter)?;
+        dst[..ct_len].copy_from_slice(packet.encrypted_encapsulated_packet);
+        Ok(ct_len)
+    }
 
-        let ret = {
+    /// Decrypts `ciphertext` (copied by [`Session::receive_packet_unopened`]) in place and
+    /// marks `counter` received; returns the plaintext's length (zta patch).
+    pub(super) fn open_packet_data(
+        &self,
+        counter: u64,
+        ciphertext: &mut [u8],
+    ) -> Result<usize, WireGuardError> {
+        let n = {
             let mut nonce = [0u8; 12];
-            nonce[4..12].copy_from_slice(&packet.counter.to_le_bytes());
-            dst[..ct_len].copy_from_slice(packet.encrypted_encapsulated_packet);
+            nonce[4..12].copy_from_slice(&counter.to_le_bytes());
             self.receiver
                 .open_in_place(
                     Nonce::assume_unique_for_key(nonce),
                     Aad::from(&[]),
-                    &mut dst[..ct_len],
+                    ciphertext,
                 )
                 .map_err(|_| WireGuardError::InvalidAeadTag)?
+                .len()
         };
 
         // After decryption is done, check counter again, and mark as received
-        self.receiving_counter_mark(packet.counter)?;
-        Ok(ret)
+        self.receiving_counter_mark(counter)?;
+        Ok(n)
     }
 
     /// Returns the estimated downstream packet loss for this session

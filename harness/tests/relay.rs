@@ -226,3 +226,29 @@ fn a_relay_that_dies_silently_is_noticed_and_left() {
         vec![b"reply".to_vec()]
     );
 }
+
+fn relay_allocations(net: &MemNet, relay: HostId) -> usize {
+    match &net.host(relay).peer {
+        Peer::Relay { server, .. } => server.allocation_count(),
+        Peer::Client { .. } | Peer::Gateway { .. } => panic!("not a relay"),
+    }
+}
+
+#[test]
+fn a_stopping_node_gives_its_allocations_back() {
+    let mut w = relayed_pair(2);
+    for &r in &w.relays {
+        assert_eq!(relay_allocations(&w.net, r), 2, "client's and gateway's");
+    }
+    // What the event loop does on a clean stop (a signal): without it, each allocation would
+    // stay on its relay until it expires, counted against the node's quota there.
+    let now = w.net.now();
+    match &mut w.net.host_mut(w.client).peer {
+        Peer::Client { node, .. } => node.release_relays(now),
+        _ => unreachable!(),
+    }
+    w.net.run_for(Duration::from_millis(200));
+    for &r in &w.relays {
+        assert_eq!(relay_allocations(&w.net, r), 1, "the gateway's is left");
+    }
+}

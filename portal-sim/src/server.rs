@@ -68,7 +68,11 @@ impl Listener for tokio::net::TcpListener {
     type Stream = tokio::net::TcpStream;
 
     async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
-        tokio::net::TcpListener::accept(self).await
+        let (stream, peer) = tokio::net::TcpListener::accept(self).await?;
+        // Control messages are small and answered at once: Nagle would hold each behind the
+        // peer's delayed ACK of the one before (40 ms and more per exchange).
+        stream.set_nodelay(true)?;
+        Ok((stream, peer))
     }
 }
 

@@ -196,6 +196,11 @@ impl<E: Engine, F: FnMut(&E, &Traffic)> Engine for Metered<E, F> {
         self.engine.set_deferred_crypto(on);
     }
 
+    fn close(&mut self, now: Instant) {
+        self.engine.close(now);
+        self.refresh_if_due(now);
+    }
+
     fn poll_decryption(&mut self) -> Option<Decryption> {
         self.engine.poll_decryption()
     }

@@ -321,7 +321,8 @@ impl Crypto for Inline {
     }
 }
 
-/// Runs `engine` until the command channel closes (a clean stop) or I/O fails, with the AEAD
+/// Runs `engine` until the command channel closes (a clean stop: [`Engine::close`], and what
+/// it queued is sent) or I/O fails, with the AEAD
 /// on the loop's thread ([`Inline`]).
 pub async fn run<E, S, C, D, L>(
     engine: &mut E,
@@ -388,7 +389,12 @@ where
             biased;
             command = commands.recv() => match command {
                 Some(command) => command(engine, clock.now()),
-                None => return Ok(()),
+                None => {
+                    // A clean stop: what the engine gives back (relay allocations) goes out.
+                    engine.close(clock.now());
+                    flush(engine, socket, device, crypto, &mut outgoing).await?;
+                    return Ok(());
+                }
             },
             input = control.recv() => engine.handle_control(input, clock.now()),
             received = socket.recv_batch(&mut datagrams) => {

@@ -85,6 +85,11 @@ impl<E: Engine, F: FnMut(&mut E)> Engine for Observed<E, F> {
         self.engine.set_deferred_crypto(on);
     }
 
+    fn close(&mut self, now: Instant) {
+        self.engine.close(now);
+        self.observe();
+    }
+
     fn poll_decryption(&mut self) -> Option<Decryption> {
         self.engine.poll_decryption()
     }

@@ -69,6 +69,9 @@ impl Connector for PortalConnector {
         let tls = self.tls.clone();
         async move {
             let tcp = TcpStream::connect(addr).await?;
+            // Control messages are small and answered at once (a connection request, then the
+            // flow): Nagle would hold each behind the portal's delayed ACK of the one before.
+            tcp.set_nodelay(true)?;
             match tls {
                 None => Ok(PortalStream::Plain(tcp)),
                 Some((connector, name)) => {

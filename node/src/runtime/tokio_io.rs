@@ -50,6 +50,12 @@ impl Connector for TcpConnector {
     type Stream = tokio::net::TcpStream;
 
     fn connect(&self) -> impl Future<Output = io::Result<Self::Stream>> {
-        tokio::net::TcpStream::connect(self.addr.clone())
+        let addr = self.addr.clone();
+        async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            // Small messages answered at once: no Nagle (see `PortalConnector`).
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        }
     }
 }

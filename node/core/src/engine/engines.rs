@@ -49,6 +49,8 @@ pub trait RoleState {
     fn handle_portal_message(&mut self, message: Self::Ingress, now: Instant);
     /// A deadline passed.
     fn handle_timeout(&mut self, now: Instant);
+    /// The node is about to stop.
+    fn close(&mut self, now: Instant);
     /// The next deadline, with why.
     fn poll_timeout(&mut self) -> Option<(Instant, &'static str)>;
     /// The next datagram to send.
@@ -105,6 +107,9 @@ macro_rules! forward_role_state {
         }
         fn handle_timeout(&mut self, now: Instant) {
             self.handle_timeout(now);
+        }
+        fn close(&mut self, now: Instant) {
+            self.close(now);
         }
         fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
             self.poll_timeout()
@@ -266,6 +271,11 @@ impl<S: RoleState> Engine for TunnelEngine<S> {
 
     fn set_deferred_crypto(&mut self, on: bool) {
         self.state.set_deferred_crypto(on);
+    }
+
+    fn close(&mut self, now: Instant) {
+        self.state.close(now);
+        self.drain(now);
     }
 
     fn poll_decryption(&mut self) -> Option<Decryption> {

@@ -68,6 +68,11 @@ pub trait Engine {
     fn poll_control(&mut self) -> Option<ControlCommand> {
         None
     }
+    /// The loop is about to stop (a signal, not a crash): what is queued after this is still
+    /// sent. Engines that hold nothing outside ignore it.
+    fn close(&mut self, now: Instant) {
+        let _ = now;
+    }
     /// Leaves the AEAD of data packets to the runtime (see [`crate::crypto`]): it seals what
     /// [`Engine::poll_transmit`] hands out ([`Transmit::seal`]) and opens what
     /// [`Engine::poll_decryption`] hands out, giving each back to

@@ -92,6 +92,17 @@ impl<TId: PeerId> Node<TId> {
         self.flush_staged(now);
     }
 
+    /// Gives every allocation back (a Refresh with lifetime 0), before the node stops: otherwise
+    /// each one stays on its relay until it expires (10 minutes), counted against the quota of
+    /// this node's credentials there, and a node restarted a few times in a row is refused an
+    /// allocation.
+    pub fn release_relays(&mut self, now: Instant) {
+        let relays: Vec<RelayId> = self.relays().collect();
+        for id in relays {
+            self.remove_relay(id, now);
+        }
+    }
+
     /// The relays in use, and those waiting to be tried again.
     pub fn relays(&self) -> impl Iterator<Item = RelayId> + '_ {
         self.allocations

@@ -107,6 +107,7 @@ async fn session_joins_and_rejoins_after_a_portal_restart() {
             let key = node_core::PublicKey::from(&node_core::StaticSecret::from([5; 32]));
             let join = JoinPayload {
                 public_key: key.to_bytes().into(),
+                instance: None,
             };
             let mut engine = SessionEngine {
                 driver: PortalDriver::new(ChannelConfig::new("client", join), 1),

@@ -199,6 +199,8 @@ pub struct Portal {
     /// The key each gateway last joined with: a gateway that rejoins with the same key is the
     /// same process, and holds what it was told before.
     gateway_keys: BTreeMap<GatewayId, PublicKey>,
+    /// The process number each client last joined with (see [`JoinPayload::instance`]).
+    client_instances: BTreeMap<ClientId, u64>,
 
     outputs: VecDeque<Output>,
     /// Changes the core made to [`Self::dir`] by itself (key owners), for the runtime to store.
@@ -266,6 +268,7 @@ impl Portal {
             pairs: BTreeMap::new(),
             flows: BTreeMap::new(),
             gateway_keys: BTreeMap::new(),
+            client_instances: BTreeMap::new(),
             outputs: VecDeque::new(),
             recorded: VecDeque::new(),
             frames: 0,
@@ -679,6 +682,7 @@ impl Portal {
             self.push_gateway(flow.gateway, &GatewayIngress::AccessRevoked(revoked));
         }
         self.pairs.retain(|(c, _), _| *c != cid);
+        self.client_instances.remove(&cid);
         self.close_node(Identity::Client(cid), "session ended by the portal");
     }
 
@@ -763,6 +767,15 @@ impl Portal {
         let relays = self.relays_for(identity, now);
         match identity {
             Identity::Client(cid) => {
+                if let Some(instance) = payload.instance {
+                    let previous = self.client_instances.insert(cid, instance);
+                    if previous.is_some_and(|p| p != instance) {
+                        // A new process: its gateways' connections are set up anew when it
+                        // asks again, instead of kept with the old process's candidates.
+                        self.pairs.retain(|(c, _), _| *c != cid);
+                        tracing::info!(%cid, "Client restarted: its connections start afresh");
+                    }
+                }
                 let Some(client) = self.dir.clients.get(&cid) else {
                     return;
                 };

@@ -130,6 +130,30 @@ async fn nodes_are_introduced_over_websockets_and_a_restart_rotates_the_psk() {
 }
 
 #[tokio::test]
+async fn a_restarted_client_gets_new_connections_and_a_reconnected_one_keeps_its_own() {
+    let (url, _server) = start(0).await;
+    let client_url = format!("{url}/client/websocket?token=client-token-1");
+    let (client, mut gateway) = joined_pair(&url).await;
+    drop(client);
+    let mut client = Client::connect_as(&client_url, "client", 1, Some(7)).await;
+    let (first, _) = connect_flow(&mut client, &mut gateway).await;
+
+    // The same process, reconnected (a network blip): the same connection.
+    drop(client);
+    let mut client = Client::connect_as(&client_url, "client", 1, Some(7)).await;
+    let (again, _) = connect_flow(&mut client, &mut gateway).await;
+    assert_eq!(again, first);
+
+    // Another process (a restart, same key): a new connection, so the gateway replaces its own
+    // instead of keeping what the previous process told it.
+    drop(client);
+    let mut client = Client::connect_as(&client_url, "client", 1, Some(8)).await;
+    let (restarted, gateway_psk) = connect_flow(&mut client, &mut gateway).await;
+    assert_ne!(restarted, first);
+    assert_eq!(restarted, gateway_psk);
+}
+
+#[tokio::test]
 async fn an_in_place_restart_closes_every_socket_and_a_second_socket_replaces_the_first() {
     let (url, server, _task) = start_server(0).await;
     let url = format!("{url}/client/websocket?token=client-token-1");

@@ -35,10 +35,16 @@ pub struct Peer<I, E> {
 
 impl<I: Message + std::fmt::Debug, E: Message> Peer<I, E> {
     pub async fn connect(url: &str, topic: &str, key: u8) -> Self {
+        Self::connect_as(url, topic, key, None).await
+    }
+
+    /// [`Peer::connect`], joining with the process number `instance`.
+    pub async fn connect_as(url: &str, topic: &str, key: u8, instance: Option<u64>) -> Self {
         let config = ChannelConfig::new(
             topic,
             JoinPayload {
                 public_key: PublicKey::from_bytes([key; 32]),
+                instance,
             },
         );
         let mut channel = PhoenixChannel::new(config, u64::from(key));

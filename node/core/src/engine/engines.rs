@@ -144,6 +144,18 @@ impl RoleState for GatewayState {
     forward_role_state!(GatewayIngress, GatewayEgress, GatewayEvent);
 }
 
+/// The process number announced at join: from the engine's seed, through a stream of its own
+/// so that it says nothing of the other numbers drawn from the seed.
+fn instance_number(seed: u64) -> u64 {
+    use rand::{RngCore as _, SeedableRng as _};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    rng.set_stream(INSTANCE_STREAM);
+    rng.next_u64()
+}
+
+/// The stream of the engine's seed the process number comes from.
+const INSTANCE_STREAM: u64 = 0x696e_7374;
+
 /// Something an engine reports to whoever runs it (logs, the simulation's checks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineEvent<T> {
@@ -175,10 +187,13 @@ pub struct TunnelEngine<S: RoleState> {
 }
 
 impl<S: RoleState> TunnelEngine<S> {
-    /// `state` with a portal session that joins `topic`; `seed` decides its randomness.
+    /// `state` with a portal session that joins `topic`; `seed` decides its randomness and
+    /// the number of its process (see [`JoinPayload::instance`]), so it must be drawn anew
+    /// for every process.
     pub fn new(state: S, topic: &str, seed: u64) -> Self {
         let join = JoinPayload {
             public_key: crate::portal::PublicKey::from_bytes(state.public_key().to_bytes()),
+            instance: Some(instance_number(seed)),
         };
         Self {
             state,

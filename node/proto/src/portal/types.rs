@@ -8,13 +8,20 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ClientId, RelayId, ResourceId};
 use crate::portal::{IpNetwork, PublicKey, CLIENT_TUNNEL_IPV4, CLIENT_TUNNEL_IPV6};
 
-/// The payload of `phx_join`: the node's WireGuard public key. Who the node is comes from the
-/// token in the WebSocket URL, never from the payload.
+/// The payload of `phx_join`: the node's WireGuard public key, and the number of its process.
+/// Who the node is comes from the token in the WebSocket URL, never from the payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinPayload {
     /// The node's WireGuard public key; the portal hands it to the other side of each
     /// connection.
     pub public_key: PublicKey,
+    /// A number the node draws when its process starts, the same for every join of that
+    /// process. A client joining with another number than before was restarted: its peers'
+    /// connections to it are set up afresh (new preshared keys and ICE credentials) rather
+    /// than kept with what the previous process left in them (its remote candidates). Absent
+    /// from nodes that do not send it: then nothing is told apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<u64>,
 }
 
 /// The ICE username fragment and password of one side of a connection. The portal generates

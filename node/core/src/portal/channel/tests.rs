@@ -23,6 +23,7 @@ fn channel(seed: u64) -> Channel {
         TOPIC,
         JoinPayload {
             public_key: PublicKey::from_bytes([1; 32]),
+            instance: None,
         },
     );
     let mut c = Channel::new(config, seed);

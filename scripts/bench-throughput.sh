@@ -12,6 +12,7 @@
 #                   on two one-core hosts; their crypto then runs on their event loops), then each
 #                   on all cores (iperf3 and the kernel unpinned), first with the crypto on the
 #                   event loop (`ZTA_CRYPTO_THREADS=1`), then spread over one thread per core
+#                   (`ZTA_CRYPTO_THREADS=<cores>`); the relayed runs use the default
 #   zta via relay   the same, direct UDP blocked, through our TURN relay (`relay`)
 #   zta via coturn  the same, direct UDP blocked, through coturn's turnserver
 #
@@ -50,7 +51,7 @@
 #   SETUP_STARTS     client starts per setup-time measurement (default 20)
 #   BIN_DIR          directory of prebuilt client, gateway, portal and relay binaries; without it
 #                    they are built with `cargo build --release`
-#   PERF=1           `perf record` our client and gateway during the last `zta direct` run
+#   PERF=1           `perf record` our client and gateway during the `crypto on the loop` run
 #                    (reports in $PERF_DIR, default /tmp/zta-perf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -386,12 +387,9 @@ stop boringtun-g
 zta_up '[]' 0 $((NCPU - 1))
 measure direct1 10.10.0.5
 result "zta direct (1 core each)" direct1 "client on CPU 0, gateway on CPU $((NCPU - 1))"
-# All cores, the crypto on each node's event loop: what the crypto threads below add.
+# All cores, the crypto on each node's event loop (the default below 4 cores): what the crypto
+# threads after it add.
 CRYPTO_THREADS=1
-zta_up '[]' "$ALL_CPUS" "$ALL_CPUS"
-measure direct-loop 10.10.0.5
-result "zta direct ($NCPU cores each, crypto on the loop)" direct-loop
-CRYPTO_THREADS=
 zta_up '[]' "$ALL_CPUS" "$ALL_CPUS"
 if [ "${PERF:-0}" = 1 ]; then
   PERF_DIR=${PERF_DIR:-/tmp/zta-perf}
@@ -401,12 +399,17 @@ if [ "${PERF:-0}" = 1 ]; then
   perf record -g -o "$PERF_DIR/gateway.data" -p "${PIDS[gateway]}" -- sleep "$SECS" >/dev/null 2>&1 &
   perf_g=$!
 fi
-measure direct 10.10.0.5
-result "zta direct ($NCPU cores each, $NCPU crypto threads)" direct
+measure direct-loop 10.10.0.5
+result "zta direct ($NCPU cores each, crypto on the loop)" direct-loop
 if [ "${PERF:-0}" = 1 ]; then
   wait "$perf_c" "$perf_g" || true
   step "  perf data in $PERF_DIR (perf report -i $PERF_DIR/client.data --no-children)"
 fi
+CRYPTO_THREADS=$NCPU
+zta_up '[]' "$ALL_CPUS" "$ALL_CPUS"
+measure direct 10.10.0.5
+result "zta direct ($NCPU cores each, $NCPU crypto threads)" direct
+CRYPTO_THREADS=
 if [ "$(relay_bytes 172.16.0.11)" != 0 ] || [ "$(relay_bytes 172.16.0.12)" != 0 ]; then
   fail "a relay received traffic in the direct phase, whose seed lists none"
 fi

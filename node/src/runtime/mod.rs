@@ -6,7 +6,6 @@
 //! sleep until the engine's next deadline.
 
 mod control;
-#[cfg(feature = "host")]
 mod crypto;
 #[cfg(feature = "host")]
 mod host;
@@ -34,7 +33,6 @@ use node_core::pool::Buffer;
 use node_core::Transmit;
 
 pub use control::{Connector, ControlLink, NoControl, WebSocketLink, CONNECT_TIMEOUT};
-#[cfg(feature = "host")]
 pub use crypto::CryptoPool;
 #[cfg(feature = "host")]
 pub use host::{bind_host_socket, drive, Fatal};
@@ -300,10 +298,11 @@ pub enum RunError {
 /// Where the AEAD of data packets runs (see [`node_core::crypto`]): on the loop's own thread,
 /// or spread over threads. Either way datagrams and packets leave in the order they came.
 pub trait Crypto {
-    /// Seals every transmit that needs it.
-    fn seal(&self, transmits: &mut [Transmit]);
-    /// Opens every data packet.
-    fn open(&self, decryptions: &mut [Decryption]);
+    /// Seals every transmit that needs it; the vector holds the same transmits in the same
+    /// order after.
+    fn seal(&self, transmits: &mut Vec<Transmit>);
+    /// Opens every data packet; the vector holds the same packets in the same order after.
+    fn open(&self, decryptions: &mut Vec<Decryption>);
 }
 
 /// The AEAD on the loop's thread, one packet after the other: the simulation's (one thread,
@@ -312,11 +311,11 @@ pub trait Crypto {
 pub struct Inline;
 
 impl Crypto for Inline {
-    fn seal(&self, transmits: &mut [Transmit]) {
+    fn seal(&self, transmits: &mut Vec<Transmit>) {
         transmits.iter_mut().for_each(Transmit::seal);
     }
 
-    fn open(&self, decryptions: &mut [Decryption]) {
+    fn open(&self, decryptions: &mut Vec<Decryption>) {
         decryptions.iter_mut().for_each(Decryption::run);
     }
 }

@@ -13,10 +13,12 @@
     clippy::wildcard_enum_match_arm
 )]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use harness::memnet::{udp_packet, ConnectedPair};
+use common::{addr, inner_packet};
+use harness::memnet::ConnectedPair;
 use node::runtime::{Crypto, CryptoPool};
 use node_core::crypto::Decryption;
 use node_core::ids::GatewayId;
@@ -28,19 +30,6 @@ const BATCHES: [usize; 2] = [64, 256];
 /// Packets per round, whatever the batch size.
 const PACKETS_PER_ROUND: usize = 12_800;
 const ROUNDS: usize = 15;
-
-fn addr(d: u8, port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, d)), port)
-}
-
-fn inner_packet() -> IpPacket {
-    let payload = vec![0x5A; PACKET_LEN - 28];
-    udp_packet(
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)), 40000),
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(100, 96, 0, 1)), 7),
-        &payload,
-    )
-}
 
 /// One batch through both nodes, the AEAD on `pool`.
 fn batch(
@@ -85,7 +74,7 @@ fn main() {
     let now = pair.net.now();
     pair.client_node().set_deferred_crypto(true);
     pair.gateway_node().set_deferred_crypto(true);
-    let packet = inner_packet();
+    let packet = inner_packet(PACKET_LEN);
     let (mut transmits, mut decryptions) = (Vec::new(), Vec::new());
     println!(
         "crypto threads: batches of {PACKET_LEN} B packets, client encapsulate + seal, gateway decapsulate + open + finish; median of {ROUNDS} alternating rounds, {cores} cores"

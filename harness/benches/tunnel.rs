@@ -7,31 +7,20 @@
     clippy::wildcard_enum_match_arm
 )]
 
+mod common;
+
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use common::{addr, inner_packet};
 use criterion::{criterion_group, Criterion, Throughput};
-use harness::memnet::{udp_packet, ConnectedPair};
+use harness::memnet::ConnectedPair;
 use node_core::ids::{ClientId, GatewayId};
 use node_core::packet::IpPacket;
 
 const PACKET_LEN: usize = 1280;
-
-fn addr(d: u8, port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, d)), port)
-}
-
-fn inner_packet() -> IpPacket {
-    let payload = vec![0x5A; PACKET_LEN - 28];
-    udp_packet(
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)), 40000),
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(100, 96, 0, 1)), 7),
-        &payload,
-    )
-}
 
 /// Two connected nodes, ready to pass packets from client to gateway.
 struct NodePair {
@@ -95,7 +84,7 @@ impl RawPair {
 }
 
 fn bench_tunnels(c: &mut Criterion) {
-    let packet = inner_packet();
+    let packet = inner_packet(PACKET_LEN);
     assert_eq!(packet.as_bytes().len(), PACKET_LEN);
     let mut nodes = NodePair::new();
     let mut raw = RawPair::new();
@@ -112,7 +101,7 @@ fn bench_tunnels(c: &mut Criterion) {
 fn print_ratio() {
     const ROUNDS: usize = 41;
     const ITERATIONS: u32 = 20_000;
-    let packet = inner_packet();
+    let packet = inner_packet(PACKET_LEN);
     let mut nodes = NodePair::new();
     let mut raw = RawPair::new();
     let mut ratios = Vec::with_capacity(ROUNDS);

@@ -125,7 +125,9 @@ impl CryptoPool {
         part: fn(&mut Share) -> &mut Vec<T>,
         run: fn(&mut Vec<T>),
     ) {
-        if self.slots.is_empty() || items.len() < PARALLEL_FROM {
+        // A crypto thread that died (a bug) leaves the work to the loop from then on.
+        let lost = self.slots.iter().any(|s| s.stop.load(Ordering::Acquire));
+        if self.slots.is_empty() || items.len() < PARALLEL_FROM || lost {
             return run(items);
         }
         let share = items.len().div_ceil(self.threads());
@@ -151,8 +153,23 @@ impl CryptoPool {
         for slot in &self.slots[..handed] {
             wait_for(&slot.has_done, &slot.stop);
             slot.has_done.store(false, Ordering::Relaxed);
-            if let Some(mut done) = lock(&slot.done).take() {
-                items.append(part(&mut done));
+            match lock(&slot.done).take() {
+                Some(mut done) => items.append(part(&mut done)),
+                None => tracing::error!("a crypto thread died: its share of the batch is lost"),
+            }
+        }
+    }
+}
+
+/// Tells the loop a crypto thread died, so that it does not wait for it for ever.
+struct Obituary<'a>(&'a Slot);
+
+impl Drop for Obituary<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop.store(true, Ordering::Release);
+            if let Some(waiter) = lock(&self.0.waiter).as_ref() {
+                waiter.unpark();
             }
         }
     }
@@ -160,6 +177,7 @@ impl CryptoPool {
 
 /// A crypto thread: runs the shares it is given until told to stop.
 fn work(slot: &Slot) {
+    let _obituary = Obituary(slot);
     loop {
         wait_for(&slot.has_work, &slot.stop);
         if slot.stop.load(Ordering::Acquire) {

@@ -238,13 +238,9 @@ impl<TId: PeerId> Node<TId> {
         now: Instant,
     ) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
         job.run();
+        let from = job.from;
         let result = self.finish_decryption_inner(job, now);
-        self.flush_staged(now);
-        if let Err(error) = &result {
-            self.stats.record(error);
-            tracing::debug!(%error, "dropped datagram");
-        }
-        result
+        self.settle_inbound(from, result, now)
     }
 
     fn finish_decryption_inner(
@@ -540,6 +536,17 @@ impl<TId: PeerId> Node<TId> {
         now: Instant,
     ) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
         let result = self.decapsulate_inner(local, from, datagram, now, true);
+        self.settle_inbound(from, result, now)
+    }
+
+    /// What a datagram from `from` gave, after its transmits are queued; a drop is counted and
+    /// logged.
+    fn settle_inbound<T>(
+        &mut self,
+        from: SocketAddr,
+        result: Result<T, Error>,
+        now: Instant,
+    ) -> Result<T, Error> {
         self.flush_staged(now);
         if let Err(error) = &result {
             self.stats.record(error);

@@ -321,8 +321,7 @@ impl Crypto for Inline {
 }
 
 /// Runs `engine` until the command channel closes (a clean stop: [`Engine::close`], and what
-/// it queued is sent) or I/O fails, with the AEAD
-/// on the loop's thread ([`Inline`]).
+/// it queued is sent) or I/O fails, with the AEAD on the loop's thread ([`Inline`]).
 pub async fn run<E, S, C, D, L>(
     engine: &mut E,
     socket: &S,
@@ -369,6 +368,8 @@ where
     let mut outgoing = Outgoing::default();
     let mut device_open = true;
     loop {
+        // The data packets of the last batch read are opened, and what they produced is
+        // written, before the loop waits again.
         open(engine, crypto, &mut outgoing, clock.now());
         flush(engine, socket, device, crypto, &mut outgoing).await?;
         while let Some(command) = engine.poll_control() {

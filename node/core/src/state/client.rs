@@ -589,7 +589,6 @@ impl ClientState {
         }
     }
 
-    /// Advances timers: the node's, and connection requests that went unanswered.
     /// The node is about to stop: its relay allocations are given back (see
     /// [`Node::release_relays`]); the datagrams that do it come out of `poll_transmit`.
     pub fn close(&mut self, now: Instant) {
@@ -597,6 +596,7 @@ impl ClientState {
         self.drain_node(now);
     }
 
+    /// Advances timers: the node's, and connection requests that went unanswered.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);
         let expired: Vec<ResourceId> = self

@@ -439,7 +439,6 @@ impl GatewayState {
         }
     }
 
-    /// Removes the authorizations that expired by `now`.
     /// The node is about to stop: its relay allocations are given back (see
     /// [`Node::release_relays`]); the datagrams that do it come out of `poll_transmit`.
     pub fn close(&mut self, now: Instant) {
@@ -447,6 +446,7 @@ impl GatewayState {
         self.drain_node(now);
     }
 
+    /// Removes the authorizations that expired by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);
         self.expire(now);

@@ -106,6 +106,13 @@ impl Case {
             let expect = if injected { expect } else { Expect::Uncertain };
             let unlimited = before.expect_unlimited(client, resource, before.now);
             let outcome = self.check_probe(client, resource, &payload, expect, unlimited)?;
+            if outcome == "checked:uncertain" {
+                let why = match before.uncertain_because(client, resource, before.now) {
+                    Some(why) if injected => why,
+                    Some(_) | None => "not_sent",
+                };
+                self.counts.bump(format!("uncertain:{why}"));
+            }
             if outcome == "checked:delivered" && before.expiring.contains_key(&(client, resource)) {
                 self.counts.bump("checked:delivered_expiring");
             }
@@ -148,7 +155,10 @@ impl Case {
                 w.loss_burst(*sites, false);
                 run(w, SETTLE)?;
                 for (client, resource, payload, expect) in probes {
-                    self.check_probe(client, resource, &payload, expect, expect)?;
+                    let outcome = self.check_probe(client, resource, &payload, expect, expect)?;
+                    if outcome == "checked:uncertain" {
+                        self.counts.bump("uncertain:sent_into_loss");
+                    }
                 }
                 return check_invariants(&self.deployment);
             }

@@ -45,6 +45,11 @@ pub const ADDRESS_CHANGE_RECOVERY: Duration = Duration::from_secs(2);
 /// up after 4 unanswered checks a second apart.
 pub const PATH_FAILOVER: Duration = Duration::from_secs(5);
 
+/// How long after a gateway or client restarts a new flow must work: the peer's connection to
+/// the old process fails within seconds (its checks go unanswered), and what it held for it
+/// goes on a new connection.
+pub const RESTART_RECOVERY: Duration = Duration::from_secs(5);
+
 /// How long the world runs before the first transition: nodes join the portal and allocate on
 /// the relays.
 pub const WARM_UP: Duration = Duration::from_secs(5);
@@ -407,6 +412,8 @@ pub struct Model {
     /// expiry, crash, block...), if there was one: each fault moves it to its own recovery
     /// bound after it, never earlier.
     pub recovered_at: Option<Duration>,
+    /// The kind of the transition that set [`Model::recovered_at`] (see [`Transition::kind`]).
+    pub recovering_from: &'static str,
     /// Decides the world: NAT types, keys, every random choice.
     pub seed: u64,
 }
@@ -428,6 +435,7 @@ impl Model {
             direct_blocked: false,
             now: WARM_UP,
             recovered_at: None,
+            recovering_from: "",
             seed,
         }
     }
@@ -467,13 +475,41 @@ impl Model {
     /// [`Model::expect`], with `renews` saying whether the packet may need a new authorization
     /// from the portal.
     fn expect_served(&self, client: usize, resource: usize, at: Duration, renews: bool) -> Expect {
-        if !self.authorized.contains(&(client, resource)) {
-            return Expect::Refused;
+        match self.doubt(client, resource, at, renews) {
+            Ok(expect) => expect,
+            Err(_) => Expect::Uncertain,
         }
-        let recovered = self.recovered_at.is_none_or(|t| at >= t);
-        let hostile = client == HOSTILE && self.hostile_at.is_some_and(|t| at < t + RECOVERY);
-        if !self.path_exists() || !recovered || hostile || self.roamed_idle.contains(&client) {
-            return Expect::Uncertain;
+    }
+
+    /// Why a packet from `client` to `resource` sent at `at` may be lost, if it may: the
+    /// reason an [`Expect::Uncertain`] is uncertain, for the coverage line.
+    pub fn uncertain_because(&self, client: usize, resource: usize, at: Duration) -> Option<&str> {
+        let renews = self.expiring.contains_key(&(client, resource));
+        self.doubt(client, resource, at, renews).err()
+    }
+
+    /// [`Model::expect_served`], with the reason for the doubt as the error.
+    fn doubt(
+        &self,
+        client: usize,
+        resource: usize,
+        at: Duration,
+        renews: bool,
+    ) -> Result<Expect, &str> {
+        if !self.authorized.contains(&(client, resource)) {
+            return Ok(Expect::Refused);
+        }
+        if !self.path_exists() {
+            return Err("no_path");
+        }
+        if self.recovered_at.is_some_and(|t| at < t) {
+            return Err(self.recovering_from);
+        }
+        if client == HOSTILE && self.hostile_at.is_some_and(|t| at < t + RECOVERY) {
+            return Err("hostile");
+        }
+        if self.roamed_idle.contains(&client) {
+            return Err("roamed_idle");
         }
         // A new connection (or authorization) needs the portal on both ends; an established
         // one needs neither.
@@ -481,13 +517,13 @@ impl Model {
         // And a relay: both ends are behind NATs, and without a STUN server neither learns the
         // public address the other must reach it on (host candidates are private).
         if needs_portal && !self.relay_available() {
-            return Expect::Uncertain;
+            return Err("no_relay");
         }
         let cut = self.portal_unreachable(client, at) || self.portal_unreachable(CLIENTS, at);
         if needs_portal && cut {
-            return Expect::Uncertain;
+            return Err("portal_cut");
         }
-        Expect::Delivered
+        Ok(Expect::Delivered)
     }
 
     /// Records that a packet of `client` arrived and its answer came back.
@@ -504,9 +540,13 @@ impl Model {
     pub fn apply(&mut self, t: &Transition) {
         // Packets are not required to arrive until `bound` after now (or a later moment an
         // earlier fault set); connections may have to be set up anew.
+        let kind = t.kind();
         let disrupt_for = |m: &mut Self, bound: Duration| {
             let until = m.now + bound;
-            m.recovered_at = Some(m.recovered_at.map_or(until, |r| r.max(until)));
+            if m.recovered_at.is_none_or(|r| until > r) {
+                m.recovered_at = Some(until);
+                m.recovering_from = kind;
+            }
             m.established.clear();
         };
         let disrupt = |m: &mut Self| disrupt_for(m, RECOVERY);
@@ -549,17 +589,23 @@ impl Model {
                     },
                 );
             }
-            // These break paths silently: the nodes find out through failed checks. A roaming
-            // client's peer keeps sending to the old address until ICE finds the new one; a
-            // replaced relay takes its allocations, and the relayed paths on them, along.
-            // Not yet ADDRESS_CHANGE_RECOVERY nor 5 s: after a NAT flush that hands the two
-            // clients each other's public ports, a client's next flow may get no answer for
-            // over 20 s (`harness run` seed 180), and after a gateway or client restart a flow
-            // may take over 30 s (seeds 145 and 297 fail at 30 s; 229 and 298 at 10 s).
-            Transition::NatExpiry(_)
-            | Transition::GatewayRestart
-            | Transition::ClientRestart(_) => {
-                disrupt(self);
+            // These break paths silently: the nodes find out through failed checks, and a
+            // packet for a path in doubt (idle, or with no working pair) waits for one that
+            // answers, or for the next connection. A roaming client's peer keeps sending to
+            // the old address until ICE finds the new one; a replaced relay takes its
+            // allocations, and the relayed paths on them, along. After a restart the peer's
+            // connection to the old process fails and what it held goes on a new one.
+            // The clients' public addresses change: the gateway follows their authenticated
+            // packets. The gateway's changes: nothing tells the clients where it went, so ICE
+            // finds it as it finds any dead path.
+            Transition::NatExpiry(Side::Clients) => {
+                disrupt_for(self, ADDRESS_CHANGE_RECOVERY);
+            }
+            Transition::NatExpiry(Side::Gateway) => {
+                disrupt_for(self, PATH_FAILOVER);
+            }
+            Transition::GatewayRestart | Transition::ClientRestart(_) => {
+                disrupt_for(self, RESTART_RECOVERY);
             }
             // The roaming client's packets count as disrupted until one is answered (its peer
             // answers the old address until it hears from the new one), and the rest of the
@@ -598,12 +644,11 @@ impl Model {
                 self.hostile_at = Some(self.now);
                 self.established.retain(|(client, _)| *client != HOSTILE);
             }
-            // Not yet PATH_FAILOVER: a connection idle when the block came may take longer than a
-            // send window to answer its next packet (seeds 51, 76 and 280 of `harness run`
-            // fail at 5 s).
+            // As a crash of the direct path: an active connection moves to a relayed pair, an
+            // idle one checks its path before its next packet goes.
             Transition::BlockDirect => {
                 self.direct_blocked = true;
-                disrupt(self);
+                disrupt_for(self, PATH_FAILOVER);
             }
             Transition::UnblockDirect => self.direct_blocked = false,
             Transition::Revoke { client, resource } => {

@@ -109,6 +109,10 @@ pub struct Node<TId> {
     wall_at_epoch: SystemTime,
 
     connections: BTreeMap<TId, Connection>,
+    /// Packets a failed connection held since it woke from idle (at most
+    /// [`crate::MAX_WAKE_HELD`] each), until the caller takes them with
+    /// [`Node::take_unsent`] to send on a new connection.
+    unsent: BTreeMap<TId, Vec<Buffer>>,
     by_index: BTreeMap<ConnIndex, TId>,
     by_key: BTreeMap<[u8; 32], TId>,
     by_ufrag: BTreeMap<String, TId>,
@@ -195,6 +199,7 @@ impl<TId: PeerId> Node<TId> {
             epoch: now,
             wall_at_epoch: UNIX_EPOCH,
             connections: BTreeMap::new(),
+            unsent: BTreeMap::new(),
             by_index: BTreeMap::new(),
             by_key: BTreeMap::new(),
             by_ufrag: BTreeMap::new(),
@@ -354,11 +359,17 @@ impl<TId: PeerId> Node<TId> {
                 let _guard = conn.span().enter();
                 tracing::info!("key, PSK or ICE credentials changed: replacing the connection");
                 drop(_guard);
-                self.remove_connection(id);
                 Upsert::Replaced
             }
             None => Upsert::Created,
         };
+        // Packets the old connection held for its path go out on the new one, after its
+        // handshake; so do those of one that failed and whose packets the caller left.
+        let mut held = self
+            .detach(id)
+            .map(|mut c| c.take_held())
+            .unwrap_or_default();
+        held.extend(self.unsent.remove(&id).unwrap_or_default());
 
         let index = self.free_index();
         let params = ConnectionParams {
@@ -385,10 +396,27 @@ impl<TId: PeerId> Node<TId> {
         self.by_index.insert(index, id);
         self.by_key.insert(conn.identity.remote_key.to_bytes(), id);
         self.by_ufrag.insert(conn.local_ufrag().to_owned(), id);
+        for packet in held {
+            match conn.encapsulate(&packet, now, &self.pool, self.deferred_crypto) {
+                Ok(Some(transmit)) => self.staged.push_back(transmit),
+                Ok(None) => {}
+                Err(error) => {
+                    self.stats.wireguard_errors += 1;
+                    tracing::debug!(%error, "held packet");
+                }
+            }
+        }
         self.connections.insert(id, conn);
         self.drain_connection_events(id);
         self.flush_staged(now);
         outcome
+    }
+
+    /// The packets the connection to `id` held when it failed (see [`Connection`]'s wake
+    /// hold), for the caller to send once it has a new connection; the node keeps them until
+    /// then, or until the next connection to `id` is made, which sends them.
+    pub fn take_unsent(&mut self, id: TId) -> Vec<Buffer> {
+        self.unsent.remove(&id).unwrap_or_default()
     }
 
     /// Tells the node the wall-clock time `wall` at `now` (the host's clock, or the
@@ -421,9 +449,12 @@ impl<TId: PeerId> Node<TId> {
 
     /// Drops the connection to `id` and its tunnel. Returns whether there was one.
     pub fn remove_connection(&mut self, id: TId) -> bool {
-        let Some(conn) = self.connections.remove(&id) else {
-            return false;
-        };
+        self.detach(id).is_some()
+    }
+
+    /// Removes the connection to `id` from every index and returns it.
+    fn detach(&mut self, id: TId) -> Option<Connection> {
+        let conn = self.connections.remove(&id)?;
         self.by_index.remove(&conn.index);
         self.channels_to_release = true;
         if self.by_key.get(&conn.identity.remote_key.to_bytes()) == Some(&id) {
@@ -432,7 +463,7 @@ impl<TId: PeerId> Node<TId> {
         if self.by_ufrag.get(conn.local_ufrag()) == Some(&id) {
             self.by_ufrag.remove(conn.local_ufrag());
         }
-        true
+        Some(conn)
     }
 
     /// Adds one signalled remote candidate; a malformed one is logged and ignored.
@@ -790,7 +821,11 @@ impl<TId: PeerId> Node<TId> {
             }
         }
         if failed {
-            self.remove_connection(id);
+            if let Some(held) = self.detach(id).map(|mut c| c.take_held()) {
+                if !held.is_empty() {
+                    self.unsent.insert(id, held);
+                }
+            }
         }
     }
 }

@@ -511,6 +511,18 @@ impl IceAgent {
         self.local_preference = LocalPreferenceHolder(Arc::new(p));
     }
 
+    /// Checks the nominated pair at the next `handle_timeout` instead of at its keep-alive
+    /// time (zta patch: a connection that wakes from idle wants to know at once whether its
+    /// path still works, not a keep-alive interval later).
+    pub fn check_nominated_now(&mut self, now: Instant) {
+        let Some(id) = self.nominated_send else {
+            return;
+        };
+        if let Some(pair) = self.candidate_pairs.iter_mut().find(|p| p.id() == id) {
+            pair.set_next_attempt_time(now);
+        }
+    }
+
     fn bust_candidate_pair_timeout_caches(&mut self) {
         for pair in self.candidate_pairs.iter_mut() {
             pair.reset_cached_next_attempt_time();

@@ -525,6 +525,11 @@ impl CandidatePair {
         self.remote_kind = remote_candidates[self.remote_idx].kind();
     }
 
+    /// zta patch: the next check goes at `at`, whatever the keep-alive timing says.
+    pub(crate) fn set_next_attempt_time(&mut self, at: Instant) {
+        self.cached_next_attempt_time = Some(at);
+    }
+
     pub(crate) fn reset_cached_next_attempt_time(&mut self) {
         self.cached_next_attempt_time = None;
     }

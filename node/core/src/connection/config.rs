@@ -20,6 +20,11 @@ pub const MIGRATION_GRACE: Duration = Duration::from_secs(2);
 /// relays, so a peer that signals thousands would exhaust the relays' channels for everyone.
 pub const MAX_REMOTE_CANDIDATES: usize = 32;
 
+/// How long the first packets after an idle spell wait for their path to be proven (see
+/// `wake.rs`): an active connection gives up a dead pair after 4 unanswered checks a second
+/// apart, and ICE moves to the next one at once.
+pub const WAKE_HOLD: Duration = Duration::from_secs(5);
+
 /// At most one proactive WireGuard roll-over (on upsert) per this long.
 pub const ROLLOVER_DEBOUNCE: Duration = Duration::from_secs(20);
 
@@ -34,6 +39,9 @@ pub struct ConnectionConfig {
     pub idle_after: Duration,
     /// The STUN keep-alive interval of an idle connection. Default [`IDLE_STUN_INTERVAL`].
     pub idle_stun_interval: Duration,
+    /// How long packets sent after an idle spell are held back at most while the path is
+    /// checked. Default [`WAKE_HOLD`].
+    pub wake_hold: Duration,
     /// The STUN keep-alive interval of an active connection (`is`' longest retransmission
     /// delay). Default 1 s: a path that stops answering is noticed within seconds.
     pub active_stun_interval: Duration,
@@ -76,6 +84,7 @@ impl Default for ConnectionConfig {
             wireguard_tick: Duration::from_millis(250),
             idle_after: IDLE_AFTER,
             idle_stun_interval: IDLE_STUN_INTERVAL,
+            wake_hold: WAKE_HOLD,
             active_stun_interval: Duration::from_secs(1),
             active_stun_retransmits: 4,
             handshake_deadline: HANDSHAKE_DEADLINE,

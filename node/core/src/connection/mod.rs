@@ -30,12 +30,15 @@ use crate::{CandidateKind, Error, FailReason};
 
 mod config;
 mod timer;
+mod wake;
 
 pub use config::{
     ConnectionConfig, HANDSHAKE_DEADLINE, ICE_SETUP_TIMEOUT, IDLE_AFTER, IDLE_STUN_INTERVAL,
-    MAX_REMOTE_CANDIDATES, MIGRATION_GRACE, ROLLOVER_DEBOUNCE,
+    MAX_REMOTE_CANDIDATES, MIGRATION_GRACE, ROLLOVER_DEBOUNCE, WAKE_HOLD,
 };
 use timer::{Timer, TimerTable};
+pub use wake::MAX_WAKE_HELD;
+use wake::{Verdict, Waking};
 
 /// WireGuard's message type of a handshake initiation.
 const HANDSHAKE_INITIATION: u8 = 1;
@@ -118,6 +121,8 @@ pub(crate) struct Connection {
     ice_connected_at: Option<Instant>,
     established: bool,
     idle: bool,
+    /// Packets held since the connection woke from idle, until its path is proven.
+    waking: Option<Waking>,
     last_activity: Instant,
     last_rollover: Option<Instant>,
     timers: TimerTable,
@@ -201,6 +206,7 @@ impl Connection {
             ice_connected_at: None,
             established: false,
             idle: false,
+            waking: None,
             last_activity: now,
             last_rollover: None,
             timers: TimerTable::default(),
@@ -375,7 +381,7 @@ impl Connection {
         transmits: &mut VecDeque<Transmit>,
     ) {
         let _guard = self.span.clone().entered();
-        self.mark_active(now);
+        self.wake(now);
         for candidate in self.local_candidates() {
             self.events
                 .push_back(ConnEvent::NewLocalCandidate(candidate));
@@ -393,6 +399,14 @@ impl Connection {
             return;
         }
         self.last_rollover = Some(now);
+        if let Some(waking) = &mut self.waking {
+            // The peer may have lost our session (that is why the portal upserted): the
+            // initiation goes once the path is proven, and the held packets after the new
+            // session, not into the old one.
+            tracing::debug!("rolling over to a fresh WireGuard session once the path answers");
+            waking.want_new_session();
+            return;
+        }
         tracing::debug!("rolling over to a fresh WireGuard session");
         self.initiate_handshake(path, now, pool, transmits);
     }
@@ -460,7 +474,48 @@ impl Connection {
         pool: &BufferPool,
         defer: bool,
     ) -> Result<Option<Transmit>, Error> {
+        self.wake(now);
+        if let Some(waking) = &mut self.waking {
+            if waking.hold(packet, pool, defer) {
+                return Ok(None);
+            }
+        }
+        self.seal_for_path(packet, now, pool, defer)
+    }
+
+    /// The connection is about to send. If its path is in doubt (it was idle, or ICE has no
+    /// working pair left), its packets are held from now until a path is proven (see
+    /// `wake.rs`); an idle path is checked at once.
+    fn wake(&mut self, now: Instant) {
+        let idle = self.idle;
+        // Its nominated pair failed and no other works yet (ICE may be checking new ones).
+        let lost = !self.ice.agent().state().is_connected();
+        let (true, None, Some(path)) =
+            (self.established && (idle || lost), &self.waking, self.path)
+        else {
+            self.mark_active(now);
+            return;
+        };
+        let responses = self.ice.agent().nominated_pair_responses_received();
+        let deadline = now + self.config.wake_hold;
+        tracing::debug!(parent: &self.span, remote = %path.remote, idle, "path in doubt: packets wait until one answers");
+        self.waking = Some(Waking::new(path, responses, deadline));
+        self.timers.set(Timer::Wake, deadline);
+        // After the active timing is applied, which resets when each pair is checked next.
         self.mark_active(now);
+        if idle {
+            self.ice.agent_mut().check_nominated_now(now);
+        }
+    }
+
+    /// Encrypts `packet` for the current route (see [`Connection::encapsulate`]).
+    fn seal_for_path(
+        &mut self,
+        packet: &[u8],
+        now: Instant,
+        pool: &BufferPool,
+        defer: bool,
+    ) -> Result<Option<Transmit>, Error> {
         let mut buf = pool.pull();
         let Some(path) = self.route() else {
             // boringtun queues the packet until a session exists; the handshake initiation it
@@ -545,6 +600,10 @@ impl Connection {
                     via: reply_path.relay,
                     seal: None,
                 });
+                if self.waking.is_some() {
+                    // Perhaps the session the held packets wait for.
+                    self.timers.set(Timer::Wake, now);
+                }
                 self.flush_queued(from, local, now, pool, transmits);
                 Inbound::Nothing
             }
@@ -588,6 +647,11 @@ impl Connection {
 
     /// An authenticated data packet arrived over `reply_path`.
     fn accept_data(&mut self, reply_path: Path, now: Instant) {
+        if let Some(waking) = &mut self.waking {
+            waking.note_peer_packet(reply_path);
+            // Sent on the next timeout, where there is a transmit queue.
+            self.timers.set(Timer::Wake, now);
+        }
         self.wg_endpoint = Some((reply_path.local, reply_path.remote));
         self.follow_peer(reply_path, now);
         self.mark_active(now);
@@ -762,6 +826,7 @@ impl Connection {
         // handle_timeout; without this the connection would come up a timer period late.
         self.ice.agent_mut().handle_timeout(now);
         self.drain_ice(now, pool, transmits);
+        self.release_held(now, pool, transmits);
         accepted
     }
 
@@ -799,7 +864,8 @@ impl Connection {
             | Timer::MigrationGrace
             | Timer::IceSetup
             | Timer::Handshake
-            | Timer::Idle => self.timers.get(timer),
+            | Timer::Idle
+            | Timer::Wake => self.timers.get(timer),
         }
     }
 
@@ -819,6 +885,78 @@ impl Connection {
             if timer == Timer::WireGuardTick {
                 self.ice.seeded().handle_timeout(now);
                 self.drain_ice(now, pool, transmits);
+                self.release_held(now, pool, transmits);
+            }
+        }
+    }
+
+    /// The packets held since the connection woke, if it is still waiting for its path.
+    pub(crate) fn take_held(&mut self) -> Vec<Buffer> {
+        self.timers.stop(Timer::Wake);
+        self.waking
+            .take()
+            .map(|w| w.into_held().into())
+            .unwrap_or_default()
+    }
+
+    /// Sends the packets held while the path was in doubt once a path is proven or the hold
+    /// is over; a newly nominated pair is checked first.
+    fn release_held(
+        &mut self,
+        now: Instant,
+        pool: &BufferPool,
+        transmits: &mut VecDeque<Transmit>,
+    ) {
+        let agent = self.ice.agent();
+        let responses = agent.nominated_pair_responses_received();
+        let connected = agent.state().is_connected();
+        let path = self.path;
+        let Some(waking) = &mut self.waking else {
+            return;
+        };
+        let verdict = waking.judge(path, responses, connected, now);
+        match verdict {
+            Verdict::Wait => {
+                if self.timers.get(Timer::Wake).is_some_and(|t| now >= t) {
+                    // Past the deadline without a working pair: ICE's own timers decide now.
+                    self.timers.stop(Timer::Wake);
+                }
+                return;
+            }
+            Verdict::Recheck => {
+                self.ice.agent_mut().check_nominated_now(now);
+                return;
+            }
+            Verdict::Handshake => {
+                if let Some(path) = path {
+                    self.initiate_handshake(path, now, pool, transmits);
+                }
+                return;
+            }
+            Verdict::Session(since) => {
+                let tick = self.config.wireguard_tick;
+                let done = self
+                    .tunnel
+                    .time_since_last_handshake(now)
+                    .is_some_and(|age| age <= now.saturating_duration_since(since) + tick);
+                if !done {
+                    return;
+                }
+            }
+            Verdict::Proven | Verdict::Deadline => {}
+        }
+        let Some(waking) = self.waking.take() else {
+            return;
+        };
+        self.timers.stop(Timer::Wake);
+        let defer = waking.defer;
+        let held = waking.into_held();
+        tracing::debug!(parent: &self.span, ?verdict, packets = held.len(), "sending the held packets");
+        for packet in held {
+            match self.seal_for_path(&packet, now, pool, defer) {
+                Ok(Some(t)) => transmits.push_back(t),
+                Ok(None) => {}
+                Err(error) => tracing::debug!(parent: &self.span, %error, "held packet"),
             }
         }
     }
@@ -844,6 +982,8 @@ impl Connection {
                     self.fail(FailReason::HandshakeTimeout);
                 }
             }
+            // `handle_timeout` releases what is due right after the tick.
+            Timer::Wake => {}
             Timer::Idle => {
                 self.idle = true;
                 self.timers.stop(Timer::Idle);

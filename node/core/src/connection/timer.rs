@@ -19,16 +19,19 @@ pub(crate) enum Timer {
     Handshake,
     /// No traffic since: the connection goes idle (sparse keep-alives).
     Idle,
+    /// Packets held since the connection woke up go out by then, path proven or not.
+    Wake,
 }
 
 impl Timer {
     /// Every timer, in the order expired ones are handled.
-    pub(crate) const ALL: [Timer; 5] = [
+    pub(crate) const ALL: [Timer; 6] = [
         Timer::WireGuardTick,
         Timer::MigrationGrace,
         Timer::IceSetup,
         Timer::Handshake,
         Timer::Idle,
+        Timer::Wake,
     ];
 
     /// Why the connection wants to wake up, for `poll_timeout`'s callers.
@@ -39,6 +42,7 @@ impl Timer {
             Timer::IceSetup => "ice setup deadline",
             Timer::Handshake => "handshake deadline",
             Timer::Idle => "idle check",
+            Timer::Wake => "held packets",
         }
     }
 }

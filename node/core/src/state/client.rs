@@ -713,13 +713,13 @@ impl ClientState {
                 }
                 Event::ConnectionIdle(gid) => tracing::debug!(%gid, "connection idle"),
                 Event::ConnectionFailed { connection, reason } => {
-                    self.on_connection_failed(connection, reason);
+                    self.on_connection_failed(connection, reason, now);
                 }
             }
         }
     }
 
-    fn on_connection_failed(&mut self, gid: GatewayId, reason: FailReason) {
+    fn on_connection_failed(&mut self, gid: GatewayId, reason: FailReason, now: Instant) {
         tracing::info!(%gid, %reason, "connection to gateway failed");
         self.gateways.remove(&gid);
         let unbound: Vec<ResourceId> = self
@@ -737,6 +737,14 @@ impl ClientState {
             gateway: gid,
             reason,
         });
+        // What the connection held for a path that never answered asks for a new connection,
+        // as if it were sent now.
+        for packet in self.node.take_unsent(gid) {
+            match IpPacket::parse(packet) {
+                Ok(packet) => self.handle_tun_packet(&packet, now),
+                Err(error) => tracing::debug!(%error, "held packet"),
+            }
+        }
     }
 
     /// Queues a candidate for the portal, in the same message as the previous one if that was

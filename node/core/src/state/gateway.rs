@@ -540,6 +540,11 @@ impl GatewayState {
                 Event::ConnectionIdle(cid) => tracing::debug!(%cid, "connection idle"),
                 Event::ConnectionFailed { connection, reason } => {
                     tracing::info!(cid = %connection, %reason, "connection to client failed; authorizations kept");
+                    // Only the client sets connections up: what was held for it is lost.
+                    let unsent = self.node.take_unsent(connection).len();
+                    if unsent > 0 {
+                        tracing::debug!(cid = %connection, unsent, "held packets dropped");
+                    }
                     self.events.push_back(GatewayEvent::ClientDisconnected {
                         client: connection,
                         reason,

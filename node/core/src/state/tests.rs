@@ -226,10 +226,11 @@ impl World {
         self.now - self.start
     }
 
-    /// A packet from the client's TUN device.
+    /// A packet from the client's TUN device, and the timers it makes due at once (an idle
+    /// connection checks its path before it sends).
     fn client_sends(&mut self, packet: &IpPacket) {
         self.client.handle_tun_packet(packet, self.now);
-        self.settle();
+        self.run_for(Duration::ZERO);
     }
 
     /// A packet from the resource network.
@@ -285,7 +286,7 @@ impl World {
         for rid in std::mem::take(&mut self.portal.held) {
             self.request(rid);
         }
-        self.settle();
+        self.run_for(Duration::ZERO);
     }
 
     /// Moves messages, datagrams and events until nothing moves. Returns whether anything did.
@@ -375,6 +376,14 @@ impl World {
                 self.client.handle_timeout(self.now);
                 self.gateway.handle_timeout(self.now);
                 self.settle();
+                // What that moved may have made a timer due at once.
+                let due = [self.client.poll_timeout(), self.gateway.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .any(|(t, _)| t <= deadline);
+                if due {
+                    continue;
+                }
                 return;
             };
             self.now = self.now.max(next);
@@ -539,7 +548,8 @@ fn pending_packets_make_one_request_and_arrive_in_order() {
     w.settle();
     assert_eq!(w.client.gateway_of(R1), Some(GID));
     for p in &packets[2..] {
-        w.client_sends(p);
+        w.client.handle_tun_packet(p, w.now);
+        w.settle();
     }
     assert!(w.gateway_tun.is_empty());
     w.run_for(Duration::from_secs(2));
@@ -822,6 +832,56 @@ fn access_survives_a_connection_failure() {
     w.client_sends(&udp(v4(), ip("10.0.1.5"), b"still mine"));
     assert_eq!(w.gateway_tun.len(), 1, "R2 still authorized at the gateway");
     assert_eq!(w.portal.requests, vec![R1, R2, R1, R2]);
+}
+
+#[test]
+fn the_first_packet_after_an_idle_spell_waits_for_the_path_and_is_not_lost() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    w.run_for(crate::IDLE_AFTER * 3);
+    assert!(w.client.node().connection(GID).unwrap().idle);
+    // The path is down when the packet is sent: it waits instead of going into the void.
+    w.link_up = false;
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"after a silence"));
+    w.run_for(Duration::from_secs(2));
+    assert!(w.gateway_tun.is_empty());
+    // The path is back within the hold: the next check is answered and the packet goes.
+    w.link_up = true;
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(
+        w.gateway_tun,
+        [udp(v4(), ip("10.0.0.7"), b"after a silence").as_bytes()]
+    );
+    // Awake now: the next packet goes at once.
+    w.client
+        .handle_tun_packet(&udp(v4(), ip("10.0.0.7"), b"at once"), w.now);
+    w.settle();
+    assert_eq!(w.gateway_tun.len(), 2);
+}
+
+#[test]
+fn packets_held_by_a_connection_that_fails_go_out_on_the_next_one() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    w.run_for(crate::IDLE_AFTER * 3);
+    w.link_up = false;
+    for i in 0..3u8 {
+        w.client_sends(&udp(v4(), ip("10.0.0.7"), &[i; 8]));
+    }
+    // No check is answered: the connection fails within the hold and the migration grace.
+    w.run_for(crate::WAKE_HOLD + crate::MIGRATION_GRACE);
+    assert!(w
+        .client_events
+        .iter()
+        .any(|e| matches!(e, ClientEvent::GatewayDisconnected { gateway: GID, .. })));
+    assert_eq!(w.portal.requests, [R1, R1], "the held packets asked again");
+    assert!(w.gateway_tun.is_empty());
+    w.link_up = true;
+    w.run_for(Duration::from_secs(5));
+    let expected: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| udp(v4(), ip("10.0.0.7"), &[i; 8]).as_bytes().to_vec())
+        .collect();
+    assert_eq!(w.gateway_tun, expected, "each once, in order");
 }
 
 /// The gateway restarts (new key, no authorizations) while the client still has a connection

@@ -101,11 +101,17 @@ impl Case {
         if let Some((client, resource, proto)) = t.probe() {
             let expect = before.expect(client, resource, before.now);
             let payload = w.fresh_payload(client);
+            let refused_before = w.gateway.refused.get();
             let injected = w.inject(client, probe_packet(client, resource, &payload, proto));
             run(w, SEND_WINDOW)?;
+            let refused_by_gateway = w.gateway.refused.get() > refused_before;
             let expect = if injected { expect } else { Expect::Uncertain };
             let unlimited = before.expect_unlimited(client, resource, before.now);
             let outcome = self.check_probe(client, resource, &payload, expect, unlimited)?;
+            // The disobeying client kept its route: the gateway's check is what refused it.
+            if outcome == "checked:refused" && refused_by_gateway {
+                self.counts.bump("checked:refused_by_gateway");
+            }
             if outcome == "checked:uncertain" {
                 let why = match before.uncertain_because(client, resource, before.now) {
                     Some(why) if injected => why,
@@ -206,6 +212,7 @@ impl Case {
             Transition::CandidateFlood => return self.candidate_flood(),
             Transition::HandshakeFlood => return self.handshake_flood(),
             Transition::ClaimKey => return self.claim_key(),
+            Transition::Spoof(r) => return self.spoof(*r),
         }
         // The world runs as long as the model says the transition takes (a change settles).
         run(&mut self.deployment, t.duration())?;
@@ -331,6 +338,42 @@ impl Case {
         check_invariants(&self.deployment)
     }
 
+    /// The hostile client sends a datagram to `resource` from the other client's tunnel
+    /// address. Nothing may arrive and no answer may reach anyone, whether the client had a
+    /// route to it or not; when the gateway's source check dropped it (the client did have
+    /// one), that is counted.
+    fn spoof(&mut self, resource: usize) -> Result<(), String> {
+        let w = &mut self.deployment;
+        let victim = 1 - HOSTILE;
+        let payload = w.fresh_payload(HOSTILE);
+        let packet = spoofed_probe(client_tunnel_ip(victim as u64 + 1), resource, &payload);
+        let dropped_before = w.gateway.wrong_source.get();
+        w.inject(HOSTILE, packet);
+        w.run_for(SEND_WINDOW).map_err(|e| e.to_string())?;
+        let arrivals = w.arrivals(&payload);
+        if !arrivals.is_empty() {
+            return Err(format!(
+                "a packet with c{}'s source reached a resource: {arrivals:?}",
+                victim + 1
+            ));
+        }
+        let echoes = w.echoes(victim, &payload) + w.echoes(HOSTILE, &payload);
+        if echoes > 0 {
+            return Err("an answer to a spoofed packet reached a client".to_owned());
+        }
+        let dropped = w.gateway.wrong_source.get() > dropped_before;
+        w.trace.record_at(
+            w.elapsed(),
+            "driver",
+            format_args!("checked:refused arrived=0 echoed=0 dropped_by_gateway={dropped}"),
+        );
+        self.counts.bump("checked:refused");
+        if dropped {
+            self.counts.bump("checked:spoof_dropped");
+        }
+        check_invariants(&self.deployment)
+    }
+
     /// Checks a probe against `expect`, records the outcome in the timeline and the counts, and
     /// tells the model when the pair's route is proven: the probe arrived and came back while
     /// nothing but the expiry of authorizations (`unlimited` is the expectation without it)
@@ -355,11 +398,8 @@ impl Case {
             format_args!("{outcome} arrived={arrived} echoed={echoed}"),
         );
         self.counts.bump(outcome);
-        if arrived == 1 && echoed == 1 {
-            self.model.note_answered(client);
-            if unlimited == Expect::Delivered {
-                self.model.note_delivered(client, resource);
-            }
+        if arrived == 1 && echoed == 1 && unlimited == Expect::Delivered {
+            self.model.note_delivered(client, resource);
         }
         Ok(outcome)
     }
@@ -507,4 +547,15 @@ pub fn check_invariants(w: &Deployment<'static>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A UDP probe to `resource` like [`probe_packet`]'s, from `src`: the checksums are right, only
+/// the address gives it away.
+fn spoofed_probe(src: IpAddr, resource: usize, payload: &[u8]) -> Vec<u8> {
+    let src = std::net::SocketAddr::new(src, 40_000);
+    let dst = std::net::SocketAddr::new(IpAddr::V4(RESOURCE_IPS[resource]), 7);
+    match IpPacket::udp(src, dst, payload) {
+        Ok(p) => p.into_inner(),
+        Err(error) => panic!("cannot build a spoofed probe: {error}"),
+    }
 }

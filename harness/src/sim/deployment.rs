@@ -19,7 +19,7 @@ use super::hosts::{
     client_host, client_tunnel_ip, gateway_host, portal_host, relay_host, DeviceTap, NodeHost,
     RelayTap, ResourceLog,
 };
-use super::model::{Proto, Side, CLIENTS, LINK_SITES, NODES, RELAYS, RESOURCES};
+use super::model::{Proto, Side, CLIENTS, HOSTILE, LINK_SITES, NODES, RELAYS, RESOURCES};
 use crate::nat::{Filtering, MappingBehaviour, NatConfig};
 use crate::turmoil_net::{
     links, sim_builder, Direction, Faults, LinkProfile, NatCommand, NatHandle, NatShim,
@@ -233,6 +233,8 @@ impl<'a> Deployment<'a> {
                 token: format!("client-token-{}", i + 1),
                 seed: seed.wrapping_mul(31).wrapping_add(i as u64),
                 portal: PORTAL.to_owned(),
+                // Its revocations are enforced by the gateway alone.
+                disobeys: i == HOSTILE,
             };
             let inside_ip = ip(&sim, name);
             let via = nat_c.inside_addr();
@@ -259,6 +261,7 @@ impl<'a> Deployment<'a> {
                 token: "gateway-token-1".to_owned(),
                 seed: seed.wrapping_mul(37).wrapping_add(7),
                 portal: PORTAL.to_owned(),
+                disobeys: false,
             };
             let inside_ip = ip(&sim, GATEWAY);
             let via = nat_g.inside_addr();

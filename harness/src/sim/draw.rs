@@ -66,6 +66,8 @@ pub enum Kind {
     RemoveResource,
     /// [`Transition::AddResource`].
     AddResource,
+    /// [`Transition::Spoof`].
+    Spoof,
 }
 
 /// How often each kind is drawn, out of the sum of the weights. Traffic and time weigh most:
@@ -101,7 +103,7 @@ pub const WEIGHTS: [(u32, Kind); 21] = [
 /// most faults are followed by the packets that check them (a third of its transitions send).
 /// The hostile client's kinds and the resource changes are drawn only here, so the seeds of
 /// [`generate`] keep their cases.
-pub const PROPERTY_WEIGHTS: [(u32, Kind); 24] = [
+pub const PROPERTY_WEIGHTS: [(u32, Kind); 25] = [
     (10, Kind::Send),
     (2, Kind::SendTcp),
     (2, Kind::Ping),
@@ -126,6 +128,7 @@ pub const PROPERTY_WEIGHTS: [(u32, Kind); 24] = [
     (1, Kind::ClaimKey),
     (1, Kind::RemoveResource),
     (3, Kind::AddResource),
+    (1, Kind::Spoof),
 ];
 
 /// The spans an advance's duration is drawn from, each as likely, so that short advances come up
@@ -243,6 +246,7 @@ pub fn transition(kind: Kind, mut pick: impl FnMut(Param) -> u64) -> Transition 
         Kind::ClaimKey => Transition::ClaimKey,
         Kind::RemoveResource => Transition::RemoveResource(pick(Param::Resource) as usize),
         Kind::AddResource => Transition::AddResource(pick(Param::Resource) as usize),
+        Kind::Spoof => Transition::Spoof(pick(Param::Resource) as usize),
     }
 }
 

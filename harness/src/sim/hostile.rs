@@ -76,6 +76,12 @@ pub struct GatewayTap {
     pub stats: RefCell<Stats>,
     /// The signalled remote candidates each of its connections holds.
     pub remote_candidates: RefCell<BTreeMap<ClientId, usize>>,
+    /// Tunnel packets its source check dropped (the gateway state's `wrong_source`), since
+    /// this gateway process started.
+    pub wrong_source: Cell<u64>,
+    /// Tunnel packets it refused for want of an authorization (the gateway state's
+    /// `unauthorized` and `unknown_client`), since this gateway process started.
+    pub refused: Cell<u64>,
 }
 
 /// An `ice_candidates` frame from the client to gateway 1 with [`FLOOD_CANDIDATES`] bogus host

@@ -150,6 +150,9 @@ pub struct NodeHost {
     pub seed: u64,
     /// The portal host's name.
     pub portal: String,
+    /// A client that keeps its routes after revocations (see
+    /// [`ClientState::ignoring_revocations`]).
+    pub disobeys: bool,
 }
 
 /// Runs a client on `socket`; its device is tapped by the driver, and on the tap's roam
@@ -194,6 +197,9 @@ pub async fn client_host(
     }
     let mut tunnel =
         ClientState::new(cfg.seed, now).with_wall_clock(now, sim_wall_clock(unix_epoch_secs));
+    if cfg.disobeys {
+        tunnel = tunnel.ignoring_revocations();
+    }
     tunnel.add_local_address(local, now);
     let engine = ClientEngine::new(tunnel, "client", cfg.seed.wrapping_add(1));
     let (host, traced, tapped) = (cfg.name.clone(), trace.clone(), Rc::clone(&tap));
@@ -296,6 +302,11 @@ pub async fn gateway_host<S: DatagramSocket>(
     observed.public_key.set(Some(engine.state().public_key()));
     let mut engine = Observed::new(engine, move |engine: &mut GatewayEngine| {
         engine.drain_events(&host, &traced, None);
+        let stats = engine.state().stats();
+        observed.wrong_source.set(stats.wrong_source);
+        observed
+            .refused
+            .set(stats.unauthorized + stats.unknown_client);
         let node = engine.state().node();
         observed.stats.borrow_mut().clone_from(node.stats());
         let mut held = observed.remote_candidates.borrow_mut();

@@ -174,6 +174,10 @@ pub enum Transition {
     /// An administrator removes a resource at the portal, while traffic flows: its policies go
     /// with it, and nobody may reach it any more.
     RemoveResource(usize),
+    /// The [`HOSTILE`] client sends a UDP datagram to a resource with the other client's tunnel
+    /// address as its source, as anyone can on their own machine: the gateway must drop it,
+    /// whatever the resource, so that nothing arrives and no answer reaches the other client.
+    Spoof(usize),
     /// An administrator puts a removed resource back; no policy lets anyone reach it until one
     /// is granted again.
     AddResource(usize),
@@ -195,7 +199,9 @@ impl fmt::Display for Transition {
             Self::RelayCrash(r) | Self::RelayRestart(r) => write!(f, "(t{})", r + 1),
             Self::ClientRestart(c) | Self::Roam(c) => write!(f, "(c{})", c + 1),
             Self::RelayReplace(r) => write!(f, "(t{})", r + 1),
-            Self::RemoveResource(r) | Self::AddResource(r) => write!(f, "(r{})", r + 1),
+            Self::RemoveResource(r) | Self::AddResource(r) | Self::Spoof(r) => {
+                write!(f, "(r{})", r + 1)
+            }
             Self::LossBurst { sites, secs } => write!(f, "({sites:#b}, {secs}s)"),
             Self::PortalPartition { node, secs } => write!(f, "({}, {secs}s)", node_name(*node)),
             Self::AuthorizeFor {
@@ -242,13 +248,16 @@ impl Transition {
             Self::ClaimKey => "claim_key",
             Self::RemoveResource(_) => "remove_resource",
             Self::AddResource(_) => "add_resource",
+            Self::Spoof(_) => "spoof",
         }
     }
 
     /// How long the world runs for this transition.
     pub fn duration(&self) -> Duration {
         match self {
-            Self::Send { .. } | Self::SendTcp { .. } | Self::Ping { .. } => SEND_WINDOW,
+            Self::Send { .. } | Self::SendTcp { .. } | Self::Ping { .. } | Self::Spoof(_) => {
+                SEND_WINDOW
+            }
             Self::Advance { secs } => Duration::from_secs(*secs),
             Self::LossBurst { secs, .. } => Duration::from_secs(*secs) + SETTLE,
             Self::HandshakeFlood => FLOOD + SETTLE,
@@ -274,7 +283,7 @@ impl Transition {
     }
 
     /// Every kind, for the coverage check.
-    pub const KINDS: [&'static str; 24] = [
+    pub const KINDS: [&'static str; 25] = [
         "send",
         "advance_time",
         "portal_restart",
@@ -299,6 +308,7 @@ impl Transition {
         "claim_key",
         "remove_resource",
         "add_resource",
+        "spoof",
     ];
 
     /// The probe this transition sends, if it is one: (client, resource, protocol).
@@ -327,7 +337,8 @@ impl Transition {
             | Self::HandshakeFlood
             | Self::ClaimKey
             | Self::RemoveResource(_)
-            | Self::AddResource(_) => None,
+            | Self::AddResource(_)
+            | Self::Spoof(_) => None,
         }
     }
 }
@@ -394,13 +405,15 @@ pub struct Model {
     /// [`Transition::AuthorizeFor`]), with how long they last and the latest moment one may
     /// have started or been extended.
     pub expiring: BTreeMap<(usize, usize), Expiring>,
-    /// Clients that roamed and have not had a packet answered since. The gateway keeps
-    /// sending to a silently rebound client's old address (ICE on the controlled side does not
-    /// follow the client's new one), and the client notices only when its packets go
-    /// unanswered long enough to fail the connection and reconnect: how soon that is depends on
-    /// when it sends, so each of its packets counts as a disruption until one is answered
-    /// (kept by the driver, which sees the outcomes).
-    pub roamed_idle: BTreeSet<usize>,
+    /// Pairs of the [`HOSTILE`] client revoked (or whose resource was removed) since it last
+    /// started: it keeps its route, so it never asks for a new authorization when access is
+    /// granted again, and the gateway refuses it (see
+    /// `ClientState::ignoring_revocations`): its own doing.
+    pub disobeyed: BTreeSet<(usize, usize)>,
+    /// Pairs of the [`HOSTILE`] client revoked while the gateway's portal link was cut, with
+    /// when the gateway is back to hear it: the client kept its route, and until then nothing
+    /// tells the gateway.
+    pub revocation_pending: BTreeMap<(usize, usize), Duration>,
     /// When the [`HOSTILE`] client last misbehaved: its own connection may suffer from what it
     /// did (the other client's must not).
     pub hostile_at: Option<Duration>,
@@ -430,7 +443,8 @@ impl Model {
             portal_cut_until: [None; NODES],
             established: BTreeSet::new(),
             expiring: BTreeMap::new(),
-            roamed_idle: BTreeSet::new(),
+            disobeyed: BTreeSet::new(),
+            revocation_pending: BTreeMap::new(),
             hostile_at: None,
             direct_blocked: false,
             now: WARM_UP,
@@ -496,8 +510,18 @@ impl Model {
         at: Duration,
         renews: bool,
     ) -> Result<Expect, &str> {
+        if self
+            .revocation_pending
+            .get(&(client, resource))
+            .is_some_and(|until| at < *until)
+        {
+            return Err("revocation_pending");
+        }
         if !self.authorized.contains(&(client, resource)) {
             return Ok(Expect::Refused);
+        }
+        if self.disobeyed.contains(&(client, resource)) {
+            return Err("disobeyed");
         }
         if !self.path_exists() {
             return Err("no_path");
@@ -507,9 +531,6 @@ impl Model {
         }
         if client == HOSTILE && self.hostile_at.is_some_and(|t| at < t + RECOVERY) {
             return Err("hostile");
-        }
-        if self.roamed_idle.contains(&client) {
-            return Err("roamed_idle");
         }
         // A new connection (or authorization) needs the portal on both ends; an established
         // one needs neither.
@@ -524,11 +545,6 @@ impl Model {
             return Err("portal_cut");
         }
         Ok(Expect::Delivered)
-    }
-
-    /// Records that a packet of `client` arrived and its answer came back.
-    pub fn note_answered(&mut self, client: usize) {
-        self.roamed_idle.remove(&client);
     }
 
     /// Records that a packet from `client` to `resource` was required to arrive and did.
@@ -549,20 +565,9 @@ impl Model {
             }
             m.established.clear();
         };
-        let disrupt = |m: &mut Self| disrupt_for(m, RECOVERY);
         for until in &mut self.portal_cut_until {
             if until.is_some_and(|u| self.now >= u + PORTAL_REJOIN) {
                 *until = None;
-            }
-        }
-        let senders: Vec<usize> = match (t.probe(), t) {
-            (Some((client, _, _)), _) => vec![client],
-            (None, Transition::LossBurst { .. }) => (0..CLIENTS).collect(),
-            (None, _) => Vec::new(),
-        };
-        for client in senders {
-            if self.roamed_idle.contains(&client) {
-                disrupt(self);
             }
         }
         match t {
@@ -572,7 +577,8 @@ impl Model {
             | Transition::SendTcp { .. }
             | Transition::Ping { .. }
             | Transition::Advance { .. }
-            | Transition::PortalRestart => {}
+            | Transition::PortalRestart
+            | Transition::Spoof(_) => {}
             // The portal refuses a policy for a resource that is gone: nothing changes.
             Transition::Authorize { resource, .. } | Transition::AuthorizeFor { resource, .. }
                 if self.removed_resources.contains(resource) => {}
@@ -606,23 +612,24 @@ impl Model {
             }
             Transition::GatewayRestart | Transition::ClientRestart(_) => {
                 disrupt_for(self, RESTART_RECOVERY);
+                if *t == Transition::ClientRestart(HOSTILE) {
+                    self.disobeyed.clear();
+                    self.revocation_pending.clear();
+                }
             }
-            // The roaming client's packets count as disrupted until one is answered (its peer
-            // answers the old address until it hears from the new one), and the rest of the
-            // world within ADDRESS_CHANGE_RECOVERY.
-            Transition::Roam(c) => {
-                disrupt_for(self, ADDRESS_CHANGE_RECOVERY);
-                self.roamed_idle.insert(*c);
-            }
+            // The gateway follows the roaming client's authenticated packets to its new
+            // address; an idle client checks its path before its next packet goes.
+            Transition::Roam(_) => disrupt_for(self, ADDRESS_CHANGE_RECOVERY),
             Transition::RelayReplace(r) => {
                 if let Some(standby) = (0..RELAYS).find(|s| !self.relays_announced[*s]) {
                     self.relays_announced[standby] = true;
                 }
                 self.relays_announced[*r] = false;
-                // The nodes free their allocations on the withdrawn relay, so nothing refreshes
-                // the NAT mappings towards it any more: the server-reflexive addresses it
-                // taught (which paths may use) stop working when those mappings expire.
-                disrupt_for(self, crate::nat::DEFAULT_MAPPING_TIMEOUT + PATH_FAILOVER);
+                // As a crash of the relayed paths on it. The nodes free their allocations on
+                // it, so the NAT mappings towards it expire later and may take the
+                // server-reflexive addresses it taught along: a path on one is then as dead as
+                // any other, and a packet for it waits for the next path.
+                disrupt_for(self, PATH_FAILOVER);
             }
             // Lost checks and handshakes may fail connections: recovery counts from the end
             // of the burst.
@@ -652,6 +659,9 @@ impl Model {
             }
             Transition::UnblockDirect => self.direct_blocked = false,
             Transition::Revoke { client, resource } => {
+                if *client == HOSTILE {
+                    self.disobey((*client, *resource));
+                }
                 self.authorized.remove(&(*client, *resource));
                 self.established.remove(&(*client, *resource));
                 self.expiring.remove(&(*client, *resource));
@@ -662,6 +672,7 @@ impl Model {
             }
             // As a revocation of every client's access to it.
             Transition::RemoveResource(resource) => {
+                self.disobey((HOSTILE, *resource));
                 for client in 0..CLIENTS {
                     self.authorized.remove(&(client, *resource));
                     self.established.remove(&(client, *resource));
@@ -674,6 +685,15 @@ impl Model {
             }
         }
         self.now += t.duration();
+    }
+
+    /// The [`HOSTILE`] client's `pair` is revoked: it keeps its route, so only the gateway
+    /// refuses it, once it hears of it.
+    fn disobey(&mut self, pair: (usize, usize)) {
+        self.disobeyed.insert(pair);
+        if let Some(until) = self.portal_cut_until[CLIENTS] {
+            self.revocation_pending.insert(pair, until + PORTAL_REJOIN);
+        }
     }
 
     /// Whether `t` makes sense now (a restart of a relay that runs does not).
@@ -711,7 +731,8 @@ impl Model {
             | Transition::Roam(_)
             | Transition::CandidateFlood
             | Transition::HandshakeFlood
-            | Transition::ClaimKey => true,
+            | Transition::ClaimKey
+            | Transition::Spoof(_) => true,
         }
     }
 }

@@ -237,13 +237,13 @@ pub fn parse_transition(text: &str) -> Result<Transition, String> {
                 _ => Transition::RelayReplace(relay),
             }
         }
-        "remove_resource" | "add_resource" => {
+        "remove_resource" | "add_resource" | "spoof" => {
             arity(1)?;
             let resource = indexed(args[0], 'r', RESOURCES)?;
-            if kind == "remove_resource" {
-                Transition::RemoveResource(resource)
-            } else {
-                Transition::AddResource(resource)
+            match kind {
+                "remove_resource" => Transition::RemoveResource(resource),
+                "add_resource" => Transition::AddResource(resource),
+                _ => Transition::Spoof(resource),
             }
         }
         "client_restart" | "roam" => {

@@ -511,6 +511,13 @@ impl IceAgent {
         self.local_preference = LocalPreferenceHolder(Arc::new(p));
     }
 
+    /// How many of the latest checks on the nominated pair are unanswered (the last one may
+    /// still be in flight), and when the first of them was sent (zta patch: a path whose checks
+    /// stop being answered is in doubt before ICE gives it up).
+    pub fn nominated_pair_unanswered(&self) -> Option<(usize, Instant)> {
+        self.nominated_pair().and_then(|p| p.unanswered())
+    }
+
     /// Checks the nominated pair at the next `handle_timeout` instead of at its keep-alive
     /// time (zta patch: a connection that wakes from idle wants to know at once whether its
     /// path still works, not a keep-alive interval later).

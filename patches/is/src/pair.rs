@@ -424,7 +424,7 @@ impl CandidatePair {
     /// the time when we started having an outage.
     ///
     /// The returned value is the number of unanswered attempts and the oldest time.
-    fn unanswered(&self) -> Option<(usize, Instant)> {
+    pub(crate) fn unanswered(&self) -> Option<(usize, Instant)> {
         self.binding_attempts
             .iter()
             .rev()

@@ -20,10 +20,10 @@ pub const MIGRATION_GRACE: Duration = Duration::from_secs(2);
 /// relays, so a peer that signals thousands would exhaust the relays' channels for everyone.
 pub const MAX_REMOTE_CANDIDATES: usize = 32;
 
-/// How long the first packets after an idle spell wait for their path to be proven (see
-/// `wake.rs`): an active connection gives up a dead pair after 4 unanswered checks a second
-/// apart, and ICE moves to the next one at once.
-pub const WAKE_HOLD: Duration = Duration::from_secs(5);
+/// How long packets for a path in doubt wait at most while ICE still takes the path for working
+/// (see `wake.rs`). A working path answers within a round trip and a dead one is given up after
+/// 4 unanswered checks, 4 to 6 s from the first: this only bounds a path that does neither.
+pub const WAKE_HOLD: Duration = Duration::from_secs(10);
 
 /// At most one proactive WireGuard roll-over (on upsert) per this long.
 pub const ROLLOVER_DEBOUNCE: Duration = Duration::from_secs(20);

@@ -121,8 +121,11 @@ pub(crate) struct Connection {
     ice_connected_at: Option<Instant>,
     established: bool,
     idle: bool,
-    /// Packets held since the connection woke from idle, until its path is proven.
+    /// Packets held while the path is in doubt, until a path is proven.
     waking: Option<Waking>,
+    /// The nominated pair's last [`UNANSWERED_IN_DOUBT`] checks are unanswered, as of the last
+    /// timer or STUN message (kept here, not asked of ICE for every packet sent).
+    path_silent: bool,
     last_activity: Instant,
     last_rollover: Option<Instant>,
     timers: TimerTable,
@@ -137,6 +140,11 @@ pub(crate) struct Connection {
 /// The priority of a remote candidate learned from authenticated packets: the highest RFC 8445
 /// allows, so that a pair on it outranks every pair on a signalled candidate.
 const LEARNED_PRIORITY: u32 = (1 << 31) - 1;
+
+/// Unanswered checks on the nominated pair (the newest may be in flight) that put its path in
+/// doubt: two checks a second apart lost in a row happen on a path that died, rarely on a
+/// lossy one, where it costs the packets meanwhile a round trip.
+const UNANSWERED_IN_DOUBT: usize = 3;
 
 /// Unanswered checks after which a pair fails while no path exists, or the connection is idle:
 /// `is`' own default (about 20 s at a 3 s interval), so a hole punch waits for the peer's checks.
@@ -207,6 +215,7 @@ impl Connection {
             established: false,
             idle: false,
             waking: None,
+            path_silent: false,
             last_activity: now,
             last_rollover: None,
             timers: TimerTable::default(),
@@ -483,22 +492,21 @@ impl Connection {
         self.seal_for_path(packet, now, pool, defer)
     }
 
-    /// The connection is about to send. If its path is in doubt (it was idle, or ICE has no
-    /// working pair left), its packets are held from now until a path is proven (see
-    /// `wake.rs`); an idle path is checked at once.
+    /// The connection is about to send. If its path is in doubt (it was idle, its nominated
+    /// pair's last checks went unanswered, or ICE has no working pair left and may be checking
+    /// new ones), its packets are held from now until a path is proven (see `wake.rs`); an idle
+    /// path is checked at once.
     fn wake(&mut self, now: Instant) {
-        let idle = self.idle;
-        // Its nominated pair failed and no other works yet (ICE may be checking new ones).
+        let (idle, silent) = (self.idle, self.path_silent);
         let lost = !self.ice.agent().state().is_connected();
-        let (true, None, Some(path)) =
-            (self.established && (idle || lost), &self.waking, self.path)
-        else {
+        let doubt = idle || lost || silent;
+        let (true, None, Some(path)) = (self.established && doubt, &self.waking, self.path) else {
             self.mark_active(now);
             return;
         };
         let responses = self.ice.agent().nominated_pair_responses_received();
         let deadline = now + self.config.wake_hold;
-        tracing::debug!(parent: &self.span, remote = %path.remote, idle, "path in doubt: packets wait until one answers");
+        tracing::debug!(parent: &self.span, remote = %path.remote, idle, lost, silent, "path in doubt: packets wait until one answers");
         self.waking = Some(Waking::new(path, responses, deadline));
         self.timers.set(Timer::Wake, deadline);
         // After the active timing is applied, which resets when each pair is checked next.
@@ -907,6 +915,11 @@ impl Connection {
         pool: &BufferPool,
         transmits: &mut VecDeque<Transmit>,
     ) {
+        self.path_silent = self
+            .ice
+            .agent()
+            .nominated_pair_unanswered()
+            .is_some_and(|(n, _)| n >= UNANSWERED_IN_DOUBT);
         let agent = self.ice.agent();
         let responses = agent.nominated_pair_responses_received();
         let connected = agent.state().is_connected();
@@ -915,35 +928,38 @@ impl Connection {
             return;
         };
         let verdict = waking.judge(path, responses, connected, now);
-        match verdict {
-            Verdict::Wait => {
-                if self.timers.get(Timer::Wake).is_some_and(|t| now >= t) {
-                    // Past the deadline without a working pair: ICE's own timers decide now.
-                    self.timers.stop(Timer::Wake);
-                }
-                return;
-            }
+        let deadline = waking.deadline();
+        let release = match verdict {
+            Verdict::Wait => false,
             Verdict::Recheck => {
                 self.ice.agent_mut().check_nominated_now(now);
-                return;
+                false
             }
             Verdict::Handshake => {
                 if let Some(path) = path {
                     self.initiate_handshake(path, now, pool, transmits);
                 }
-                return;
+                false
             }
             Verdict::Session(since) => {
                 let tick = self.config.wireguard_tick;
-                let done = self
-                    .tunnel
+                self.tunnel
                     .time_since_last_handshake(now)
-                    .is_some_and(|age| age <= now.saturating_duration_since(since) + tick);
-                if !done {
-                    return;
+                    .is_some_and(|age| age <= now.saturating_duration_since(since) + tick)
+            }
+            Verdict::Proven | Verdict::Deadline => true,
+        };
+        if !release {
+            // A due timer (a packet of the peer's may have set it to now) is due again only at
+            // the deadline; past it, without a working pair, ICE's own timers decide.
+            if self.timers.get(Timer::Wake).is_some_and(|t| now >= t) {
+                if now < deadline {
+                    self.timers.set(Timer::Wake, deadline);
+                } else {
+                    self.timers.stop(Timer::Wake);
                 }
             }
-            Verdict::Proven | Verdict::Deadline => {}
+            return;
         }
         let Some(waking) = self.waking.take() else {
             return;

@@ -74,6 +74,10 @@ impl Waking {
         }
     }
 
+    pub(super) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Holds a copy of `packet`, to be sealed by the caller if `defer`; false when
     /// [`MAX_WAKE_HELD`] are held already.
     pub(super) fn hold(&mut self, packet: &[u8], pool: &BufferPool, defer: bool) -> bool {

@@ -175,6 +175,8 @@ pub struct ClientState {
     stats: ClientStats,
     /// Maps the portal's unix expiry times onto instants, once the runtime told the time.
     clock: Option<super::WallClock>,
+    /// See [`ClientState::ignoring_revocations`].
+    ignores_revocations: bool,
 }
 
 impl ClientState {
@@ -202,6 +204,14 @@ impl ClientState {
         self
     }
 
+    /// Keeps its routes when access is revoked or a resource deleted, as a client its user
+    /// changed would: the client is the user's, so only the gateway's checks enforce a policy.
+    /// The simulation runs one such client to check that they do; the binaries never do this.
+    pub fn ignoring_revocations(mut self) -> Self {
+        self.ignores_revocations = true;
+        self
+    }
+
     fn from_node(node: Node<GatewayId>) -> Self {
         Self {
             node,
@@ -214,6 +224,7 @@ impl ClientState {
             events: VecDeque::new(),
             stats: ClientStats::default(),
             clock: None,
+            ignores_revocations: false,
         }
     }
 
@@ -436,11 +447,15 @@ impl ClientState {
             }
             ClientIngress::ResourceDeleted(deleted) => {
                 tracing::info!(rid = %deleted.id, "resource deleted");
-                self.remove_resource(deleted.id);
+                if !self.ignores_revocations {
+                    self.remove_resource(deleted.id);
+                }
             }
             ClientIngress::AccessRevoked(revoked) => {
                 tracing::info!(rid = %revoked.resource_id, "access revoked");
-                self.remove_resource(revoked.resource_id);
+                if !self.ignores_revocations {
+                    self.remove_resource(revoked.resource_id);
+                }
             }
             ClientIngress::RelaysPresence(presence) => {
                 apply_relays_presence(&mut self.node, &presence, now);

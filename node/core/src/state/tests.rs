@@ -860,6 +860,28 @@ fn the_first_packet_after_an_idle_spell_waits_for_the_path_and_is_not_lost() {
 }
 
 #[test]
+fn a_packet_for_an_active_path_whose_checks_go_unanswered_waits_for_an_answer() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    // Active, and then the path stops carrying anything: after two checks a second apart go
+    // unanswered, and before ICE gives the pair up, a packet waits instead of being lost.
+    w.link_up = false;
+    w.run_for(Duration::from_millis(2_600));
+    assert!(w
+        .client_events
+        .iter()
+        .all(|e| !matches!(e, ClientEvent::GatewayDisconnected { .. })));
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"into the silence"));
+    assert!(w.gateway_tun.is_empty());
+    w.link_up = true;
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(
+        w.gateway_tun,
+        [udp(v4(), ip("10.0.0.7"), b"into the silence").as_bytes()]
+    );
+}
+
+#[test]
 fn packets_held_by_a_connection_that_fails_go_out_on_the_next_one() {
     let mut w = World::new(&[R1]);
     w.connect(&[ip("10.0.0.7")]);
@@ -868,12 +890,17 @@ fn packets_held_by_a_connection_that_fails_go_out_on_the_next_one() {
     for i in 0..3u8 {
         w.client_sends(&udp(v4(), ip("10.0.0.7"), &[i; 8]));
     }
-    // No check is answered: the connection fails within the hold and the migration grace.
-    w.run_for(crate::WAKE_HOLD + crate::MIGRATION_GRACE);
-    assert!(w
-        .client_events
-        .iter()
-        .any(|e| matches!(e, ClientEvent::GatewayDisconnected { gateway: GID, .. })));
+    // No check is answered: the connection fails, within the hold and the migration grace.
+    let failed = |w: &World| {
+        w.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::GatewayDisconnected { gateway: GID, .. }))
+    };
+    let start = w.now;
+    while !failed(&w) && w.now - start < crate::WAKE_HOLD + crate::MIGRATION_GRACE {
+        w.run_for(Duration::from_millis(100));
+    }
+    assert!(failed(&w));
     assert_eq!(w.portal.requests, [R1, R1], "the held packets asked again");
     assert!(w.gateway_tun.is_empty());
     w.link_up = true;

@@ -156,7 +156,8 @@ fn nat_port_reuse_does_not_misroute() {
 
     net.send(b, gateway, b"b1").unwrap();
     net.send(gateway, b, b"to b").unwrap();
-    // Goes to the shared public address, where B now sits.
+    // Goes to the shared public address, where B now sits: as data, or, once the gateway's
+    // checks on A's path went unanswered and the packet waits for an answer, as those checks.
     net.send(gateway, a, b"to a").unwrap();
     net.run_for(Duration::from_secs(5));
 
@@ -164,7 +165,10 @@ fn nat_port_reuse_does_not_misroute() {
     assert_eq!(payloads(&net, gateway, b), vec![b"b1".to_vec()]);
     assert_eq!(all_payloads(&net, b), vec![b"to b".to_vec()]);
     assert!(
-        net.host(b).errors.iter().any(|e| e.contains("WireGuard")),
+        net.host(b)
+            .errors
+            .iter()
+            .any(|e| e.contains("WireGuard") || e.contains("STUN message for no connection")),
         "B saw A's traffic and dropped it: {:?}",
         net.host(b).errors
     );

@@ -526,7 +526,8 @@ impl IceAgent {
             return;
         };
         if let Some(pair) = self.candidate_pairs.iter_mut().find(|p| p.id() == id) {
-            pair.set_next_attempt_time(now);
+            // Ahead of every other pair that is due, as a nomination is.
+            pair.set_next_attempt_time(now.checked_sub(Duration::from_secs(60)).unwrap_or(now));
         }
     }
 

@@ -32,8 +32,12 @@ use crate::ids::RelayId;
 pub const INITIAL_RTO: Duration = Duration::from_millis(500);
 /// Attempts per request before the relay is considered unreachable (0.5+1+2+4+8 = 15.5 s).
 pub const MAX_ATTEMPTS: u32 = 5;
-/// Channel bindings last 10 minutes on the relay; refreshed at half of that.
+/// Channel bindings last 10 minutes on the relay.
 const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// A ChannelBind also refreshes its peer's permission, which lasts 5 minutes (RFC 8656 §9):
+/// refreshed at half the channel's lifetime, the permission would end just as the refresh
+/// travels, and datagrams in that gap are dropped by the relay. A minute before it ends.
+const CHANNEL_REFRESH: Duration = Duration::from_secs(240);
 /// The node binds channels in the RFC 5766 range; the relay accepts the wider RFC 8656 one.
 const FIRST_CHANNEL: u16 = 0x4000;
 const LAST_CHANNEL: u16 = 0x4FFF;
@@ -511,7 +515,7 @@ impl Allocation {
                         c.bound = true;
                         // A channel released meanwhile stays unrefreshed.
                         if c.released.is_none() {
-                            c.refresh_at = Some(now + CHANNEL_LIFETIME / 2);
+                            c.refresh_at = Some(now + CHANNEL_REFRESH);
                         }
                     }
                 }

@@ -2,9 +2,10 @@
 //!
 //! An idle connection checks its path only every [`super::IDLE_STUN_INTERVAL`], so a path that
 //! died meanwhile (its relay gone, direct UDP blocked, a NAT mapping forgotten, the peer
-//! restarted) is found out only by the checks the next packet starts; and an active connection
-//! whose every pair stopped answering has nowhere to send until ICE finds another or the
-//! connection fails. Sent at once, a packet would be lost on the dead path, and a single
+//! restarted) is found out only by the checks the next packet starts; an active connection
+//! whose checks stopped being answered keeps sending onto its path until ICE gives it up; and
+//! one whose every pair failed has nowhere to send until ICE finds another or the connection
+//! fails. Sent at once, a packet would be lost on the dead path, and a single
 //! datagram (a DNS query, a ping, a UDP probe) is not sent again by anyone. Held back, it goes
 //! out on the path as soon as a check or a packet from the peer proves it, or on the pair ICE
 //! moves to, or, if the connection fails, on the caller's next connection
@@ -144,5 +145,34 @@ impl Waking {
 
     pub(super) fn into_held(self) -> VecDeque<Buffer> {
         self.held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Any instant serves as the origin: nothing here reads the clock again.
+    #![allow(clippy::disallowed_methods)]
+
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    #[test]
+    fn a_packet_past_the_cap_is_not_held() {
+        let addr: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let path = Path {
+            local: addr,
+            remote: addr,
+            relay: None,
+        };
+        let pool = BufferPool::new(1500);
+        let mut waking = Waking::new(path, None, Instant::now());
+        for i in 0..MAX_WAKE_HELD {
+            assert!(waking.hold(&[i as u8; 40], &pool, false), "packet {i}");
+        }
+        assert!(!waking.hold(&[0; 40], &pool, false), "cap + 1 goes at once");
+        let held = waking.into_held();
+        assert_eq!(held.len(), MAX_WAKE_HELD);
+        assert!(held.iter().enumerate().all(|(i, p)| p[..] == [i as u8; 40]));
     }
 }

@@ -109,7 +109,7 @@ pub struct Node<TId> {
     wall_at_epoch: SystemTime,
 
     connections: BTreeMap<TId, Connection>,
-    /// Packets a failed connection held since it woke from idle (at most
+    /// Packets a failed connection held while its path was in doubt (at most
     /// [`crate::MAX_WAKE_HELD`] each), until the caller takes them with
     /// [`Node::take_unsent`] to send on a new connection.
     unsent: BTreeMap<TId, Vec<Buffer>>,

@@ -766,19 +766,23 @@ impl Connection {
         let Some(since) = self.rekey_since else {
             return;
         };
-        let trying_for = now.saturating_duration_since(since);
-        match self.tunnel.time_since_last_handshake(now) {
-            // boringtun stamps events with the time of its last timer tick, so a session that
-            // completed right after the first initiation may look up to a tick older.
-            Some(age) if age <= trying_for + self.config.wireguard_tick => {
-                self.rekey_since = None;
-            }
-            Some(_) | None => {
-                if self.established && trying_for >= self.config.handshake_deadline {
-                    self.fail(FailReason::HandshakeTimeout);
-                }
-            }
+        if self.handshake_completed_since(since, now) {
+            self.rekey_since = None;
+        } else if self.established
+            && now.saturating_duration_since(since) >= self.config.handshake_deadline
+        {
+            self.fail(FailReason::HandshakeTimeout);
         }
+    }
+
+    /// Whether a WireGuard handshake completed at or after `since`.
+    fn handshake_completed_since(&mut self, since: Instant, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(since);
+        // boringtun stamps events with the time of its last timer tick, so a session that
+        // completed right after `since` may look up to a tick older.
+        self.tunnel
+            .time_since_last_handshake(now)
+            .is_some_and(|age| age <= elapsed + self.config.wireguard_tick)
     }
 
     fn check_established(&mut self, now: Instant) {
@@ -898,7 +902,7 @@ impl Connection {
         }
     }
 
-    /// The packets held since the connection woke, if it is still waiting for its path.
+    /// The packets held while the path was in doubt, if it is still waiting for one.
     pub(crate) fn take_held(&mut self) -> Vec<Buffer> {
         self.timers.stop(Timer::Wake);
         self.waking
@@ -941,12 +945,7 @@ impl Connection {
                 }
                 false
             }
-            Verdict::Session(since) => {
-                let tick = self.config.wireguard_tick;
-                self.tunnel
-                    .time_since_last_handshake(now)
-                    .is_some_and(|age| age <= now.saturating_duration_since(since) + tick)
-            }
+            Verdict::Session(since) => self.handshake_completed_since(since, now),
             Verdict::Proven | Verdict::Deadline => true,
         };
         if !release {

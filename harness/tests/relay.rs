@@ -252,3 +252,56 @@ fn a_stopping_node_gives_its_allocations_back() {
         assert_eq!(relay_allocations(&w.net, r), 1, "the gateway's is left");
     }
 }
+
+/// Whether `from`'s path to `to` goes through a relay, either end's.
+fn on_a_relay(net: &MemNet, from: HostId, to: HostId) -> bool {
+    let conn = net.connection(from, to).unwrap();
+    conn.path.unwrap().relay.is_some()
+        || conn.remote_kind == Some(node_core::CandidateKind::Relayed)
+}
+
+#[test]
+fn a_relayed_connection_goes_direct_once_direct_udp_works() {
+    let mut w = relayed_pair(1);
+    w.net.connect(w.client, w.gateway);
+    // Data flows on the relay for a minute: every direct pair fails and is given up.
+    for i in 0..60u8 {
+        w.net.send(w.client, w.gateway, &[i; 10]).unwrap();
+        w.net.run_for(Duration::from_secs(1));
+    }
+    assert!(on_a_relay(&w.net, w.client, w.gateway));
+    // From now on direct UDP between the NATs works.
+    w.net.set_filter(|_| false);
+    let unblocked = w.net.elapsed();
+    let mut direct_after = None;
+    let packets = 150u8;
+    for i in 0..packets {
+        w.net.send(w.client, w.gateway, &[i; 100]).unwrap();
+        w.net.send(w.gateway, w.client, &[i; 200]).unwrap();
+        w.net.run_for(Duration::from_millis(100));
+        let direct =
+            !on_a_relay(&w.net, w.client, w.gateway) && !on_a_relay(&w.net, w.gateway, w.client);
+        match (direct, direct_after) {
+            (true, None) => direct_after = Some(w.net.elapsed() - unblocked),
+            (false, Some(at)) => panic!("back on a relay after going direct at {at:?}"),
+            (true, Some(_)) | (false, None) => {}
+        }
+    }
+    let direct_after = direct_after.expect("the connection went direct");
+    assert!(
+        direct_after <= Duration::from_secs(10),
+        "direct only {direct_after:?} after direct UDP worked: {:#?}",
+        w.net.timeline()
+    );
+    w.net.run_for(Duration::from_millis(500));
+    // Nothing lost on the way from one path to the other.
+    assert_eq!(
+        payloads(&w.net, w.gateway, w.client).len(),
+        usize::from(packets) + 60
+    );
+    assert_eq!(
+        payloads(&w.net, w.client, w.gateway).len(),
+        usize::from(packets)
+    );
+    assert!(failures(&w.net, w.client).is_empty());
+}

@@ -61,6 +61,8 @@ pub struct Case {
     pub model: Model,
     /// What happened so far.
     pub counts: Counts,
+    /// The clients' path upgrades already in [`Case::counts`].
+    upgrades_counted: u64,
 }
 
 impl Case {
@@ -74,6 +76,8 @@ impl Case {
     pub fn start_traced(seed: u64, keep_lines: bool) -> Result<Self, String> {
         let model = Model::initial(seed);
         let mut deployment = Deployment::with_trace(seed, model.authorized.clone(), keep_lines);
+        let mut model = model;
+        model.direct_possible = deployment.nat_types.direct_possible();
         deployment.run_for(WARM_UP).map_err(|e| e.to_string())?;
         let mut counts = Counts::default();
         let t = deployment.nat_types;
@@ -82,11 +86,24 @@ impl Case {
             deployment,
             model,
             counts,
+            upgrades_counted: 0,
         })
     }
 
     /// Applies `t` to the world and the model and checks the result.
     pub fn step(&mut self, t: &Transition) -> Result<(), String> {
+        let result = self.apply_step(t);
+        // Relayed paths that became direct, counted where they happened.
+        let upgrades: u64 = self.deployment.taps.iter().map(|t| t.upgrades.get()).sum();
+        if upgrades > self.upgrades_counted {
+            *self.counts.0.entry("path:upgraded".into()).or_default() +=
+                upgrades - self.upgrades_counted;
+            self.upgrades_counted = upgrades;
+        }
+        result
+    }
+
+    fn apply_step(&mut self, t: &Transition) -> Result<(), String> {
         let at = self.deployment.elapsed().as_secs();
         self.deployment.heartbeat.set_label(format!(
             "seed {}, transition {t} at {at} s of simulated time",
@@ -130,6 +147,19 @@ impl Case {
             if outcome == "checked:delivered" {
                 if let Some(kind) = self.deployment.path_kind(client) {
                     self.counts.bump(format!("path:{kind}"));
+                    let at = self.deployment.elapsed();
+                    if expect == Expect::Delivered && before.must_be_direct(before.now, at) {
+                        if kind == "relayed" {
+                            return Err(format!(
+                                "c{} is on a relayed path {} s after sending, although its NATs \
+                                 ({:?}) allow a direct one",
+                                client + 1,
+                                (at - before.now).as_secs(),
+                                self.deployment.nat_types,
+                            ));
+                        }
+                        self.counts.bump("checked:direct");
+                    }
                 }
             }
             return check_invariants(&self.deployment);

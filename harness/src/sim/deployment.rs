@@ -58,6 +58,29 @@ pub struct NatTypes {
     pub gateway: (MappingBehaviour, Filtering),
 }
 
+impl NatTypes {
+    /// Whether hole punching can open a direct path between a client and the gateway, both
+    /// sides sending checks to the public addresses they learnt from the relays (RFC 4787).
+    ///
+    /// An endpoint-independent mapping keeps the public port a relay saw for every
+    /// destination, so its public address is one the other side can aim at. With both
+    /// mappings independent each side's own checks open its filter for the other's, whatever
+    /// the filtering. With one side's mapping dependent on the destination, that side's checks
+    /// leave from a port nobody learnt: only the other side's filter can let them in, and an
+    /// address-and-port-dependent one never does (its own checks went to another port). With
+    /// both dependent neither side knows where to aim.
+    pub fn direct_possible(&self) -> bool {
+        let independent =
+            |nat: (MappingBehaviour, Filtering)| nat.0 == MappingBehaviour::EndpointIndependent;
+        let admits_new_ports = |nat: (MappingBehaviour, Filtering)| {
+            independent(nat) && nat.1 != Filtering::AddressAndPortDependent
+        };
+        (independent(self.clients) && independent(self.gateway))
+            || admits_new_ports(self.clients)
+            || admits_new_ports(self.gateway)
+    }
+}
+
 /// The deployment and the driver's handles into it.
 pub struct Deployment<'a> {
     /// The turmoil simulation.

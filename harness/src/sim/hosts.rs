@@ -70,6 +70,10 @@ pub struct DeviceTap {
     /// The path ICE nominated for the connection to the gateway, with its connection index,
     /// as of the client's last step; `None` while there is no connection or no path.
     pub path: RefCell<Option<(u32, node_core::Path)>>,
+    /// Whether that path goes through a relay (either end's), as of the client's last step.
+    pub relayed: std::cell::Cell<bool>,
+    /// Times a connection moved from a relayed path to a direct one.
+    pub upgrades: std::cell::Cell<u64>,
 }
 
 /// What reached the resource network behind a gateway.
@@ -431,12 +435,19 @@ impl Events for ClientEngine {
         }
         if let Some(tap) = tap {
             let node = self.state().node();
-            let now = node
-                .connections()
-                .find_map(|gid| node.connection(gid))
-                .and_then(|c| c.path.map(|p| (c.index, p)));
+            let conn = node.connections().find_map(|gid| node.connection(gid));
+            let now = conn.as_ref().and_then(|c| c.path.map(|p| (c.index, p)));
+            let relayed = conn.as_ref().is_some_and(|c| {
+                c.path.is_some_and(|p| p.relay.is_some())
+                    || c.remote_kind == Some(node_core::CandidateKind::Relayed)
+            });
             let mut seen = tap.path.borrow_mut();
             if *seen != now {
+                let same_connection = seen.zip(now).is_some_and(|(a, b)| a.0 == b.0);
+                if same_connection && tap.relayed.get() && !relayed {
+                    tap.upgrades.set(tap.upgrades.get() + 1);
+                }
+                tap.relayed.set(relayed);
                 if let Some((index, path)) = now {
                     let relayed = if path.relay.is_some() {
                         " via our relay"

@@ -50,6 +50,12 @@ pub const PATH_FAILOVER: Duration = Duration::from_secs(5);
 /// goes on a new connection.
 pub const RESTART_RECOVERY: Duration = Duration::from_secs(5);
 
+/// How long after a connection starts, direct UDP is unblocked, or a fault's recovery bound
+/// ends, its nominated path must be direct where the NATs allow one ([`Model::direct_possible`]):
+/// ICE checks the better pairs that failed again every few seconds while data flows on a
+/// relayed path, and nominates the best pair that works.
+pub const DIRECT_WITHIN: Duration = Duration::from_secs(10);
+
 /// How long the world runs before the first transition: nodes join the portal and allocate on
 /// the relays.
 pub const WARM_UP: Duration = Duration::from_secs(5);
@@ -419,6 +425,11 @@ pub struct Model {
     pub hostile_at: Option<Duration>,
     /// Whether direct UDP between the NATs is blocked.
     pub direct_blocked: bool,
+    /// Whether the two NATs' behaviours let hole punching open a direct path (RFC 4787; set
+    /// by the driver from the world's NATs, see `NatTypes::direct_possible`).
+    pub direct_possible: bool,
+    /// When direct UDP was last unblocked.
+    pub unblocked_at: Option<Duration>,
     /// Simulated time at the start of the next transition.
     pub now: Duration,
     /// From when packets are required to arrive again after the faults so far (restart,
@@ -447,6 +458,8 @@ impl Model {
             revocation_pending: BTreeMap::new(),
             hostile_at: None,
             direct_blocked: false,
+            direct_possible: false,
+            unblocked_at: None,
             now: WARM_UP,
             recovered_at: None,
             recovering_from: "",
@@ -545,6 +558,19 @@ impl Model {
             return Err("portal_cut");
         }
         Ok(Expect::Delivered)
+    }
+
+    /// Whether the path of a packet sent at `sent` that was required to arrive must be direct
+    /// when checked at `at`: the NATs allow one, direct UDP is not blocked, and
+    /// [`DIRECT_WITHIN`] has passed since the packet (which may have started the connection),
+    /// since direct UDP was unblocked and since the last fault's recovery bound.
+    pub fn must_be_direct(&self, sent: Duration, at: Duration) -> bool {
+        let since = [Some(sent), self.unblocked_at, self.recovered_at]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(sent);
+        self.direct_possible && !self.direct_blocked && at >= since + DIRECT_WITHIN
     }
 
     /// Records that a packet from `client` to `resource` was required to arrive and did.
@@ -657,7 +683,10 @@ impl Model {
                 self.direct_blocked = true;
                 disrupt_for(self, PATH_FAILOVER);
             }
-            Transition::UnblockDirect => self.direct_blocked = false,
+            Transition::UnblockDirect => {
+                self.direct_blocked = false;
+                self.unblocked_at = Some(self.now);
+            }
             Transition::Revoke { client, resource } => {
                 if *client == HOSTILE {
                     self.disobey((*client, *resource));

@@ -531,6 +531,41 @@ impl IceAgent {
         }
     }
 
+    /// Forms again the pairs that would outrank the nominated one and were removed after
+    /// failing, so that they are checked anew; returns how many (zta patch: a direct pair that
+    /// failed while the path was blocked, lossy, or not yet opened by the peer's NAT is
+    /// otherwise never checked again, and the connection stays on a relay for good).
+    pub fn retry_better_pairs(&mut self) -> usize {
+        let Some(nominated) = self.nominated_pair_priority() else {
+            return 0;
+        };
+        let before = self.candidate_pairs.len();
+        let locals: Vec<usize> = (0..self.local_candidates.len())
+            .filter(|i| !self.local_candidates[*i].discarded())
+            .collect();
+        let remotes: Vec<usize> = (0..self.remote_candidates.len())
+            .filter(|i| !self.remote_candidates[*i].discarded())
+            .collect();
+        for &l in &locals {
+            for &r in &remotes {
+                let (local, remote) = (&self.local_candidates[l], &self.remote_candidates[r]);
+                if local.addr().is_ipv4() != remote.addr().is_ipv4() {
+                    continue;
+                }
+                let prio =
+                    CandidatePair::calculate_prio(self.controlling, remote.prio(), local.prio());
+                let paired = self.candidate_pairs.iter().any(|p| {
+                    p.local_candidate(&self.local_candidates).base() == local.base()
+                        && p.remote_candidate(&self.remote_candidates).addr() == remote.addr()
+                });
+                if prio > nominated && !paired {
+                    self.form_pairs(&[l], &[r]);
+                }
+            }
+        }
+        self.candidate_pairs.len().saturating_sub(before)
+    }
+
     fn bust_candidate_pair_timeout_caches(&mut self) {
         for pair in self.candidate_pairs.iter_mut() {
             pair.reset_cached_next_attempt_time();
@@ -1558,10 +1593,18 @@ impl IceAgent {
             trace!("Remote candidate for STUN request found");
             idx
         } else {
-            let maybe_discarded = self
-                .remote_candidates
-                .iter()
-                .any(|c| c.discarded() && c.proto() == req.proto && c.addr() == req.source);
+            // zta patch: only a withdrawn host or relayed candidate's address is ignored. A
+            // reflexive address of the peer's that it withdrew (a server-reflexive one learnt
+            // from a relay that went away) or that we dropped (a peer-reflexive one that
+            // stopped working) belongs to the peer's NAT, which reuses ports: an authenticated
+            // check from it comes from a new mapping of the peer's, and ignoring it would keep
+            // the pair on it from ever working.
+            let maybe_discarded = self.remote_candidates.iter().any(|c| {
+                c.discarded()
+                    && matches!(c.kind(), CandidateKind::Host | CandidateKind::Relayed)
+                    && c.proto() == req.proto
+                    && c.addr() == req.source
+            });
 
             if maybe_discarded {
                 // The remote has been discarded, we do not want to create a
@@ -3097,6 +3140,56 @@ mod test {
             agent.handle_timeout(now);
         }
         assert_eq!(nominated_sends(&mut agent), vec![ipv4_4()]);
+    }
+
+    #[test]
+    fn a_check_from_a_withdrawn_address_is_answered_unless_it_was_a_relay() {
+        // zta patch: a NAT that reuses ports hands a withdrawn server-reflexive address to a
+        // new mapping of the peer's; its checks must be answered. A withdrawn relayed (or
+        // host) address stays ignored.
+        let answered_from = |sdp: &str| {
+            let mut agent = new_test_agent();
+            agent.set_controlling(false);
+            agent
+                .add_local_candidate(Candidate::host(ipv4_1(), "udp").unwrap())
+                .unwrap();
+            let remote_creds = IceCreds::new();
+            agent.set_remote_credentials(remote_creds.clone());
+            let mut withdrawn = Candidate::from_sdp_string(sdp).unwrap();
+            withdrawn.set_ufrag(&remote_creds.ufrag);
+            let source = withdrawn.addr();
+            agent.add_remote_candidate(withdrawn.clone());
+            assert!(agent.invalidate_candidate(&withdrawn));
+
+            let now = Instant::now();
+            agent.handle_timeout(now);
+            while agent.poll_transmit().is_some() {}
+            let username = format!("{}:{}", agent.local_credentials.ufrag, remote_creds.ufrag);
+            let req = StunMessage::binding_request(&username, TransId::new(), true, 0, 1, false);
+            let req = serialize_stun_msg(req, &agent.local_credentials.pass);
+            agent.handle_packet(
+                now,
+                StunPacket {
+                    message: StunMessage::parse(&req).unwrap(),
+                    source,
+                    destination: ipv4_1(),
+                    proto: Protocol::Udp,
+                },
+            );
+            agent.handle_timeout(now);
+            let mut answered = false;
+            while let Some(t) = agent.poll_transmit() {
+                let msg = StunMessage::parse(&t.contents).unwrap();
+                answered |= t.destination == source && msg.is_successful_binding_response();
+            }
+            answered
+        };
+        assert!(answered_from(
+            "candidate:1 1 udp 1694498815 4.5.6.7 5000 typ srflx raddr 0.0.0.0 rport 0"
+        ));
+        assert!(!answered_from(
+            "candidate:2 1 udp 16777215 5.6.7.8 5000 typ relay raddr 0.0.0.0 rport 0"
+        ));
     }
 
     fn make_serialized_binding_request(

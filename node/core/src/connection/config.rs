@@ -25,6 +25,12 @@ pub const MAX_REMOTE_CANDIDATES: usize = 32;
 /// 4 unanswered checks, 4 to 6 s from the first: this only bounds a path that does neither.
 pub const WAKE_HOLD: Duration = Duration::from_secs(10);
 
+/// How often a connection whose data flows through a relay checks again the pairs that would
+/// be better and failed: a direct path that failed during an outage, or before the peer's
+/// NAT let it through, is taken within this long of working again. Each round costs a few
+/// checks per such pair, and only while data flows.
+pub const BETTER_PATH_RETRY: Duration = Duration::from_secs(5);
+
 /// At most one proactive WireGuard roll-over (on upsert) per this long.
 pub const ROLLOVER_DEBOUNCE: Duration = Duration::from_secs(20);
 
@@ -59,6 +65,9 @@ pub struct ConnectionConfig {
     /// How long ICE may stay disconnected before the connection fails. Default
     /// [`MIGRATION_GRACE`].
     pub migration_grace: Duration,
+    /// How often an active connection on a relayed path checks the better pairs that failed
+    /// again. Default [`BETTER_PATH_RETRY`].
+    pub better_path_retry: Duration,
     /// At most one proactive WireGuard roll-over (on upsert) per this long. Default
     /// [`ROLLOVER_DEBOUNCE`].
     pub rollover_debounce: Duration,
@@ -90,6 +99,7 @@ impl Default for ConnectionConfig {
             handshake_deadline: HANDSHAKE_DEADLINE,
             ice_setup_timeout: ICE_SETUP_TIMEOUT,
             migration_grace: MIGRATION_GRACE,
+            better_path_retry: BETTER_PATH_RETRY,
             rollover_debounce: ROLLOVER_DEBOUNCE,
             idle_rekey: Duration::from_secs(300),
             session_give_up: Duration::from_secs(480),

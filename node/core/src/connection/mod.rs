@@ -33,8 +33,8 @@ mod timer;
 mod wake;
 
 pub use config::{
-    ConnectionConfig, HANDSHAKE_DEADLINE, ICE_SETUP_TIMEOUT, IDLE_AFTER, IDLE_STUN_INTERVAL,
-    MAX_REMOTE_CANDIDATES, MIGRATION_GRACE, ROLLOVER_DEBOUNCE, WAKE_HOLD,
+    ConnectionConfig, BETTER_PATH_RETRY, HANDSHAKE_DEADLINE, ICE_SETUP_TIMEOUT, IDLE_AFTER,
+    IDLE_STUN_INTERVAL, MAX_REMOTE_CANDIDATES, MIGRATION_GRACE, ROLLOVER_DEBOUNCE, WAKE_HOLD,
 };
 use timer::{Timer, TimerTable};
 pub use wake::MAX_WAKE_HELD;
@@ -227,6 +227,8 @@ impl Connection {
         conn.timers
             .set(Timer::IceSetup, now + p.config.ice_setup_timeout);
         conn.timers.set(Timer::Idle, now + p.config.idle_after);
+        conn.timers
+            .set(Timer::BetterPath, now + p.config.better_path_retry);
         conn.apply_stun_timing();
         for addr in local_addrs {
             conn.add_local_address(*addr);
@@ -251,6 +253,12 @@ impl Connection {
 
     pub(crate) fn path(&self) -> Option<Path> {
         self.path
+    }
+
+    /// Whether the nominated path goes through a relay, ours or the peer's.
+    fn path_is_relayed(&self) -> bool {
+        self.path.is_some_and(|p| p.relay.is_some())
+            || self.path_remote_kind() == Some(CandidateKind::Relayed)
     }
 
     /// The kind of the peer's candidate the nominated path sends to.
@@ -695,8 +703,13 @@ impl Connection {
                 self.path = Some(reply_path);
             }
             Role::Client => {
-                // Only a direct path has an address of the peer's to learn.
+                // Only a direct path has an address of the peer's to learn. Packets the peer
+                // sends from its relayed candidate come from its relay: learnt above every
+                // signalled candidate, that address would keep the connection on the relay
+                // for good, whatever direct pair works.
                 if reply_path.relay.is_some()
+                    || self.ice.remote_candidate_kind(reply_path.remote)
+                        == Some(CandidateKind::Relayed)
                     || self
                         .learned_remote
                         .as_ref()
@@ -872,12 +885,15 @@ impl Connection {
     fn armed(&self, timer: Timer) -> Option<Instant> {
         match timer {
             Timer::Idle if !self.ice.agent().state().is_connected() => None,
+            // An idle connection costs a relay nothing, and one woken up checks at once.
+            Timer::BetterPath if self.idle || !self.path_is_relayed() => None,
             Timer::WireGuardTick
             | Timer::MigrationGrace
             | Timer::IceSetup
             | Timer::Handshake
             | Timer::Idle
-            | Timer::Wake => self.timers.get(timer),
+            | Timer::Wake
+            | Timer::BetterPath => self.timers.get(timer),
         }
     }
 
@@ -999,6 +1015,17 @@ impl Connection {
             }
             // `handle_timeout` releases what is due right after the tick.
             Timer::Wake => {}
+            Timer::BetterPath => {
+                self.timers
+                    .set(Timer::BetterPath, now + self.config.better_path_retry);
+                let formed = self.ice.agent_mut().retry_better_pairs();
+                if formed > 0 {
+                    tracing::debug!(
+                        pairs = formed,
+                        "checking better pairs than the relayed path again"
+                    );
+                }
+            }
             Timer::Idle => {
                 self.idle = true;
                 self.timers.stop(Timer::Idle);

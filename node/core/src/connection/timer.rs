@@ -21,11 +21,16 @@ pub(crate) enum Timer {
     Idle,
     /// Packets held since the connection woke up go out by then, path proven or not.
     Wake,
+    /// The path is relayed and data flows: pairs that would be better, and failed, are
+    /// checked again then.
+    BetterPath,
 }
 
 impl Timer {
     /// Every timer, in the order expired ones are handled.
-    pub(crate) const ALL: [Timer; 6] = [
+    pub(crate) const ALL: [Timer; 7] = [
+        // Before the tick, after which ICE runs: the pairs it forms are checked at once.
+        Timer::BetterPath,
         Timer::WireGuardTick,
         Timer::MigrationGrace,
         Timer::IceSetup,
@@ -43,6 +48,7 @@ impl Timer {
             Timer::Handshake => "handshake deadline",
             Timer::Idle => "idle check",
             Timer::Wake => "held packets",
+            Timer::BetterPath => "better path",
         }
     }
 }

@@ -214,6 +214,16 @@ transfer() { # transfer BYTES [SECONDS]: a TCP transfer client -> 10.0.0.5, one 
     fail "TCP transfer of $1 to 10.0.0.5 failed: $(tail -n 3 "$WORK/iperf.out")"
   grep -E "receiver$" "$WORK/iperf.out" | sed 's/^/e2e:   /'
 }
+# A transfer of $1 that must go direct: the relays may carry at most 5 % of it.
+direct_transfer() {
+  local before relayed got
+  before=$(($(relay_bytes 1) + $(relay_bytes 2)))
+  transfer "$1"
+  relayed=$(($(relay_bytes 1) + $(relay_bytes 2) - before)) got=$(received)
+  [ $((relayed * 20)) -lt "$got" ] ||
+    fail "the transfer went through a relay ($relayed bytes to the relays for $got received) although a direct path exists"
+  step "  direct: $relayed bytes to the relays for $got received"
+}
 # Bytes the receiver got in the last transfer. iperf3 -n stops when the sender has written its
 # bytes into its socket, and the receiver's count ends there: what was still queued (in the
 # socket, the TUN queue, the tunnel) is cut off, the more so with TSO runs of 64 KiB queued.
@@ -232,12 +242,7 @@ step "10 MiB TCP transfer, direct"
 # the direct path (server-reflexive to server-reflexive) and keep it, relays carrying (almost)
 # nothing of the transfer. The traffic started with the first ping, before every candidate had
 # arrived, so a relayed first nomination must have been upgraded by then.
-relays_before=$(($(relay_bytes 1) + $(relay_bytes 2)))
-transfer 10M
-relayed=$(($(relay_bytes 1) + $(relay_bytes 2) - relays_before)) got=$(received)
-[ $((relayed * 20)) -lt "$got" ] ||
-  fail "the transfer went through a relay ($relayed bytes to the relays for $got received) although a direct path exists"
-step "  direct: $relayed bytes to the relays for $got received"
+direct_transfer 10M
 
 step "unauthorized resource 10.0.0.6"
 if in_ns "$NS_CLI" ping -c 3 -i 0.3 -W 1 10.0.0.6 >/dev/null 2>&1; then
@@ -310,12 +315,7 @@ off_the_relay() {
 }
 wait_for $DIRECT_BOUND "the direct path again once direct UDP works" off_the_relay
 step "  direct again $(($(date +%s) - unblocked_at))s after direct UDP works"
-relays_before=$(($(relay_bytes 1) + $(relay_bytes 2)))
-transfer 5M
-relayed=$(($(relay_bytes 1) + $(relay_bytes 2) - relays_before)) got=$(received)
-[ $((relayed * 20)) -lt "$got" ] ||
-  fail "after direct UDP came back the transfer went through a relay ($relayed bytes to the relays for $got received)"
-step "  direct: $relayed bytes to the relays for $got received"
+direct_transfer 5M
 
 step "restarting the portal"
 # While the portal is away the established tunnel carries on. When it returns (a new generation:

@@ -434,6 +434,20 @@ impl<'a> Deployment<'a> {
             .unwrap_or_default()
     }
 
+    /// The fingerprint of the preshared key the portal gave `client`'s pair with the gateway
+    /// in its current generation, once both ends are joined and a flow created one.
+    pub fn portal_psk(&self, client: usize) -> Option<[u8; 8]> {
+        let cid = node_core::ids::ClientId(client as u64 + 1);
+        let gid = node_core::ids::GatewayId(1);
+        let server = self.portal.borrow();
+        server.as_ref()?.with_portal(|p, _| {
+            let joined = p.is_joined(portal_sim::Identity::Client(cid))
+                && p.is_joined(portal_sim::Identity::Gateway(gid));
+            let psk = p.preshared_key(cid, gid)?;
+            joined.then(|| node_core::Psk::from(psk).fingerprint())
+        })
+    }
+
     /// The public address of the clients' NAT.
     pub fn clients_public_ip(&self) -> IpAddr {
         self.nats[0].public_ip()
@@ -476,6 +490,11 @@ impl<'a> Deployment<'a> {
             "direct"
         };
         Some(kind)
+    }
+
+    /// The IP of relay `r` (its relayed candidates' too).
+    pub fn relay_ip(&self, r: usize) -> IpAddr {
+        self.relays[r].1.ip()
     }
 
     /// Simulated time since the start.

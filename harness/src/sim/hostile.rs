@@ -82,6 +82,12 @@ pub struct GatewayTap {
     /// Tunnel packets it refused for want of an authorization (the gateway state's
     /// `unauthorized` and `unknown_client`), since this gateway process started.
     pub refused: Cell<u64>,
+    /// The gateway's handshake initiations.
+    pub handshakes: super::hosts::Handshakes,
+    /// The relayed candidates its connections hold, as of its last step.
+    pub relayed_candidates: RefCell<std::collections::BTreeSet<std::net::SocketAddr>>,
+    /// Which preshared key each established connection uses, as of its last step.
+    pub psks: RefCell<BTreeMap<ClientId, [u8; 8]>>,
 }
 
 /// An `ice_candidates` frame from the client to gateway 1 with [`FLOOD_CANDIDATES`] bogus host

@@ -4,6 +4,7 @@
 //! everything runs on one thread.
 
 use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -54,6 +55,39 @@ pub struct Seen {
     pub packet: Vec<u8>,
 }
 
+/// Handshake initiations a node's connections sent, summed over its connections past and
+/// present: each connection counts from zero, so they are told apart by index.
+#[derive(Debug, Default)]
+pub struct Handshakes {
+    total: Cell<u64>,
+    by_connection: RefCell<BTreeMap<u32, u64>>,
+}
+
+impl Handshakes {
+    /// Takes the counts of the node's connections now, by index.
+    pub fn observe(&self, connections: impl Iterator<Item = (u32, u64)>) {
+        let mut seen = self.by_connection.borrow_mut();
+        let now: BTreeMap<u32, u64> = connections.collect();
+        for (index, count) in &now {
+            let before = seen.get(index).copied().unwrap_or(0);
+            self.total
+                .set(self.total.get() + count.saturating_sub(before));
+        }
+        *seen = now;
+    }
+
+    /// The node process restarted: its connections (whose indices come from the same seed)
+    /// count from zero again.
+    pub fn restart(&self) {
+        self.by_connection.borrow_mut().clear();
+    }
+
+    /// Initiations sent so far.
+    pub fn total(&self) -> u64 {
+        self.total.get()
+    }
+}
+
 /// The driver's side of a client host: inject packets into its device, read what comes out.
 #[derive(Debug, Default)]
 pub struct DeviceTap {
@@ -74,6 +108,13 @@ pub struct DeviceTap {
     pub relayed: std::cell::Cell<bool>,
     /// Times a connection moved from a relayed path to a direct one.
     pub upgrades: std::cell::Cell<u64>,
+    /// The client's handshake initiations.
+    pub handshakes: Handshakes,
+    /// The relayed candidates its connections hold, as of its last step.
+    pub relayed_candidates: RefCell<BTreeSet<SocketAddr>>,
+    /// Which preshared key its established connection to the gateway uses, as of its last
+    /// step.
+    pub psk: Cell<Option<[u8; 8]>>,
 }
 
 /// What reached the resource network behind a gateway.
@@ -176,6 +217,7 @@ pub async fn client_host(
     let (roam_tx, mut roam_rx) = mpsc::unbounded_channel();
     *tap.roam.borrow_mut() = Some(roam_tx);
     tap.path.borrow_mut().take();
+    tap.handshakes.restart();
     {
         let (socket, trace, name) = (Rc::clone(&socket), trace.clone(), cfg.name.clone());
         tokio::task::spawn_local(async move {
@@ -304,6 +346,7 @@ pub async fn gateway_host<S: DatagramSocket>(
     let engine = GatewayEngine::new(tunnel, "gateway", cfg.seed.wrapping_add(1));
     let (host, traced) = (cfg.name.clone(), trace.clone());
     observed.public_key.set(Some(engine.state().public_key()));
+    observed.handshakes.restart();
     let mut engine = Observed::new(engine, move |engine: &mut GatewayEngine| {
         engine.drain_events(&host, &traced, None);
         let stats = engine.state().stats();
@@ -313,6 +356,19 @@ pub async fn gateway_host<S: DatagramSocket>(
             .set(stats.unauthorized + stats.unknown_client);
         let node = engine.state().node();
         observed.stats.borrow_mut().clone_from(node.stats());
+        observed.handshakes.observe(
+            node.connections()
+                .filter_map(|cid| node.connection(cid))
+                .map(|c| (c.index, c.handshakes_initiated)),
+        );
+        *observed.relayed_candidates.borrow_mut() = node.relayed_candidates();
+        let mut psks = observed.psks.borrow_mut();
+        psks.clear();
+        psks.extend(node.connections().filter_map(|cid| {
+            let c = node.connection(cid)?;
+            c.established.then_some((cid, c.psk_fingerprint))
+        }));
+        drop(psks);
         let mut held = observed.remote_candidates.borrow_mut();
         held.clear();
         held.extend(
@@ -435,6 +491,18 @@ impl Events for ClientEngine {
         }
         if let Some(tap) = tap {
             let node = self.state().node();
+            tap.handshakes.observe(
+                node.connections()
+                    .filter_map(|gid| node.connection(gid))
+                    .map(|c| (c.index, c.handshakes_initiated)),
+            );
+            *tap.relayed_candidates.borrow_mut() = node.relayed_candidates();
+            tap.psk.set(
+                node.connections()
+                    .filter_map(|gid| node.connection(gid))
+                    .find(|c| c.established)
+                    .map(|c| c.psk_fingerprint),
+            );
             let conn = node.connections().find_map(|gid| node.connection(gid));
             let now = conn.as_ref().and_then(|c| c.path.map(|p| (c.index, p)));
             let relayed = conn.as_ref().is_some_and(|c| {

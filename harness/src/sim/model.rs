@@ -26,11 +26,11 @@ pub const NODES: usize = CLIENTS + 1;
 /// NAT, then each relay.
 pub const LINK_SITES: usize = 2 + RELAYS;
 
-/// How long after the last fault was healed a connection may take to work again: ICE's
-/// consent checks on an idle connection (~70 s), the migration grace, a new connection request
-/// (10 s timeout), ICE setup and the WireGuard handshake. Packets sent within this bound after
-/// a fault are not required to arrive; packets sent after it are.
-pub const RECOVERY: Duration = Duration::from_secs(150);
+/// How long after the [`HOSTILE`] client misbehaved its own packets must arrive again: a
+/// handshake flood's load is over a second after it (a handshake of its own answered with a
+/// cookie meanwhile is sent again within 5 s), and a refused key claim or capped candidates
+/// leave its connection as it was.
+pub const HOSTILE_RECOVERY: Duration = Duration::from_secs(10);
 
 /// How long after a burst of loss ends traffic must flow again (a packet sent after it must
 /// arrive within its send): ICE retries lost checks within seconds, and a lost WireGuard
@@ -55,6 +55,16 @@ pub const RESTART_RECOVERY: Duration = Duration::from_secs(5);
 /// ICE checks the better pairs that failed again every few seconds while data flows on a
 /// relayed path, and nominates the best pair that works.
 pub const DIRECT_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long after the portal withdrew a relay no node holds a relayed candidate on it, its own
+/// or a peer's: the portal tells the nodes at once, they free their allocations on it and
+/// signal the candidates' end to their peers.
+pub const WITHDRAWN_RELAY_FORGOTTEN: Duration = Duration::from_secs(2);
+
+/// How long after a relay died no node holds a relayed candidate on it: nobody tells the
+/// nodes, they find out when its answers stop (an allocation's keep-alive every 25 s, a few
+/// retransmissions), then signal the candidates' end to their peers.
+pub const DEAD_RELAY_FORGOTTEN: Duration = Duration::from_secs(50);
 
 /// How long the world runs before the first transition: nodes join the portal and allocate on
 /// the relays.
@@ -386,7 +396,7 @@ pub enum Expect {
     Delivered,
     /// Never reaches the resource.
     Refused,
-    /// Either: a fault is in the way or recovery is still within [`RECOVERY`].
+    /// Either: a fault is in the way or its recovery bound has not passed.
     Uncertain,
 }
 
@@ -401,6 +411,10 @@ pub struct Model {
     pub relays_up: [bool; RELAYS],
     /// Relays the portal announces to the nodes.
     pub relays_announced: [bool; RELAYS],
+    /// When each relay that is down crashed.
+    pub relay_down_at: [Option<Duration>; RELAYS],
+    /// When each relay the portal stopped announcing was withdrawn (the standby never was).
+    pub relay_withdrawn_at: [Option<Duration>; RELAYS],
     /// Until when each node's portal link is cut (see [`NODES`]), for cuts not yet over.
     pub portal_cut_until: [Option<Duration>; NODES],
     /// (client, resource) pairs whose last packet was required to arrive and did, with no
@@ -451,6 +465,8 @@ impl Model {
             removed_resources: BTreeSet::new(),
             relays_up: [true; RELAYS],
             relays_announced: [true, true, false],
+            relay_down_at: [None; RELAYS],
+            relay_withdrawn_at: [None; RELAYS],
             portal_cut_until: [None; NODES],
             established: BTreeSet::new(),
             expiring: BTreeMap::new(),
@@ -542,7 +558,7 @@ impl Model {
         if self.recovered_at.is_some_and(|t| at < t) {
             return Err(self.recovering_from);
         }
-        if client == HOSTILE && self.hostile_at.is_some_and(|t| at < t + RECOVERY) {
+        if client == HOSTILE && self.hostile_at.is_some_and(|t| at < t + HOSTILE_RECOVERY) {
             return Err("hostile");
         }
         // A new connection (or authorization) needs the portal on both ends; an established
@@ -571,6 +587,23 @@ impl Model {
             .max()
             .unwrap_or(sent);
         self.direct_possible && !self.direct_blocked && at >= since + DIRECT_WITHIN
+    }
+
+    /// The relays whose relayed candidates no node may hold at `at`: withdrawn or dead for
+    /// their bound, with every node's portal link up since (the candidates' end is signalled
+    /// through the portal).
+    pub fn relays_to_be_forgotten(&self, at: Duration) -> Vec<usize> {
+        if (0..NODES).any(|n| self.portal_cut_until[n].is_some()) {
+            return Vec::new();
+        }
+        (0..RELAYS)
+            .filter(|r| {
+                let withdrawn = self.relay_withdrawn_at[*r]
+                    .is_some_and(|t| at >= t + WITHDRAWN_RELAY_FORGOTTEN);
+                let dead = self.relay_down_at[*r].is_some_and(|t| at >= t + DEAD_RELAY_FORGOTTEN);
+                withdrawn || dead
+            })
+            .collect()
     }
 
     /// Records that a packet from `client` to `resource` was required to arrive and did.
@@ -649,8 +682,10 @@ impl Model {
             Transition::RelayReplace(r) => {
                 if let Some(standby) = (0..RELAYS).find(|s| !self.relays_announced[*s]) {
                     self.relays_announced[standby] = true;
+                    self.relay_withdrawn_at[standby] = None;
                 }
                 self.relays_announced[*r] = false;
+                self.relay_withdrawn_at[*r] = Some(self.now);
                 // As a crash of the relayed paths on it. The nodes free their allocations on
                 // it, so the NAT mappings towards it expire later and may take the
                 // server-reflexive addresses it taught along: a path on one is then as dead as
@@ -669,9 +704,13 @@ impl Model {
             // checks fast again with its next packet: traffic moves to a working pair.
             Transition::RelayCrash(r) => {
                 self.relays_up[*r] = false;
+                self.relay_down_at[*r] = Some(self.now);
                 disrupt_for(self, PATH_FAILOVER);
             }
-            Transition::RelayRestart(r) => self.relays_up[*r] = true,
+            Transition::RelayRestart(r) => {
+                self.relays_up[*r] = true;
+                self.relay_down_at[*r] = None;
+            }
             // Disruptions for the hostile client alone.
             Transition::CandidateFlood | Transition::HandshakeFlood | Transition::ClaimKey => {
                 self.hostile_at = Some(self.now);

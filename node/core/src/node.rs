@@ -62,6 +62,10 @@ pub struct ConnectionInfo {
     pub idle: bool,
     /// Signalled remote candidates it holds (at most [`crate::MAX_REMOTE_CANDIDATES`]).
     pub remote_candidates: usize,
+    /// WireGuard handshake initiations it has sent.
+    pub handshakes_initiated: u64,
+    /// Which preshared key its tunnel uses ([`crate::Psk::fingerprint`]).
+    pub psk_fingerprint: [u8; 8],
 }
 
 /// How many relays no longer used a node still recognises by their address (their late
@@ -506,6 +510,15 @@ impl<TId: PeerId> Node<TId> {
         self.drain_connection_events(id);
     }
 
+    /// The relayed candidates its connections hold, ours and the peers': a relay that was
+    /// withdrawn or died must leave none behind.
+    pub fn relayed_candidates(&self) -> BTreeSet<SocketAddr> {
+        self.connections
+            .values()
+            .flat_map(|c| c.relayed_candidates())
+            .collect()
+    }
+
     /// A snapshot of the connection to `id`.
     pub fn connection(&self, id: TId) -> Option<ConnectionInfo> {
         self.connections.get(&id).map(|c| ConnectionInfo {
@@ -516,6 +529,8 @@ impl<TId: PeerId> Node<TId> {
             established: c.is_established(),
             idle: c.is_idle(),
             remote_candidates: c.signalled_remote_candidates(),
+            handshakes_initiated: c.handshakes_initiated(),
+            psk_fingerprint: c.identity.psk.fingerprint(),
         })
     }
 

@@ -79,6 +79,18 @@ impl Transmit {
     }
 }
 
+impl Psk {
+    /// The first 8 bytes of the key's BLAKE2s hash: tells which key a connection uses (the
+    /// portal's current generation's or an older one) without showing the key.
+    pub fn fingerprint(&self) -> [u8; 8] {
+        use blake2::{Blake2s256, Digest as _};
+        let hash = Blake2s256::digest(self.0);
+        let mut out = [0; 8];
+        out.copy_from_slice(&hash[..8]);
+        out
+    }
+}
+
 impl From<PresharedKey> for Psk {
     fn from(key: PresharedKey) -> Self {
         Self(*key.as_bytes())

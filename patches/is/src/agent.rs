@@ -852,7 +852,14 @@ impl IceAgent {
                 return;
             }
             Some((i, o)) if o.discarded() => Some(i),
-            _ => None,
+            // zta patch: a candidate held already whose pairs were all removed (they failed),
+            // or that was discarded, is taken up again rather than added a second time: the
+            // peer signals its candidates again on every refresh, and each copy grew the list
+            // (and outlived an invalidation, which discarded only the first).
+            _ => self
+                .remote_candidates
+                .iter()
+                .position(|o| equivalent_candidates(o, &c)),
         };
 
         let existing_prflx = self
@@ -887,6 +894,12 @@ impl IceAgent {
             if let Some((idx, other)) = existing_discarded {
                 debug!("Re-enable previously discarded remote: {:?}", Pii(&other));
                 other.set_discarded(false);
+                idx
+            } else if let Some(idx) = existing_idx {
+                debug!(
+                    "Pair again remote: {:?}",
+                    Pii(&self.remote_candidates[idx])
+                );
                 idx
             } else {
                 let new_idx = self.remote_candidates.len();
@@ -1041,24 +1054,24 @@ impl IceAgent {
             }
         }
 
-        if let Some((idx, other)) = self
-            .remote_candidates
-            .iter_mut()
-            .enumerate()
-            .find(|(_, v)| {
-                v.addr() == c.addr()
-                    && v.base() == c.base()
-                    && v.raddr() == c.raddr()
-                    && v.kind() == c.kind()
-                    && v.proto() == c.proto()
+        // zta patch: every equivalent remote candidate, not only the first (an agent that
+        // took the same candidate twice kept using the second).
+        let equivalent: Vec<usize> = (0..self.remote_candidates.len())
+            .filter(|i| {
+                let v = &self.remote_candidates[*i];
+                !v.discarded() && equivalent_candidates(v, c)
             })
-        {
-            if !other.discarded() {
-                debug!("Remote candidate to discard {:?}", Pii(&other));
-                other.set_discarded(true);
-                self.discard_candidate_pairs_by_remote(idx);
-                return true;
-            }
+            .collect();
+        for &idx in &equivalent {
+            debug!(
+                "Remote candidate to discard {:?}",
+                Pii(&self.remote_candidates[idx])
+            );
+            self.remote_candidates[idx].set_discarded(true);
+            self.discard_candidate_pairs_by_remote(idx);
+        }
+        if !equivalent.is_empty() {
+            return true;
         }
 
         debug!("No local or remote candidate found: {:?}", Pii(&c));
@@ -2199,6 +2212,16 @@ impl IceAgent {
     }
 }
 
+/// zta patch: whether two candidates are the same one (as `invalidate_candidate` and
+/// `find_pair_for_equivalent_remote_candidate` compare them).
+fn equivalent_candidates(a: &Candidate, b: &Candidate) -> bool {
+    a.addr() == b.addr()
+        && a.base() == b.base()
+        && a.raddr() == b.raddr()
+        && a.kind() == b.kind()
+        && a.proto() == b.proto()
+}
+
 impl fmt::Debug for LocalPreferenceHolder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("LocalPreferenceHolder").finish()
@@ -3140,6 +3163,40 @@ mod test {
             agent.handle_timeout(now);
         }
         assert_eq!(nominated_sends(&mut agent), vec![ipv4_4()]);
+    }
+
+    #[test]
+    fn a_candidate_signalled_again_after_its_pairs_failed_is_held_once() {
+        // zta patch: the peer signals its candidates again on every refresh. One whose pairs
+        // failed and were removed was added a second time, and an invalidation then discarded
+        // only the first copy.
+        let mut agent = new_test_agent();
+        agent.set_controlling(true);
+        agent
+            .add_local_candidate(Candidate::host(ipv4_1(), "udp").unwrap())
+            .unwrap();
+        let remote_creds = IceCreds::new();
+        agent.set_remote_credentials(remote_creds.clone());
+        let mut remote =
+            Candidate::from_sdp_string("candidate:1 1 udp 2130706431 3.4.5.6 5000 typ host")
+                .unwrap();
+        remote.set_ufrag(&remote_creds.ufrag);
+        agent.add_remote_candidate(remote.clone());
+
+        // Nothing answers: the pair fails and is removed.
+        let mut now = Instant::now();
+        for _ in 0..2000 {
+            agent.handle_timeout(now);
+            while agent.poll_transmit().is_some() {}
+            now += Duration::from_millis(100);
+        }
+        assert_eq!(agent.candidate_pairs.len(), 0, "the pair failed");
+
+        agent.add_remote_candidate(remote.clone());
+        assert_eq!(agent.remote_candidates().count(), 1);
+        assert_eq!(agent.candidate_pairs.len(), 1, "paired again");
+        assert!(agent.invalidate_candidate(&remote));
+        assert_eq!(agent.remote_candidates().count(), 0);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! the shared transmit queue and buffer pool.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::SeedableRng as _;
@@ -106,6 +106,8 @@ pub(crate) struct Connection {
     path: Option<Path>,
     /// Since when handshake initiations have gone out without a new session.
     rekey_since: Option<Instant>,
+    /// Handshake initiations sent, for observers of handshake storms.
+    handshakes_initiated: u64,
     /// Our relayed candidates' addresses and their relays: a path from one of them is relayed.
     relayed: BTreeMap<SocketAddr, RelayId>,
     /// Where the last authenticated WireGuard packet came from: the controlled side's route
@@ -207,6 +209,7 @@ impl Connection {
             span: p.span,
             path: None,
             rekey_since: None,
+            handshakes_initiated: 0,
             relayed: BTreeMap::new(),
             wg_endpoint: None,
             learned_remote: None,
@@ -387,6 +390,19 @@ impl Connection {
             tracing::debug!(%candidate, "invalidated remote candidate");
         }
         self.ice.agent_mut().handle_timeout(now);
+    }
+
+    /// Stops using the peer's relayed candidates on `ip`, a relay that is gone.
+    pub(crate) fn remove_remote_relayed_on(&mut self, ip: IpAddr, now: Instant) {
+        let on_relay: Vec<is::Candidate> = self
+            .ice
+            .agent()
+            .remote_candidates()
+            .filter(|c| c.kind() == is::CandidateKind::Relayed && c.addr().ip() == ip)
+            .collect();
+        for candidate in on_relay {
+            self.remove_remote_candidate(&IceCandidate::from(candidate), now);
+        }
     }
 
     /// An upsert with unchanged parameters: wake up, re-announce, and roll over to a fresh
@@ -767,9 +783,27 @@ impl Connection {
 
     /// Remembers when the current run of unanswered handshake initiations began.
     fn note_sent(&mut self, datagram: &[u8], now: Instant) {
-        if datagram.first() == Some(&HANDSHAKE_INITIATION) && self.rekey_since.is_none() {
-            self.rekey_since = Some(now);
+        if datagram.first() == Some(&HANDSHAKE_INITIATION) {
+            self.handshakes_initiated += 1;
+            if self.rekey_since.is_none() {
+                self.rekey_since = Some(now);
+            }
         }
+    }
+
+    /// The addresses of the relayed candidates ICE holds, ours and the peer's.
+    pub(crate) fn relayed_candidates(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        let agent = self.ice.agent();
+        let relayed = |c: is::Candidate| (c.kind() == is::CandidateKind::Relayed).then(|| c.addr());
+        agent
+            .local_candidates()
+            .filter_map(relayed)
+            .chain(agent.remote_candidates().filter_map(relayed))
+    }
+
+    /// Handshake initiations this connection has sent.
+    pub(crate) fn handshakes_initiated(&self) -> u64 {
+        self.handshakes_initiated
     }
 
     /// An established connection whose handshakes go unanswered fails after the same deadline

@@ -89,7 +89,26 @@ impl<TId: PeerId> Node<TId> {
             });
         }
         self.forget_candidates_of(&allocation, now);
+        self.forget_peers_candidates_on(&allocation, now);
         self.flush_staged(now);
+    }
+
+    /// The relay is gone (withdrawn, or it stopped answering us): so are the peers'
+    /// candidates on it. A peer signals their end too, unless it restarted meanwhile and
+    /// cannot; one whose allocation there still works signals it again when its connection is
+    /// refreshed.
+    fn forget_peers_candidates_on(&mut self, allocation: &Allocation, now: Instant) {
+        let mut ips = vec![allocation.server().ip()];
+        ips.extend(allocation.relayed().map(|a| a.ip()));
+        let ids: Vec<TId> = self.connections.keys().copied().collect();
+        for id in ids {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                for ip in &ips {
+                    conn.remove_remote_relayed_on(*ip, now);
+                }
+            }
+            self.drain_connection_events(id);
+        }
     }
 
     /// Gives every allocation back (a Refresh with lifetime 0), before the node stops: otherwise
@@ -309,6 +328,7 @@ impl<TId: PeerId> Node<TId> {
                         .map_or(RELAY_RETRY_INITIAL, |d| (d * 2).min(RELAY_RETRY_MAX));
                     tracing::info!(target: "node::turn", rid = %id, retry_in = ?delay, "relay unreachable; its candidates are withdrawn");
                     self.forget_candidates_of(&allocation, now);
+                    self.forget_peers_candidates_on(&allocation, now);
                     self.relay_retries.insert(
                         id,
                         Retry {

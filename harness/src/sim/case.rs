@@ -2,8 +2,8 @@
 //! model, and every check after every step. Shared by `tests/sim.rs`, the `run` command and the
 //! `sim` fuzz target (the transitions come from [`super::draw`]).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use node_core::packet::IpPacket;
@@ -15,6 +15,7 @@ use super::model::{
     Expect, Model, Proto, Transition, CLIENTS, FLOOD, HOSTILE, NODES, RESOURCES, SEND_WINDOW,
     SETTLE, WARM_UP,
 };
+use super::observers::Observers;
 
 /// What a case counted, for the coverage line and the summary.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -64,16 +65,9 @@ pub struct Case {
     pub counts: Counts,
     /// The clients' path upgrades already in [`Case::counts`].
     upgrades_counted: u64,
-    /// Each node's handshake initiations so far at the ends of the last transitions, the
-    /// oldest a minute or more ago (see [`Case::check_handshake_rate`]).
-    handshake_samples: [std::collections::VecDeque<(Duration, u64)>; NODES],
+    /// What the observers on the trace keep between steps.
+    observers: Observers,
 }
-
-/// Handshake initiations one connection may send in a minute: boringtun retries an unanswered
-/// one every 5 s (12 a minute), and a new PSK or a roll-over adds one now and then.
-pub const MAX_HANDSHAKES_PER_MINUTE: u64 = 15;
-
-const MINUTE: Duration = Duration::from_secs(60);
 
 impl Case {
     /// Builds the world for `seed` and lets it settle.
@@ -84,9 +78,8 @@ impl Case {
 
     /// [`Case::start`], keeping the trace's text lines if `keep_lines` (for the timeline).
     pub fn start_traced(seed: u64, keep_lines: bool) -> Result<Self, String> {
-        let model = Model::initial(seed);
+        let mut model = Model::initial(seed);
         let mut deployment = Deployment::with_trace(seed, model.authorized.clone(), keep_lines);
-        let mut model = model;
         model.direct_possible = deployment.nat_types.direct_possible();
         deployment.run_for(WARM_UP).map_err(|e| e.to_string())?;
         let mut counts = Counts::default();
@@ -97,17 +90,15 @@ impl Case {
             model,
             counts,
             upgrades_counted: 0,
-            handshake_samples: Default::default(),
+            observers: Observers::default(),
         })
     }
 
     /// Applies `t` to the world and the model and checks the result.
     pub fn step(&mut self, t: &Transition) -> Result<(), String> {
-        let result = self.apply_step(t);
-        let result = result
-            .and_then(|()| self.check_handshake_rate())
-            .and_then(|()| self.check_relays_forgotten())
-            .and_then(|()| self.check_psk_generation());
+        let result = self
+            .apply_step(t)
+            .and_then(|()| self.observers.check(&self.deployment, &self.model));
         // Relayed paths that became direct, counted where they happened.
         let upgrades: u64 = self.deployment.taps.iter().map(|t| t.upgrades.get()).sum();
         if upgrades > self.upgrades_counted {
@@ -116,108 +107,6 @@ impl Case {
             self.upgrades_counted = upgrades;
         }
         result
-    }
-
-    /// Handshake storms: no node's connections send more than [`MAX_HANDSHAKES_PER_MINUTE`]
-    /// initiations each a minute (measured between the ends of transitions, over the shortest
-    /// stretch of at least a minute, pro rata).
-    fn check_handshake_rate(&mut self) -> Result<(), String> {
-        let now = self.deployment.elapsed();
-        let w = &self.deployment;
-        let totals = [
-            w.taps[0].handshakes.total(),
-            w.taps[1].handshakes.total(),
-            w.gateway.handshakes.total(),
-        ];
-        for (node, total) in totals.into_iter().enumerate() {
-            let samples = &mut self.handshake_samples[node];
-            samples.push_back((now, total));
-            while samples.len() > 1 && samples[1].0 + MINUTE <= now {
-                samples.pop_front();
-            }
-            let (since, before) = samples[0];
-            let stretch = now - since;
-            if stretch < MINUTE {
-                continue;
-            }
-            // One connection per client; the gateway has one per client.
-            let connections = if node < CLIENTS { 1 } else { CLIENTS as u64 };
-            let millis = u64::try_from(stretch.as_millis()).unwrap_or(u64::MAX);
-            let allowed = (MAX_HANDSHAKES_PER_MINUTE * connections).saturating_mul(millis);
-            let allowed = allowed.div_ceil(60_000);
-            let sent = total - before;
-            if sent > allowed {
-                return Err(format!(
-                    "{} sent {sent} handshake initiations in {} s, more than {allowed}",
-                    super::model::node_name(node),
-                    stretch.as_secs()
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// A withdrawn or dead relay's candidates are gone from every node within their bound
-    /// ([`Model::relays_to_be_forgotten`]).
-    fn check_relays_forgotten(&self) -> Result<(), String> {
-        let w = &self.deployment;
-        let now = w.elapsed();
-        for r in self.model.relays_to_be_forgotten(now) {
-            let ip = w.relay_ip(r);
-            let held = [
-                &*w.taps[0].relayed_candidates.borrow(),
-                &*w.taps[1].relayed_candidates.borrow(),
-                &*w.gateway.relayed_candidates.borrow(),
-            ];
-            let on_relay =
-                |node: &BTreeSet<SocketAddr>| node.iter().find(|a| a.ip() == ip).copied();
-            if let Some((node, addr)) = held
-                .iter()
-                .enumerate()
-                .find_map(|(n, h)| on_relay(h).map(|a| (n, a)))
-            {
-                let what = match self.model.relay_withdrawn_at[r] {
-                    Some(at) => format!("withdrawn at {} s", at.as_secs()),
-                    None => "dead".to_owned(),
-                };
-                return Err(format!(
-                    "{} still holds the relayed candidate {addr} on relay {} ({what})",
-                    super::model::node_name(node),
-                    r + 1
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Every established tunnel of a pair the portal's current generation keyed uses that
-    /// key, at both ends (a portal restart rotates them all), unless the portal cannot reach
-    /// one of them (a cut link, and the rejoin after it).
-    fn check_psk_generation(&self) -> Result<(), String> {
-        let w = &self.deployment;
-        let now = w.elapsed();
-        for client in 0..CLIENTS {
-            let cut = self.model.portal_unreachable(client, now)
-                || self.model.portal_unreachable(CLIENTS, now);
-            let Some(current) = w.portal_psk(client).filter(|_| !cut) else {
-                continue;
-            };
-            let cid = node_core::ids::ClientId(client as u64 + 1);
-            let ends = [
-                ("client", w.taps[client].psk.get()),
-                ("gateway", w.gateway.psks.borrow().get(&cid).copied()),
-            ];
-            for (end, psk) in ends {
-                if psk.is_some_and(|p| p != current) {
-                    return Err(format!(
-                        "the {end} end of c{}'s tunnel uses a preshared key the portal no longer \
-                         gives it",
-                        client + 1
-                    ));
-                }
-            }
-        }
-        Ok(())
     }
 
     fn apply_step(&mut self, t: &Transition) -> Result<(), String> {

@@ -7,6 +7,7 @@ pub mod draw;
 pub mod hostile;
 pub mod hosts;
 pub mod model;
+pub mod observers;
 pub mod regression;
 pub mod soak;
 pub mod watchdog;

@@ -3061,6 +3061,18 @@ mod test {
         );
     }
 
+    /// zta patch: an agent with one host candidate (`ipv4_1`) and the peer's credentials.
+    fn agent_with_host(controlling: bool) -> (IceAgent, IceCreds) {
+        let mut agent = new_test_agent();
+        agent.set_controlling(controlling);
+        agent
+            .add_local_candidate(Candidate::host(ipv4_1(), "udp").unwrap())
+            .unwrap();
+        let remote_creds = IceCreds::new();
+        agent.set_remote_credentials(remote_creds.clone());
+        (agent, remote_creds)
+    }
+
     #[test]
     fn controlled_sends_only_on_a_nominated_pair_whose_check_succeeded() {
         // RFC 8445 §7.3.1.5: the controlled agent acts on USE-CANDIDATE only
@@ -3170,13 +3182,7 @@ mod test {
         // zta patch: the peer signals its candidates again on every refresh. One whose pairs
         // failed and were removed was added a second time, and an invalidation then discarded
         // only the first copy.
-        let mut agent = new_test_agent();
-        agent.set_controlling(true);
-        agent
-            .add_local_candidate(Candidate::host(ipv4_1(), "udp").unwrap())
-            .unwrap();
-        let remote_creds = IceCreds::new();
-        agent.set_remote_credentials(remote_creds.clone());
+        let (mut agent, remote_creds) = agent_with_host(true);
         let mut remote =
             Candidate::from_sdp_string("candidate:1 1 udp 2130706431 3.4.5.6 5000 typ host")
                 .unwrap();
@@ -3205,13 +3211,7 @@ mod test {
         // new mapping of the peer's; its checks must be answered. A withdrawn relayed (or
         // host) address stays ignored.
         let answered_from = |sdp: &str| {
-            let mut agent = new_test_agent();
-            agent.set_controlling(false);
-            agent
-                .add_local_candidate(Candidate::host(ipv4_1(), "udp").unwrap())
-                .unwrap();
-            let remote_creds = IceCreds::new();
-            agent.set_remote_credentials(remote_creds.clone());
+            let (mut agent, remote_creds) = agent_with_host(false);
             let mut withdrawn = Candidate::from_sdp_string(sdp).unwrap();
             withdrawn.set_ufrag(&remote_creds.ufrag);
             let source = withdrawn.addr();

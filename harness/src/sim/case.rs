@@ -12,8 +12,8 @@ use super::deployment::{probe_packet, Deployment, RESOURCE_IPS};
 use super::hostile::{candidate_flood, claim_key, handshake_flood, Attack, FLOOD_CANDIDATES};
 use super::hosts::client_tunnel_ip;
 use super::model::{
-    Expect, Model, Proto, Transition, CLIENTS, FLOOD, HOSTILE, NODES, RESOURCES, SEND_WINDOW,
-    SETTLE, WARM_UP,
+    Expect, Model, Proto, Transition, CLIENTS, FLOOD, HOSTILE, NODES, RELAYS, RESOURCES,
+    SEND_WINDOW, SETTLE, WARM_UP,
 };
 use super::observers::Observers;
 
@@ -385,7 +385,34 @@ impl Case {
         let packet = spoofed_probe(client_tunnel_ip(victim as u64 + 1), resource, &payload);
         let dropped_before = w.gateway.wrong_source.get();
         w.inject(HOSTILE, packet);
+        // From its socket, it also sends straight to the other client's relayed address. The
+        // relay holds no permission for it there (the other client's only peer is the
+        // gateway): it must drop them all.
+        let target = w.taps[victim].own_relayed.borrow().first().copied();
+        // A crashed relay the other client has not noticed yet refuses nothing.
+        let relay = target
+            .and_then(|t| (0..RELAYS).find(|r| w.relay_ip(*r) == t.ip()))
+            .filter(|r| self.model.relays_up[*r]);
+        let refused_before = relay.map(|r| w.relay_taps[r].stats.get().dropped_no_permission);
+        if let Some(dst) = target {
+            let datagrams = vec![payload.clone(); INTRUSIONS];
+            w.attack(HOSTILE, Attack::Datagrams { dst, datagrams });
+        }
         w.run_for(SEND_WINDOW).map_err(|e| e.to_string())?;
+        if let (Some(r), Some(before), Some(dst)) = (relay, refused_before, target) {
+            let refused = w.relay_taps[r].stats.get().dropped_no_permission;
+            let refused = refused.saturating_sub(before);
+            if refused < INTRUSIONS as u64 {
+                return Err(format!(
+                    "relay {} let through datagrams from c{} to c{}'s relayed address {dst}, \
+                     which has no permission for it ({refused} of {INTRUSIONS} refused)",
+                    r + 1,
+                    HOSTILE + 1,
+                    victim + 1,
+                ));
+            }
+            self.counts.bump("checked:intrusion_refused");
+        }
         let arrivals = w.arrivals(&payload);
         if !arrivals.is_empty() {
             return Err(format!(
@@ -584,6 +611,9 @@ pub fn check_invariants(w: &Deployment<'static>) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Datagrams the hostile client sends to the other client's relayed address in a spoof.
+const INTRUSIONS: usize = 3;
 
 /// A UDP probe to `resource` like [`probe_packet`]'s, from `src`: the checksums are right, only
 /// the address gives it away.

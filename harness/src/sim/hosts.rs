@@ -115,6 +115,8 @@ pub struct DeviceTap {
     /// Which preshared key its established connection to the gateway uses, as of its last
     /// step.
     pub psk: Cell<Option<[u8; 8]>>,
+    /// Its own relayed addresses (one per allocation), as of its last step.
+    pub own_relayed: RefCell<Vec<SocketAddr>>,
 }
 
 /// What reached the resource network behind a gateway.
@@ -497,6 +499,10 @@ impl Events for ClientEngine {
                     .map(|c| (c.index, c.handshakes_initiated)),
             );
             *tap.relayed_candidates.borrow_mut() = node.relayed_candidates();
+            *tap.own_relayed.borrow_mut() = node
+                .relays()
+                .filter_map(|r| node.relayed_address(r))
+                .collect();
             tap.psk.set(
                 node.connections()
                     .filter_map(|gid| node.connection(gid))

@@ -234,6 +234,53 @@ fn determinism() {
     assert_eq!(line, format!("{first:?}"), "another process differs");
 }
 
+/// Skipping ahead over stretches where no host has a timer due and no message is in flight
+/// (`harness::turmoil_net::timers`) changes nothing a run does: the same seeds give the same
+/// trace hash, datagram bytes included, as a run stepped tick by tick. Cases from the property
+/// test's draws, and two hours of the soak, whose idle stretches are where most is skipped.
+#[test]
+fn skipping_ahead_changes_nothing() {
+    use harness::turmoil_net::timers::set_skip_ahead;
+    init_logging();
+    let run = |skip: bool| {
+        set_skip_ahead(skip);
+        let cases: Vec<u64> = (1..=4)
+            .map(|seed| {
+                let (case, result) = run_case(seed, &generate(seed, 12));
+                if let Err(e) = result {
+                    panic!("seed {seed}: {e}");
+                }
+                case.deployment.trace.hash()
+            })
+            .collect();
+        // The hostile client's floods and spoofs are not among `generate`'s draws.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions/sim");
+        let hostile: Vec<u64> = [
+            "handshake-flood",
+            "spoofed-source-is-dropped-by-the-gateway",
+        ]
+        .into_iter()
+        .map(|name| {
+            let file = dir.join(format!("{name}.case"));
+            let text = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let kept =
+                harness::sim::regression::parse(&file, &text).unwrap_or_else(|e| panic!("{e}"));
+            let (case, result) = run_case(kept.seed, &kept.transitions);
+            if let Err(e) = result {
+                panic!("{name}: {e}");
+            }
+            case.deployment.trace.hash()
+        })
+        .collect();
+        let soak = harness::sim::soak::soak(2, 2, |_| {}).unwrap_or_else(|e| panic!("{e}"));
+        (cases, hostile, soak)
+    };
+    let stepped = run(false);
+    let skipped = run(true);
+    assert_eq!(stepped, skipped, "skipping ahead changed a run");
+}
+
 /// [`determinism`]'s second process.
 #[test]
 #[ignore = "run by `determinism`, in a process of its own"]

@@ -18,6 +18,9 @@ const CASE_LENGTH: usize = 12;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Step every tick, also where no host has anything due (the same trace hash, slower).
+    #[arg(long, global = true)]
+    no_skip: bool,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +81,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    harness::turmoil_net::timers::set_skip_ahead(!cli.no_skip);
     match cli.command {
         Command::Run {
             seed,

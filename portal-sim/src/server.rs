@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -78,6 +79,15 @@ impl Listener for tokio::net::TcpListener {
 
 /// Where the server reads wall-clock time (the simulation passes its own).
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// How the server waits: the simulation passes a sleep it can see, so that it knows when the
+/// portal next wakes.
+pub type Sleeper = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// tokio's sleep.
+pub fn tokio_sleeper() -> Sleeper {
+    Arc::new(|duration| Box::pin(tokio::time::sleep(duration)))
+}
 
 /// The real wall clock.
 pub fn system_clock() -> Clock {
@@ -143,6 +153,7 @@ impl State {
 struct Shared {
     state: Mutex<State>,
     clock: Clock,
+    sleep: Sleeper,
     idle_timeout: Duration,
 }
 
@@ -155,6 +166,11 @@ pub struct Server {
 impl Server {
     /// A server around `portal`, reading time from `clock`.
     pub fn new(portal: Portal, clock: Clock) -> Self {
+        Self::with_sleeper(portal, clock, tokio_sleeper())
+    }
+
+    /// [`Server::new`], waiting with `sleep` (its timers and each connection's idle timeout).
+    pub fn with_sleeper(portal: Portal, clock: Clock, sleep: Sleeper) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -163,6 +179,7 @@ impl Server {
                     next_conn: 1,
                 }),
                 clock,
+                sleep,
                 idle_timeout: IDLE_TIMEOUT,
             }),
         }
@@ -190,7 +207,7 @@ impl Server {
             let timer = self.until_timeout();
             tokio::select! {
                 biased;
-                () = tokio::time::sleep(timer) => self.handle_timeout(),
+                () = (self.shared.sleep)(timer) => self.handle_timeout(),
                 accepted = listener.accept() => {
                     let (stream, peer) = accepted?;
                     let shared = Arc::clone(&self.shared);
@@ -345,8 +362,7 @@ where
     };
     let _entered = span.enter();
     let (mut sink, mut source) = ws.split();
-    let idle = tokio::time::sleep(shared.idle_timeout);
-    tokio::pin!(idle);
+    let mut idle = (shared.sleep)(shared.idle_timeout);
     'session: loop {
         tokio::select! {
             biased;
@@ -384,7 +400,7 @@ where
             },
             inbound = source.next() => match inbound {
                 Some(Ok(WsMessage::Text(text))) => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + shared.idle_timeout);
+                    idle = (shared.sleep)(shared.idle_timeout);
                     let now = (shared.clock)();
                     let mut state = lock(&shared);
                     state.portal.handle_text(conn, text.as_str(), now);

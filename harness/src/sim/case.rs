@@ -307,7 +307,8 @@ impl Case {
         };
         let before = w.gateway.stats.borrow().clone();
         let salt = u64::try_from(w.elapsed().as_millis()).unwrap_or(0);
-        let datagrams = handshake_flood(key, self.model.seed.wrapping_add(salt));
+        let wall = crate::turmoil_net::sim_wall_clock(crate::SIM_EPOCH_UNIX_SECS);
+        let datagrams = handshake_flood(key, self.model.seed.wrapping_add(salt), wall);
         let sent = datagrams.len() as u64;
         w.attack(HOSTILE, Attack::Datagrams { dst, datagrams });
         w.run_for(FLOOD + SETTLE).map_err(|e| e.to_string())?;

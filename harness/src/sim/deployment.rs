@@ -22,7 +22,7 @@ use super::hosts::{
 use super::model::{Proto, Side, CLIENTS, HOSTILE, LINK_SITES, NODES, RELAYS, RESOURCES};
 use crate::nat::{Filtering, MappingBehaviour, NatConfig};
 use crate::turmoil_net::{
-    links, sim_builder, Direction, Faults, LinkProfile, NatCommand, NatHandle, NatShim,
+    links, sim_builder, timers, Direction, Faults, LinkProfile, NatCommand, NatHandle, NatShim,
     SimSettings, Trace,
 };
 
@@ -117,6 +117,9 @@ pub struct Deployment<'a> {
     relays: Vec<(u64, SocketAddr)>,
     /// Portal cuts to heal, by when.
     heals: Vec<(Duration, usize)>,
+    /// The world's tick: skips ahead are whole ticks, so the steps that do work are the ones a
+    /// tick-by-tick run takes.
+    tick: Duration,
     next_payload: u64,
 }
 
@@ -134,6 +137,7 @@ impl<'a> Deployment<'a> {
         settings.latency = Duration::from_millis(10);
         let epoch = settings.unix_epoch_secs;
         crate::turmoil_net::set_driver_elapsed(Duration::ZERO);
+        timers::clear();
         let mut sim = sim_builder(&settings).build();
         let trace = if keep_lines {
             Trace::with_lines()
@@ -338,18 +342,31 @@ impl<'a> Deployment<'a> {
             heartbeat: super::watchdog::Heartbeat::new(format!("seed {seed}, starting")),
             relays,
             heals: Vec::new(),
+            tick: settings.tick,
             next_payload: 0,
         }
     }
 
     /// Runs the simulation for `d`, healing portal cuts as they come due.
+    ///
+    /// Stretches where nothing can happen are stepped over in one step (see
+    /// [`crate::turmoil_net::timers`]); the first step is always one tick, since what the driver
+    /// did before the call (a command to a host, an administrative change) runs in it.
     pub fn run_for(&mut self, d: Duration) -> turmoil::Result {
         let target = self.sim.elapsed() + d;
+        let mut step = self.tick;
         while self.sim.elapsed() < target {
             if !self.heals.is_empty() {
                 self.heal_due();
             }
-            self.sim.step()?;
+            self.sim.step_by(step)?;
+            let now = self.sim.elapsed();
+            let limit = self
+                .heals
+                .iter()
+                .map(|(at, _)| *at)
+                .fold(target, Duration::min);
+            step = timers::next_step(now, self.tick, limit, self.sim.messages_in_flight());
             crate::turmoil_net::set_driver_elapsed(self.sim.elapsed());
             self.heartbeat.beat();
         }

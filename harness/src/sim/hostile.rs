@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::SystemTime;
 
 use boringtun::noise::{Tunn, TunnResult};
 use node::runtime::ControlLink;
@@ -120,15 +121,18 @@ pub fn claim_key(key: Key) -> String {
 }
 
 /// [`FLOOD_HANDSHAKES`] handshake initiations towards `gateway`, each from a static key of its
-/// own (drawn from `seed`): their mac1 is valid, so only the gateway's load guard stands
-/// between them and an X25519 each.
-pub fn handshake_flood(gateway: PublicKey, seed: u64) -> Vec<Vec<u8>> {
+/// own: their mac1 is valid, so only the gateway's load guard stands between them and an
+/// X25519 each. Keys, ephemeral keys and timestamps come from `seed` and `wall` (the simulated
+/// wall clock), so a flood's bytes repeat with its seed.
+pub fn handshake_flood(gateway: PublicKey, seed: u64, wall: SystemTime) -> Vec<Vec<u8>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..FLOOD_HANDSHAKES)
         .filter_map(|i| {
             let secret = StaticSecret::from(rng.gen::<[u8; 32]>());
             let index = u32::try_from(i).unwrap_or(0);
-            let mut tunn = Tunn::new(secret, gateway, None, None, index, None);
+            let ephemeral = Box::new(ChaCha8Rng::seed_from_u64(rng.gen()));
+            let mut tunn =
+                Tunn::new_with(secret, gateway, None, None, index, None, ephemeral, wall);
             let mut buf = [0u8; 256];
             match tunn.format_handshake_initiation(&mut buf, true) {
                 TunnResult::WriteToNetwork(bytes) => Some(bytes.to_vec()),

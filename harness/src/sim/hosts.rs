@@ -132,9 +132,10 @@ pub async fn portal_host(
     unix_epoch_secs: u64,
     handle: Rc<RefCell<Option<portal_sim::server::Server>>>,
 ) -> turmoil::Result {
-    let server = portal_sim::server::Server::new(
+    let server = portal_sim::server::Server::with_sleeper(
         portal,
         crate::turmoil_net::turmoil_io::portal_clock(unix_epoch_secs),
+        crate::turmoil_net::turmoil_io::portal_sleeper(),
     );
     *handle.borrow_mut() = Some(server.clone());
     let listener =
@@ -319,7 +320,7 @@ async fn misbehave(
                     for datagram in chunk {
                         let _ = socket.send_to(datagram, dst).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    crate::turmoil_net::timers::sleep(Duration::from_millis(1)).await;
                 }
             }
         }
@@ -405,8 +406,8 @@ pub async fn gateway_host<S: DatagramSocket>(
     Ok(())
 }
 
-fn link(cfg: &NodeHost, kind: &str) -> WebSocketLink<TurmoilConnector> {
-    WebSocketLink::new(
+fn link(cfg: &NodeHost, kind: &str) -> WebSocketLink<TurmoilConnector, TurmoilClock> {
+    WebSocketLink::with_clock(
         TurmoilConnector {
             host: cfg.portal.clone(),
         },
@@ -414,6 +415,7 @@ fn link(cfg: &NodeHost, kind: &str) -> WebSocketLink<TurmoilConnector> {
             "ws://{}:{PORTAL_PORT}/{kind}/websocket?token={}",
             cfg.portal, cfg.token
         ),
+        TurmoilClock,
     )
 }
 

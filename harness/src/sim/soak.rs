@@ -47,6 +47,8 @@ pub struct SoakReport {
     pub delivered: u64,
     /// Probes the model could not hold to an outcome.
     pub uncertain: u64,
+    /// The world's trace hash so far (see [`crate::turmoil_net::Trace`]).
+    pub trace_hash: u64,
 }
 
 /// Runs `seed`'s world for `hours` of simulated time; `progress` gets the report after every
@@ -91,6 +93,7 @@ pub fn soak(
         let get = |k: &str| case.counts.0.get(k).copied().unwrap_or(0);
         report.delivered = get("checked:delivered");
         report.uncertain = get("checked:uncertain");
+        report.trace_hash = case.deployment.trace.hash();
         if report.elapsed >= next_hour {
             progress(&report);
             next_hour = Duration::from_secs((report.elapsed.as_secs() / 3600 + 1) * 3600);

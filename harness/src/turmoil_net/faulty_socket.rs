@@ -111,7 +111,7 @@ fn copy(bytes: &[u8], buf: &mut [u8]) -> usize {
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        Some(deadline) => super::timers::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }
@@ -155,7 +155,7 @@ macro_rules! fault_paths {
                     }
                     let (inner, bytes) = (Arc::clone(&self.inner), buf.to_vec());
                     $spawn(async move {
-                        tokio::time::sleep(delay).await;
+                        $crate::turmoil_net::timers::sleep(delay).await;
                         if let Err(error) = Socket::send_to(&*inner, &bytes, dst).await {
                             tracing::debug!(%dst, %error, "delayed send failed");
                         }

@@ -35,6 +35,7 @@ pub mod nat_host;
 pub mod probe;
 pub mod roaming;
 pub mod shim;
+pub mod timers;
 pub mod trace;
 pub mod turmoil_io;
 

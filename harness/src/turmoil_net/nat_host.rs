@@ -140,7 +140,7 @@ impl NatHandle {
 
 async fn sleep_until(deadline: Option<Duration>) {
     match deadline {
-        Some(deadline) => tokio::time::sleep(deadline.saturating_sub(sim_time())).await,
+        Some(deadline) => super::timers::sleep(deadline.saturating_sub(sim_time())).await,
         None => std::future::pending().await,
     }
 }
@@ -251,7 +251,7 @@ impl Host {
                 ..inbound
             };
             tokio::task::spawn_local(async move {
-                tokio::time::sleep(delay).await;
+                super::timers::sleep(delay).await;
                 // The NAT may have restarted meanwhile: then the datagram is lost.
                 let _ = tx.send(later);
             });
@@ -321,7 +321,7 @@ async fn send(socket: Rc<UdpSocket>, bytes: &[u8], dst: SocketAddr, verdict: Ver
         }
         let (socket, bytes) = (Rc::clone(&socket), bytes.to_vec());
         tokio::task::spawn_local(async move {
-            tokio::time::sleep(delay).await;
+            super::timers::sleep(delay).await;
             if let Err(error) = socket.send_to(&bytes, dst).await {
                 tracing::debug!(%dst, %error, "NAT: delayed send failed");
             }

@@ -101,7 +101,7 @@ impl node::runtime::Clock for TurmoilClock {
     }
 
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
-        tokio::time::sleep_until(deadline.into())
+        super::timers::sleep_until(deadline.into())
     }
 }
 
@@ -135,7 +135,7 @@ impl relay_sim::net::Network for TurmoilNetwork {
     }
 
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
-        tokio::time::sleep_until(deadline.into())
+        super::timers::sleep_until(deadline.into())
     }
 }
 
@@ -170,4 +170,9 @@ impl portal_sim::server::Listener for TurmoilListener {
 /// The portal's wall clock inside a turmoil host: `unix_epoch_secs` plus simulated time.
 pub fn portal_clock(unix_epoch_secs: u64) -> portal_sim::server::Clock {
     std::sync::Arc::new(move || sim_wall_clock(unix_epoch_secs))
+}
+
+/// The portal's sleeps inside a turmoil host, on the world's timer board.
+pub fn portal_sleeper() -> portal_sim::server::Sleeper {
+    std::sync::Arc::new(|duration| Box::pin(super::timers::sleep(duration)))
 }

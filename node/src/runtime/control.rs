@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use node_core::engine::{ControlCommand, ControlInput};
 use node_core::portal::ConnectionError;
 
+use super::{Clock, TokioClock};
+
 /// How long opening the stream and the WebSocket handshake may take together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,8 +60,9 @@ pub trait Connector: 'static {
 /// A WebSocket to the portal. Its tasks are spawned with `spawn_local`: run it inside a
 /// `LocalSet` (the simulation's hosts are; production runs the node on a current-thread
 /// runtime with one).
-pub struct WebSocketLink<C> {
+pub struct WebSocketLink<C, K = TokioClock> {
     connector: Rc<C>,
+    clock: K,
     url: String,
     generation: u64,
     inbound_tx: mpsc::UnboundedSender<(u64, ControlInput)>,
@@ -72,9 +75,17 @@ impl<C: Connector> WebSocketLink<C> {
     /// A link that connects with `connector` and requests `url` (its path and query carry the
     /// node's token; the host part only fills the Host header).
     pub fn new(connector: C, url: impl Into<String>) -> Self {
+        Self::with_clock(connector, url, TokioClock)
+    }
+}
+
+impl<C: Connector, K: Clock + Clone + 'static> WebSocketLink<C, K> {
+    /// [`WebSocketLink::new`], timing the connection attempt on `clock`.
+    pub fn with_clock(connector: C, url: impl Into<String>, clock: K) -> Self {
         let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
         Self {
             connector: Rc::new(connector),
+            clock,
             url: url.into(),
             generation: 0,
             inbound_tx,
@@ -101,26 +112,32 @@ impl<C: Connector> WebSocketLink<C> {
         let inbound = self.inbound_tx.clone();
         let connector = Rc::clone(&self.connector);
         let url = self.url.clone();
+        let clock = self.clock.clone();
         self.task = Some(tokio::task::spawn_local(async move {
             let report = |input| {
                 let _ = inbound.send((generation, input));
             };
-            match tokio::time::timeout(CONNECT_TIMEOUT, handshake(&*connector, &url)).await {
-                Ok(Ok(ws)) => {
+            let deadline = clock.now() + CONNECT_TIMEOUT;
+            let opened = tokio::select! {
+                biased;
+                opened = handshake(&*connector, &url) => opened,
+                () = clock.sleep_until(deadline) => Err(ConnectionError::Io(
+                    "connecting timed out".to_owned(),
+                )),
+            };
+            match opened {
+                Ok(ws) => {
                     report(ControlInput::Opened);
                     let error = pump(ws, outbound_rx, &report).await;
                     report(ControlInput::Closed(error));
                 }
-                Ok(Err(error)) => report(ControlInput::Closed(error)),
-                Err(_) => report(ControlInput::Closed(ConnectionError::Io(
-                    "connecting timed out".to_owned(),
-                ))),
+                Err(error) => report(ControlInput::Closed(error)),
             }
         }));
     }
 }
 
-impl<C: Connector> ControlLink for WebSocketLink<C> {
+impl<C: Connector, K: Clock + Clone + 'static> ControlLink for WebSocketLink<C, K> {
     fn apply(&mut self, command: ControlCommand) {
         match command {
             ControlCommand::Open => self.open(),

@@ -1,0 +1,154 @@
+//! The timers every host of a turmoil world has pending, so that the driver can skip ahead.
+//!
+//! turmoil steps every host on every tick, idle or not, so a world's cost is hosts × ticks. When
+//! no message is on the network and no host has a timer due for a while, nothing can happen in
+//! that stretch: the driver steps over it in one long step ([`turmoil::Sim::step_by`]). For that
+//! it must know every pending timer, so every sleep in the world's hosts goes through [`Sleep`],
+//! which keeps its deadline (in simulated time) on a per-thread board while it is pending.
+//!
+//! The skip is exact, not an approximation: it ends a tick before the earliest deadline, so the
+//! steps that do the work are the ones a tick-by-tick run takes, and a seed's trace hash is the
+//! same either way (checked in `tests/sim.rs`). A sleep that bypassed the board would break that
+//! equality, which is how a missed one shows.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use super::sim_time;
+
+#[derive(Default)]
+struct Board {
+    next_key: u64,
+    /// (simulated deadline, key), so the first is the earliest.
+    pending: BTreeSet<(Duration, u64)>,
+}
+
+thread_local! {
+    static BOARD: RefCell<Board> = RefCell::new(Board::default());
+    static DBG: RefCell<std::collections::BTreeMap<u64,String>> = RefCell::new(Default::default());
+    static SKIP: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether drivers on this thread skip ahead (the default); off, every step is one tick, which
+/// is how the equality of the two is checked.
+pub fn set_skip_ahead(on: bool) {
+    SKIP.with(|skip| skip.set(on));
+}
+
+/// See [`set_skip_ahead`].
+pub fn skip_ahead() -> bool {
+    SKIP.with(std::cell::Cell::get)
+}
+
+/// A tokio sleep whose deadline the board holds while it is pending.
+#[derive(Debug)]
+pub struct Sleep {
+    inner: Pin<Box<tokio::time::Sleep>>,
+    entry: Option<(Duration, u64)>,
+}
+
+/// Sleeps until `deadline` (a host's tokio instant), on the board.
+#[track_caller]
+pub fn sleep_until(deadline: tokio::time::Instant) -> Sleep {
+    let loc = std::panic::Location::caller();
+
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let at = sim_time() + left;
+    let entry = BOARD.with(|board| {
+        let mut board = board.borrow_mut();
+        let key = board.next_key;
+        board.next_key += 1;
+        board.pending.insert((at, key));
+        DBG.with(|d| {
+            d.borrow_mut()
+                .insert(key, format!("{}:{}", loc.file(), loc.line()))
+        });
+        (at, key)
+    });
+    Sleep {
+        inner: Box::pin(tokio::time::sleep_until(deadline)),
+        entry: Some(entry),
+    }
+}
+
+/// Sleeps for `duration`, on the board.
+#[track_caller]
+pub fn sleep(duration: Duration) -> Sleep {
+    sleep_until(tokio::time::Instant::now() + duration)
+}
+
+impl Sleep {
+    fn take_off(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            BOARD.with(|board| board.borrow_mut().pending.remove(&entry));
+        }
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let ready = self.inner.as_mut().poll(cx);
+        if ready.is_ready() {
+            self.take_off();
+        }
+        ready
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.take_off();
+    }
+}
+
+/// The earliest deadline pending on this thread, in simulated time.
+pub fn earliest() -> Option<Duration> {
+    BOARD.with(|board| board.borrow().pending.first().map(|(at, _)| *at))
+}
+
+/// How many sleeps are pending on this thread.
+pub fn pending() -> usize {
+    BOARD.with(|board| board.borrow().pending.len())
+}
+
+/// Forgets every pending deadline: a new world starts, and the last one's hosts may not all have
+/// been dropped yet (their sleeps then take off entries that are gone, which is harmless).
+pub fn clear() {
+    BOARD.with(|board| board.borrow_mut().pending.clear());
+}
+
+/// How long the next step may be: `tick` while a message is in flight or a deadline is within
+/// two ticks, else whole ticks up to one tick before the earliest deadline (or `limit`, the
+/// driver's own next event, whichever comes first).
+pub fn next_step(now: Duration, tick: Duration, limit: Duration, in_flight: usize) -> Duration {
+    if in_flight > 0 || tick.is_zero() || !skip_ahead() {
+        return tick;
+    }
+    if std::env::var_os("DBG_SKIP").is_some() {
+        BOARD.with(|b| {
+            let b = b.borrow();
+            if let Some((at, k)) = b.pending.first() {
+                let left = at.saturating_sub(now);
+                if left < Duration::from_secs(1) {
+                    DBG.with(|d| {
+                        eprintln!(
+                            "SHORT {:?} {}",
+                            left,
+                            d.borrow().get(k).cloned().unwrap_or_default()
+                        )
+                    });
+                }
+            }
+        });
+    }
+    let free_until = earliest().map_or(limit, |at| at.min(limit));
+    let ticks = free_until.saturating_sub(now).as_nanos() / tick.as_nanos();
+    let skip = u32::try_from(ticks.saturating_sub(1)).unwrap_or(u32::MAX);
+    tick * skip.max(1)
+}

@@ -34,12 +34,15 @@ fi
 packaging/check.sh
 # Unit, integration and interop tests of every crate.
 cargo test --workspace --all-targets --exclude zta "$@"
-# The patched ICE agent's own tests (patches/is, outside the workspace so that it stays the crate
-# as published plus our diff): built in a copy that is its own workspace.
+# The own tests of the patched ICE agent and WireGuard (patches/, outside the workspace so that
+# each stays the crate as published plus our diff): built in copies that are workspaces of their
+# own.
 patched=$(mktemp -d)
-cp -r patches/is "$patched/is"
-printf '\n[workspace]\n' >>"$patched/is/Cargo.toml"
-CARGO_TARGET_DIR="$PWD/target/patched" cargo test --release --lib --manifest-path "$patched/is/Cargo.toml"
+for crate in is boringtun; do
+  cp -r "patches/$crate" "$patched/$crate"
+  printf '\n[workspace]\n' >>"$patched/$crate/Cargo.toml"
+  CARGO_TARGET_DIR="$PWD/target/patched" cargo test --release --lib --manifest-path "$patched/$crate/Cargo.toml"
+done
 rm -rf "$patched"
 # The portal's store and its two-instance test on a real PostgreSQL server (ignored by a plain
 # `cargo test`, which has none).

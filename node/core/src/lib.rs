@@ -29,8 +29,8 @@ mod wireguard;
 pub use boringtun::x25519::{PublicKey, StaticSecret};
 pub use connection::{
     ConnectionConfig, Path, BETTER_PATH_RETRY, HANDSHAKE_DEADLINE, ICE_SETUP_TIMEOUT, IDLE_AFTER,
-    IDLE_STUN_INTERVAL, MAX_REMOTE_CANDIDATES, MAX_WAKE_HELD, MIGRATION_GRACE, ROLLOVER_DEBOUNCE,
-    WAKE_HOLD,
+    IDLE_STUN_INTERVAL, IDLE_WIREGUARD_TICK, MAX_REMOTE_CANDIDATES, MAX_WAKE_HELD, MIGRATION_GRACE,
+    ROLLOVER_DEBOUNCE, WAKE_HOLD,
 };
 pub use error::{Error, Stats};
 pub use event::{Event, FailReason};

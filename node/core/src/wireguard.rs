@@ -284,6 +284,52 @@ mod tests {
         }
     }
 
+    fn tunnel(epoch: Instant, private: u8, remote: u8, index: u32) -> Tunnel {
+        Tunnel::new(
+            epoch,
+            epoch,
+            SystemTime::UNIX_EPOCH,
+            StaticSecret::from([private; 32]),
+            PublicKey::from(&StaticSecret::from([remote; 32])),
+            [3; 32],
+            ConnIndex::new(index).unwrap(),
+            ChaCha20Rng::seed_from_u64(u64::from(index)),
+        )
+    }
+
+    /// The patched boringtun dates a session when its handshake completes, not at the last
+    /// timer tick before: an idle connection's timers run once a second, and a handshake that
+    /// completed between two ticks must not look up to a second older than it is.
+    #[test]
+    fn a_session_is_dated_when_its_handshake_completes_not_at_the_last_tick() {
+        #[allow(clippy::disallowed_methods)] // any instant: the tunnels count from `epoch`
+        let epoch = Instant::now();
+        let mut initiator = tunnel(epoch, 1, 2, 7);
+        let mut responder = tunnel(epoch, 2, 1, 9);
+        let src: IpAddr = [192, 0, 2, 1].into();
+        let (mut buf, mut out) = ([0u8; 256], [0u8; 256]);
+        initiator.update_timers(epoch, &mut buf);
+        responder.update_timers(epoch, &mut buf);
+
+        let sent = epoch + Duration::from_millis(800);
+        let Output::Network(range) = initiator.handshake_initiation(sent, &mut buf, true) else {
+            panic!("no initiation");
+        };
+        let Output::Network(reply) = responder.decapsulate(sent, src, &buf[range], &mut out) else {
+            panic!("no response");
+        };
+        initiator.decapsulate(sent, src, &out[reply], &mut buf);
+
+        let later = epoch + Duration::from_millis(900);
+        let age = initiator.time_since_last_handshake(later).unwrap();
+        assert_eq!(age, Duration::from_millis(100), "dated at the last tick");
+        let age = responder.time_since_last_handshake(later);
+        assert_eq!(
+            age, None,
+            "the responder has no session before a data packet"
+        );
+    }
+
     #[test]
     fn the_generator_and_the_wall_clock_decide_every_byte_of_an_initiation() {
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(86_400);

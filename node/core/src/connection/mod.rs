@@ -34,7 +34,8 @@ mod wake;
 
 pub use config::{
     ConnectionConfig, BETTER_PATH_RETRY, HANDSHAKE_DEADLINE, ICE_SETUP_TIMEOUT, IDLE_AFTER,
-    IDLE_STUN_INTERVAL, MAX_REMOTE_CANDIDATES, MIGRATION_GRACE, ROLLOVER_DEBOUNCE, WAKE_HOLD,
+    IDLE_STUN_INTERVAL, IDLE_WIREGUARD_TICK, MAX_REMOTE_CANDIDATES, MIGRATION_GRACE,
+    ROLLOVER_DEBOUNCE, WAKE_HOLD,
 };
 use timer::{Timer, TimerTable};
 pub use wake::MAX_WAKE_HELD;
@@ -451,6 +452,9 @@ impl Connection {
         if self.idle {
             self.idle = false;
             self.apply_stun_timing();
+            // The idle tick may be up to a second away; a handshake this activity starts is
+            // retried on the active one.
+            self.timers.set(Timer::WireGuardTick, now);
             tracing::debug!(parent: &self.span, "connection active again");
         }
     }
@@ -825,11 +829,11 @@ impl Connection {
     /// Whether a WireGuard handshake completed at or after `since`.
     fn handshake_completed_since(&mut self, since: Instant, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(since);
-        // boringtun stamps events with the time of its last timer tick, so a session that
-        // completed right after `since` may look up to a tick older.
+        // boringtun stamps a session with the time it completed (patched: upstream stamps the
+        // last timer tick), however long ago the last tick was.
         self.tunnel
             .time_since_last_handshake(now)
-            .is_some_and(|age| age <= elapsed + self.config.wireguard_tick)
+            .is_some_and(|age| age <= elapsed)
     }
 
     fn check_established(&mut self, now: Instant) {
@@ -1035,8 +1039,12 @@ impl Connection {
     ) {
         match timer {
             Timer::WireGuardTick => {
-                self.timers
-                    .set(Timer::WireGuardTick, now + self.config.wireguard_tick);
+                let tick = if self.idle {
+                    self.config.idle_wireguard_tick
+                } else {
+                    self.config.wireguard_tick
+                };
+                self.timers.set(Timer::WireGuardTick, now + tick);
                 self.update_wireguard_timers(now, pool, transmits);
             }
             Timer::MigrationGrace => self.fail(FailReason::IceDisconnected),

@@ -859,6 +859,36 @@ fn the_first_packet_after_an_idle_spell_waits_for_the_path_and_is_not_lost() {
     assert_eq!(w.gateway_tun.len(), 2);
 }
 
+/// The client's wake-ups over `span` of simulated time, each timer due counted once.
+fn client_wakeups(w: &mut World, span: Duration) -> usize {
+    let end = w.now + span;
+    let mut wakeups = 0;
+    while let Some((t, _)) = w.client.poll_timeout().filter(|(t, _)| *t <= end) {
+        w.now = w.now.max(t);
+        w.client.handle_timeout(w.now);
+        w.gateway.handle_timeout(w.now);
+        w.settle();
+        wakeups += 1;
+    }
+    wakeups
+}
+
+#[test]
+fn an_idle_connection_wakes_its_node_once_a_second_and_an_active_one_four_times() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    w.run_for(crate::IDLE_AFTER * 3);
+    assert!(w.client.node().connection(GID).unwrap().idle);
+    // boringtun's timers once a second; the other timers (STUN keep-alives every 25 s) seldom.
+    let idle = client_wakeups(&mut w, Duration::from_secs(10));
+    assert!((10..=12).contains(&idle), "{idle} wake-ups in 10 s idle");
+    // A packet makes it active: the 250 ms tick is back.
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"awake"));
+    w.settle();
+    let active = client_wakeups(&mut w, Duration::from_secs(10));
+    assert!(active >= 40, "{active} wake-ups in 10 s active");
+}
+
 #[test]
 fn a_packet_for_an_active_path_whose_checks_go_unanswered_waits_for_an_answer() {
     let mut w = World::new(&[R1]);

@@ -122,7 +122,12 @@ impl Tunn {
             _ => {}
         }
 
-        let time = self.timers[TimeCurrent];
+        // zta patch: an event is stamped with the time it happens, not with the time of the last
+        // `update_timers` call, so how often the caller drives the timers decides only how
+        // promptly they fire (the crate's `Instant` is the caller's clock, cheap to read).
+        let now = Instant::now().duration_since(self.timers.time_started);
+        let time = self.timers[TimeCurrent].max(now);
+        self.timers[TimeCurrent] = time;
         self.timers[timer_name] = time;
     }
 

@@ -17,6 +17,12 @@ use super::model::{
 };
 use super::observers::Observers;
 
+/// The start of the keys that hold a worst case rather than a count: `worst_lost_ms:<reason>`
+/// is how long after a fault (after its end, for a loss burst; after the heal, for a portal
+/// cut) the latest probe was sent that never arrived, in milliseconds. The model's bound for
+/// that fault is the promise; this is how close a run came to it.
+pub const WORST_LOST: &str = "worst_lost_ms:";
+
 /// What a case counted, for the coverage line and the summary.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counts(pub BTreeMap<String, u64>);
@@ -27,10 +33,20 @@ impl Counts {
         *self.0.entry(key.into()).or_default() += 1;
     }
 
-    /// Adds another case's counts.
+    /// Raises `key` (a [`WORST_LOST`] key) to `value` if that is more.
+    pub fn raise(&mut self, key: impl Into<String>, value: u64) {
+        let worst = self.0.entry(key.into()).or_default();
+        *worst = (*worst).max(value);
+    }
+
+    /// Adds another case's counts (and keeps the worse of two worst cases).
     pub fn merge(&mut self, other: &Counts) {
         for (k, v) in &other.0 {
-            *self.0.entry(k.clone()).or_default() += v;
+            if k.starts_with(WORST_LOST) {
+                self.raise(k.clone(), *v);
+            } else {
+                *self.0.entry(k.clone()).or_default() += v;
+            }
         }
     }
 
@@ -141,6 +157,11 @@ impl Case {
                     Some(_) | None => "not_sent",
                 };
                 self.counts.bump(format!("uncertain:{why}"));
+                let lost = self.deployment.arrivals(&payload).is_empty();
+                if let Some(after) = before.after_fault(why, client, before.now).filter(|_| lost) {
+                    let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+                    self.counts.raise(format!("{WORST_LOST}{why}"), ms);
+                }
             }
             if outcome == "checked:delivered" && before.expiring.contains_key(&(client, resource)) {
                 self.counts.bump("checked:delivered_expiring");

@@ -452,6 +452,8 @@ pub struct Model {
     pub recovered_at: Option<Duration>,
     /// The kind of the transition that set [`Model::recovered_at`] (see [`Transition::kind`]).
     pub recovering_from: &'static str,
+    /// When that fault happened (a loss burst: when it ended), which its bound counts from.
+    pub recovering_since: Option<Duration>,
     /// Decides the world: NAT types, keys, every random choice.
     pub seed: u64,
 }
@@ -479,6 +481,7 @@ impl Model {
             now: WARM_UP,
             recovered_at: None,
             recovering_from: "",
+            recovering_since: None,
             seed,
         }
     }
@@ -576,6 +579,23 @@ impl Model {
         Ok(Expect::Delivered)
     }
 
+    /// How long after the fault (or its end, or the portal link's heal) behind `reason` a packet
+    /// sent at `at` went, for a reason [`Model::uncertain_because`] gave; `None` if it went
+    /// before (into the fault itself) or the reason is not a fault's bound.
+    pub fn after_fault(&self, reason: &str, client: usize, at: Duration) -> Option<Duration> {
+        let since = match reason {
+            "hostile" => self.hostile_at,
+            "portal_cut" => [client, CLIENTS]
+                .into_iter()
+                .filter(|n| self.portal_unreachable(*n, at))
+                .filter_map(|n| self.portal_cut_until[n])
+                .max(),
+            _ if reason == self.recovering_from => self.recovering_since,
+            _ => None,
+        };
+        at.checked_sub(since?)
+    }
+
     /// Whether the path of a packet sent at `sent` that was required to arrive must be direct
     /// when checked at `at`: the NATs allow one, direct UDP is not blocked, and
     /// [`DIRECT_WITHIN`] has passed since the packet (which may have started the connection),
@@ -616,11 +636,13 @@ impl Model {
         // Packets are not required to arrive until `bound` after now (or a later moment an
         // earlier fault set); connections may have to be set up anew.
         let kind = t.kind();
-        let disrupt_for = |m: &mut Self, bound: Duration| {
-            let until = m.now + bound;
+        let disrupt_for = |m: &mut Self, heals_in: Duration, bound: Duration| {
+            let since = m.now + heals_in;
+            let until = since + bound;
             if m.recovered_at.is_none_or(|r| until > r) {
                 m.recovered_at = Some(until);
                 m.recovering_from = kind;
+                m.recovering_since = Some(since);
             }
             m.established.clear();
         };
@@ -664,13 +686,13 @@ impl Model {
             // packets. The gateway's changes: nothing tells the clients where it went, so ICE
             // finds it as it finds any dead path.
             Transition::NatExpiry(Side::Clients) => {
-                disrupt_for(self, ADDRESS_CHANGE_RECOVERY);
+                disrupt_for(self, Duration::ZERO, ADDRESS_CHANGE_RECOVERY);
             }
             Transition::NatExpiry(Side::Gateway) => {
-                disrupt_for(self, PATH_FAILOVER);
+                disrupt_for(self, Duration::ZERO, PATH_FAILOVER);
             }
             Transition::GatewayRestart | Transition::ClientRestart(_) => {
-                disrupt_for(self, RESTART_RECOVERY);
+                disrupt_for(self, Duration::ZERO, RESTART_RECOVERY);
                 if *t == Transition::ClientRestart(HOSTILE) {
                     self.disobeyed.clear();
                     self.revocation_pending.clear();
@@ -678,7 +700,7 @@ impl Model {
             }
             // The gateway follows the roaming client's authenticated packets to its new
             // address; an idle client checks its path before its next packet goes.
-            Transition::Roam(_) => disrupt_for(self, ADDRESS_CHANGE_RECOVERY),
+            Transition::Roam(_) => disrupt_for(self, Duration::ZERO, ADDRESS_CHANGE_RECOVERY),
             Transition::RelayReplace(r) => {
                 if let Some(standby) = (0..RELAYS).find(|s| !self.relays_announced[*s]) {
                     self.relays_announced[standby] = true;
@@ -690,12 +712,12 @@ impl Model {
                 // it, so the NAT mappings towards it expire later and may take the
                 // server-reflexive addresses it taught along: a path on one is then as dead as
                 // any other, and a packet for it waits for the next path.
-                disrupt_for(self, PATH_FAILOVER);
+                disrupt_for(self, Duration::ZERO, PATH_FAILOVER);
             }
             // Lost checks and handshakes may fail connections: recovery counts from the end
             // of the burst.
             Transition::LossBurst { secs, .. } => {
-                disrupt_for(self, Duration::from_secs(*secs) + LOSS_RECOVERY);
+                disrupt_for(self, Duration::from_secs(*secs), LOSS_RECOVERY);
             }
             Transition::PortalPartition { node, secs } => {
                 self.portal_cut_until[*node] = Some(self.now + Duration::from_secs(*secs));
@@ -705,7 +727,7 @@ impl Model {
             Transition::RelayCrash(r) => {
                 self.relays_up[*r] = false;
                 self.relay_down_at[*r] = Some(self.now);
-                disrupt_for(self, PATH_FAILOVER);
+                disrupt_for(self, Duration::ZERO, PATH_FAILOVER);
             }
             Transition::RelayRestart(r) => {
                 self.relays_up[*r] = true;
@@ -720,7 +742,7 @@ impl Model {
             // idle one checks its path before its next packet goes.
             Transition::BlockDirect => {
                 self.direct_blocked = true;
-                disrupt_for(self, PATH_FAILOVER);
+                disrupt_for(self, Duration::ZERO, PATH_FAILOVER);
             }
             Transition::UnblockDirect => {
                 self.direct_blocked = false;

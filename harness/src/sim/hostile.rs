@@ -87,6 +87,8 @@ pub struct GatewayTap {
     pub handshakes: super::hosts::Handshakes,
     /// The relayed candidates its connections hold, as of its last step.
     pub relayed_candidates: RefCell<std::collections::BTreeSet<std::net::SocketAddr>>,
+    /// Its own relayed addresses (one per allocation), as of its last step.
+    pub own_relayed: RefCell<Vec<std::net::SocketAddr>>,
     /// Which preshared key each established connection uses, as of its last step.
     pub psks: RefCell<BTreeMap<ClientId, [u8; 8]>>,
 }

@@ -170,8 +170,16 @@ pub async fn relay_host(
         relay_sim::Server::new(config, key, now, relay_sim::net::Network::unix_time(&net))?;
     let listen = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), crate::turmoil_net::TURN_PORT);
     tap.allocations.borrow_mut().clear();
+    tap.expiries.borrow_mut().clear();
     relay_sim::runtime::run_observed(&net, server, listen, std::future::pending(), |server| {
         *tap.allocations.borrow_mut() = server.allocations().collect();
+        // In simulated time, which the driver reads too (the relay's instants have their own
+        // base).
+        let (now, at) = (TurmoilClock.now(), sim_time());
+        *tap.expiries.borrow_mut() = server
+            .allocations()
+            .map(|a| (a.relay, at + a.expires.saturating_duration_since(now)))
+            .collect();
         tap.stats.set(*server.stats());
     })
     .await?;
@@ -183,6 +191,8 @@ pub async fn relay_host(
 pub struct RelayTap {
     /// Every allocation, with its permissions and channels.
     pub allocations: RefCell<Vec<relay_sim::AllocationInfo>>,
+    /// When each allocation (by relayed address) expires, in simulated time.
+    pub expiries: RefCell<BTreeMap<SocketAddr, Duration>>,
     /// The running relay's counters (from zero at each restart).
     pub stats: Cell<relay_sim::Stats>,
 }
@@ -365,6 +375,10 @@ pub async fn gateway_host<S: DatagramSocket>(
                 .map(|c| (c.index, c.handshakes_initiated)),
         );
         *observed.relayed_candidates.borrow_mut() = node.relayed_candidates();
+        *observed.own_relayed.borrow_mut() = node
+            .relays()
+            .filter_map(|r| node.relayed_address(r))
+            .collect();
         let mut psks = observed.psks.borrow_mut();
         psks.clear();
         psks.extend(node.connections().filter_map(|cid| {

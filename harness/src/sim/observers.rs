@@ -1,7 +1,7 @@
 //! Observers on the trace: invariants over what the nodes hold and do between steps, beside the
 //! model's per-packet expectations. A bug of these kinds (a handshake storm, a tunnel on a stale
-//! preshared key, a dead relay's candidates kept) leaves every packet's fate as the model wants
-//! it, so only an observer sees it.
+//! preshared key, a dead relay's candidates kept, an allocation left to run out) leaves every
+//! packet's fate as the model wants it, so only an observer sees it.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -16,6 +16,12 @@ pub const MAX_HANDSHAKES_PER_MINUTE: u64 = 15;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// The least lifetime a node's allocation may have left at a running relay. The node refreshes
+/// at half the lifetime (300 s of the relay's 600 s) and retransmits a lost refresh for
+/// seconds: an allocation this close to its end was not refreshed in time, and would take the
+/// node's relayed candidate, and every path on it, with it.
+pub const ALLOCATION_MIN_REMAINING: Duration = Duration::from_secs(60);
+
 /// What the observers keep between steps.
 #[derive(Debug, Default)]
 pub struct Observers {
@@ -29,6 +35,7 @@ impl Observers {
     pub fn check(&mut self, w: &Deployment<'static>, model: &Model) -> Result<(), String> {
         self.check_handshake_rate(w)?;
         Self::check_relays_forgotten(w, model)?;
+        Self::check_allocations_refreshed(w, model)?;
         Self::check_psk_generation(w, model)
     }
 
@@ -97,6 +104,40 @@ impl Observers {
                     node_name(node),
                     r + 1
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every allocation a node holds (its own relayed addresses) at a running relay has at least
+    /// [`ALLOCATION_MIN_REMAINING`] of its lifetime left there.
+    fn check_allocations_refreshed(w: &Deployment<'static>, model: &Model) -> Result<(), String> {
+        let now = w.elapsed();
+        let held = [
+            w.taps[0].own_relayed.borrow().clone(),
+            w.taps[1].own_relayed.borrow().clone(),
+            w.gateway.own_relayed.borrow().clone(),
+        ];
+        for (r, tap) in w.relay_taps.iter().enumerate() {
+            if !model.relays_up[r] {
+                continue;
+            }
+            let expiries = tap.expiries.borrow();
+            for (node, addrs) in held.iter().enumerate() {
+                for addr in addrs {
+                    let Some(expires) = expiries.get(addr) else {
+                        continue;
+                    };
+                    let left = expires.saturating_sub(now);
+                    if left < ALLOCATION_MIN_REMAINING {
+                        return Err(format!(
+                            "{}'s allocation {addr} on relay {} has {} s left: not refreshed",
+                            node_name(node),
+                            r + 1,
+                            left.as_secs()
+                        ));
+                    }
+                }
             }
         }
         Ok(())

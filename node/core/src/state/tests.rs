@@ -834,12 +834,18 @@ fn access_survives_a_connection_failure() {
     assert_eq!(w.portal.requests, vec![R1, R2, R1, R2]);
 }
 
-#[test]
-fn the_first_packet_after_an_idle_spell_waits_for_the_path_and_is_not_lost() {
+/// A client connected to R1 (10.0.0.7) whose connection has gone idle.
+fn idle_world() -> World {
     let mut w = World::new(&[R1]);
     w.connect(&[ip("10.0.0.7")]);
     w.run_for(crate::IDLE_AFTER * 3);
     assert!(w.client.node().connection(GID).unwrap().idle);
+    w
+}
+
+#[test]
+fn the_first_packet_after_an_idle_spell_waits_for_the_path_and_is_not_lost() {
+    let mut w = idle_world();
     // The path is down when the packet is sent: it waits instead of going into the void.
     w.link_up = false;
     w.client_sends(&udp(v4(), ip("10.0.0.7"), b"after a silence"));
@@ -875,10 +881,7 @@ fn client_wakeups(w: &mut World, span: Duration) -> usize {
 
 #[test]
 fn an_idle_connection_wakes_its_node_once_a_second_and_an_active_one_four_times() {
-    let mut w = World::new(&[R1]);
-    w.connect(&[ip("10.0.0.7")]);
-    w.run_for(crate::IDLE_AFTER * 3);
-    assert!(w.client.node().connection(GID).unwrap().idle);
+    let mut w = idle_world();
     // boringtun's timers once a second; the other timers (STUN keep-alives every 25 s) seldom.
     let idle = client_wakeups(&mut w, Duration::from_secs(10));
     assert!((10..=12).contains(&idle), "{idle} wake-ups in 10 s idle");

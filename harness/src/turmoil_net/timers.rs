@@ -29,7 +29,6 @@ struct Board {
 
 thread_local! {
     static BOARD: RefCell<Board> = RefCell::new(Board::default());
-    static DBG: RefCell<std::collections::BTreeMap<u64,String>> = RefCell::new(Default::default());
     static SKIP: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
@@ -52,10 +51,7 @@ pub struct Sleep {
 }
 
 /// Sleeps until `deadline` (a host's tokio instant), on the board.
-#[track_caller]
 pub fn sleep_until(deadline: tokio::time::Instant) -> Sleep {
-    let loc = std::panic::Location::caller();
-
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let at = sim_time() + left;
     let entry = BOARD.with(|board| {
@@ -63,10 +59,6 @@ pub fn sleep_until(deadline: tokio::time::Instant) -> Sleep {
         let key = board.next_key;
         board.next_key += 1;
         board.pending.insert((at, key));
-        DBG.with(|d| {
-            d.borrow_mut()
-                .insert(key, format!("{}:{}", loc.file(), loc.line()))
-        });
         (at, key)
     });
     Sleep {
@@ -76,7 +68,6 @@ pub fn sleep_until(deadline: tokio::time::Instant) -> Sleep {
 }
 
 /// Sleeps for `duration`, on the board.
-#[track_caller]
 pub fn sleep(duration: Duration) -> Sleep {
     sleep_until(tokio::time::Instant::now() + duration)
 }
@@ -112,11 +103,6 @@ pub fn earliest() -> Option<Duration> {
     BOARD.with(|board| board.borrow().pending.first().map(|(at, _)| *at))
 }
 
-/// How many sleeps are pending on this thread.
-pub fn pending() -> usize {
-    BOARD.with(|board| board.borrow().pending.len())
-}
-
 /// Forgets every pending deadline: a new world starts, and the last one's hosts may not all have
 /// been dropped yet (their sleeps then take off entries that are gone, which is harmless).
 pub fn clear() {
@@ -129,23 +115,6 @@ pub fn clear() {
 pub fn next_step(now: Duration, tick: Duration, limit: Duration, in_flight: usize) -> Duration {
     if in_flight > 0 || tick.is_zero() || !skip_ahead() {
         return tick;
-    }
-    if std::env::var_os("DBG_SKIP").is_some() {
-        BOARD.with(|b| {
-            let b = b.borrow();
-            if let Some((at, k)) = b.pending.first() {
-                let left = at.saturating_sub(now);
-                if left < Duration::from_secs(1) {
-                    DBG.with(|d| {
-                        eprintln!(
-                            "SHORT {:?} {}",
-                            left,
-                            d.borrow().get(k).cloned().unwrap_or_default()
-                        )
-                    });
-                }
-            }
-        });
     }
     let free_until = earliest().map_or(limit, |at| at.min(limit));
     let ticks = free_until.saturating_sub(now).as_nanos() / tick.as_nanos();

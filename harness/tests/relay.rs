@@ -62,14 +62,8 @@ fn relayed_pair(relays: usize) -> RelayedPair {
 
 fn relayed_addresses(net: &MemNet, host: HostId) -> usize {
     match &net.host(host).peer {
-        Peer::Client { node, .. } => node
-            .relays()
-            .filter(|r| node.relayed_address(*r).is_some())
-            .count(),
-        Peer::Gateway { node, .. } => node
-            .relays()
-            .filter(|r| node.relayed_address(*r).is_some())
-            .count(),
+        Peer::Client { node, .. } => node.relayed_addresses().count(),
+        Peer::Gateway { node, .. } => node.relayed_addresses().count(),
         Peer::Relay { .. } => 0,
     }
 }

@@ -375,10 +375,7 @@ pub async fn gateway_host<S: DatagramSocket>(
                 .map(|c| (c.index, c.handshakes_initiated)),
         );
         *observed.relayed_candidates.borrow_mut() = node.relayed_candidates();
-        *observed.own_relayed.borrow_mut() = node
-            .relays()
-            .filter_map(|r| node.relayed_address(r))
-            .collect();
+        *observed.own_relayed.borrow_mut() = node.relayed_addresses().collect();
         let mut psks = observed.psks.borrow_mut();
         psks.clear();
         psks.extend(node.connections().filter_map(|cid| {
@@ -515,10 +512,7 @@ impl Events for ClientEngine {
                     .map(|c| (c.index, c.handshakes_initiated)),
             );
             *tap.relayed_candidates.borrow_mut() = node.relayed_candidates();
-            *tap.own_relayed.borrow_mut() = node
-                .relays()
-                .filter_map(|r| node.relayed_address(r))
-                .collect();
+            *tap.own_relayed.borrow_mut() = node.relayed_addresses().collect();
             tap.psk.set(
                 node.connections()
                     .filter_map(|gid| node.connection(gid))

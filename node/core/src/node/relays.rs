@@ -135,6 +135,11 @@ impl<TId: PeerId> Node<TId> {
         self.allocations.get(&relay).and_then(Allocation::relayed)
     }
 
+    /// Our relayed addresses, one per allocation made.
+    pub fn relayed_addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.allocations.values().filter_map(Allocation::relayed)
+    }
+
     fn rng_seed(&mut self) -> u64 {
         rand::RngCore::next_u64(&mut self.rng)
     }

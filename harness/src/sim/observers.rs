@@ -114,9 +114,9 @@ impl Observers {
     fn check_allocations_refreshed(w: &Deployment<'static>, model: &Model) -> Result<(), String> {
         let now = w.elapsed();
         let held = [
-            w.taps[0].own_relayed.borrow().clone(),
-            w.taps[1].own_relayed.borrow().clone(),
-            w.gateway.own_relayed.borrow().clone(),
+            &*w.taps[0].own_relayed.borrow(),
+            &*w.taps[1].own_relayed.borrow(),
+            &*w.gateway.own_relayed.borrow(),
         ];
         for (r, tap) in w.relay_taps.iter().enumerate() {
             if !model.relays_up[r] {
@@ -124,7 +124,7 @@ impl Observers {
             }
             let expiries = tap.expiries.borrow();
             for (node, addrs) in held.iter().enumerate() {
-                for addr in addrs {
+                for addr in addrs.iter() {
                     let Some(expires) = expiries.get(addr) else {
                         continue;
                     };

@@ -278,10 +278,11 @@ else
 fi
 
 step "killing relay $in_use during a transfer"
-# The transfer (TCP) must survive: the connection moves to relay $other within PATH_FAILOVER
-# seconds (ICE notices the dead relay as it noticed the blocked path), and TCP retransmits
-# across the gap.
-RELAY_FAILOVER=$PATH_FAILOVER
+# The transfer (TCP) must survive: the connection moves to relay $other within 5 s, the promise
+# for a relay in use that dies, and TCP retransmits across the gap. The relay's machine answers
+# what is sent to the dead process with ICMP port unreachable; the nodes read it from their
+# sockets' error queues and leave the relay at the first one, without waiting for ICE's checks.
+RELAY_FAILOVER=5
 in_ns "$NS_CLI" timeout 90 iperf3 -c 10.0.0.5 -t 8 --connect-timeout 3000 >"$WORK/iperf-kill.out" 2>&1 &
 PIDS[iperf_kill]=$!
 sleep 2

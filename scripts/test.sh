@@ -34,14 +34,16 @@ fi
 packaging/check.sh
 # Unit, integration and interop tests of every crate.
 cargo test --workspace --all-targets --exclude zta "$@"
-# The own tests of the patched ICE agent and WireGuard (patches/, outside the workspace so that
-# each stays the crate as published plus our diff): built in copies that are workspaces of their
-# own.
+# The own tests of the patched ICE agent, WireGuard and UDP socket (patches/, outside the
+# workspace so that each stays the crate as published plus our diff): built in copies that are
+# workspaces of their own. quinn-udp's tests of the error queue are its integration tests.
 patched=$(mktemp -d)
-for crate in is boringtun; do
+for crate in is boringtun quinn-udp; do
   cp -r "patches/$crate" "$patched/$crate"
   printf '\n[workspace]\n' >>"$patched/$crate/Cargo.toml"
-  CARGO_TARGET_DIR="$PWD/target/patched" cargo test --release --lib --manifest-path "$patched/$crate/Cargo.toml"
+  targets=(--lib)
+  if [ "$crate" = quinn-udp ]; then targets+=(--test tests); fi
+  CARGO_TARGET_DIR="$PWD/target/patched" cargo test --release "${targets[@]}" --manifest-path "$patched/$crate/Cargo.toml"
 done
 rm -rf "$patched"
 # The portal's store and its two-instance test on a real PostgreSQL server (ignored by a plain

@@ -103,6 +103,8 @@ pub struct Host {
     /// Errors `decapsulate` or `encapsulate` returned, by kind.
     pub errors: Vec<String>,
     online: bool,
+    /// Offline, but its kernel answers what is sent to it with ICMP port unreachable.
+    refuses: bool,
 }
 
 /// The parameters both ends of a connection were given; upserting them again keeps it.
@@ -129,6 +131,8 @@ enum Delivery {
         candidate: String,
         invalidate: bool,
     },
+    /// An ICMP port unreachable for a datagram `to` sent to `dst`.
+    Unreachable { to: HostId, dst: SocketAddr },
 }
 
 /// Which datagrams a [`MemNet::set_filter`] predicate sees.
@@ -360,6 +364,7 @@ impl MemNet {
             received: Vec::new(),
             errors: Vec::new(),
             online: true,
+            refuses: false,
         });
         HostId(self.hosts.len() - 1)
     }
@@ -464,8 +469,18 @@ impl MemNet {
     /// Takes a host off the network (or back on): nothing reaches it or leaves it.
     pub fn set_online(&mut self, host: HostId, online: bool) {
         self.hosts[host.0].online = online;
+        self.hosts[host.0].refuses = false;
         let what = if online { "back online" } else { "offline" };
         self.record(host, what.to_owned());
+    }
+
+    /// Ends a host's process while its machine stays up: nothing it had is left, and what is
+    /// sent to it is answered with ICMP port unreachable, which the sender's node is told of
+    /// (as a real socket's error queue does). [`MemNet::set_online`] brings it back.
+    pub fn kill_process(&mut self, host: HostId) {
+        self.hosts[host.0].online = false;
+        self.hosts[host.0].refuses = true;
+        self.record(host, "process killed".to_owned());
     }
 
     /// Fresh parameters for a connection between `client` and `gateway`.
@@ -682,6 +697,18 @@ impl MemNet {
                     Err(e) => self.hosts[to.0].errors.push(format!("{e}")),
                 }
             }
+            Delivery::Unreachable { to, dst } => {
+                let host = &mut self.hosts[to.0];
+                if !host.online {
+                    return;
+                }
+                match &mut host.peer {
+                    Peer::Client { node, .. } => node.handle_unreachable(dst, now),
+                    Peer::Gateway { node, .. } => node.handle_unreachable(dst, now),
+                    Peer::Relay { .. } => {}
+                }
+                self.record(to, format!("ICMP: {dst} unreachable"));
+            }
             Delivery::Candidate {
                 to,
                 from,
@@ -867,6 +894,17 @@ impl MemNet {
         let Some((to, local, public_src)) = resolved else {
             return;
         };
+        if self.hosts[to.0].refuses {
+            let seq = self.next_seq();
+            self.queue.insert(
+                (now + self.latency * 2, seq),
+                Delivery::Unreachable {
+                    to: from,
+                    dst: transmit.dst,
+                },
+            );
+            return;
+        }
         if !self.hosts[to.0].online {
             return;
         }

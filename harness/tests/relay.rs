@@ -221,6 +221,68 @@ fn a_relay_that_dies_silently_is_noticed_and_left() {
     );
 }
 
+/// A relay whose process died while its machine stays up answers with ICMP port unreachable:
+/// the nodes leave it at the first one, not after seconds of unanswered datagrams.
+#[test]
+fn a_relay_whose_process_died_is_left_at_its_first_icmp_error() {
+    let mut w = relayed_pair(2);
+    w.net.connect(w.client, w.gateway);
+    w.net.run_for(Duration::from_secs(5));
+    let client_path = w.net.connection(w.client, w.gateway).unwrap().path.unwrap();
+    let gateway_path = w.net.connection(w.gateway, w.client).unwrap().path.unwrap();
+    let used = client_path.relay.or(gateway_path.relay).expect("relayed");
+    let (gone, other) = if used.0 == 1 {
+        (w.relays[0], 2)
+    } else {
+        (w.relays[1], 1)
+    };
+    w.net.kill_process(gone);
+    // The first datagram each way goes to the dead relay and is refused.
+    w.net.send(w.client, w.gateway, b"into the gap").unwrap();
+    w.net.send(w.gateway, w.client, b"into the gap").unwrap();
+    w.net.run_for(Duration::from_millis(500));
+    w.net
+        .send(w.client, w.gateway, b"half a second later")
+        .unwrap();
+    w.net.send(w.gateway, w.client, b"reply").unwrap();
+    w.net.run_for(Duration::from_millis(500));
+    let received = |to, from| -> Vec<Vec<u8>> {
+        payloads(&w.net, to, from)
+            .into_iter()
+            .filter(|p| p.as_slice() != b"into the gap")
+            .collect()
+    };
+    assert_eq!(
+        received(w.gateway, w.client),
+        vec![b"half a second later".to_vec()],
+        "{:#?}",
+        w.net.timeline()
+    );
+    assert_eq!(received(w.client, w.gateway), vec![b"reply".to_vec()]);
+    for host in [w.client, w.gateway] {
+        let path = w
+            .net
+            .connection(host, host_peer(&w, host))
+            .unwrap()
+            .path
+            .unwrap();
+        assert_ne!(
+            path.relay.map(|r| r.0),
+            Some(used.0),
+            "still on the dead relay"
+        );
+        assert!(path.relay.is_none_or(|r| r.0 == other));
+    }
+}
+
+fn host_peer(w: &RelayedPair, host: HostId) -> HostId {
+    if host == w.client {
+        w.gateway
+    } else {
+        w.client
+    }
+}
+
 fn relay_allocations(net: &MemNet, relay: HostId) -> usize {
     match &net.host(relay).peer {
         Peer::Relay { server, .. } => server.allocation_count(),

@@ -85,6 +85,9 @@ pub struct Stats {
     /// Handshake initiations answered with a cookie reply instead of being processed: the node
     /// was under load and they carried no valid cookie (see [`crate::HANDSHAKE_LOAD`]).
     pub cookie_replies: u64,
+    /// ICMP errors that ended a relay allocation, ours or a peer's candidate on one (see
+    /// [`crate::Node::handle_unreachable`]; not datagrams).
+    pub unreachable_relays: u64,
 }
 
 impl Stats {

@@ -201,6 +201,11 @@ impl<E: Engine, F: FnMut(&E, &Traffic)> Engine for Metered<E, F> {
         self.refresh_if_due(now);
     }
 
+    fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant) {
+        self.engine.handle_unreachable(dst, now);
+        self.refresh_if_due(now);
+    }
+
     fn poll_decryption(&mut self) -> Option<Decryption> {
         self.engine.poll_decryption()
     }
@@ -622,6 +627,7 @@ mod tests {
     impl Engine for Sleeper {
         fn handle_datagram(&mut self, _: SocketAddr, _: SocketAddr, _: &[u8], _: Instant) {}
         fn handle_device_packet(&mut self, _: Vec<u8>, _: Instant) {}
+        fn handle_unreachable(&mut self, _: SocketAddr, _: Instant) {}
         fn handle_timeout(&mut self, _: Instant) {
             self.timeouts += 1;
             self.deadline = None;

@@ -86,10 +86,15 @@ pub trait DatagramSocket {
 pub struct RecvBatch {
     buffers: Vec<Vec<u8>>,
     received: Vec<Received>,
+    unreachable: Vec<SocketAddr>,
 }
 
 /// How many datagrams (or GRO runs) one [`RecvBatch`] holds.
 pub const RECV_BATCH: usize = 32;
+
+/// How many destinations the network reported unreachable one [`RecvBatch`] holds; more in
+/// one read are dropped (the relays and candidates they are about are few).
+pub const UNREACHABLE_BATCH: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 struct Received {
@@ -111,12 +116,32 @@ impl RecvBatch {
         Self {
             buffers: vec![vec![0; node_core::pool::BUFFER_SIZE]; RECV_BATCH],
             received: Vec::with_capacity(RECV_BATCH),
+            unreachable: Vec::with_capacity(UNREACHABLE_BATCH),
         }
     }
 
     /// Forgets what was read.
     pub fn clear(&mut self) {
         self.received.clear();
+        self.unreachable.clear();
+    }
+
+    /// Records that an ICMP error said `dst` cannot be reached (once per destination, at most
+    /// [`UNREACHABLE_BATCH`]); whether it was kept.
+    pub fn push_unreachable(&mut self, dst: SocketAddr) -> bool {
+        if self.unreachable.contains(&dst) {
+            return true;
+        }
+        if self.unreachable.len() == UNREACHABLE_BATCH {
+            return false;
+        }
+        self.unreachable.push(dst);
+        true
+    }
+
+    /// The destinations reported unreachable since the batch was cleared.
+    pub fn unreachable(&self) -> &[SocketAddr] {
+        &self.unreachable
     }
 
     /// Buffer `i` to read into.
@@ -409,6 +434,9 @@ where
                         flush(engine, socket, device, crypto, &mut outgoing).await?;
                     }
                     engine.handle_datagram(local, from, bytes, now);
+                }
+                for dst in datagrams.unreachable() {
+                    engine.handle_unreachable(*dst, now);
                 }
             }
             open = device.recv_batch(&mut packets), if device_open => {

@@ -90,6 +90,11 @@ impl<E: Engine, F: FnMut(&mut E)> Engine for Observed<E, F> {
         self.observe();
     }
 
+    fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant) {
+        self.engine.handle_unreachable(dst, now);
+        self.observe();
+    }
+
     fn poll_decryption(&mut self) -> Option<Decryption> {
         self.engine.poll_decryption()
     }

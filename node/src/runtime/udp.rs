@@ -10,6 +10,10 @@
 //! queues behind the writer and never delays reading (STUN consent checks, handshakes), and the
 //! other way round. Dropping the socket stops and joins both threads, so its port is free again
 //! when `drop` returns.
+//!
+//! ICMP errors are switched on (`IP_RECVERR`): the reader drains the kernel's error queue and
+//! hands the destinations reported unreachable to the loop with the next batch, so that a relay
+//! whose process died is given up at once instead of after seconds of unanswered datagrams.
 
 use std::cell::Cell;
 use std::io::{self, IoSliceMut};
@@ -110,6 +114,10 @@ impl BatchSocket {
                 tracing::debug!(%error, what, "cannot enlarge a UDP socket buffer");
             }
         }
+        // Best effort too: without it a dead relay is noticed when its answers stop.
+        if let Err(error) = state.enable_transport_errors(UdpSockRef::from(&*socket)) {
+            tracing::debug!(%error, "cannot receive ICMP errors on a UDP socket");
+        }
         tracing::debug!(
             gso_segments = state.max_gso_segments(),
             gro_segments = state.gro_segments(),
@@ -118,26 +126,28 @@ impl BatchSocket {
             "UDP socket"
         );
         let stop = Arc::new(AtomicBool::new(false));
+        let errors_queued = Arc::new(AtomicBool::new(false));
         let free = Arc::new(ArrayQueue::new(READ_AHEAD + 2));
         let spent = Arc::new(ArrayQueue::new(WRITE_AHEAD + 2));
         let (to_loop, from_reader) = mpsc::channel(READ_AHEAD);
         let (outgoing, to_writer) = mpsc::channel(WRITE_AHEAD);
         let reader = {
-            let (socket, state, free, stop) = (
-                Arc::clone(&socket),
-                Arc::clone(&state),
-                Arc::clone(&free),
-                Arc::clone(&stop),
-            );
+            let reader = Reader {
+                socket: Arc::clone(&socket),
+                state: Arc::clone(&state),
+                free: Arc::clone(&free),
+                stop: Arc::clone(&stop),
+                errors_queued: Arc::clone(&errors_queued),
+            };
             std::thread::Builder::new()
                 .name(format!("udp-read-{}", local.port()))
-                .spawn(move || read_loop(&socket, &state, &to_loop, &free, &stop))?
+                .spawn(move || reader.run(&to_loop))?
         };
         let writer = {
             let (socket, spent) = (Arc::clone(&socket), Arc::clone(&spent));
             std::thread::Builder::new()
                 .name(format!("udp-write-{}", local.port()))
-                .spawn(move || write_loop(&socket, &state, to_writer, &spent))?
+                .spawn(move || write_loop(&socket, &state, to_writer, &spent, &errors_queued))?
         };
         Ok(Self {
             socket,
@@ -285,71 +295,131 @@ impl DatagramSocket for BatchSocket {
     }
 }
 
-/// Waits until `socket` is ready for `flags`, or the poll timeout passed.
-fn wait(socket: &UdpSocket, flags: PollFlags) -> io::Result<()> {
+/// Waits until `socket` is ready for `flags`, or the poll timeout passed; whether ICMP errors
+/// wait in its error queue (poll reports them whatever `flags` asks for).
+fn wait(socket: &UdpSocket, flags: PollFlags) -> io::Result<bool> {
     let mut fds = [PollFd::new(socket, flags)];
     match rustix::event::poll(&mut fds, Some(&POLL_TIMEOUT)) {
-        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Ok(_) => Ok(fds[0].revents().contains(PollFlags::ERR)),
+        Err(rustix::io::Errno::INTR) => Ok(false),
         Err(errno) => Err(errno.into()),
     }
 }
 
-fn read_loop(
-    socket: &UdpSocket,
-    state: &UdpSocketState,
-    to_loop: &mpsc::Sender<io::Result<RecvBatch>>,
-    free: &ArrayQueue<RecvBatch>,
-    stop: &AtomicBool,
-) {
-    let mut meta = [RecvMeta::default(); RECV_BATCH];
-    let mut batch = free.pop().unwrap_or_default();
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        batch.clear();
-        let read = {
-            let mut iov: [IoSliceMut<'_>; RECV_BATCH] = iov_array(batch.buffers_mut());
-            state.recv(UdpSockRef::from(socket), &mut iov, &mut meta)
-        };
-        match read {
-            Ok(n) => {
-                for (i, m) in meta.iter().take(n).enumerate() {
-                    batch.push(i, m.addr, m.len, m.stride);
-                }
-                let next = free.pop().unwrap_or_default();
-                // Blocks while the loop is behind; fails once the socket is dropped.
-                if to_loop
-                    .blocking_send(Ok(std::mem::replace(&mut batch, next)))
-                    .is_err()
-                {
-                    return;
-                }
+/// Whether a send or receive failed only because an ICMP error was pending on the socket
+/// (`IP_RECVERR` reports the next one through the next call): that call did nothing, the
+/// socket is fine, and the error itself waits in the error queue.
+fn is_icmp_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+/// The reader thread's share of the socket.
+struct Reader {
+    socket: Arc<UdpSocket>,
+    state: Arc<UdpSocketState>,
+    free: Arc<ArrayQueue<RecvBatch>>,
+    stop: Arc<AtomicBool>,
+    /// Set by the writer when a send met a pending ICMP error.
+    errors_queued: Arc<AtomicBool>,
+}
+
+impl Reader {
+    fn run(&self, to_loop: &mpsc::Sender<io::Result<RecvBatch>>) {
+        let socket = &*self.socket;
+        let mut meta = [RecvMeta::default(); RECV_BATCH];
+        let mut batch = self.free.pop().unwrap_or_default();
+        let mut errors_queued = false;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
             }
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
+            batch.clear();
+            if std::mem::take(&mut errors_queued)
+                | self.errors_queued.swap(false, Ordering::Relaxed)
             {
-                if let Err(error) = wait(socket, PollFlags::IN) {
+                self.drain_errors(&mut batch);
+            }
+            let read = {
+                let mut iov: [IoSliceMut<'_>; RECV_BATCH] = iov_array(batch.buffers_mut());
+                self.state
+                    .recv(UdpSockRef::from(socket), &mut iov, &mut meta)
+            };
+            let n = match read {
+                Ok(n) => n,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if batch.unreachable().is_empty() {
+                        match wait(socket, PollFlags::IN) {
+                            Ok(queued) => errors_queued = queued,
+                            Err(error) => {
+                                let _ = to_loop.blocking_send(Err(error));
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    0
+                }
+                Err(error) if is_icmp_error(&error) => {
+                    errors_queued = true;
+                    continue;
+                }
+                Err(error) => {
                     let _ = to_loop.blocking_send(Err(error));
                     return;
                 }
+            };
+            for (i, m) in meta.iter().take(n).enumerate() {
+                batch.push(i, m.addr, m.len, m.stride);
             }
-            // An ICMP error for an earlier send (a peer's port closed): that datagram is lost,
-            // the socket is fine.
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
-                ) =>
+            let next = self.free.pop().unwrap_or_default();
+            // Blocks while the loop is behind; fails once the socket is dropped.
+            if to_loop
+                .blocking_send(Ok(std::mem::replace(&mut batch, next)))
+                .is_err()
             {
-                tracing::debug!(%error, "UDP receive error");
-            }
-            Err(error) => {
-                let _ = to_loop.blocking_send(Err(error));
                 return;
+            }
+        }
+    }
+
+    /// Moves the destinations of the ICMP errors queued on the socket into `batch`.
+    fn drain_errors(&self, batch: &mut RecvBatch) {
+        loop {
+            match self
+                .state
+                .recv_transport_error(UdpSockRef::from(&*self.socket))
+            {
+                Ok(Some(error)) => {
+                    let Some(dst) = error.destination else {
+                        continue;
+                    };
+                    // Too big: the tunnel's MTU leaves room for every path it is meant for;
+                    // other errors say nothing of whether the peer is there.
+                    if !matches!(error.payload, quinn_udp::TransportErrorPayload::Unreachable) {
+                        tracing::debug!(%dst, error = ?error.payload, "ICMP error ignored");
+                        continue;
+                    }
+                    tracing::debug!(%dst, reporter = ?error.addr, errno = error.raw_errno, "ICMP unreachable");
+                    if !batch.push_unreachable(dst) {
+                        tracing::debug!(%dst, "ICMP unreachable dropped: batch full");
+                    }
+                }
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot read the socket's error queue");
+                    return;
+                }
             }
         }
     }
@@ -360,105 +430,125 @@ fn write_loop(
     state: &UdpSocketState,
     mut from_loop: mpsc::Receiver<Vec<Transmit>>,
     spent: &ArrayQueue<Vec<Transmit>>,
+    errors_queued: &AtomicBool,
 ) {
     let mut gso = Vec::with_capacity(MAX_GSO_BYTES);
+    let writer = Writer {
+        socket,
+        state,
+        errors_queued,
+    };
     while let Some(mut transmits) = from_loop.blocking_recv() {
-        send_all(socket, state, &transmits, &mut gso);
+        writer.send_all(&transmits, &mut gso);
         // Dropping the transmits returns their buffers to the node's pool.
         transmits.clear();
         let _ = spent.push(transmits);
     }
 }
 
-/// Sends `transmits`, runs of equal-sized datagrams to one destination as one GSO call.
-fn send_all(socket: &UdpSocket, state: &UdpSocketState, transmits: &[Transmit], gso: &mut Vec<u8>) {
-    let max_segments = state.max_gso_segments().max(1);
-    let mut rest = transmits;
-    while let Some(first) = rest.first() {
-        // A GSO run: same destination, same size, except that the last may be shorter.
-        let size = first.payload.len();
-        let mut count = 1;
-        if max_segments > 1 && size > 0 {
-            let mut total = size;
-            while let Some(next) = rest.get(count) {
-                if count >= max_segments
-                    || next.dst != first.dst
-                    || next.payload.len() > size
-                    || total + next.payload.len() > MAX_GSO_BYTES
-                {
-                    break;
+/// The writer thread's share of the socket.
+struct Writer<'a> {
+    socket: &'a UdpSocket,
+    state: &'a UdpSocketState,
+    /// Tells the reader that a send met a pending ICMP error: its entry waits in the queue.
+    errors_queued: &'a AtomicBool,
+}
+
+impl Writer<'_> {
+    /// Sends `transmits`, runs of equal-sized datagrams to one destination as one GSO call.
+    fn send_all(&self, transmits: &[Transmit], gso: &mut Vec<u8>) {
+        let max_segments = self.state.max_gso_segments().max(1);
+        let mut rest = transmits;
+        while let Some(first) = rest.first() {
+            // A GSO run: same destination, same size, except that the last may be shorter.
+            let size = first.payload.len();
+            let mut count = 1;
+            if max_segments > 1 && size > 0 {
+                let mut total = size;
+                while let Some(next) = rest.get(count) {
+                    if count >= max_segments
+                        || next.dst != first.dst
+                        || next.payload.len() > size
+                        || total + next.payload.len() > MAX_GSO_BYTES
+                    {
+                        break;
+                    }
+                    total += next.payload.len();
+                    count += 1;
+                    if next.payload.len() < size {
+                        break;
+                    }
                 }
-                total += next.payload.len();
-                count += 1;
-                if next.payload.len() < size {
-                    break;
+            }
+            let (run, tail) = rest.split_at(count);
+            rest = tail;
+            if let [single] = run {
+                self.send_run(single.dst, &single.payload, None);
+                continue;
+            }
+            gso.clear();
+            for transmit in run {
+                gso.extend_from_slice(&transmit.payload);
+            }
+            self.send_run(first.dst, gso, Some(size));
+        }
+    }
+
+    /// Sends `contents` to `dst`: one datagram, or with `segment` set a GSO run of datagrams of
+    /// that size (the last may be shorter). Waits for room in the send buffer.
+    fn send_run(&self, dst: SocketAddr, contents: &[u8], segment: Option<usize>) {
+        let gso = self.state.max_gso_segments();
+        self.send_once(dst, contents, segment);
+        if let Some(size) = segment {
+            if gso > 1 && self.state.max_gso_segments() == 1 {
+                // The first GSO send told quinn-udp the path cannot segment (EIO or EINVAL from a
+                // driver): that run was lost, send it again one datagram at a time.
+                for datagram in contents.chunks(size) {
+                    self.send_once(dst, datagram, None);
                 }
             }
         }
-        let (run, tail) = rest.split_at(count);
-        rest = tail;
-        if let [single] = run {
-            send_run(socket, state, single.dst, &single.payload, None);
-            continue;
-        }
-        gso.clear();
-        for transmit in run {
-            gso.extend_from_slice(&transmit.payload);
-        }
-        send_run(socket, state, first.dst, gso, Some(size));
     }
-}
 
-/// Sends `contents` to `dst`: one datagram, or with `segment` set a GSO run of datagrams of
-/// that size (the last may be shorter). Waits for room in the send buffer.
-fn send_run(
-    socket: &UdpSocket,
-    state: &UdpSocketState,
-    dst: SocketAddr,
-    contents: &[u8],
-    segment: Option<usize>,
-) {
-    let gso = state.max_gso_segments();
-    send_once(socket, state, dst, contents, segment);
-    if let Some(size) = segment {
-        if gso > 1 && state.max_gso_segments() == 1 {
-            // The first GSO send told quinn-udp the path cannot segment (EIO or EINVAL from a
-            // driver): that run was lost, send it again one datagram at a time.
-            for datagram in contents.chunks(size) {
-                send_once(socket, state, dst, datagram, None);
-            }
-        }
-    }
-}
-
-fn send_once(
-    socket: &UdpSocket,
-    state: &UdpSocketState,
-    dst: SocketAddr,
-    contents: &[u8],
-    segment: Option<usize>,
-) {
-    let transmit = quinn_udp::Transmit {
-        destination: dst,
-        ecn: None,
-        contents,
-        segment_size: segment,
-        src_ip: None,
-    };
-    loop {
-        match state.try_send(UdpSockRef::from(socket), &transmit) {
-            Ok(()) => return,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                if wait(socket, PollFlags::OUT).is_err() {
+    fn send_once(&self, dst: SocketAddr, contents: &[u8], segment: Option<usize>) {
+        let transmit = quinn_udp::Transmit {
+            destination: dst,
+            ecn: None,
+            contents,
+            segment_size: segment,
+            src_ip: None,
+        };
+        let mut icmp_retried = false;
+        loop {
+            match self
+                .state
+                .try_send(UdpSockRef::from(self.socket), &transmit)
+            {
+                Ok(()) => return,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    match wait(self.socket, PollFlags::OUT) {
+                        // Poll reports queued ICMP errors at once until the reader drains them.
+                        Ok(queued) => {
+                            if queued {
+                                self.errors_queued.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                // An earlier datagram's ICMP error came back through this call, which sent
+                // nothing: once more (an unreachable network fails again, and is then lost).
+                Err(error) if is_icmp_error(&error) && !icmp_retried => {
+                    icmp_retried = true;
+                    self.errors_queued.store(true, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    // Lost datagrams (unreachable network, message too long) are for the
+                    // protocols above to cope with.
+                    tracing::debug!(%dst, %error, segments = ?segment.map(|s| contents.len().div_ceil(s)), "send failed");
                     return;
                 }
-            }
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => {
-                // Lost datagrams (unreachable network, message too long) are for the
-                // protocols above to cope with.
-                tracing::debug!(%dst, %error, segments = ?segment.map(|s| contents.len().div_ceil(s)), "send failed");
-                return;
             }
         }
     }
@@ -558,6 +648,50 @@ mod tests {
                 vec![(addr, vec![round])]
             );
             drop(socket);
+        }
+    }
+
+    /// A datagram to a closed port comes back as an ICMP port unreachable: the next batch
+    /// names its destination, and the socket goes on sending and receiving.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_icmp_unreachable_reaches_the_loop_with_its_destination() {
+        let a =
+            BatchSocket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        let b =
+            BatchSocket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut batch = RecvBatch::new();
+        for round in 0u8..3 {
+            a.send_to(&[round], closed).await.unwrap();
+            tokio::time::timeout(std::time::Duration::from_secs(5), a.recv_batch(&mut batch))
+                .await
+                .expect("the ICMP error reaches the loop")
+                .unwrap();
+            assert_eq!(batch.unreachable(), &[closed], "round {round}");
+            assert_eq!(batch.datagrams().count(), 0);
+            // Neither a send nor a receive is eaten by the pending error.
+            a.send_to(&[round], b.local_addr().unwrap()).await.unwrap();
+            b.recv_batch(&mut batch).await.unwrap();
+            assert_eq!(
+                batch
+                    .datagrams()
+                    .map(|(_, d)| d.to_vec())
+                    .collect::<Vec<_>>(),
+                vec![vec![round]]
+            );
+            b.send_to(&[round], a.local_addr().unwrap()).await.unwrap();
+            a.recv_batch(&mut batch).await.unwrap();
+            assert_eq!(
+                batch
+                    .datagrams()
+                    .map(|(_, d)| d.to_vec())
+                    .collect::<Vec<_>>(),
+                vec![vec![round]]
+            );
+            assert!(batch.unreachable().is_empty());
         }
     }
 

@@ -395,15 +395,31 @@ impl Connection {
 
     /// Stops using the peer's relayed candidates on `ip`, a relay that is gone.
     pub(crate) fn remove_remote_relayed_on(&mut self, ip: IpAddr, now: Instant) {
+        self.remove_remote_relayed_where(|addr| addr.ip() == ip, now);
+    }
+
+    /// Stops using the peer's relayed candidate at `addr`, an allocation that is gone; whether
+    /// it had one.
+    pub(crate) fn remove_remote_relayed_at(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        self.remove_remote_relayed_where(|a| a == addr, now)
+    }
+
+    fn remove_remote_relayed_where(
+        &mut self,
+        gone: impl Fn(SocketAddr) -> bool,
+        now: Instant,
+    ) -> bool {
         let on_relay: Vec<is::Candidate> = self
             .ice
             .agent()
             .remote_candidates()
-            .filter(|c| c.kind() == is::CandidateKind::Relayed && c.addr().ip() == ip)
+            .filter(|c| c.kind() == is::CandidateKind::Relayed && gone(c.addr()))
             .collect();
+        let any = !on_relay.is_empty();
         for candidate in on_relay {
             self.remove_remote_candidate(&IceCandidate::from(candidate), now);
         }
+        any
     }
 
     /// An upsert with unchanged parameters: wake up, re-announce, and roll over to a fresh

@@ -51,6 +51,8 @@ pub trait RoleState {
     fn handle_timeout(&mut self, now: Instant);
     /// The node is about to stop.
     fn close(&mut self, now: Instant);
+    /// The network reported `dst` unreachable.
+    fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant);
     /// The next deadline, with why.
     fn poll_timeout(&mut self) -> Option<(Instant, &'static str)>;
     /// The next datagram to send.
@@ -110,6 +112,9 @@ macro_rules! forward_role_state {
         }
         fn close(&mut self, now: Instant) {
             self.close(now);
+        }
+        fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant) {
+            self.handle_unreachable(dst, now);
         }
         fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
             self.poll_timeout()
@@ -290,6 +295,11 @@ impl<S: RoleState> Engine for TunnelEngine<S> {
 
     fn close(&mut self, now: Instant) {
         self.state.close(now);
+        self.drain(now);
+    }
+
+    fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant) {
+        self.state.handle_unreachable(dst, now);
         self.drain(now);
     }
 

@@ -73,6 +73,10 @@ pub trait Engine {
     fn close(&mut self, now: Instant) {
         let _ = now;
     }
+    /// The network reported `dst` unreachable (an ICMP error for a datagram sent there; see
+    /// [`crate::Node::handle_unreachable`]). No default: a wrapper that forgot to forward it
+    /// would leave the node waiting seconds for a relay that is known to be gone.
+    fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant);
     /// Leaves the AEAD of data packets to the runtime (see [`crate::crypto`]): it seals what
     /// [`Engine::poll_transmit`] hands out ([`Transmit::seal`]) and opens what
     /// [`Engine::poll_decryption`] hands out, giving each back to

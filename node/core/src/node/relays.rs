@@ -325,25 +325,72 @@ impl<TId: PeerId> Node<TId> {
                     self.remove_local_candidate_everywhere(&c, now);
                 }
             }
-            AllocationEvent::Failed => {
-                if let Some(allocation) = self.allocations.remove(&id) {
-                    let delay = self
-                        .retry_delays
-                        .remove(&id)
-                        .map_or(RELAY_RETRY_INITIAL, |d| (d * 2).min(RELAY_RETRY_MAX));
-                    tracing::info!(target: "node::turn", rid = %id, retry_in = ?delay, "relay unreachable; its candidates are withdrawn");
-                    self.forget_candidates_of(&allocation, now);
-                    self.forget_peers_candidates_on(&allocation, now);
-                    self.relay_retries.insert(
-                        id,
-                        Retry {
-                            config: allocation.into_config(),
-                            at: now + delay,
-                            delay,
-                        },
-                    );
-                }
+            AllocationEvent::Failed => self.relay_failed(id, "no answer", now),
+        }
+    }
+
+    /// The relay cannot be used: its candidates and the peers' on it are withdrawn, and it is
+    /// tried again after a backoff.
+    fn relay_failed(&mut self, id: RelayId, why: &'static str, now: Instant) {
+        let Some(allocation) = self.allocations.remove(&id) else {
+            return;
+        };
+        let delay = self
+            .retry_delays
+            .remove(&id)
+            .map_or(RELAY_RETRY_INITIAL, |d| (d * 2).min(RELAY_RETRY_MAX));
+        tracing::info!(target: "node::turn", rid = %id, why, retry_in = ?delay, "relay unreachable; its candidates are withdrawn");
+        self.forget_candidates_of(&allocation, now);
+        self.forget_peers_candidates_on(&allocation, now);
+        self.relay_retries.insert(
+            id,
+            Retry {
+                config: allocation.into_config(),
+                at: now + delay,
+                delay,
+            },
+        );
+    }
+
+    /// The network reported `dst` unreachable (an ICMP port or host unreachable for a datagram
+    /// we sent there; real sockets read them from the kernel's error queue).
+    ///
+    /// - One of our relays: nothing listens there any more (its process died, or its host),
+    ///   so its allocation is gone. It is dropped at once and retried after a backoff, as when
+    ///   its answers stop, but without waiting out the retransmissions that take seconds.
+    /// - A peer's relayed candidate: that allocation is gone, the connection stops using it.
+    /// - Anything else is ignored. A peer's server-reflexive address is often unreachable
+    ///   until its own check opens its NAT: that is how hole punching starts.
+    ///
+    /// ICMP is not authenticated. Forging one takes knowing the node's public address and port
+    /// and the relay's, and costs the node that relay until the retry; an attacker on the path
+    /// can drop the traffic anyway.
+    pub fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant) {
+        let relay = self
+            .allocations
+            .values()
+            .find(|a| a.server() == dst)
+            .map(Allocation::id);
+        if let Some(id) = relay {
+            self.stats.unreachable_relays += 1;
+            self.relay_failed(id, "ICMP unreachable", now);
+            self.flush_staged(now);
+            return;
+        }
+        let mut any = false;
+        let ids: Vec<TId> = self.connections.keys().copied().collect();
+        for id in ids {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                any |= conn.remove_remote_relayed_at(dst, now);
             }
+            self.drain_connection_events(id);
+        }
+        self.flush_staged(now);
+        if any {
+            self.stats.unreachable_relays += 1;
+            tracing::debug!(target: "node::turn", peer = %dst, "peer's relayed candidate unreachable");
+        } else {
+            tracing::debug!(%dst, "unreachable: not a relay");
         }
     }
 

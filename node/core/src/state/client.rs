@@ -611,6 +611,12 @@ impl ClientState {
         self.drain_node(now);
     }
 
+    /// The network reported `dst` unreachable: see [`Node::handle_unreachable`].
+    pub fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant) {
+        self.node.handle_unreachable(dst, now);
+        self.drain_node(now);
+    }
+
     /// Advances timers: the node's, and connection requests that went unanswered.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);

@@ -446,6 +446,12 @@ impl GatewayState {
         self.drain_node(now);
     }
 
+    /// The network reported `dst` unreachable: see [`Node::handle_unreachable`].
+    pub fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant) {
+        self.node.handle_unreachable(dst, now);
+        self.drain_node(now);
+    }
+
     /// Removes the authorizations that expired by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);

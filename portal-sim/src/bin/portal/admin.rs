@@ -1,5 +1,7 @@
 //! `portal admin`: the admin API from the command line.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -265,12 +267,17 @@ async fn command(args: AdminArgs) -> anyhow::Result<()> {
     let change = match args.command {
         AdminCommand::List { json } => {
             let view = api.directory().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&view)?)
             } else {
-                print_directory(&view);
-            }
-            return Ok(());
+                directory_text(&view)
+            };
+            // A reader that stops early (`| grep -q`, `| head`) is not an error.
+            let mut out = std::io::stdout().lock();
+            return match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => Ok(other?),
+            };
         }
         AdminCommand::AddClient {
             name,
@@ -412,18 +419,21 @@ fn tunnel_ipv6(id: u64) -> anyhow::Result<Ipv6Addr> {
     }
 }
 
-fn print_directory(view: &DirectoryView) {
-    println!("clients:");
+fn directory_text(view: &DirectoryView) -> String {
+    // Writing to a String cannot fail.
+    let mut out = String::new();
+    let _ = writeln!(out, "clients:");
     for c in &view.clients {
-        println!("  {}  {:<20} {} {}", c.id, c.name, c.ipv4, c.ipv6);
+        let _ = writeln!(out, "  {}  {:<20} {} {}", c.id, c.name, c.ipv4, c.ipv6);
     }
-    println!("gateways:");
+    let _ = writeln!(out, "gateways:");
     for g in &view.gateways {
-        println!("  {}  {:<20} site {}", g.id, g.name, g.site);
+        let _ = writeln!(out, "  {}  {:<20} site {}", g.id, g.name, g.site);
     }
-    println!("resources:");
+    let _ = writeln!(out, "resources:");
     for r in &view.resources {
-        println!(
+        let _ = writeln!(
+            out,
             "  {}  {:<20} site {} {}",
             r.id,
             r.name,
@@ -431,15 +441,16 @@ fn print_directory(view: &DirectoryView) {
             r.address.network()
         );
     }
-    println!("policies:");
+    let _ = writeln!(out, "policies:");
     for p in &view.policies {
         let duration = p.duration_secs.map_or("default".to_owned(), |s| {
             humantime::format_duration(Duration::from_secs(s)).to_string()
         });
-        println!("  {} -> {}  ({duration})", p.client_id, p.resource_id);
+        let _ = writeln!(out, "  {} -> {}  ({duration})", p.client_id, p.resource_id);
     }
-    println!("relays:");
+    let _ = writeln!(out, "relays:");
     for r in &view.relays {
-        println!("  relay{}  {}", r.id.0, r.address);
+        let _ = writeln!(out, "  relay{}  {}", r.id.0, r.address);
     }
+    out
 }

@@ -18,11 +18,16 @@ pub struct BackoffConfig {
     pub jitter_percent: u8,
 }
 
+/// 0.5 s doubling up to 10 s, half of each delay random. The cap is what a node that failed a
+/// few times waits at worst once the portal or the network is back: 10 s keeps the rejoin
+/// after a long outage to about 20 s (with a connect attempt's timeout). The price is the load
+/// of a fleet that lost the portal: N nodes try at most N / 5 times a second (refused at once
+/// while it is down; each a TLS handshake once it is back).
 impl Default for BackoffConfig {
     fn default() -> Self {
         Self {
             initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
+            max: Duration::from_secs(10),
             jitter_percent: 50,
         }
     }
@@ -105,13 +110,13 @@ mod tests {
             let delay = b.next_delay();
             assert!(delay <= base, "{delay:?} > {base:?}");
             assert!(delay >= base / 2, "{delay:?} < half of {base:?}");
-            assert!(delay <= Duration::from_secs(30));
+            assert!(delay <= Duration::from_secs(10));
             bases.push(base);
         }
         assert!(bases.windows(2).all(|w| w[0] <= w[1]), "{bases:?}");
         assert_eq!(bases[0], Duration::from_millis(500));
         assert_eq!(bases[1], Duration::from_secs(1));
-        assert_eq!(*bases.last().unwrap(), Duration::from_secs(30));
+        assert_eq!(*bases.last().unwrap(), Duration::from_secs(10));
     }
 
     #[test]
@@ -139,7 +144,7 @@ mod tests {
     fn huge_attempt_counts_do_not_overflow() {
         let mut b = backoff(4);
         for _ in 0..200 {
-            assert!(b.next_delay() <= Duration::from_secs(30));
+            assert!(b.next_delay() <= Duration::from_secs(10));
         }
     }
 }

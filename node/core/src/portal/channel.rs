@@ -11,8 +11,13 @@ use rand_chacha::ChaCha20Rng;
 use crate::portal::frame::{Frame, ReplyStatus, PHX_CLOSE, PHX_ERROR, PHX_JOIN, PHX_REPLY};
 use crate::portal::{Backoff, BackoffConfig, JoinPayload, Message, PortalError, ProtocolError};
 
-/// How often a heartbeat is sent; one left unanswered until the next is due ends the connection.
+/// How often a heartbeat is sent.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a heartbeat may go unanswered before the connection is given up. Short, because a
+/// link that died silently (a partition, a NAT that forgot the connection) is only noticed by
+/// it, and every second of it is a second after the network healed in which new connections
+/// cannot be set up; the portal answers a heartbeat at once.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the channel needs to know.
 #[derive(Debug, Clone)]
@@ -23,6 +28,8 @@ pub struct ChannelConfig {
     pub join_payload: JoinPayload,
     /// See [`HEARTBEAT_INTERVAL`].
     pub heartbeat_interval: Duration,
+    /// See [`HEARTBEAT_TIMEOUT`]; at most the interval.
+    pub heartbeat_timeout: Duration,
     /// Reconnect delays.
     pub backoff: BackoffConfig,
 }
@@ -34,6 +41,7 @@ impl ChannelConfig {
             topic: topic.into(),
             join_payload,
             heartbeat_interval: HEARTBEAT_INTERVAL,
+            heartbeat_timeout: HEARTBEAT_TIMEOUT,
             backoff: BackoffConfig::default(),
         }
     }
@@ -80,7 +88,7 @@ pub enum Input<'a> {
 pub enum DisconnectReason {
     /// The socket failed or closed.
     Connection(ConnectionError),
-    /// A heartbeat went unanswered for a whole interval.
+    /// A heartbeat went unanswered for [`ChannelConfig::heartbeat_timeout`].
     HeartbeatTimeout,
     /// The portal answered the join with an error.
     JoinRejected(String),
@@ -163,7 +171,7 @@ pub enum Event<I> {
 pub enum Timer {
     /// Open a new socket after a backoff.
     Reconnect = 0,
-    /// Send a heartbeat (or notice the previous one went unanswered).
+    /// Send a heartbeat (or notice that the one sent went unanswered).
     Heartbeat = 1,
 }
 
@@ -200,9 +208,9 @@ enum State {
 ///   waits, in order, and goes out right after the `ok` reply. If the socket drops while the
 ///   join is pending, the join is forgotten and sent afresh on the next socket, so the queue is
 ///   never blocked by a join that will not be answered.
-/// - A heartbeat goes out every [`ChannelConfig::heartbeat_interval`]; one still unanswered when
-///   the next is due closes the socket and reconnects, and so does a join unanswered for as
-///   long.
+/// - A heartbeat goes out every [`ChannelConfig::heartbeat_interval`]; one unanswered for
+///   [`ChannelConfig::heartbeat_timeout`] closes the socket and reconnects, and so does a join
+///   unanswered for a whole interval.
 /// - Connecting is the runtime's job: it must report [`Input::Closed`] when an attempt fails
 ///   and bound how long one may take.
 /// - Reconnects wait an exponential, capped, jittered backoff (jitter from the seed), reset
@@ -214,7 +222,8 @@ pub struct PhoenixChannel<I, E> {
     backoff: Backoff,
     next_ref: u64,
     timers: [Option<Instant>; 2],
-    heartbeat_in_flight: Option<u64>,
+    /// The heartbeat waiting for its reply, and when it was sent.
+    heartbeat_in_flight: Option<(u64, Instant)>,
     /// Room messages waiting for the join, in order.
     held_back: VecDeque<(u64, String)>,
     /// Refs of sent requests not yet answered.
@@ -436,9 +445,13 @@ impl<I: Message, E: Message> PhoenixChannel<I, E> {
                 return;
             }
         }
-        if self.heartbeat_in_flight == Some(reference) {
-            self.heartbeat_in_flight = None;
-            return;
+        if let Some((heartbeat, sent)) = self.heartbeat_in_flight {
+            if heartbeat == reference {
+                self.heartbeat_in_flight = None;
+                self.timers[Timer::Heartbeat as usize] =
+                    Some(sent + self.config.heartbeat_interval);
+                return;
+            }
         }
         if !self.in_flight.remove(&reference) {
             tracing::debug!(reference, "Ignoring reply to an unknown ref");
@@ -525,10 +538,14 @@ impl<I: Message, E: Message> PhoenixChannel<I, E> {
             return;
         }
         let reference = self.next_ref();
-        self.heartbeat_in_flight = Some(reference);
+        self.heartbeat_in_flight = Some((reference, now));
         self.transmits
             .push_back(Frame::heartbeat(reference).to_text());
-        self.timers[Timer::Heartbeat as usize] = Some(now + self.config.heartbeat_interval);
+        let wait = self
+            .config
+            .heartbeat_timeout
+            .min(self.config.heartbeat_interval);
+        self.timers[Timer::Heartbeat as usize] = Some(now + wait);
     }
 
     /// Closes the current socket ourselves, then reconnects.

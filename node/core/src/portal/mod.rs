@@ -11,6 +11,6 @@ mod channel;
 pub use backoff::{Backoff, BackoffConfig};
 pub use channel::{
     ChannelConfig, ConnectionError, DisconnectReason, Event, Input, PhoenixChannel, ReplyError,
-    RequestId, Timer, HEARTBEAT_INTERVAL, MAX_HELD_BACK,
+    RequestId, Timer, HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, MAX_HELD_BACK,
 };
 pub use node_proto::portal::*;

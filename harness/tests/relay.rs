@@ -175,19 +175,25 @@ fn late_relay_responses_after_removal_are_dropped_quietly() {
     assert!(!errors.is_empty(), "the relay's answer arrived");
 }
 
-#[test]
-fn a_relay_that_dies_silently_is_noticed_and_left() {
-    let mut w = relayed_pair(2);
+/// Connects the pair and returns the relay its path goes through: its host and its id.
+fn connect_through_a_relay(w: &mut RelayedPair) -> (HostId, u64) {
     w.net.connect(w.client, w.gateway);
     w.net.run_for(Duration::from_secs(5));
     let client_path = w.net.connection(w.client, w.gateway).unwrap().path.unwrap();
     let gateway_path = w.net.connection(w.gateway, w.client).unwrap().path.unwrap();
     let used = client_path.relay.or(gateway_path.relay).expect("relayed");
-    let gone = if used.0 == 1 {
+    let host = if used.0 == 1 {
         w.relays[0]
     } else {
         w.relays[1]
     };
+    (host, used.0)
+}
+
+#[test]
+fn a_relay_that_dies_silently_is_noticed_and_left() {
+    let mut w = relayed_pair(2);
+    let (gone, _) = connect_through_a_relay(&mut w);
     // No word from the portal: the nodes must find out themselves.
     w.net.set_online(gone, false);
     let died = w.net.elapsed();
@@ -226,16 +232,8 @@ fn a_relay_that_dies_silently_is_noticed_and_left() {
 #[test]
 fn a_relay_whose_process_died_is_left_at_its_first_icmp_error() {
     let mut w = relayed_pair(2);
-    w.net.connect(w.client, w.gateway);
-    w.net.run_for(Duration::from_secs(5));
-    let client_path = w.net.connection(w.client, w.gateway).unwrap().path.unwrap();
-    let gateway_path = w.net.connection(w.gateway, w.client).unwrap().path.unwrap();
-    let used = client_path.relay.or(gateway_path.relay).expect("relayed");
-    let (gone, other) = if used.0 == 1 {
-        (w.relays[0], 2)
-    } else {
-        (w.relays[1], 1)
-    };
+    let (gone, used) = connect_through_a_relay(&mut w);
+    let other = 3 - used;
     w.net.kill_process(gone);
     // The first datagram each way goes to the dead relay and is refused.
     w.net.send(w.client, w.gateway, b"into the gap").unwrap();
@@ -268,11 +266,32 @@ fn a_relay_whose_process_died_is_left_at_its_first_icmp_error() {
             .unwrap();
         assert_ne!(
             path.relay.map(|r| r.0),
-            Some(used.0),
+            Some(used),
             "still on the dead relay"
         );
         assert!(path.relay.is_none_or(|r| r.0 == other));
     }
+    // Each node dropped its own allocation there at once, and the gateway's relayed candidate
+    // there went from the client's connection too (its checks to it were refused).
+    let (client, gateway) = (
+        unreachable(&w.net, w.client),
+        unreachable(&w.net, w.gateway),
+    );
+    assert_eq!((client.0, gateway.0), (1, 1), "allocations dropped on ICMP");
+    assert!(
+        client.1 + gateway.1 >= 1,
+        "no peer candidate dropped on ICMP"
+    );
+}
+
+/// ICMP errors that ended one of the host's allocations, and a peer's relayed candidate.
+fn unreachable(net: &MemNet, host: HostId) -> (u64, u64) {
+    let stats = match &net.host(host).peer {
+        Peer::Client { node, .. } => node.stats(),
+        Peer::Gateway { node, .. } => node.stats(),
+        Peer::Relay { .. } => return (0, 0),
+    };
+    (stats.unreachable_relays, stats.unreachable_peer_candidates)
 }
 
 fn host_peer(w: &RelayedPair, host: HostId) -> HostId {

@@ -85,9 +85,11 @@ pub struct Stats {
     /// Handshake initiations answered with a cookie reply instead of being processed: the node
     /// was under load and they carried no valid cookie (see [`crate::HANDSHAKE_LOAD`]).
     pub cookie_replies: u64,
-    /// ICMP errors that ended a relay allocation, ours or a peer's candidate on one (see
+    /// ICMP errors that ended one of our relay allocations (see
     /// [`crate::Node::handle_unreachable`]; not datagrams).
     pub unreachable_relays: u64,
+    /// ICMP errors that ended a peer's relayed candidate (as above).
+    pub unreachable_peer_candidates: u64,
 }
 
 impl Stats {

@@ -473,6 +473,19 @@ impl NodeSnapshot {
             "Handshake initiations answered with a cookie reply (under load)",
             s.cookie_replies,
         );
+        let icmp = "ICMP unreachable errors that ended a relay allocation, by whose";
+        m.counter_with(
+            "icmp_unreachable",
+            icmp,
+            &[("allocation", "own")],
+            s.unreachable_relays,
+        )
+        .counter_with(
+            "icmp_unreachable",
+            icmp,
+            &[("allocation", "peer")],
+            s.unreachable_peer_candidates,
+        );
         m.render()
     }
 }
@@ -562,6 +575,7 @@ mod tests {
         snapshot.connections_failed[fail_reason_index(FailReason::HandshakeTimeout)] = 1;
         snapshot.stats.malformed_stun = 4;
         snapshot.stats.unknown_connection = 5;
+        snapshot.stats.unreachable_peer_candidates = 6;
         snapshot.traffic.udp_bytes_sent = 1500;
         snapshot.traffic.initiations_sent = 2;
         let text = snapshot.render("gateway");
@@ -582,6 +596,8 @@ mod tests {
             "zta_node_dropped_datagrams_total{role=\"gateway\",reason=\"malformed_stun\"} 4",
             "zta_node_dropped_packets_total{role=\"gateway\",reason=\"unknown_connection\"} 5",
             "zta_node_dropped_packets_total{role=\"gateway\",reason=\"no_resource\"} 9",
+            "zta_node_icmp_unreachable_total{role=\"gateway\",allocation=\"own\"} 0",
+            "zta_node_icmp_unreachable_total{role=\"gateway\",allocation=\"peer\"} 6",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

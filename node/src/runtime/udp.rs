@@ -673,25 +673,20 @@ mod tests {
             assert_eq!(batch.unreachable(), &[closed], "round {round}");
             assert_eq!(batch.datagrams().count(), 0);
             // Neither a send nor a receive is eaten by the pending error.
-            a.send_to(&[round], b.local_addr().unwrap()).await.unwrap();
-            b.recv_batch(&mut batch).await.unwrap();
-            assert_eq!(
-                batch
-                    .datagrams()
-                    .map(|(_, d)| d.to_vec())
-                    .collect::<Vec<_>>(),
-                vec![vec![round]]
-            );
-            b.send_to(&[round], a.local_addr().unwrap()).await.unwrap();
-            a.recv_batch(&mut batch).await.unwrap();
-            assert_eq!(
-                batch
-                    .datagrams()
-                    .map(|(_, d)| d.to_vec())
-                    .collect::<Vec<_>>(),
-                vec![vec![round]]
-            );
-            assert!(batch.unreachable().is_empty());
+            for (from, to) in [(&a, &b), (&b, &a)] {
+                from.send_to(&[round], to.local_addr().unwrap())
+                    .await
+                    .unwrap();
+                to.recv_batch(&mut batch).await.unwrap();
+                assert_eq!(
+                    batch
+                        .datagrams()
+                        .map(|(_, d)| d.to_vec())
+                        .collect::<Vec<_>>(),
+                    vec![vec![round]]
+                );
+                assert!(batch.unreachable().is_empty());
+            }
         }
     }
 

@@ -387,7 +387,7 @@ impl<TId: PeerId> Node<TId> {
         }
         self.flush_staged(now);
         if any {
-            self.stats.unreachable_relays += 1;
+            self.stats.unreachable_peer_candidates += 1;
             tracing::debug!(target: "node::turn", peer = %dst, "peer's relayed candidate unreachable");
         } else {
             tracing::debug!(%dst, "unreachable: not a relay");

@@ -616,7 +616,12 @@ impl<TId: PeerId> Node<TId> {
                 FromRelay::NotRelay => {}
                 FromRelay::Handled => return Ok(None),
                 FromRelay::Peer(peer, relayed, payload) => {
-                    return self.decapsulate_inner(relayed, peer, &payload, now, false);
+                    // A drop is logged with the relay as its source: name the peer too.
+                    return self
+                        .decapsulate_inner(relayed, peer, &payload, now, false)
+                        .inspect_err(|error| {
+                            tracing::debug!(%peer, %relayed, %error, "relayed datagram dropped");
+                        });
                 }
             }
         }

@@ -130,6 +130,14 @@ impl<TId: PeerId> Node<TId> {
             .copied()
     }
 
+    /// The relay in use whose TURN server is at `server`.
+    fn relay_at(&self, server: SocketAddr) -> Option<RelayId> {
+        self.allocations
+            .values()
+            .find(|a| a.server() == server)
+            .map(Allocation::id)
+    }
+
     /// The relayed address on `relay`, once allocated.
     pub fn relayed_address(&self, relay: RelayId) -> Option<SocketAddr> {
         self.allocations.get(&relay).and_then(Allocation::relayed)
@@ -192,12 +200,7 @@ impl<TId: PeerId> Node<TId> {
         datagram: &'a [u8],
         now: Instant,
     ) -> Result<FromRelay<'a>, Error> {
-        let relay = self
-            .allocations
-            .values()
-            .find(|a| a.server() == from)
-            .map(Allocation::id);
-        let Some(id) = relay else {
+        let Some(id) = self.relay_at(from) else {
             if self.former_relays.contains(&from) {
                 tracing::debug!(target: "node::turn", %from, "message from a relay we no longer use");
                 return Err(Error::UnknownRelay);
@@ -366,12 +369,7 @@ impl<TId: PeerId> Node<TId> {
     /// and the relay's, and costs the node that relay until the retry; an attacker on the path
     /// can drop the traffic anyway.
     pub fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant) {
-        let relay = self
-            .allocations
-            .values()
-            .find(|a| a.server() == dst)
-            .map(Allocation::id);
-        if let Some(id) = relay {
+        if let Some(id) = self.relay_at(dst) {
             self.stats.unreachable_relays += 1;
             self.relay_failed(id, "ICMP unreachable", now);
             self.flush_staged(now);

@@ -17,8 +17,9 @@
 # new connections work; through the admin CLI, removing the policy stops the client's traffic at
 # once (nothing more reaches 10.0.0.5), and granting 10.0.0.6 lets it through, with no restart;
 # with the client's portal link cut for 42 s the tunnel carries on, and a policy granted during
-# the cut works once the link heals; with both NATs port-randomising (MASQUERADE --random-fully)
-# a relay carries the traffic.
+# the cut works once the link heals; with the client's address changed, traffic, the portal link
+# and the direct path come back; with both NATs port-randomising (MASQUERADE --random-fully) a
+# relay carries the traffic.
 #
 # Needs root, iproute2, iptables, iperf3, ping (scripts/test.sh installs them). Binaries come from
 # BIN_DIR, or are built with cargo (debug) when it is unset. Every namespace, process and
@@ -310,13 +311,18 @@ step "direct UDP allowed again"
 DIRECT_BOUND=12
 in_ns "$NS_PUB" iptables -D FORWARD -p udp -j DROP
 unblocked_at=$(date +%s)
-off_the_relay() {
-  local before
-  before=$(relay_bytes "$other")
-  in_ns "$NS_CLI" ping -c 5 -i 0.2 -W 1 -s 1000 10.0.0.5 >/dev/null 2>&1 &&
-    [ $(($(relay_bytes "$other") - before)) -lt 2500 ]
+relays_bytes() { # relays_bytes N...: what reaches relays N... together
+  local n sum=0
+  for n in "$@"; do sum=$((sum + $(relay_bytes "$n"))); done
+  echo "$sum"
 }
-wait_for $DIRECT_BOUND "the direct path again once direct UDP works" off_the_relay
+off_the_relays() { # off_the_relays N...: relays N... carry 5 pings of 1 KB no more
+  local before
+  before=$(relays_bytes "$@")
+  in_ns "$NS_CLI" ping -c 5 -i 0.2 -W 1 -s 1000 10.0.0.5 >/dev/null 2>&1 &&
+    [ $(($(relays_bytes "$@") - before)) -lt 2500 ]
+}
+wait_for $DIRECT_BOUND "the direct path again once direct UDP works" off_the_relays "$other"
 step "  direct again $(($(date +%s) - unblocked_at))s after direct UDP works"
 direct_transfer 5M
 
@@ -385,6 +391,29 @@ healed_at=$(date +%s)
   fail "the client did not notice its portal link was cut"
 wait_for $PORTAL_REJOIN "a ping answer from 10.0.0.6, granted during the cut" ping_ok 10.0.0.6
 step "  10.0.0.6 answers $(($(date +%s) - healed_at))s after the heal"
+
+step "the client's address changes (192.168.1.2 -> 192.168.1.3)"
+# A laptop handed a new address on its network (DHCP, another access point): every 5-tuple the
+# client had is gone: its host candidate, its NAT mappings (so its public address), its relay
+# allocations and its TCP connection to the portal. The client hears of it from netlink, takes
+# the new address as its host candidate, allocates anew on the relays and reconnects to the
+# portal at once; the gateway follows the authenticated peer's new address. Traffic must be back
+# within ADDRESS_CHANGE seconds (the model's bound for a client's new public address, plus the
+# ping's whole second), and the path must be direct again.
+ADDRESS_CHANGE=3
+connected_before=$(grep -c "Portal connected" "$WORK/client.log" || true)
+in_ns "$NS_CLI" sysctl -qw net.ipv4.conf.eth0.promote_secondaries=1
+in_ns "$NS_CLI" ip addr add 192.168.1.3/24 dev eth0
+in_ns "$NS_CLI" ip addr del 192.168.1.2/24 dev eth0
+in_ns "$NS_CLI" ip route replace default via 192.168.1.1
+moved_at=$(date +%s)
+wait_for $ADDRESS_CHANGE "a ping answer after the client's address changed" ping_ok 10.0.0.5
+step "  traffic again $(($(date +%s) - moved_at))s after the address change"
+wait_for 5 "the client back on the portal from its new address" \
+  sh -c "[ \$(grep -c 'Portal connected' '$WORK/client.log') -gt $connected_before ]"
+step "  on the portal again $(($(date +%s) - moved_at))s after the address change"
+wait_for $DIRECT_BOUND "the direct path again after the address change" off_the_relays 1 2
+direct_transfer 2M
 
 step "port-randomising NATs (MASQUERADE --random-fully)"
 # Each NAT now picks a new random port per destination (address-and-port-dependent mapping): no

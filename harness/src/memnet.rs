@@ -483,6 +483,24 @@ impl MemNet {
         self.record(host, "process killed".to_owned());
     }
 
+    /// Gives `host` a new address (behind its NAT: DHCP on another network, say). What was
+    /// made from the old one stays behind: the NAT's mappings of it, the relays' allocations.
+    /// Its node is told, as the runtime tells it when netlink reports the change.
+    pub fn change_address(&mut self, host: HostId, addr: SocketAddr) {
+        if let Some(nat) = self.hosts[host.0].nat {
+            self.nats[nat.0].add_inside_host(addr.ip());
+        }
+        self.hosts[host.0].addr = addr;
+        let now = self.now;
+        match &mut self.hosts[host.0].peer {
+            Peer::Client { node, .. } => node.handle_network_change(&[addr], now),
+            Peer::Gateway { node, .. } => node.handle_network_change(&[addr], now),
+            Peer::Relay { .. } => panic!("{host:?} is a relay"),
+        }
+        self.record(host, format!("address changed to {addr}"));
+        self.flush();
+    }
+
     /// Fresh parameters for a connection between `client` and `gateway`.
     pub fn new_params(&mut self, client: HostId, gateway: HostId) -> ConnParams {
         self.psk_counter = self.psk_counter.wrapping_add(1);
@@ -875,7 +893,12 @@ impl MemNet {
         if !sender.online {
             return;
         }
-        let src = transmit.src.unwrap_or(sender.addr);
+        // A socket bound to the unspecified address sends from the host's address, whatever
+        // address the node meant: one that is gone ([`MemNet::change_address`]) is not used.
+        let src = match transmit.src {
+            Some(src) if src.ip() == sender.addr.ip() => src,
+            Some(_) | None => sender.addr,
+        };
         let sender_nat = sender.nat;
         let now = self.now;
         let elapsed = now - self.start;

@@ -40,6 +40,7 @@ impl Engine for SessionEngine {
     }
     fn handle_device_packet(&mut self, _: Vec<u8>, _: Instant) {}
     fn handle_unreachable(&mut self, _: std::net::SocketAddr, _: Instant) {}
+    fn handle_network_change(&mut self, _: &[std::net::SocketAddr], _: Instant) {}
     fn handle_timeout(&mut self, now: Instant) {
         self.driver.handle_timeout(now);
         self.drain();

@@ -9,11 +9,12 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::*;
 use harness::memnet::{HostId, MemNet, Peer};
+use node_core::Event;
 
 struct RelayedPair {
     net: MemNet,
@@ -379,4 +380,67 @@ fn a_relayed_connection_goes_direct_once_direct_udp_works() {
         usize::from(packets)
     );
     assert!(failures(&w.net, w.client).is_empty());
+}
+
+/// The client's host gets a new address while its only path is through a relay: every
+/// 5-tuple it had is gone, its allocation included (the relay knows it by the old one). Told
+/// of the change, it withdraws its old candidates, allocates anew and signals the new ones,
+/// and traffic is back both ways within the bound for a client's new public address.
+#[test]
+fn a_relayed_connection_follows_the_clients_new_address() {
+    const BOUND: Duration = Duration::from_secs(2);
+    let mut w = relayed_pair(1);
+    connect_through_a_relay(&mut w);
+    let relayed_before = relayed_address(&w.net, w.client);
+    w.net.change_address(w.client, addr(192, 168, 1, 3, 5000));
+    let changed = w.net.elapsed();
+    let mut back = [None, None];
+    for i in 0..50u8 {
+        w.net.send(w.client, w.gateway, &[i; 10]).unwrap();
+        w.net.send(w.gateway, w.client, &[i; 20]).unwrap();
+        w.net.run_for(Duration::from_millis(100));
+        for (slot, (to, from)) in back
+            .iter_mut()
+            .zip([(w.gateway, w.client), (w.client, w.gateway)])
+        {
+            if slot.is_none() && payloads(&w.net, to, from).iter().any(|p| p[0] == i) {
+                *slot = Some(w.net.elapsed() - changed);
+            }
+        }
+    }
+    for (way, at) in ["client to gateway", "gateway to client"].iter().zip(back) {
+        let at = at.unwrap_or_else(|| panic!("{way}: nothing after the change"));
+        assert!(
+            at <= BOUND,
+            "{way}: back {at:?} after the change: {:#?}",
+            w.net.timeline()
+        );
+    }
+    assert_ne!(
+        relayed_address(&w.net, w.client),
+        relayed_before,
+        "the client kept its allocation from the old address"
+    );
+    // Signalled after the change: the old host candidate withdrawn, the new one added.
+    let signalled = |invalidated: bool, addr: &str| {
+        w.net.events().iter().any(|(at, host, event)| {
+            let candidate = match event {
+                Event::NewIceCandidate { candidate, .. } if !invalidated => candidate,
+                Event::InvalidateIceCandidate { candidate, .. } if invalidated => candidate,
+                _ => return false,
+            };
+            *host == w.client && *at >= changed && candidate.contains(addr)
+        })
+    };
+    assert!(signalled(true, "192.168.1.2 5000 typ host"));
+    assert!(signalled(false, "192.168.1.3 5000 typ host"));
+}
+
+/// The client's relayed address on its one relay.
+fn relayed_address(net: &MemNet, host: HostId) -> Option<SocketAddr> {
+    match &net.host(host).peer {
+        Peer::Client { node, .. } => node.relayed_addresses().next(),
+        Peer::Gateway { node, .. } => node.relayed_addresses().next(),
+        Peer::Relay { .. } => None,
+    }
 }

@@ -332,6 +332,41 @@ impl<TId: PeerId> Node<TId> {
         }
     }
 
+    /// The host's own addresses changed (the runtime heard it from the OS): `addrs` are the
+    /// addresses peers may reach this node on now, as [`Node::add_local_address`] took them.
+    ///
+    /// Everything made from an address that is gone went with it: its host candidate, the
+    /// NAT's mappings of it (so the server-reflexive candidates), and the allocations on the
+    /// relays, which know this node by a 5-tuple that no longer exists. Those candidates are
+    /// withdrawn from every connection (the peers are told), the new addresses become host
+    /// candidates, and every relay is allocated on anew, a relay waiting for a retry included.
+    /// A connection whose path used an address that is gone checks the new pairs at once.
+    /// Nothing is asked of the relays for the old allocations: a request from the new 5-tuple
+    /// cannot reach them, and they expire on their own.
+    pub fn handle_network_change(&mut self, addrs: &[SocketAddr], now: Instant) {
+        let gone: Vec<SocketAddr> = self
+            .local_addrs
+            .iter()
+            .filter(|a| !addrs.contains(a))
+            .copied()
+            .collect();
+        if gone.is_empty() && addrs.iter().all(|a| self.local_addrs.contains(a)) {
+            return;
+        }
+        tracing::info!(?gone, now = ?addrs, "local addresses changed");
+        for addr in gone {
+            self.local_addrs.remove(&addr);
+            if let Ok(candidate) = IceCandidate::host(addr) {
+                self.remove_local_candidate_everywhere(&candidate, now);
+            }
+        }
+        for &addr in addrs {
+            self.add_local_address(addr);
+        }
+        self.reallocate_relays(now);
+        self.flush_staged(now);
+    }
+
     /// Creates the connection to `id`, keeps it if nothing changed, or replaces it.
     ///
     /// Keeping re-announces the local candidates and rolls over to a fresh WireGuard session

@@ -10,8 +10,8 @@ use node::cli::{self, CommonArgs};
 use node::identity::Secrets;
 use node::runtime::metrics::{self, Metered, NodeMetrics, Traffic};
 use node::runtime::{
-    self, Clock as _, DatagramSocket as _, Fatal, Observed, TokioClock, TunConfig, TunDevice,
-    WebSocketLink,
+    self, Clock as _, DatagramSocket as _, Fatal, HostAddresses, Observed, TokioClock, TunConfig,
+    TunDevice, WebSocketLink,
 };
 use node_core::engine::{ClientEngine, EngineEvent};
 use node_core::state::{ClientEvent, ClientState};
@@ -117,7 +117,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         let mut engine = Metered::new(engine, period, TokioClock.now(), refresh);
         let mut link = WebSocketLink::new(connector, endpoint.url);
-        runtime::drive(&mut engine, &socket, &mut device, &mut link, &crypto, &fatal).await
+        let host = HostAddresses {
+            toward: endpoint.connect.clone(),
+            addresses: |host| cli::local_addresses(host, &common.advertise),
+        };
+        runtime::drive(&mut engine, &socket, &host, &mut device, &mut link, &crypto, &fatal).await
         // The TUN device, its addresses and routes go when `device` is dropped here.
     })
 }

@@ -2,6 +2,7 @@
 //! the driver that runs an engine on a TUN device until a signal or a fatal portal error.
 
 use std::cell::RefCell;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
@@ -10,9 +11,10 @@ use node_core::engine::Engine;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Notify};
 
+use super::netlink::NetworkWatcher;
 use super::{
-    run_with_crypto, BatchSocket, Command, CryptoPool, DatagramSocket, PortalConnector, TokioClock,
-    TunDevice, WebSocketLink,
+    run_with_crypto, BatchSocket, Command, CryptoPool, PortalConnector, TokioClock, TunDevice,
+    WebSocketLink,
 };
 
 /// Binds the UDP socket of a node to `listen`, reporting to the event loop the host address
@@ -29,7 +31,7 @@ pub async fn bind_host_socket(listen: SocketAddr, toward: &str) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot bind UDP {listen}"))?;
     let bound = socket.local_addr()?;
-    let mut socket = BatchSocket::new(socket).context("cannot set up the UDP socket")?;
+    let socket = BatchSocket::new(socket).context("cannot set up the UDP socket")?;
     if bound.ip().is_unspecified() {
         socket.report_local_addr(SocketAddr::new(
             primary_ip(toward, bound).await?,
@@ -37,6 +39,69 @@ pub async fn bind_host_socket(listen: SocketAddr, toward: &str) -> anyhow::Resul
         ));
     }
     Ok(socket)
+}
+
+/// How a node's local addresses follow the host's network (see [`follow_network`]).
+pub struct HostAddresses<F> {
+    /// Where the host address is taken toward, as in [`bind_host_socket`] (the portal).
+    pub toward: String,
+    /// The local addresses peers may reach the node on, for a host address (the host
+    /// candidate and the ones the user adds: [`crate::cli::local_addresses`]).
+    pub addresses: F,
+}
+
+/// Follows the host address of `socket` while the host's network changes (a new address from
+/// DHCP, another network, a route that moved): the socket reports the new address for what
+/// it receives, and the engine is told ([`Engine::handle_network_change`]), through
+/// `commands`. Never returns. A socket bound to one address follows nothing: that address is
+/// the node's, or the socket is useless anyway.
+///
+/// Without it, a node whose address changed keeps advertising the old one, its relays keep an
+/// allocation it can no longer reach, and its portal connection waits for a heartbeat to time
+/// out; traffic recovers only as WireGuard and ICE notice, one connection at a time.
+async fn follow_network<E: Engine, F: Fn(SocketAddr) -> Vec<SocketAddr>>(
+    socket: &BatchSocket,
+    host: &HostAddresses<F>,
+    commands: mpsc::UnboundedSender<Command<E>>,
+) -> Infallible {
+    let bound = socket.bound_addr();
+    if !bound.ip().is_unspecified() {
+        return std::future::pending::<Infallible>().await;
+    }
+    let mut watcher = match NetworkWatcher::new() {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch the host's network: a new local address will not be noticed");
+            return std::future::pending::<Infallible>().await;
+        }
+    };
+    loop {
+        if let Err(error) = watcher.changed().await {
+            tracing::warn!(%error, "watching the host's network failed: a new local address will not be noticed");
+            return std::future::pending::<Infallible>().await;
+        }
+        let ip = match primary_ip(&host.toward, bound).await {
+            Ok(ip) => ip,
+            // No route to the portal (the network is down): the next change may bring one.
+            Err(error) => {
+                tracing::debug!(error = format!("{error:#}"), "no host address for now");
+                continue;
+            }
+        };
+        let reported = socket.reported_local_addr();
+        if ip == reported.ip() {
+            continue;
+        }
+        let local = SocketAddr::new(ip, bound.port());
+        let addrs = (host.addresses)(local);
+        tracing::info!(from = %reported.ip(), to = %ip, "The host address changed");
+        socket.report_local_addr(local);
+        let command: Command<E> =
+            Box::new(move |engine: &mut E, now| engine.handle_network_change(&addrs, now));
+        if commands.send(command).is_err() {
+            return std::future::pending::<Infallible>().await;
+        }
+    }
 }
 
 /// The local IP the kernel would send from to reach `toward` (`host:port`), in the family of
@@ -78,11 +143,12 @@ impl Fatal {
 }
 
 /// Runs `engine` until SIGINT or SIGTERM (`Ok`), a [`Fatal`] error or an I/O failure (`Err`),
-/// with its crypto on `crypto`. Must run inside a `LocalSet` (the portal link spawns local
-/// tasks).
-pub async fn drive<E: Engine, S: DatagramSocket>(
+/// with its crypto on `crypto`, its local addresses following the host's network as `host`
+/// says. Must run inside a `LocalSet` (the portal link spawns local tasks).
+pub async fn drive<E: Engine, F: Fn(SocketAddr) -> Vec<SocketAddr>>(
     engine: &mut E,
-    socket: &S,
+    socket: &BatchSocket,
+    host: &HostAddresses<F>,
     device: &mut TunDevice,
     link: &mut WebSocketLink<PortalConnector>,
     crypto: &CryptoPool,
@@ -101,13 +167,16 @@ pub async fn drive<E: Engine, S: DatagramSocket>(
         crypto,
     );
     tokio::pin!(looped);
+    let mut follow = Box::pin(follow_network(socket, host, commands_tx.clone()));
     let outcome = tokio::select! {
         result = &mut looped => return result.context("the event loop failed"),
+        never = &mut follow => match never {},
         _ = sigint.recv() => Ok("SIGINT"),
         _ = sigterm.recv() => Ok("SIGTERM"),
         reason = fatal.wait() => Err(reason),
     };
     // Closing the command channel ends the loop at its next turn.
+    drop(follow);
     drop(commands_tx);
     looped.await.context("the event loop failed")?;
     match outcome {

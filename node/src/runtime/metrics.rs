@@ -206,6 +206,11 @@ impl<E: Engine, F: FnMut(&E, &Traffic)> Engine for Metered<E, F> {
         self.refresh_if_due(now);
     }
 
+    fn handle_network_change(&mut self, addrs: &[SocketAddr], now: Instant) {
+        self.engine.handle_network_change(addrs, now);
+        self.refresh_if_due(now);
+    }
+
     fn poll_decryption(&mut self) -> Option<Decryption> {
         self.engine.poll_decryption()
     }
@@ -644,6 +649,7 @@ mod tests {
         fn handle_datagram(&mut self, _: SocketAddr, _: SocketAddr, _: &[u8], _: Instant) {}
         fn handle_device_packet(&mut self, _: Vec<u8>, _: Instant) {}
         fn handle_unreachable(&mut self, _: SocketAddr, _: Instant) {}
+        fn handle_network_change(&mut self, _: &[SocketAddr], _: Instant) {}
         fn handle_timeout(&mut self, _: Instant) {
             self.timeouts += 1;
             self.deadline = None;

@@ -11,6 +11,8 @@ mod crypto;
 mod host;
 #[cfg(feature = "host")]
 pub mod metrics;
+#[cfg(feature = "host")]
+mod netlink;
 mod observe;
 #[cfg(feature = "host")]
 mod tls;
@@ -35,7 +37,7 @@ use node_core::Transmit;
 pub use control::{Connector, ControlLink, NoControl, WebSocketLink, CONNECT_TIMEOUT};
 pub use crypto::CryptoPool;
 #[cfg(feature = "host")]
-pub use host::{bind_host_socket, drive, Fatal};
+pub use host::{bind_host_socket, drive, Fatal, HostAddresses};
 pub use observe::Observed;
 #[cfg(feature = "host")]
 pub use tls::{root_certificates, PortalConnector, PortalStream};
@@ -383,7 +385,6 @@ where
     L: ControlLink,
     K: Crypto,
 {
-    let local = socket.local_addr().map_err(RunError::Receive)?;
     engine.set_deferred_crypto(true);
     // Read into buffers allocated once: a whole batch of datagrams or packets per wake-up, so
     // the cost of waking (and of a syscall, where the socket or device batches) is shared by
@@ -424,6 +425,8 @@ where
             input = control.recv() => engine.handle_control(input, clock.now()),
             received = socket.recv_batch(&mut datagrams) => {
                 received.map_err(RunError::Receive)?;
+                // Read for every batch: the host's address may have changed since the last.
+                let local = socket.local_addr().map_err(RunError::Receive)?;
                 let now = clock.now();
                 for (i, (from, bytes)) in datagrams.datagrams().enumerate() {
                     // A batch of GRO runs is up to a thousand packets: written out as they

@@ -95,6 +95,11 @@ impl<E: Engine, F: FnMut(&mut E)> Engine for Observed<E, F> {
         self.observe();
     }
 
+    fn handle_network_change(&mut self, addrs: &[SocketAddr], now: Instant) {
+        self.engine.handle_network_change(addrs, now);
+        self.observe();
+    }
+
     fn poll_decryption(&mut self) -> Option<Decryption> {
         self.engine.poll_decryption()
     }

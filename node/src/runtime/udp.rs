@@ -63,7 +63,8 @@ const POLL_TIMEOUT: Timespec = Timespec {
 #[derive(Debug)]
 pub struct BatchSocket {
     socket: Arc<UdpSocket>,
-    local: SocketAddr,
+    bound: SocketAddr,
+    local: Cell<SocketAddr>,
     inbox: Mutex<Inbox>,
     /// Read batches handed back to the reader, so reading allocates nothing.
     free: Arc<ArrayQueue<RecvBatch>>,
@@ -84,10 +85,16 @@ struct Inbox {
 }
 
 impl BatchSocket {
-    /// Reports `addr` as the local address of every datagram, instead of the address bound
-    /// (see [`super::bind_host_socket`]: a socket bound to `0.0.0.0` reports a host address).
-    pub fn report_local_addr(&mut self, addr: SocketAddr) {
-        self.local = addr;
+    /// Reports `addr` as the local address of every datagram from now on, instead of the
+    /// address bound (see [`super::bind_host_socket`]: a socket bound to `0.0.0.0` reports a
+    /// host address, and follows it when it changes).
+    pub fn report_local_addr(&self, addr: SocketAddr) {
+        self.local.set(addr);
+    }
+
+    /// The address reported for every datagram ([`BatchSocket::report_local_addr`]).
+    pub fn reported_local_addr(&self) -> SocketAddr {
+        self.local.get()
     }
 
     /// Takes over a bound socket: switches on GRO, asks for larger buffers and starts the
@@ -151,7 +158,8 @@ impl BatchSocket {
         };
         Ok(Self {
             socket,
-            local,
+            bound: local,
+            local: Cell::new(local),
             inbox: Mutex::new(Inbox {
                 from_reader: Some(from_reader),
                 current: None,
@@ -167,8 +175,8 @@ impl BatchSocket {
     }
 
     /// The address the socket is bound to.
-    pub fn bound_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
+    pub fn bound_addr(&self) -> SocketAddr {
+        self.bound
     }
 
     /// The next batch from the reader.
@@ -197,14 +205,14 @@ impl Drop for BatchSocket {
         self.inbox.get_mut().from_reader = None;
         self.outgoing = None;
         // Wakes a reader waiting for datagrams; the poll timeout is the backstop.
-        let me = match self.local.ip() {
+        let me = match self.bound.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => {
-                SocketAddr::from((Ipv4Addr::LOCALHOST, self.local.port()))
+                SocketAddr::from((Ipv4Addr::LOCALHOST, self.bound.port()))
             }
             IpAddr::V6(ip) if ip.is_unspecified() => {
-                SocketAddr::from((Ipv6Addr::LOCALHOST, self.local.port()))
+                SocketAddr::from((Ipv6Addr::LOCALHOST, self.bound.port()))
             }
-            IpAddr::V4(_) | IpAddr::V6(_) => self.local,
+            IpAddr::V4(_) | IpAddr::V6(_) => self.bound,
         };
         let _ = self.socket.send_to(&[], me);
         for thread in [self.reader.take(), self.writer.take()]
@@ -220,7 +228,7 @@ impl Drop for BatchSocket {
 
 impl DatagramSocket for BatchSocket {
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
+        Ok(self.local.get())
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {

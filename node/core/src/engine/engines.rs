@@ -53,6 +53,8 @@ pub trait RoleState {
     fn close(&mut self, now: Instant);
     /// The network reported `dst` unreachable.
     fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant);
+    /// The host's addresses changed.
+    fn handle_network_change(&mut self, addrs: &[SocketAddr], now: Instant);
     /// The next deadline, with why.
     fn poll_timeout(&mut self) -> Option<(Instant, &'static str)>;
     /// The next datagram to send.
@@ -115,6 +117,9 @@ macro_rules! forward_role_state {
         }
         fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant) {
             self.handle_unreachable(dst, now);
+        }
+        fn handle_network_change(&mut self, addrs: &[SocketAddr], now: Instant) {
+            self.handle_network_change(addrs, now);
         }
         fn poll_timeout(&mut self) -> Option<(Instant, &'static str)> {
             self.poll_timeout()
@@ -300,6 +305,13 @@ impl<S: RoleState> Engine for TunnelEngine<S> {
 
     fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant) {
         self.state.handle_unreachable(dst, now);
+        self.drain(now);
+    }
+
+    fn handle_network_change(&mut self, addrs: &[SocketAddr], now: Instant) {
+        self.state.handle_network_change(addrs, now);
+        // The portal's TCP connection was made from the old address too.
+        self.portal.handle_network_change(now);
         self.drain(now);
     }
 

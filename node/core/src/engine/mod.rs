@@ -77,6 +77,10 @@ pub trait Engine {
     /// [`crate::Node::handle_unreachable`]). No default: a wrapper that forgot to forward it
     /// would leave the node waiting seconds for a relay that is known to be gone.
     fn handle_unreachable(&mut self, dst: SocketAddr, now: Instant);
+    /// The host's own addresses changed: `addrs` are the ones peers may reach it on now (see
+    /// [`crate::Node::handle_network_change`]); connections made from the old ones, the
+    /// portal's included, are made anew. No default, for the reason above.
+    fn handle_network_change(&mut self, addrs: &[SocketAddr], now: Instant);
     /// Leaves the AEAD of data packets to the runtime (see [`crate::crypto`]): it seals what
     /// [`Engine::poll_transmit`] hands out ([`Transmit::seal`]) and opens what
     /// [`Engine::poll_decryption`] hands out, giving each back to

@@ -51,6 +51,13 @@ impl<I: Message, E: Message> PortalDriver<I, E> {
         self.drain();
     }
 
+    /// The host's network changed: the session reconnects now (see
+    /// [`PhoenixChannel::handle_network_change`]).
+    pub fn handle_network_change(&mut self, now: Instant) {
+        self.channel.handle_network_change(now);
+        self.drain();
+    }
+
     /// Drives heartbeats and reconnects.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.channel.handle_timeout(now);

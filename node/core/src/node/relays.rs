@@ -392,6 +392,28 @@ impl<TId: PeerId> Node<TId> {
         }
     }
 
+    /// Makes every allocation anew, from the host's current address (see
+    /// [`Node::handle_network_change`]), and tries the relays waiting for a retry now: they
+    /// may have failed only because of the network that is gone.
+    pub(super) fn reallocate_relays(&mut self, now: Instant) {
+        let old = std::mem::take(&mut self.allocations);
+        // Forgotten once none is left, so that no server-reflexive candidate is kept because
+        // another old allocation still reports it.
+        for allocation in old.values() {
+            self.forget_candidates_of(allocation, now);
+        }
+        self.retry_delays.clear();
+        let waiting = std::mem::take(&mut self.relay_retries);
+        let configs = old
+            .into_values()
+            .map(Allocation::into_config)
+            .chain(waiting.into_values().map(|r| r.config));
+        for config in configs {
+            tracing::info!(target: "node::turn", rid = %config.id, "allocating anew from the new address");
+            self.allocate(config, now);
+        }
+    }
+
     fn forget_candidates_of(&mut self, allocation: &Allocation, now: Instant) {
         let server = allocation.server();
         if !self.former_relays.contains(&server) {
@@ -432,7 +454,11 @@ impl<TId: PeerId> Node<TId> {
         }
     }
 
-    fn remove_local_candidate_everywhere(&mut self, candidate: &IceCandidate, now: Instant) {
+    pub(super) fn remove_local_candidate_everywhere(
+        &mut self,
+        candidate: &IceCandidate,
+        now: Instant,
+    ) {
         let ids: Vec<TId> = self.connections.keys().copied().collect();
         for id in ids {
             if let Some(conn) = self.connections.get_mut(&id) {

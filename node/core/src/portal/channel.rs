@@ -94,6 +94,8 @@ pub enum DisconnectReason {
     JoinRejected(String),
     /// The join went unanswered for a whole heartbeat interval.
     JoinTimeout,
+    /// The host's network changed: the socket was closed to make a new one.
+    NetworkChanged,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -103,6 +105,7 @@ impl fmt::Display for DisconnectReason {
             Self::HeartbeatTimeout => f.write_str("heartbeat timed out"),
             Self::JoinRejected(reason) => write!(f, "join rejected: {reason}"),
             Self::JoinTimeout => f.write_str("join timed out"),
+            Self::NetworkChanged => f.write_str("the network changed"),
         }
     }
 }
@@ -321,6 +324,23 @@ impl<I: Message, E: Message> PhoenixChannel<I, E> {
             Input::Text(text) => self.on_text(now, text),
             Input::Closed(error) => self.on_closed(now, error),
         }
+    }
+
+    /// The host's network changed (its address, or its route to the portal). The socket may
+    /// have been made from an address that is gone, and then nothing it sends arrives, which
+    /// only an unanswered heartbeat would reveal, tens of seconds later. So the socket is
+    /// closed and a new one opened at once, without backoff: the change, not the portal, is
+    /// why it is closed. A session waiting to reconnect tries now.
+    pub fn handle_network_change(&mut self, now: Instant) {
+        match self.state {
+            State::Fatal => return,
+            State::Backoff => {}
+            State::Connecting | State::Joining { .. } | State::Joined => {
+                self.disconnect(now, DisconnectReason::NetworkChanged);
+            }
+        }
+        self.backoff.reset();
+        self.timers[Timer::Reconnect as usize] = Some(now);
     }
 
     /// Runs every expired timer; a call before any is due does nothing.

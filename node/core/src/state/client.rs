@@ -617,6 +617,12 @@ impl ClientState {
         self.drain_node(now);
     }
 
+    /// The host's addresses changed: see [`Node::handle_network_change`].
+    pub fn handle_network_change(&mut self, addrs: &[SocketAddr], now: Instant) {
+        self.node.handle_network_change(addrs, now);
+        self.drain_node(now);
+    }
+
     /// Advances timers: the node's, and connection requests that went unanswered.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);

@@ -452,6 +452,12 @@ impl GatewayState {
         self.drain_node(now);
     }
 
+    /// The host's addresses changed: see [`Node::handle_network_change`].
+    pub fn handle_network_change(&mut self, addrs: &[SocketAddr], now: Instant) {
+        self.node.handle_network_change(addrs, now);
+        self.drain_node(now);
+    }
+
     /// Removes the authorizations that expired by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);

@@ -232,6 +232,55 @@ fn a_successful_join_resets_the_backoff() {
 }
 
 #[test]
+fn a_network_change_reconnects_at_once() {
+    let start = start();
+    let mut c = channel(5);
+    join(&mut c, start);
+    c.send(&request(1)).unwrap();
+    frames(&mut c);
+    // Joined: the socket is closed, the request in flight fails, and a new socket opens at
+    // the next timeout, due now.
+    c.handle_network_change(start);
+    let got = events(&mut c);
+    assert_eq!(got[0], Event::CloseSocket);
+    assert!(got.contains(&Event::Disconnected {
+        reason: DisconnectReason::NetworkChanged
+    }));
+    assert!(got
+        .iter()
+        .any(|e| matches!(e, Event::Reply { result: Err(_), .. })));
+    assert_eq!(c.poll_timeout(), Some((start, Timer::Reconnect)));
+    c.handle_timeout(start);
+    assert_eq!(events(&mut c), vec![Event::OpenSocket]);
+    // Backing off after failures: tried now, and the backoff starts over.
+    let mut now = start;
+    for _ in 0..6 {
+        c.handle_input(
+            now,
+            Input::Closed(&ConnectionError::Io("unreachable".into())),
+        );
+        now = c.poll_timeout().unwrap().0;
+        c.handle_timeout(now);
+    }
+    c.handle_input(
+        now,
+        Input::Closed(&ConnectionError::Io("unreachable".into())),
+    );
+    assert!(c.poll_timeout().unwrap().0 - now > Duration::from_secs(1));
+    events(&mut c);
+    c.handle_network_change(now);
+    assert!(events(&mut c).is_empty(), "no socket to close");
+    assert_eq!(c.poll_timeout(), Some((now, Timer::Reconnect)));
+    c.handle_timeout(now);
+    assert_eq!(events(&mut c), vec![Event::OpenSocket]);
+    c.handle_input(
+        now,
+        Input::Closed(&ConnectionError::Io("unreachable".into())),
+    );
+    assert!(c.poll_timeout().unwrap().0 - now <= Duration::from_millis(500));
+}
+
+#[test]
 fn an_invalid_certificate_is_fatal() {
     let now = start();
     let mut c = channel(5);

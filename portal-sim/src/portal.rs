@@ -196,6 +196,10 @@ pub struct Portal {
     online: BTreeMap<Identity, ConnId>,
     pairs: BTreeMap<(ClientId, GatewayId), Pair>,
     flows: BTreeMap<(ClientId, ResourceId), Flow>,
+    /// The expiry last told a gateway for each (client, resource): a flow's, or one its init
+    /// extended. What the gateway enforces; see [`Portal::granted_until`]. At most one per pair
+    /// the directory holds.
+    granted: BTreeMap<(ClientId, ResourceId), u64>,
     /// The key each gateway last joined with: a gateway that rejoins with the same key is the
     /// same process, and holds what it was told before.
     gateway_keys: BTreeMap<GatewayId, PublicKey>,
@@ -267,6 +271,7 @@ impl Portal {
             online: BTreeMap::new(),
             pairs: BTreeMap::new(),
             flows: BTreeMap::new(),
+            granted: BTreeMap::new(),
             gateway_keys: BTreeMap::new(),
             client_instances: BTreeMap::new(),
             outputs: VecDeque::new(),
@@ -364,6 +369,19 @@ impl Portal {
             self.online.remove(&session.identity);
         }
         tracing::info!(node = %session.identity, conn = conn.0, "Node disconnected");
+    }
+
+    /// Until when (unix seconds) this portal last told a gateway that `cid` may reach `rid`:
+    /// past it, the gateway must let nothing of the client's through to the resource, unless
+    /// a newer authorization moved it. None if it told none (or the access was taken away).
+    pub fn granted_until(&self, cid: ClientId, rid: ResourceId) -> Option<u64> {
+        self.granted.get(&(cid, rid)).copied()
+    }
+
+    /// Until when (unix seconds) the current flow of `cid` to `rid` lasts, if this portal
+    /// made one (flows do not survive a restart).
+    pub fn flow_until(&self, cid: ClientId, rid: ResourceId) -> Option<u64> {
+        self.flows.get(&(cid, rid)).map(|f| f.expires_at)
     }
 
     /// Whether the node has joined its room.
@@ -549,6 +567,7 @@ impl Portal {
         // The resource and its policies, as the directory's own rule has it.
         let _ = self.dir.apply(&Change::RemoveResource { id: rid });
         self.flows.retain(|(_, r), _| *r != rid);
+        self.granted.retain(|(_, r), _| *r != rid);
         true
     }
 
@@ -568,6 +587,7 @@ impl Portal {
     pub fn revoke(&mut self, cid: ClientId, rid: ResourceId) -> bool {
         let had_policy = self.dir.policies.remove(&(cid, rid)).is_some();
         let flow = self.flows.remove(&(cid, rid));
+        self.granted.remove(&(cid, rid));
         if !had_policy && flow.is_none() {
             return false;
         }
@@ -834,6 +854,10 @@ impl Portal {
                         });
                     }
                 }
+                for a in &authorizations {
+                    self.granted
+                        .insert((a.client_id, a.resource_id), a.expires_at);
+                }
                 let init = GatewayIngress::Init(GatewayInit {
                     relays,
                     authorizations,
@@ -1019,6 +1043,7 @@ impl Portal {
                 expires_at,
             },
         );
+        self.granted.insert((cid, rid), expires_at);
         if !self.pairs.contains_key(&(cid, gid)) {
             let pair = self.new_pair();
             self.pairs.insert((cid, gid), pair);

@@ -81,6 +81,12 @@ pub struct Case {
     pub counts: Counts,
     /// The clients' path upgrades already in [`Case::counts`].
     upgrades_counted: u64,
+    /// Whether the [`HOSTILE`] client keeps its routes past revocations and expiries.
+    disobeying: bool,
+    /// The end of the last flow the portal made for the [`HOSTILE`] client to each resource
+    /// since the client last started (seen at the end of every step): it keeps the route past
+    /// it, also after a portal restart forgot the flow.
+    hostile_flows: BTreeMap<usize, Duration>,
     /// What the observers on the trace keep between steps.
     observers: Observers,
 }
@@ -94,8 +100,22 @@ impl Case {
 
     /// [`Case::start`], keeping the trace's text lines if `keep_lines` (for the timeline).
     pub fn start_traced(seed: u64, keep_lines: bool) -> Result<Self, String> {
+        Self::start_world(seed, keep_lines, true)
+    }
+
+    /// [`Case::start`] with a [`HOSTILE`] client that obeys revocations and expiries like the
+    /// other (the model still treats it as disobeying, which only holds fewer of its packets to
+    /// an outcome): for runs about long life rather than hostility, such as the soak, where a
+    /// client that never renews would leave most of its packets unchecked.
+    pub fn start_obedient(seed: u64) -> Result<Self, String> {
+        let keep_lines = std::env::var_os("SIM_TRACE").is_some();
+        Self::start_world(seed, keep_lines, false)
+    }
+
+    fn start_world(seed: u64, keep_lines: bool, disobeying: bool) -> Result<Self, String> {
         let mut model = Model::initial(seed);
-        let mut deployment = Deployment::with_trace(seed, model.authorized.clone(), keep_lines);
+        let mut deployment =
+            Deployment::build(seed, model.authorized.clone(), keep_lines, disobeying);
         model.direct_possible = deployment.nat_types.direct_possible();
         deployment.run_for(WARM_UP).map_err(|e| e.to_string())?;
         let mut counts = Counts::default();
@@ -106,6 +126,8 @@ impl Case {
             model,
             counts,
             upgrades_counted: 0,
+            disobeying,
+            hostile_flows: BTreeMap::new(),
             observers: Observers::default(),
         })
     }
@@ -115,6 +137,11 @@ impl Case {
         let result = self
             .apply_step(t)
             .and_then(|()| self.observers.check(&self.deployment, &self.model));
+        for resource in 0..RESOURCES {
+            if let Some(end) = self.deployment.flow_until(HOSTILE, resource) {
+                self.hostile_flows.insert(resource, end);
+            }
+        }
         // Relayed paths that became direct, counted where they happened.
         let upgrades: u64 = self.deployment.taps.iter().map(|t| t.upgrades.get()).sum();
         if upgrades > self.upgrades_counted {
@@ -141,23 +168,49 @@ impl Case {
             let expect = before.expect(client, resource, before.now);
             let payload = w.fresh_payload(client);
             let refused_before = w.gateway.refused.get();
+            let granted_before = w.granted_until(client, resource);
+            let flow_before = w.flow_until(client, resource);
+            let sent_at = w.elapsed();
             let injected = w.inject(client, probe_packet(client, resource, &payload, proto));
             run(w, SEND_WINDOW)?;
             let refused_by_gateway = w.gateway.refused.get() > refused_before;
-            let expect = if injected { expect } else { Expect::Uncertain };
+            // Nothing reaches a resource past the access the portal granted (a new grant in
+            // the window counts: the client may have asked anew for this very packet).
+            let granted = granted_before.max(w.granted_until(client, resource));
+            check_granted(client, resource, granted, &w.arrival_times(&payload))?;
+            // The disobeying client keeps its route past the end of its flow: the gateway
+            // refuses it from then on, or a tunnel keyed by an older generation's preshared key
+            // goes nowhere. A portal that restarted since made no flow: the last one it made
+            // before is what the gateway holds (its init extends only what the gateway still
+            // has). Without any, the client holds no route and asks.
+            let past_grant = self.disobeying
+                && client == HOSTILE
+                && flow_before
+                    .or_else(|| self.hostile_flows.get(&resource).copied())
+                    .is_some_and(|end| end < sent_at + SEND_WINDOW);
+            let ignored_expiry = past_grant && expect == Expect::Delivered;
+            let expect = if injected && !ignored_expiry {
+                expect
+            } else {
+                Expect::Uncertain
+            };
             let unlimited = before.expect_unlimited(client, resource, before.now);
             let outcome = self.check_probe(client, resource, &payload, expect, unlimited)?;
             // The disobeying client kept its route: the gateway's check is what refused it.
             if outcome == "checked:refused" && refused_by_gateway {
                 self.counts.bump("checked:refused_by_gateway");
             }
+            let lost = self.deployment.arrivals(&payload).is_empty();
+            if past_grant && lost && refused_by_gateway {
+                self.counts.bump("checked:refused_after_expiry");
+            }
             if outcome == "checked:uncertain" {
                 let why = match before.uncertain_because(client, resource, before.now) {
                     Some(why) if injected => why,
+                    None if injected && ignored_expiry => "expiry_ignored",
                     Some(_) | None => "not_sent",
                 };
                 self.counts.bump(format!("uncertain:{why}"));
-                let lost = self.deployment.arrivals(&payload).is_empty();
                 if let Some(after) = before.after_fault(why, client, before.now).filter(|_| lost) {
                     let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
                     self.counts.raise(format!("{WORST_LOST}{why}"), ms);
@@ -247,7 +300,12 @@ impl Case {
                 w.set_policy_for(*client, *resource, Some(*secs));
             }
             Transition::GatewayRestart => w.restart_gateway(),
-            Transition::ClientRestart(c) => w.restart_client(*c),
+            Transition::ClientRestart(c) => {
+                if *c == HOSTILE {
+                    self.hostile_flows.clear();
+                }
+                w.restart_client(*c);
+            }
             Transition::PortalPartition { node, secs } => {
                 w.cut_portal(*node, std::time::Duration::from_secs(*secs));
             }
@@ -516,6 +574,33 @@ pub fn run_case_traced(
         }
     }
     (case, Ok(()))
+}
+
+/// How long after the end of an authorization a packet the gateway let through just before
+/// it may still reach the resource: the resource link's 10 ms, with room for the steps.
+pub const GRANT_IN_FLIGHT: Duration = Duration::from_millis(50);
+
+/// Checks that no copy of a probe reached the resource past the end of the access the portal
+/// granted (`granted`, if it granted any: a portal that restarted since knows of none).
+pub fn check_granted(
+    client: usize,
+    resource: usize,
+    granted: Option<Duration>,
+    arrivals: &[Duration],
+) -> Result<(), String> {
+    let Some(end) = granted else {
+        return Ok(());
+    };
+    match arrivals.iter().find(|at| **at > end + GRANT_IN_FLIGHT) {
+        Some(at) => Err(format!(
+            "c{}'s packet reached resource {} at {:.3} s, after its access ended at {} s",
+            client + 1,
+            resource + 1,
+            at.as_secs_f64(),
+            end.as_secs()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Checks what became of a probe sent with expectation `expect`, given where it arrived

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
+use node_core::ids::{ClientId, ResourceId};
 use node_core::packet::IpPacket;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -85,6 +86,8 @@ impl NatTypes {
 pub struct Deployment<'a> {
     /// The turmoil simulation.
     pub sim: turmoil::Sim<'a>,
+    /// The wall clock's unix seconds at the simulation's start.
+    epoch: u64,
     /// Everything that happened, hashed for the determinism check.
     pub trace: Trace,
     /// The clients' devices.
@@ -133,6 +136,17 @@ impl<'a> Deployment<'a> {
 
     /// Builds the world, keeping the trace's text lines if `keep_lines`.
     pub fn with_trace(seed: u64, policies: BTreeSet<(usize, usize)>, keep_lines: bool) -> Self {
+        Self::build(seed, policies, keep_lines, true)
+    }
+
+    /// [`Deployment::with_trace`], with the [`HOSTILE`] client disobeying (keeping its routes
+    /// past revocations and expiries) if `disobeying`, or a client like the other.
+    pub fn build(
+        seed: u64,
+        policies: BTreeSet<(usize, usize)>,
+        keep_lines: bool,
+        disobeying: bool,
+    ) -> Self {
         let mut settings = SimSettings::new(seed, Duration::from_secs(24 * 3600));
         settings.latency = Duration::from_millis(10);
         let epoch = settings.unix_epoch_secs;
@@ -261,7 +275,7 @@ impl<'a> Deployment<'a> {
                 seed: seed.wrapping_mul(31).wrapping_add(i as u64),
                 portal: PORTAL.to_owned(),
                 // Its revocations are enforced by the gateway alone.
-                disobeys: i == HOSTILE,
+                disobeys: disobeying && i == HOSTILE,
             };
             let inside_ip = ip(&sim, name);
             let via = nat_c.inside_addr();
@@ -325,6 +339,7 @@ impl<'a> Deployment<'a> {
         }
 
         Self {
+            epoch,
             sim,
             trace,
             taps,
@@ -562,6 +577,44 @@ impl<'a> Deployment<'a> {
                 let p = IpPacket::parse(seen.packet.as_slice()).ok()?;
                 (p.payload() == payload).then(|| (p.source(), p.destination()))
             })
+            .collect()
+    }
+
+    /// When (simulated time) the access the portal last granted `client` to `resource` ends
+    /// at the gateway (see `Portal::granted_until`).
+    pub fn granted_until(&self, client: usize, resource: usize) -> Option<Duration> {
+        self.portal_until(client, resource, portal_sim::Portal::granted_until)
+    }
+
+    /// When (simulated time) the portal's current flow of `client` to `resource` ends (see
+    /// `Portal::flow_until`).
+    pub fn flow_until(&self, client: usize, resource: usize) -> Option<Duration> {
+        self.portal_until(client, resource, portal_sim::Portal::flow_until)
+    }
+
+    fn portal_until(
+        &self,
+        client: usize,
+        resource: usize,
+        until: fn(&portal_sim::Portal, ClientId, ResourceId) -> Option<u64>,
+    ) -> Option<Duration> {
+        let cid = ClientId(client as u64 + 1);
+        let rid = ResourceId(resource as u64 + 1);
+        let server = self.portal.borrow();
+        let unix = server.as_ref()?.with_portal(|p, _| until(p, cid, rid))?;
+        Some(Duration::from_secs(unix.saturating_sub(self.epoch)))
+    }
+
+    /// When (simulated time) each copy of `payload` reached a resource.
+    pub fn arrival_times(&self, payload: &[u8]) -> Vec<Duration> {
+        self.resources
+            .arrived
+            .borrow()
+            .iter()
+            .filter(|seen| {
+                IpPacket::parse(seen.packet.as_slice()).is_ok_and(|p| p.payload() == payload)
+            })
+            .map(|seen| seen.at)
             .collect()
     }
 

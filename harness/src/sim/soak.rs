@@ -58,7 +58,7 @@ pub fn soak(
     hours: u64,
     mut progress: impl FnMut(&SoakReport),
 ) -> Result<SoakReport, String> {
-    let mut case = Case::start(seed)?;
+    let mut case = Case::start_obedient(seed)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x50A4);
     let mut report = SoakReport::default();
     let end = Duration::from_secs(hours * 3600);

@@ -204,9 +204,10 @@ impl ClientState {
         self
     }
 
-    /// Keeps its routes when access is revoked or a resource deleted, as a client its user
-    /// changed would: the client is the user's, so only the gateway's checks enforce a policy.
-    /// The simulation runs one such client to check that they do; the binaries never do this.
+    /// Keeps its routes when access is revoked, a resource deleted or an authorization over,
+    /// as a client its user changed would: the client is the user's, so only the gateway's
+    /// checks enforce a policy. The simulation runs one such client to check that they do; the
+    /// binaries never do this.
     pub fn ignoring_revocations(mut self) -> Self {
         self.ignores_revocations = true;
         self
@@ -549,8 +550,11 @@ impl ClientState {
             .remove(&rid)
             .map(Route::into_queue)
             .unwrap_or_default();
+        // A client that ignores expiries keeps no term: it never asks again while it holds
+        // the route.
         let term = self
             .clock
+            .filter(|_| !self.ignores_revocations)
             .map(|clock| Term::new(clock.instant_at(expires_at), now));
         self.routes.insert(
             rid,

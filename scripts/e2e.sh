@@ -402,7 +402,7 @@ step "the client's address changes (192.168.1.2 -> 192.168.1.3)"
 # ping's whole second), and the path must be direct again.
 ADDRESS_CHANGE=3
 connected_before=$(grep -c "Portal connected" "$WORK/client.log" || true)
-in_ns "$NS_CLI" sysctl -qw net.ipv4.conf.eth0.promote_secondaries=1
+in_ns "$NS_CLI" sh -c 'echo 1 > /proc/sys/net/ipv4/conf/eth0/promote_secondaries'
 in_ns "$NS_CLI" ip addr add 192.168.1.3/24 dev eth0
 in_ns "$NS_CLI" ip addr del 192.168.1.2/24 dev eth0
 in_ns "$NS_CLI" ip route replace default via 192.168.1.1

@@ -328,9 +328,9 @@ direct_transfer 5M
 
 step "restarting the portal"
 # While the portal is away the established tunnel carries on. When it returns (a new generation:
-# new PSKs, new relay credentials, no memory of authorizations) its `init` to the gateway lists
-# no authorization, so the gateway ends the flow; the client's next packets find the connection
-# dead and ask again. New connections must work within PORTAL_RECOVERY seconds of its return.
+# new PSKs, new relay credentials, no memory of flows) its `init` to the gateway lists every pair
+# a policy allows, so the gateway keeps what it has and revokes only what policy removed. New
+# connections must work within PORTAL_RECOVERY seconds of its return.
 PORTAL_RECOVERY=60
 stop portal
 in_ns "$NS_CLI" ping -c 5 -i 0.4 -W 1 10.0.0.5 >"$WORK/ping.out" || fail "the tunnel broke while the portal was away: $(tail -n 2 "$WORK/ping.out")"

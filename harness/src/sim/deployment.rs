@@ -569,13 +569,23 @@ impl<'a> Deployment<'a> {
 
     /// How many times `payload` reached the resource network, and from which sources.
     pub fn arrivals(&self, payload: &[u8]) -> Vec<(IpAddr, IpAddr)> {
+        self.copies_arrived(payload, |_, p| (p.source(), p.destination()))
+    }
+
+    /// What `each` says of every copy of `payload` that reached the resource network: when it
+    /// arrived (simulated time) and the packet.
+    fn copies_arrived<R>(
+        &self,
+        payload: &[u8],
+        each: impl Fn(Duration, &IpPacket<&[u8]>) -> R,
+    ) -> Vec<R> {
         self.resources
             .arrived
             .borrow()
             .iter()
             .filter_map(|seen| {
                 let p = IpPacket::parse(seen.packet.as_slice()).ok()?;
-                (p.payload() == payload).then(|| (p.source(), p.destination()))
+                (p.payload() == payload).then(|| each(seen.at, &p))
             })
             .collect()
     }
@@ -607,15 +617,7 @@ impl<'a> Deployment<'a> {
 
     /// When (simulated time) each copy of `payload` reached a resource.
     pub fn arrival_times(&self, payload: &[u8]) -> Vec<Duration> {
-        self.resources
-            .arrived
-            .borrow()
-            .iter()
-            .filter(|seen| {
-                IpPacket::parse(seen.packet.as_slice()).is_ok_and(|p| p.payload() == payload)
-            })
-            .map(|seen| seen.at)
-            .collect()
+        self.copies_arrived(payload, |at, _| at)
     }
 
     /// Restarts the portal: every socket drops, every preshared key is new.

@@ -1,6 +1,6 @@
 //! [`Portal`]: the control plane's sans-IO core.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,7 +10,8 @@ use node_proto::ids::{ClientId, GatewayId, RelayId, ResourceId};
 use node_proto::portal::frame::{Frame, HEARTBEAT, PHOENIX_TOPIC, PHX_JOIN, PHX_LEAVE};
 use node_proto::portal::messages::{
     AuthorizeFlow, ClientCandidates, ClientEgress, ClientIngress, ClientInit, ConnectionDetails,
-    FlowClient, GatewayCandidates, GatewayEgress, GatewayIngress, GatewayInit, RequestConnection,
+    FlowClient, GatewayCandidates, GatewayEgress, GatewayIngress, GatewayInit, GatewayRestarted,
+    RequestConnection,
 };
 use node_proto::portal::{
     AccessRevoked, Authorization, IceCredentials, Interface, JoinPayload, Message, PresharedKey,
@@ -871,8 +872,11 @@ impl Portal {
                 // restarted gateway (a new key) lost its flows with its connections, and
                 // their clients still hold connections to its previous key: announcing them
                 // would only start connections no client answers.
-                let same_process = self.gateway_keys.insert(gid, public_key) == Some(public_key);
-                if !same_process {
+                let previous = self.gateway_keys.insert(gid, public_key);
+                if previous.is_some_and(|key| key != public_key) {
+                    self.gateway_restarted(gid);
+                }
+                if previous != Some(public_key) {
                     return;
                 }
                 let live: Vec<(ClientId, ResourceId)> = self
@@ -887,6 +891,41 @@ impl Portal {
                     }
                 }
             }
+        }
+    }
+
+    /// A gateway joined with another key than before: a new process, which holds none of
+    /// its predecessor's connections. The clients that may have one are told, so their next
+    /// packet asks for a new connection instead of waiting for ICE to give up every pair of
+    /// the dead one; and those connections start afresh (new preshared keys and ICE
+    /// credentials). A connection made before this portal started is in no pair, so every
+    /// client a policy lets reach the gateway's site is told too.
+    fn gateway_restarted(&mut self, gid: GatewayId) {
+        let site = self.dir.gateways.get(&gid).map(|g| g.site.clone());
+        let on_site = |rid: &ResourceId| {
+            self.dir
+                .resources
+                .get(rid)
+                .is_some_and(|r| Some(&r.site) == site.as_ref())
+        };
+        let clients: BTreeSet<ClientId> = self
+            .pairs
+            .keys()
+            .filter(|(_, g)| *g == gid)
+            .map(|(c, _)| *c)
+            .chain(
+                self.dir
+                    .policies
+                    .keys()
+                    .filter(|(_, rid)| on_site(rid))
+                    .map(|(c, _)| *c),
+            )
+            .collect();
+        self.pairs.retain(|(_, g), _| *g != gid);
+        tracing::info!(%gid, clients = clients.len(), "Gateway restarted: its connections start afresh");
+        let message = ClientIngress::GatewayRestarted(GatewayRestarted { gateway_id: gid });
+        for cid in clients {
+            self.push_client(cid, &message);
         }
     }
 

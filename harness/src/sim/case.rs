@@ -12,8 +12,8 @@ use super::deployment::{probe_packet, Deployment, RESOURCE_IPS};
 use super::hostile::{candidate_flood, claim_key, handshake_flood, Attack, FLOOD_CANDIDATES};
 use super::hosts::client_tunnel_ip;
 use super::model::{
-    Expect, Model, Proto, Transition, CLIENTS, FLOOD, HOSTILE, NODES, RELAYS, RESOURCES,
-    SEND_WINDOW, SETTLE, WARM_UP,
+    Expect, Model, Proto, Transition, ANSWER_WITHIN, CLIENTS, FLOOD, HOSTILE, NODES, RELAYS,
+    RESOURCES, SEND_WINDOW, SETTLE, WARM_UP,
 };
 use super::observers::Observers;
 
@@ -22,6 +22,10 @@ use super::observers::Observers;
 /// cut) the latest probe was sent that never arrived, in milliseconds. The model's bound for
 /// that fault is the promise; this is how close a run came to it.
 pub const WORST_LOST: &str = "worst_lost_ms:";
+
+/// The key that holds how long the slowest packet required to arrive took to be answered (its
+/// echo back at the client), in milliseconds; [`ANSWER_WITHIN`] is the promise.
+pub const WORST_ANSWER: &str = "worst_answer_ms";
 
 /// What a case counted, for the coverage line and the summary.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -33,7 +37,7 @@ impl Counts {
         *self.0.entry(key.into()).or_default() += 1;
     }
 
-    /// Raises `key` (a [`WORST_LOST`] key) to `value` if that is more.
+    /// Raises `key` (a [`WORST_LOST`] key or [`WORST_ANSWER`]) to `value` if that is more.
     pub fn raise(&mut self, key: impl Into<String>, value: u64) {
         let worst = self.0.entry(key.into()).or_default();
         *worst = (*worst).max(value);
@@ -42,7 +46,7 @@ impl Counts {
     /// Adds another case's counts (and keeps the worse of two worst cases).
     pub fn merge(&mut self, other: &Counts) {
         for (k, v) in &other.0 {
-            if k.starts_with(WORST_LOST) {
+            if k.starts_with(WORST_LOST) || k == WORST_ANSWER {
                 self.raise(k.clone(), *v);
             } else {
                 *self.0.entry(k.clone()).or_default() += v;
@@ -183,11 +187,7 @@ impl Case {
             // goes nowhere. A portal that restarted since made no flow: the last one it made
             // before is what the gateway holds (its init extends only what the gateway still
             // has). Without any, the client holds no route and asks.
-            let past_grant = self.disobeying
-                && client == HOSTILE
-                && flow_before
-                    .or_else(|| self.hostile_flows.get(&resource).copied())
-                    .is_some_and(|end| end < sent_at + SEND_WINDOW);
+            let past_grant = self.past_grant(client, resource, flow_before, sent_at + SEND_WINDOW);
             let ignored_expiry = past_grant && expect == Expect::Delivered;
             let expect = if injected && !ignored_expiry {
                 expect
@@ -215,6 +215,9 @@ impl Case {
                     let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
                     self.counts.raise(format!("{WORST_LOST}{why}"), ms);
                 }
+            }
+            if outcome == "checked:delivered" {
+                self.check_answered(client, resource, &payload, sent_at)?;
             }
             if outcome == "checked:delivered" && before.expiring.contains_key(&(client, resource)) {
                 self.counts.bump("checked:delivered_expiring");
@@ -515,6 +518,53 @@ impl Case {
             self.counts.bump("checked:spoof_dropped");
         }
         check_invariants(&self.deployment)
+    }
+
+    /// Whether the disobeying client's route to `resource` may outlast its flow (which ended
+    /// at `flow_before`, as the portal told when the probe was sent, or at the end of the last
+    /// one it was seen to have) before `until`.
+    fn past_grant(
+        &self,
+        client: usize,
+        resource: usize,
+        flow_before: Option<Duration>,
+        until: Duration,
+    ) -> bool {
+        self.disobeying
+            && client == HOSTILE
+            && flow_before
+                .or_else(|| self.hostile_flows.get(&resource).copied())
+                .is_some_and(|end| end < until)
+    }
+
+    /// Checks that a probe that was required to arrive, sent at `sent_at`, was answered within
+    /// [`ANSWER_WITHIN`], and keeps the slowest answer in the counts.
+    fn check_answered(
+        &mut self,
+        client: usize,
+        resource: usize,
+        payload: &[u8],
+        sent_at: Duration,
+    ) -> Result<(), String> {
+        let echoed = self.deployment.echo_times(client, payload);
+        let Some(took) = echoed.first().map(|at| at.saturating_sub(sent_at)) else {
+            return Ok(());
+        };
+        self.counts.raise(
+            WORST_ANSWER,
+            u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        );
+        if took > ANSWER_WITHIN {
+            return Err(format!(
+                "c{}'s packet to resource {} was answered {:.2} s after it was sent; a packet \
+                 required to arrive is answered within {} s",
+                client + 1,
+                resource + 1,
+                took.as_secs_f64(),
+                ANSWER_WITHIN.as_secs()
+            ));
+        }
+        Ok(())
     }
 
     /// Checks a probe against `expect`, records the outcome in the timeline and the counts, and

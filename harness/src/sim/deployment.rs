@@ -557,6 +557,11 @@ impl<'a> Deployment<'a> {
 
     /// How many echoes of `payload` came back to `client`.
     pub fn echoes(&self, client: usize, payload: &[u8]) -> usize {
+        self.echo_times(client, payload).len()
+    }
+
+    /// When each echo of `payload` came back to `client`.
+    pub fn echo_times(&self, client: usize, payload: &[u8]) -> Vec<Duration> {
         self.taps[client]
             .received
             .borrow()
@@ -564,7 +569,8 @@ impl<'a> Deployment<'a> {
             .filter(|seen| {
                 IpPacket::parse(seen.packet.as_slice()).is_ok_and(|p| p.payload() == payload)
             })
-            .count()
+            .map(|seen| seen.at)
+            .collect()
     }
 
     /// How many times `payload` reached the resource network, and from which sources.

@@ -13,11 +13,13 @@
 //! ```
 //!
 //! Lines starting with `#` are the case's notes; blank lines are ignored. A case may also require
-//! counts of its coverage line, so that it cannot pass by checking nothing:
+//! counts of its coverage line, so that it cannot pass by checking nothing, and bound a worst
+//! case below the model's general bound:
 //!
 //! ```text
 //! require: checked:delivered >= 2
 //! require: checked:claim_refused = 3
+//! require: worst_answer_ms <= 1000
 //! ```
 
 use std::fmt;
@@ -38,42 +40,62 @@ pub struct Regression {
     pub requirements: Vec<Requirement>,
 }
 
-/// A count a case must end with: `key` of its coverage line at least, or exactly, `value`.
+/// A count a case must end with: `key` of its coverage line at least, exactly, or at most
+/// `value` (at most, for a worst case such as `worst_answer_ms`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requirement {
     /// The coverage key, as `checked:delivered`.
     pub key: String,
-    /// Whether the count must equal `value` (or reach it).
-    pub exactly: bool,
+    /// How the count compares with `value`.
+    pub op: Op,
     /// The count.
     pub value: u64,
+}
+
+/// How a [`Requirement`]'s count compares with its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `>=`
+    AtLeast,
+    /// `=`
+    Exactly,
+    /// `<=`
+    AtMost,
 }
 
 impl Requirement {
     /// Whether `count` (0 when the key never counted) meets it.
     pub fn met_by(&self, count: u64) -> bool {
-        if self.exactly {
-            count == self.value
-        } else {
-            count >= self.value
+        match self.op {
+            Op::AtLeast => count >= self.value,
+            Op::Exactly => count == self.value,
+            Op::AtMost => count <= self.value,
         }
     }
 }
 
 impl fmt::Display for Requirement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let op = if self.exactly { "=" } else { ">=" };
+        let op = match self.op {
+            Op::AtLeast => ">=",
+            Op::Exactly => "=",
+            Op::AtMost => "<=",
+        };
         write!(f, "{} {op} {}", self.key, self.value)
     }
 }
 
 fn parse_requirement(text: &str) -> Result<Requirement, String> {
-    let (key, exactly, value) = if let Some((key, value)) = text.split_once(">=") {
-        (key, false, value)
+    let (key, op, value) = if let Some((key, value)) = text.split_once(">=") {
+        (key, Op::AtLeast, value)
+    } else if let Some((key, value)) = text.split_once("<=") {
+        (key, Op::AtMost, value)
     } else if let Some((key, value)) = text.split_once('=') {
-        (key, true, value)
+        (key, Op::Exactly, value)
     } else {
-        return Err(format!("expected `key >= n` or `key = n`: {text:?}"));
+        return Err(format!(
+            "expected `key >= n`, `key <= n` or `key = n`: {text:?}"
+        ));
     };
     let key = key.trim();
     if key.is_empty() || key.contains(char::is_whitespace) {
@@ -85,7 +107,7 @@ fn parse_requirement(text: &str) -> Result<Requirement, String> {
         .map_err(|_| format!("not a count: {:?}", value.trim()))?;
     Ok(Requirement {
         key: key.to_owned(),
-        exactly,
+        op,
         value,
     })
 }
@@ -347,7 +369,8 @@ mod tests {
     #[test]
     fn a_case_file_reads_with_its_notes_and_refuses_nonsense() {
         let text = "# broke\n\nseed: 7\nsend(c1, r2)\nloss_burst(0b101, 3s)\n\
-                    require: checked:delivered >= 2\nrequire: claim_key = 0\n";
+                    require: checked:delivered >= 2\nrequire: claim_key = 0\n\
+                    require: worst_answer_ms <= 900\n";
         let case = parse(Path::new("x.case"), text).unwrap();
         assert_eq!(case.seed, 7);
         assert_eq!(
@@ -361,9 +384,17 @@ mod tests {
             ]
         );
         let required: Vec<String> = case.requirements.iter().map(|r| r.to_string()).collect();
-        assert_eq!(required, ["checked:delivered >= 2", "claim_key = 0"]);
+        assert_eq!(
+            required,
+            [
+                "checked:delivered >= 2",
+                "claim_key = 0",
+                "worst_answer_ms <= 900"
+            ]
+        );
         assert!(case.requirements[0].met_by(3) && !case.requirements[0].met_by(1));
         assert!(case.requirements[1].met_by(0) && !case.requirements[1].met_by(1));
+        assert!(case.requirements[2].met_by(900) && !case.requirements[2].met_by(901));
         for bad in [
             "send(c1, r2)\n",
             "seed: x\n",

@@ -44,6 +44,8 @@ pub enum FailReason {
     HandshakeTimeout,
     /// The session kept going without a new handshake for too long: the peer stopped rekeying.
     SessionExpired,
+    /// The portal said the peer started anew: what its previous process held is gone.
+    PeerRestarted,
 }
 
 impl fmt::Display for FailReason {
@@ -55,6 +57,7 @@ impl fmt::Display for FailReason {
                 "no WireGuard session within the handshake deadline (wrong key or PSK?)"
             }
             FailReason::SessionExpired => "the peer stopped renewing the WireGuard session",
+            FailReason::PeerRestarted => "the peer restarted",
         })
     }
 }

@@ -26,7 +26,7 @@ use crate::pool::{Buffer, BufferPool};
 use crate::turn::{Allocation, CHANNEL_DATA_HEADER_LEN};
 use crate::types::{Credentials, Psk, Role, Transmit};
 use crate::wireguard::ConnIndex;
-use crate::{CandidateKind, Error, Event, PeerId, Stats};
+use crate::{CandidateKind, Error, Event, FailReason, PeerId, Stats};
 
 mod relays;
 
@@ -484,6 +484,18 @@ impl<TId: PeerId> Node<TId> {
                 }
             }
         }
+    }
+
+    /// Fails the connection to `id` at once, as if it had failed by itself: a
+    /// [`Event::ConnectionFailed`] with `reason`, and what it held for its path goes to
+    /// [`Node::take_unsent`]. Returns whether there was one.
+    pub fn fail_connection(&mut self, id: TId, reason: FailReason) -> bool {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return false;
+        };
+        conn.fail_now(reason);
+        self.drain_connection_events(id);
+        true
     }
 
     /// Drops the connection to `id` and its tunnel. Returns whether there was one.

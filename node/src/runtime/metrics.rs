@@ -316,11 +316,12 @@ impl MeasuredState for GatewayState {
 }
 
 /// Why connections failed, as metric labels, in rendering order.
-const FAIL_REASONS: [&str; 5] = [
+const FAIL_REASONS: [&str; 6] = [
     "ice_timeout",
     "ice_disconnected",
     "handshake_timeout",
     "session_expired",
+    "peer_restarted",
     "other",
 ];
 
@@ -330,9 +331,10 @@ fn fail_reason_index(reason: FailReason) -> usize {
         FailReason::IceDisconnected => 1,
         FailReason::HandshakeTimeout => 2,
         FailReason::SessionExpired => 3,
+        FailReason::PeerRestarted => 4,
         // A reason added later.
         #[allow(clippy::wildcard_enum_match_arm)]
-        _ => 4,
+        _ => 5,
     }
 }
 

@@ -807,3 +807,56 @@ fn joined_nodes_get_fresh_relay_credentials_at_half_their_lifetime() {
     w.drain();
     assert_eq!(w.portal.poll_timeout(), None);
 }
+
+/// The clients that got `gateway_restarted` for `gid` in `out`.
+fn told_of_restart(out: &[(ConnId, Frame)], gid: GatewayId) -> Vec<ConnId> {
+    out.iter()
+        .filter(|(_, frame)| {
+            matches!(
+                ClientIngress::from_frame(frame),
+                Ok(Some(ClientIngress::GatewayRestarted(r))) if r.gateway_id == gid
+            )
+        })
+        .map(|(conn, _)| *conn)
+        .collect()
+}
+
+#[test]
+fn a_gateway_that_joins_with_a_new_key_is_announced_to_its_clients() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let c2 = w.join(C2);
+    let g1 = w.join(G1);
+    let before = flow_authorized(&w.request(c1, 1)[2].1);
+
+    // The same process reconnecting (same key) is no news to anyone.
+    w.portal.disconnect(g1);
+    let again = ConnId(10);
+    w.connect_and_join(again, G1, key(G1));
+    assert!(told_of_restart(&w.drain(), GatewayId(1)).is_empty());
+
+    // A new process: the client with a connection is told; the other one, with no policy on
+    // the gateway's site, is not.
+    w.portal.disconnect(again);
+    w.connect_and_join(ConnId(11), G1, PublicKey::from_bytes([200; 32]));
+    assert_eq!(told_of_restart(&w.drain(), GatewayId(1)), vec![c1]);
+    assert_ne!(c2, c1);
+
+    // The next connection to it starts afresh.
+    let after = flow_authorized(&w.request(c1, 1)[2].1);
+    assert_eq!(after.gateway_public_key, PublicKey::from_bytes([200; 32]));
+    assert_ne!(after.preshared_key, before.preshared_key);
+    assert_ne!(after.client_ice, before.client_ice);
+}
+
+#[test]
+fn a_restarted_portal_announces_a_new_gateway_process_to_the_clients_its_policies_name() {
+    // A restarted portal knows no connection, while the clients still hold theirs.
+    let mut w = World::new(portal(1, 1));
+    let c1 = w.join(C1);
+    let _c2 = w.join(C2);
+    let g1 = w.join(G1);
+    w.portal.disconnect(g1);
+    w.connect_and_join(ConnId(10), G1, PublicKey::from_bytes([200; 32]));
+    assert_eq!(told_of_restart(&w.drain(), GatewayId(1)), vec![c1]);
+}

@@ -1293,6 +1293,11 @@ impl Connection {
         }
     }
 
+    /// Fails the connection for a reason learned elsewhere (the portal's word on the peer).
+    pub(crate) fn fail_now(&mut self, reason: FailReason) {
+        self.fail(reason);
+    }
+
     fn fail(&mut self, reason: FailReason) {
         if self
             .events

@@ -13,7 +13,7 @@ use crate::packet::IpPacket;
 use crate::pool::Buffer;
 use crate::portal::messages::{
     ClientEgress, ClientIngress, ClientInit, ConnectionDetails, GatewayCandidates,
-    RequestConnection,
+    GatewayRestarted, RequestConnection,
 };
 use crate::portal::{Interface, IpNetwork, ResourceDescription};
 use crate::{Event, FailReason, Node, PublicKey, Role, Transmit, Upsert};
@@ -460,6 +460,13 @@ impl ClientState {
             }
             ClientIngress::RelaysPresence(presence) => {
                 apply_relays_presence(&mut self.node, &presence, now);
+            }
+            // Its checks would go unanswered until ICE gave every pair up (seconds each);
+            // the next packet asks for a connection to the new process instead.
+            ClientIngress::GatewayRestarted(GatewayRestarted { gateway_id }) => {
+                tracing::info!(gid = %gateway_id, "gateway restarted");
+                self.node
+                    .fail_connection(gateway_id, FailReason::PeerRestarted);
             }
         }
         self.drain_node(now);

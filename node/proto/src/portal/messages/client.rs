@@ -29,6 +29,9 @@ messages! {
         "access_revoked" => AccessRevoked(AccessRevoked),
         /// Relays came or went.
         "relays_presence" => RelaysPresence(RelaysPresence),
+        /// A gateway this client has a connection to started anew (it joined with another
+        /// key): what the previous process held is gone, so the connection is dead.
+        "gateway_restarted" => GatewayRestarted(GatewayRestarted),
     }
 }
 
@@ -82,6 +85,13 @@ pub struct ConnectionDetails {
     pub preshared_key: PresharedKey,
     /// Unix seconds after which the authorization ends.
     pub expires_at: u64,
+}
+
+/// The payload of `gateway_restarted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayRestarted {
+    /// The gateway.
+    pub gateway_id: GatewayId,
 }
 
 /// Candidates of (or for) a gateway: the client sends its own addressed to `gateway_id`, the

@@ -16,7 +16,7 @@ mod gateway;
 
 pub use client::{
     ClientEgress, ClientIngress, ClientInit, ConnectionDetails, GatewayCandidates,
-    RequestConnection,
+    GatewayRestarted, RequestConnection,
 };
 pub use gateway::{
     AuthorizeFlow, ClientCandidates, FlowClient, GatewayEgress, GatewayIngress, GatewayInit,

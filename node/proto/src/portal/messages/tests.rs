@@ -78,6 +78,9 @@ fn client_ingress() -> Vec<ClientIngress> {
             gateway_id: GatewayId(2),
             candidates: vec![HOST_CANDIDATE.into()],
         }),
+        ClientIngress::GatewayRestarted(GatewayRestarted {
+            gateway_id: GatewayId(2),
+        }),
         ClientIngress::ResourceCreatedOrUpdated(cidr_resource()),
         ClientIngress::ResourceDeleted(ResourceDeleted { id: ResourceId(8) }),
         ClientIngress::AccessRevoked(AccessRevoked {

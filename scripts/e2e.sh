@@ -18,8 +18,8 @@
 # once (nothing more reaches 10.0.0.5), and granting 10.0.0.6 lets it through, with no restart;
 # with the client's portal link cut for 42 s the tunnel carries on, and a policy granted during
 # the cut works once the link heals; with the client's address changed, traffic, the portal link
-# and the direct path come back; with both NATs port-randomising (MASQUERADE --random-fully) a
-# relay carries the traffic.
+# and the direct path come back; a restarted gateway carries traffic within seconds; with both
+# NATs port-randomising (MASQUERADE --random-fully) a relay carries the traffic.
 #
 # Needs root, iproute2, iptables, iperf3, ping (scripts/test.sh installs them). Binaries come from
 # BIN_DIR, or are built with cargo (debug) when it is unset. Every namespace, process and
@@ -414,6 +414,23 @@ wait_for 5 "the client back on the portal from its new address" \
 step "  on the portal again $(($(date +%s) - moved_at))s after the address change"
 wait_for $DIRECT_BOUND "the direct path again after the address change" off_the_relays 1 2
 direct_transfer 2M
+
+step "restarting the gateway"
+# The gateway keeps its key across restarts (its state directory): the portal tells the new
+# process apart by the number it draws at each start, and tells the client, which fails its
+# connection to the old process at once. Its next packet goes on a new connection, instead of
+# waiting while ICE gives up every pair of the dead one. Traffic must be back within
+# GATEWAY_RESTART seconds of the new process joining (the model's bound for a restart).
+GATEWAY_RESTART=5
+stop gateway
+start gateway "$NS_GW" env RUST_LOG="$LOG" "$BIN_DIR/gateway" --portal-url wss://192.0.2.10:8080 \
+  --ca-file "$WORK/ca.pem" --token gateway-token --tun-name zta-gw --state-dir "$WORK/gateway-state"
+wait_for 10 "the restarted gateway on the portal" \
+  sh -c "[ \$(grep -c 'Portal connected' '$WORK/gateway.log') -gt 0 ]"
+rejoined_at=$(date +%s)
+wait_for $GATEWAY_RESTART "a ping answer after the gateway's restart" ping_ok 10.0.0.5
+step "  traffic again $(($(date +%s) - rejoined_at))s after the restarted gateway joined"
+grep -q "gateway restarted" "$WORK/client.log" || fail "the client was not told of the gateway's restart"
 
 step "port-randomising NATs (MASQUERADE --random-fully)"
 # Each NAT now picks a new random port per destination (address-and-port-dependent mapping): no

@@ -206,6 +206,8 @@ pub struct Portal {
     gateway_keys: BTreeMap<GatewayId, PublicKey>,
     /// The process number each client last joined with (see [`JoinPayload::instance`]).
     client_instances: BTreeMap<ClientId, u64>,
+    /// The process number each gateway last joined with.
+    gateway_instances: BTreeMap<GatewayId, u64>,
 
     outputs: VecDeque<Output>,
     /// Changes the core made to [`Self::dir`] by itself (key owners), for the runtime to store.
@@ -275,6 +277,7 @@ impl Portal {
             granted: BTreeMap::new(),
             gateway_keys: BTreeMap::new(),
             client_instances: BTreeMap::new(),
+            gateway_instances: BTreeMap::new(),
             outputs: VecDeque::new(),
             recorded: VecDeque::new(),
             frames: 0,
@@ -735,6 +738,7 @@ impl Portal {
         self.flows.retain(|_, f| f.gateway != gid);
         self.pairs.retain(|(_, g), _| *g != gid);
         self.gateway_keys.remove(&gid);
+        self.gateway_instances.remove(&gid);
         self.close_node(Identity::Gateway(gid), "gateway changed by the portal");
     }
 
@@ -780,6 +784,14 @@ impl Portal {
             session.joined = Some((frame.topic.clone(), payload.public_key));
             session.renew_relays_at = Some(renew_at);
         }
+        // The key this node owned before (kept across portal restarts): another one means a
+        // new process, as another process number does.
+        let owned_before = self
+            .dir
+            .key_owners
+            .iter()
+            .find(|(_, owner)| **owner == identity)
+            .map(|(key, _)| *key);
         self.own_key(identity, payload.public_key);
         let public_key = payload.public_key;
         tracing::info!(node = %identity, "Node joined");
@@ -869,12 +881,19 @@ impl Portal {
                 // the init extends only authorizations the gateway has: announce every live
                 // flow of this gateway again. A gateway that did get one keeps its connection
                 // (the parameters are unchanged), so the repeat costs only candidates. A
-                // restarted gateway (a new key) lost its flows with its connections, and
-                // their clients still hold connections to its previous key: announcing them
-                // would only start connections no client answers.
+                // restarted gateway (another process number, or another key) lost its flows
+                // with its connections, and their clients still hold connections to the
+                // previous process: they are told, and announcing the flows would only start
+                // connections no client answers.
                 let previous = self.gateway_keys.insert(gid, public_key);
-                if previous.is_some_and(|key| key != public_key) {
+                let new_process = payload.instance.is_some_and(|instance| {
+                    self.gateway_instances
+                        .insert(gid, instance)
+                        .is_some_and(|p| p != instance)
+                });
+                if new_process || owned_before.is_some_and(|key| key != public_key) {
                     self.gateway_restarted(gid);
+                    return;
                 }
                 if previous != Some(public_key) {
                     return;

@@ -860,3 +860,24 @@ fn a_restarted_portal_announces_a_new_gateway_process_to_the_clients_its_policie
     w.connect_and_join(ConnId(10), G1, PublicKey::from_bytes([200; 32]));
     assert_eq!(told_of_restart(&w.drain(), GatewayId(1)), vec![c1]);
 }
+
+#[test]
+fn a_gateway_that_joins_with_a_new_process_number_is_announced_too() {
+    // The binaries keep their key across restarts: the process number tells a restart apart.
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let _ = w.request(c1, 1);
+    let join = |w: &mut World, conn: ConnId, instance: u64| {
+        w.portal.disconnect(ConnId(conn.0 - 1));
+        w.portal.connect(conn, G1);
+        let payload = json!({"public_key": key(G1), "instance": instance});
+        w.send(conn, G1.room(), "phx_join", payload);
+        told_of_restart(&w.drain(), GatewayId(1))
+    };
+    assert!(join(&mut w, ConnId(10), 7).is_empty(), "its first join");
+    assert!(
+        join(&mut w, ConnId(11), 7).is_empty(),
+        "the same process again"
+    );
+    assert_eq!(join(&mut w, ConnId(12), 8), vec![c1], "a new process");
+}

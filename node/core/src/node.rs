@@ -493,7 +493,7 @@ impl<TId: PeerId> Node<TId> {
         let Some(conn) = self.connections.get_mut(&id) else {
             return false;
         };
-        conn.fail_now(reason);
+        conn.fail(reason);
         self.drain_connection_events(id);
         true
     }

@@ -1293,12 +1293,9 @@ impl Connection {
         }
     }
 
-    /// Fails the connection for a reason learned elsewhere (the portal's word on the peer).
-    pub(crate) fn fail_now(&mut self, reason: FailReason) {
-        self.fail(reason);
-    }
-
-    fn fail(&mut self, reason: FailReason) {
+    /// Fails the connection (once: later reasons are dropped); the node removes it when it
+    /// sees the event. Also for a reason learned elsewhere (the portal's word on the peer).
+    pub(crate) fn fail(&mut self, reason: FailReason) {
         if self
             .events
             .iter()

@@ -16,13 +16,13 @@ use crate::ids::{ClientId, GatewayId, ResourceId};
 use crate::packet::{IpPacket, Transport};
 use crate::portal::messages::{
     AuthorizeFlow, ClientCandidates, ClientEgress, ClientIngress, ClientInit, ConnectionDetails,
-    FlowClient, GatewayCandidates, GatewayEgress, GatewayIngress, GatewayInit,
+    FlowClient, GatewayCandidates, GatewayEgress, GatewayIngress, GatewayInit, GatewayRestarted,
 };
 use crate::portal::{
     AccessRevoked, Authorization, IceCredentials, Interface, IpNetwork, PresharedKey,
     ResourceAddress, ResourceDescription,
 };
-use crate::{Transmit, MAX_PENDING_DECRYPTIONS};
+use crate::{FailReason, Transmit, MAX_PENDING_DECRYPTIONS};
 
 const CID: ClientId = ClientId(1);
 const GID: GatewayId = GatewayId(1);
@@ -487,6 +487,26 @@ fn connections_report_the_kind_of_their_path() {
     assert_eq!(client.remote_kind, Some(crate::CandidateKind::Host));
     assert_eq!(gateway.path.unwrap().remote, client_addr());
     assert_eq!(gateway.remote_kind, Some(crate::CandidateKind::Host));
+}
+
+#[test]
+fn a_restarted_gateway_fails_its_connection_and_the_next_packet_asks_anew() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    assert_eq!(w.portal.requests, vec![R1]);
+    w.client.handle_portal_message(
+        ClientIngress::GatewayRestarted(GatewayRestarted { gateway_id: GID }),
+        w.now,
+    );
+    w.settle();
+    assert!(w.client.node().connection(GID).is_none());
+    assert!(w.client_events.contains(&ClientEvent::GatewayDisconnected {
+        gateway: GID,
+        reason: FailReason::PeerRestarted,
+    }));
+    // The route went with the connection: the next packet asks the portal again.
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"again"));
+    assert_eq!(w.portal.requests, vec![R1, R1]);
 }
 
 #[test]

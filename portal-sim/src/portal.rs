@@ -10,8 +10,8 @@ use node_proto::ids::{ClientId, GatewayId, RelayId, ResourceId};
 use node_proto::portal::frame::{Frame, HEARTBEAT, PHOENIX_TOPIC, PHX_JOIN, PHX_LEAVE};
 use node_proto::portal::messages::{
     AuthorizeFlow, ClientCandidates, ClientEgress, ClientIngress, ClientInit, ConnectionDetails,
-    FlowClient, GatewayCandidates, GatewayEgress, GatewayIngress, GatewayInit, GatewayRestarted,
-    RequestConnection,
+    FlowAccepted, FlowClient, GatewayCandidates, GatewayEgress, GatewayIngress, GatewayInit,
+    GatewayRestarted, RequestConnection,
 };
 use node_proto::portal::{
     AccessRevoked, Authorization, IceCredentials, Interface, JoinPayload, Message, PresharedKey,
@@ -880,7 +880,8 @@ impl Portal {
                 // half-open TCP connection the portal had not noticed) never reached it, and
                 // the init extends only authorizations the gateway has: announce every live
                 // flow of this gateway again. A gateway that did get one keeps its connection
-                // (the parameters are unchanged), so the repeat costs only candidates. A
+                // (the parameters are unchanged), so the repeat costs only candidates; its
+                // answer gives the client the flow it may never have heard of either. A
                 // restarted gateway (another process number, or another key) lost its flows
                 // with its connections, and their clients still hold connections to the
                 // previous process: they are told, and announcing the flows would only start
@@ -905,9 +906,7 @@ impl Portal {
                     .map(|(pair, _)| *pair)
                     .collect();
                 for (cid, rid) in live {
-                    if let Some(authorize) = self.authorize_flow_message(cid, gid, rid) {
-                        self.push_gateway(gid, &authorize);
-                    }
+                    self.announce_flow(cid, gid, rid);
                 }
             }
         }
@@ -1001,6 +1000,15 @@ impl Portal {
         now: SystemTime,
     ) {
         let (cid, message) = match message {
+            GatewayEgress::FlowAccepted(FlowAccepted {
+                client_id,
+                resource_id,
+                ice_ufrag,
+            }) => {
+                self.flow_accepted(gid, client_id, resource_id, &ice_ufrag);
+                self.reply_ok(conn, frame, json!({}));
+                return;
+            }
             GatewayEgress::IceCandidates(ClientCandidates {
                 client_id,
                 candidates,
@@ -1137,16 +1145,28 @@ impl Portal {
         }))
     }
 
-    /// Sends `authorize_flow` to the gateway and `flow_authorized` to the client.
+    /// Sends `authorize_flow` to the gateway; the client is told when the gateway accepts it
+    /// (see [`Portal::flow_accepted`]).
     fn announce_flow(&mut self, cid: ClientId, gid: GatewayId, rid: ResourceId) {
-        let (Some(gateway_key), Some(authorize)) = (
-            self.public_key(Identity::Gateway(gid)),
-            self.authorize_flow_message(cid, gid, rid),
-        ) else {
-            return;
-        };
-        let (Some(pair), Some(flow)) = (self.pairs.get(&(cid, gid)), self.flows.get(&(cid, rid)))
+        if let Some(authorize) = self.authorize_flow_message(cid, gid, rid) {
+            self.push_gateway(gid, &authorize);
+        }
+    }
+
+    /// The gateway holds the connection of the flow `(cid, rid)` with the parameters whose
+    /// gateway ICE username fragment is `ufrag`: the client gets them now. Told before, a
+    /// client would replace a working connection with parameters a gateway cut off from
+    /// the portal never got, and lose its established flows until the gateway is back.
+    fn flow_accepted(&mut self, gid: GatewayId, cid: ClientId, rid: ResourceId, ufrag: &str) {
+        let current = self.flows.get(&(cid, rid)).filter(|f| f.gateway == gid);
+        let pair = self
+            .pairs
+            .get(&(cid, gid))
+            .filter(|p| p.gateway_ice.username == ufrag);
+        let (Some(flow), Some(pair), Some(gateway_key)) =
+            (current, pair, self.public_key(Identity::Gateway(gid)))
         else {
+            tracing::debug!(%cid, %gid, %rid, "Stale flow acceptance: ignored");
             return;
         };
         let details = ClientIngress::FlowAuthorized(ConnectionDetails {
@@ -1158,7 +1178,6 @@ impl Portal {
             preshared_key: pair.psk,
             expires_at: flow.expires_at,
         });
-        self.push_gateway(gid, &authorize);
         self.push_client(cid, &details);
     }
 

@@ -94,6 +94,8 @@ impl World {
             .collect()
     }
 
+    /// Sends a client's request, and has every gateway told of the flow accept it; returns
+    /// what the portal sent but the replies to those acceptances.
     fn request(&mut self, conn: ConnId, rid: u64) -> Vec<(ConnId, Frame)> {
         self.send(
             conn,
@@ -101,7 +103,31 @@ impl World {
             "request_connection",
             json!({"resource_id": rid}),
         );
-        self.drain()
+        let mut out = self.drain();
+        let told: Vec<(ConnId, AuthorizeFlow)> = out
+            .iter()
+            .filter(|(_, f)| f.event == "authorize_flow")
+            .map(|(c, f)| (*c, authorize_flow(f)))
+            .collect();
+        for (gateway, flow) in told {
+            self.accept(gateway, &flow);
+            out.extend(self.drain().into_iter().filter(|(c, _)| *c != gateway));
+        }
+        out
+    }
+
+    /// The gateway on `conn` answers the `authorize_flow` it got.
+    fn accept(&mut self, conn: ConnId, flow: &AuthorizeFlow) -> u64 {
+        self.send(
+            conn,
+            "gateway",
+            "flow_accepted",
+            json!({
+                "client_id": flow.client.id,
+                "resource_id": flow.resource.id,
+                "ice_ufrag": flow.gateway_ice.username,
+            }),
+        )
     }
 }
 
@@ -200,6 +226,45 @@ fn an_allowed_request_authorizes_a_flow_on_both_sides_with_one_psk() {
         flow_authorized(&out[2].1).preshared_key,
         details.preshared_key
     );
+}
+
+#[test]
+fn a_client_hears_of_a_flow_only_when_its_gateway_accepts_it() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let g1 = w.join(G1);
+    w.send(
+        c1,
+        "client",
+        "request_connection",
+        json!({"resource_id": 1}),
+    );
+    let out = w.drain();
+    assert_eq!(out.len(), 2, "the client hears nothing yet: {out:?}");
+    assert_eq!(out[1].0, g1);
+    let flow = authorize_flow(&out[1].1);
+
+    // An answer naming other parameters (an older authorize_flow's), or from a gateway that
+    // does not serve the flow, tells the client nothing.
+    let mut stale = flow.clone();
+    stale.gateway_ice.username = "older".into();
+    w.accept(g1, &stale);
+    let out = w.drain();
+    let g2 = w.join(Identity::Gateway(GatewayId(2)));
+    w.accept(g2, &flow);
+    let out: Vec<_> = out.into_iter().chain(w.drain()).collect();
+    assert!(out.iter().all(|(c, _)| *c != c1), "{out:?}");
+
+    w.accept(g1, &flow);
+    let out = w.drain();
+    let told: Vec<_> = out.iter().filter(|(c, _)| *c == c1).collect();
+    assert_eq!(told.len(), 1, "{out:?}");
+    let details = flow_authorized(&told[0].1);
+    assert_eq!(details.gateway_id, GatewayId(1));
+    assert_eq!(details.preshared_key, flow.preshared_key);
+    assert_eq!(details.gateway_ice, flow.gateway_ice);
+    assert_eq!(details.client_ice, flow.client_ice);
+    assert_eq!(details.expires_at, flow.expires_at);
 }
 
 #[test]

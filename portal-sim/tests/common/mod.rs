@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use node_core::ids::{ClientId, GatewayId, ResourceId};
 use node_core::portal::messages::{
-    ClientEgress, ClientIngress, GatewayEgress, GatewayIngress, RequestConnection,
+    ClientEgress, ClientIngress, FlowAccepted, GatewayEgress, GatewayIngress, RequestConnection,
 };
 use node_core::portal::{
     ChannelConfig, ConnectionError, Event, Input, JoinPayload, Message, PhoenixChannel,
@@ -140,19 +140,35 @@ pub async fn connect_flow(
             resource_id: ResourceId(1),
         }))
         .await;
-    let details = client
+    client
         .wait_for(|e| match e {
             Event::Reply { id, result } if id == request => {
                 assert!(result.is_ok(), "{result:?}");
-                None
+                Some(())
             }
-            Event::Message(ClientIngress::FlowAuthorized(d)) => Some(d),
+            Event::Message(ClientIngress::FlowAuthorized(d)) => {
+                panic!("flow told before the gateway accepted it: {d:?}")
+            }
             _ => None,
         })
         .await;
     let authorize = gateway
         .wait_for(|e| match e {
             Event::Message(GatewayIngress::AuthorizeFlow(a)) => Some(a),
+            _ => None,
+        })
+        .await;
+    // The client hears of the flow once the gateway has it.
+    gateway
+        .send(&GatewayEgress::FlowAccepted(FlowAccepted {
+            client_id: authorize.client.id,
+            resource_id: authorize.resource.id,
+            ice_ufrag: authorize.gateway_ice.username.clone(),
+        }))
+        .await;
+    let details = client
+        .wait_for(|e| match e {
+            Event::Message(ClientIngress::FlowAuthorized(d)) => Some(d),
             _ => None,
         })
         .await;

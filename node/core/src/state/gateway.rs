@@ -14,7 +14,8 @@ use crate::ids::{ClientId, ResourceId};
 use crate::packet::IpPacket;
 use crate::pool::Buffer;
 use crate::portal::messages::{
-    AuthorizeFlow, ClientCandidates, FlowClient, GatewayEgress, GatewayIngress, GatewayInit,
+    AuthorizeFlow, ClientCandidates, FlowAccepted, FlowClient, GatewayEgress, GatewayIngress,
+    GatewayInit,
 };
 use crate::portal::{AccessRevoked, ResourceDescription};
 use crate::{Event, FailReason, Node, PublicKey, Role, Transmit};
@@ -411,6 +412,16 @@ impl GatewayState {
         );
         self.resources.insert(rid, resource);
         self.authorizations.insert(cid, rid, expires);
+        // The client hears of the flow only through this answer: a client told of
+        // parameters this gateway never got would replace a working connection with one
+        // nobody answers. It leaves before the candidates the upsert brings, so that the
+        // client holds the connection they are for.
+        self.egress
+            .push_back(GatewayEgress::FlowAccepted(FlowAccepted {
+                client_id: cid,
+                resource_id: rid,
+                ice_ufrag: gateway_ice.username.clone(),
+            }));
         // Unchanged parameters keep the connection and re-announce our candidates (the
         // client may have lost its state); anything changed replaces it.
         let outcome = self.node.upsert_connection(
@@ -578,7 +589,11 @@ impl GatewayState {
                 return;
             }
             (
-                Some(GatewayEgress::IceCandidates(_) | GatewayEgress::InvalidateIceCandidates(_))
+                Some(
+                    GatewayEgress::IceCandidates(_)
+                    | GatewayEgress::InvalidateIceCandidates(_)
+                    | GatewayEgress::FlowAccepted(_),
+                )
                 | None,
                 _,
             ) => {}

@@ -330,6 +330,8 @@ impl World {
                         candidates,
                     })
                 }
+                // This portal tells the client of a flow when it tells the gateway.
+                GatewayEgress::FlowAccepted(_) => continue,
             };
             self.client.handle_portal_message(m, self.now);
         }
@@ -1033,6 +1035,16 @@ fn same_flow_again_keeps_the_connection_and_resends_candidates() {
     w.gateway
         .handle_portal_message(GatewayIngress::AuthorizeFlow(flow), w.now);
     assert_eq!(w.gateway.node().connection(CID).unwrap().index, index);
+    match w.gateway.poll_portal_message() {
+        Some(GatewayEgress::FlowAccepted(a)) => {
+            assert_eq!((a.client_id, a.resource_id), (CID, R1));
+            assert_eq!(
+                a.ice_ufrag,
+                w.portal.authorize_flow(R1).gateway_ice.username
+            );
+        }
+        other => panic!("expected the flow's acceptance first, got {other:?}"),
+    }
     match w.gateway.poll_portal_message() {
         Some(GatewayEgress::IceCandidates(c)) => {
             assert_eq!(c.client_id, CID);

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use serde::{Deserialize, Serialize};
 
 use crate::candidate::IceCandidate;
-use crate::ids::ClientId;
+use crate::ids::{ClientId, ResourceId};
 use crate::portal::messages::messages;
 use crate::portal::{
     AccessRevoked, Authorization, IceCredentials, PresharedKey, PublicKey, Relay, RelaysPresence,
@@ -41,7 +41,21 @@ messages! {
         "ice_candidates" => IceCandidates(ClientCandidates),
         /// Candidates the gateway no longer uses, for one client.
         "invalidate_ice_candidates" => InvalidateIceCandidates(ClientCandidates),
+        /// The gateway holds an `authorize_flow`'s connection: the client may be told.
+        "flow_accepted" => FlowAccepted(FlowAccepted),
     }
+}
+
+/// The gateway's answer to an `authorize_flow` it applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowAccepted {
+    /// The flow's client.
+    pub client_id: ClientId,
+    /// The flow's resource.
+    pub resource_id: ResourceId,
+    /// The gateway's ICE username fragment of that connection: it names the parameters
+    /// accepted, so that an answer to an older `authorize_flow` is told apart.
+    pub ice_ufrag: String,
 }
 
 /// The payload of the gateway's `init`.

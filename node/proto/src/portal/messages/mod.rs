@@ -19,7 +19,8 @@ pub use client::{
     GatewayRestarted, RequestConnection,
 };
 pub use gateway::{
-    AuthorizeFlow, ClientCandidates, FlowClient, GatewayEgress, GatewayIngress, GatewayInit,
+    AuthorizeFlow, ClientCandidates, FlowAccepted, FlowClient, GatewayEgress, GatewayIngress,
+    GatewayInit,
 };
 
 use crate::portal::ProtocolError;

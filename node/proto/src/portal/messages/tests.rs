@@ -164,6 +164,11 @@ fn gateway_egress() -> Vec<GatewayEgress> {
             client_id: ClientId(1),
             candidates: vec![HOST_CANDIDATE.into()],
         }),
+        GatewayEgress::FlowAccepted(FlowAccepted {
+            client_id: ClientId(1),
+            resource_id: ResourceId(2),
+            ice_ufrag: "gwufrag".into(),
+        }),
     ]
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use node_core::packet::IpPacket;
 
-use super::deployment::{probe_packet, Deployment, RESOURCE_IPS};
+use super::deployment::{probe_packet, Burst, Deployment, RESOURCE_IPS};
 use super::hostile::{candidate_flood, claim_key, handshake_flood, Attack, FLOOD_CANDIDATES};
 use super::hosts::client_tunnel_ip;
 use super::model::{
@@ -95,6 +95,25 @@ pub struct Case {
     observers: Observers,
 }
 
+/// A probe on its way, with what its checks need of the moment it was sent.
+struct Sent {
+    client: usize,
+    resource: usize,
+    proto: Proto,
+    payload: Vec<u8>,
+    /// What the model expected when it was sent.
+    expect: Expect,
+    /// The gateway's refusals so far.
+    refused_before: u64,
+    /// The end of the access the portal had granted (see [`check_granted`]).
+    granted_before: Option<Duration>,
+    /// The end of the client's flow to the resource.
+    flow_before: Option<Duration>,
+    sent_at: Duration,
+    /// Whether the client was running to send it.
+    injected: bool,
+}
+
 impl Case {
     /// Builds the world for `seed` and lets it settle.
     pub fn start(seed: u64) -> Result<Self, String> {
@@ -169,82 +188,9 @@ impl Case {
         w.trace.record_at(w.elapsed(), "driver", t);
         let run = |w: &mut Deployment<'static>, d| w.run_for(d).map_err(|e| e.to_string());
         if let Some((client, resource, proto)) = t.probe() {
-            let expect = before.expect(client, resource, before.now);
-            let payload = w.fresh_payload(client);
-            let refused_before = w.gateway.refused.get();
-            let granted_before = w.granted_until(client, resource);
-            let flow_before = w.flow_until(client, resource);
-            let sent_at = w.elapsed();
-            let injected = w.inject(client, probe_packet(client, resource, &payload, proto));
-            run(w, SEND_WINDOW)?;
-            let refused_by_gateway = w.gateway.refused.get() > refused_before;
-            // Nothing reaches a resource past the access the portal granted (a new grant in
-            // the window counts: the client may have asked anew for this very packet).
-            let granted = granted_before.max(w.granted_until(client, resource));
-            check_granted(client, resource, granted, &w.arrival_times(&payload))?;
-            // The disobeying client keeps its route past the end of its flow: the gateway
-            // refuses it from then on, or a tunnel keyed by an older generation's preshared key
-            // goes nowhere. A portal that restarted since made no flow: the last one it made
-            // before is what the gateway holds (its init extends only what the gateway still
-            // has). Without any, the client holds no route and asks.
-            let past_grant = self.past_grant(client, resource, flow_before, sent_at + SEND_WINDOW);
-            let ignored_expiry = past_grant && expect == Expect::Delivered;
-            let expect = if injected && !ignored_expiry {
-                expect
-            } else {
-                Expect::Uncertain
-            };
-            let unlimited = before.expect_unlimited(client, resource, before.now);
-            let outcome = self.check_probe(client, resource, &payload, expect, unlimited)?;
-            // The disobeying client kept its route: the gateway's check is what refused it.
-            if outcome == "checked:refused" && refused_by_gateway {
-                self.counts.bump("checked:refused_by_gateway");
-            }
-            let lost = self.deployment.arrivals(&payload).is_empty();
-            if past_grant && lost && refused_by_gateway {
-                self.counts.bump("checked:refused_after_expiry");
-            }
-            if outcome == "checked:uncertain" {
-                let why = match before.uncertain_because(client, resource, before.now) {
-                    Some(why) if injected => why,
-                    None if injected && ignored_expiry => "expiry_ignored",
-                    Some(_) | None => "not_sent",
-                };
-                self.counts.bump(format!("uncertain:{why}"));
-                if let Some(after) = before.after_fault(why, client, before.now).filter(|_| lost) {
-                    let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
-                    self.counts.raise(format!("{WORST_LOST}{why}"), ms);
-                }
-            }
-            if outcome == "checked:delivered" {
-                self.check_answered(client, resource, &payload, sent_at)?;
-            }
-            if outcome == "checked:delivered" && before.expiring.contains_key(&(client, resource)) {
-                self.counts.bump("checked:delivered_expiring");
-            }
-            let cut = (0..NODES).any(|n| before.portal_unreachable(n, before.now));
-            if outcome == "checked:delivered" && cut {
-                self.counts.bump("checked:delivered_portal_cut");
-            }
-            self.counts.bump(format!("proto:{proto:?}").to_lowercase());
-            if outcome == "checked:delivered" {
-                if let Some(kind) = self.deployment.path_kind(client) {
-                    self.counts.bump(format!("path:{kind}"));
-                    let at = self.deployment.elapsed();
-                    if expect == Expect::Delivered && before.must_be_direct(before.now, at) {
-                        if kind == "relayed" {
-                            return Err(format!(
-                                "c{} is on a relayed path {} s after sending, although its NATs \
-                                 ({:?}) allow a direct one",
-                                client + 1,
-                                (at - before.now).as_secs(),
-                                self.deployment.nat_types,
-                            ));
-                        }
-                        self.counts.bump("checked:direct");
-                    }
-                }
-            }
+            let sent = self.send_probe(&before, client, resource, proto);
+            run(&mut self.deployment, SEND_WINDOW)?;
+            self.check_sent(&before, &sent, true)?;
             return check_invariants(&self.deployment);
         }
         match t {
@@ -254,31 +200,26 @@ impl Case {
             | Transition::Ping { .. }
             | Transition::Advance { .. } => {}
             Transition::LossBurst { sites, secs } => {
-                w.loss_burst(*sites, true);
-                // Probes from every client to every resource, sent into the burst: those that
-                // may arrive must do so at most once, the others never.
-                let mut probes = Vec::new();
+                // The burst starts with copies and reordering alone, for a send window: a
+                // probe from every client to every resource sent then is held to what the
+                // model expects (exactly once, answered in time). Then packets are lost too:
+                // nothing is sent into that, and recovery counts from its end.
+                w.loss_burst(*sites, Burst::Copies);
+                let mut sent = Vec::new();
                 for client in 0..CLIENTS {
                     for resource in 0..RESOURCES {
-                        let payload = w.fresh_payload(client);
-                        let packet = probe_packet(client, resource, &payload, Proto::Udp);
-                        let expect = match before.expect(client, resource, before.now) {
-                            Expect::Refused => Expect::Refused,
-                            Expect::Delivered | Expect::Uncertain => Expect::Uncertain,
-                        };
-                        w.inject(client, packet);
-                        probes.push((client, resource, payload, expect));
+                        sent.push(self.send_probe(&before, client, resource, Proto::Udp));
                     }
                 }
+                run(&mut self.deployment, SEND_WINDOW)?;
+                for probe in &sent {
+                    self.check_sent(&before, probe, false)?;
+                }
+                let w = &mut self.deployment;
+                w.loss_burst(*sites, Burst::Losses);
                 run(w, Duration::from_secs(*secs))?;
-                w.loss_burst(*sites, false);
+                w.loss_burst(*sites, Burst::Over);
                 run(w, SETTLE)?;
-                for (client, resource, payload, expect) in probes {
-                    let outcome = self.check_probe(client, resource, &payload, expect, expect)?;
-                    if outcome == "checked:uncertain" {
-                        self.counts.bump("uncertain:sent_into_loss");
-                    }
-                }
                 return check_invariants(&self.deployment);
             }
             Transition::PortalRestart => w.restart_portal(),
@@ -518,6 +459,122 @@ impl Case {
             self.counts.bump("checked:spoof_dropped");
         }
         check_invariants(&self.deployment)
+    }
+
+    /// Sends a probe from `client` to `resource` now, noting what its checks need of the
+    /// moment before.
+    fn send_probe(&mut self, before: &Model, client: usize, resource: usize, proto: Proto) -> Sent {
+        let w = &mut self.deployment;
+        let payload = w.fresh_payload(client);
+        let refused_before = w.gateway.refused.get();
+        let granted_before = w.granted_until(client, resource);
+        let flow_before = w.flow_until(client, resource);
+        let sent_at = w.elapsed();
+        let injected = w.inject(client, probe_packet(client, resource, &payload, proto));
+        Sent {
+            client,
+            resource,
+            proto,
+            payload,
+            expect: before.expect(client, resource, before.now),
+            refused_before,
+            granted_before,
+            flow_before,
+            sent_at,
+            injected,
+        }
+    }
+
+    /// Checks what became of `sent` after its send window. `alone`: no other probe went in
+    /// the same window, so the gateway's refusals in it are this probe's. A probe not sent
+    /// alone proves no pair for the model: the fault that follows it may break the pair.
+    fn check_sent(&mut self, before: &Model, sent: &Sent, alone: bool) -> Result<(), String> {
+        let Sent {
+            client,
+            resource,
+            proto,
+            ref payload,
+            expect,
+            refused_before,
+            granted_before,
+            flow_before,
+            sent_at,
+            injected,
+        } = *sent;
+        let w = &mut self.deployment;
+        let refused_by_gateway = alone && w.gateway.refused.get() > refused_before;
+        // Nothing reaches a resource past the access the portal granted (a new grant in the
+        // window counts: the client may have asked anew for this very packet).
+        let granted = granted_before.max(w.granted_until(client, resource));
+        check_granted(client, resource, granted, &w.arrival_times(payload))?;
+        // The disobeying client keeps its route past the end of its flow: the gateway refuses
+        // it from then on, or a tunnel keyed by an older generation's preshared key goes
+        // nowhere. A portal that restarted since made no flow: the last one it made before is
+        // what the gateway holds (its init extends only what the gateway still has). Without
+        // any, the client holds no route and asks.
+        let past_grant = self.past_grant(client, resource, flow_before, sent_at + SEND_WINDOW);
+        let ignored_expiry = past_grant && expect == Expect::Delivered;
+        let expect = if injected && !ignored_expiry {
+            expect
+        } else {
+            Expect::Uncertain
+        };
+        let unlimited = if alone {
+            before.expect_unlimited(client, resource, before.now)
+        } else {
+            Expect::Uncertain
+        };
+        let outcome = self.check_probe(client, resource, payload, expect, unlimited)?;
+        // The disobeying client kept its route: the gateway's check is what refused it.
+        if outcome == "checked:refused" && refused_by_gateway {
+            self.counts.bump("checked:refused_by_gateway");
+        }
+        let lost = self.deployment.arrivals(payload).is_empty();
+        if past_grant && lost && refused_by_gateway {
+            self.counts.bump("checked:refused_after_expiry");
+        }
+        if outcome == "checked:uncertain" {
+            let why = match before.uncertain_because(client, resource, before.now) {
+                Some(why) if injected => why,
+                None if injected && ignored_expiry => "expiry_ignored",
+                Some(_) | None => "not_sent",
+            };
+            self.counts.bump(format!("uncertain:{why}"));
+            if let Some(after) = before.after_fault(why, client, before.now).filter(|_| lost) {
+                let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+                self.counts.raise(format!("{WORST_LOST}{why}"), ms);
+            }
+        }
+        if outcome == "checked:delivered" {
+            self.check_answered(client, resource, payload, sent_at)?;
+        }
+        if outcome == "checked:delivered" && before.expiring.contains_key(&(client, resource)) {
+            self.counts.bump("checked:delivered_expiring");
+        }
+        let cut = (0..NODES).any(|n| before.portal_unreachable(n, before.now));
+        if outcome == "checked:delivered" && cut {
+            self.counts.bump("checked:delivered_portal_cut");
+        }
+        self.counts.bump(format!("proto:{proto:?}").to_lowercase());
+        if outcome == "checked:delivered" {
+            if let Some(kind) = self.deployment.path_kind(client) {
+                self.counts.bump(format!("path:{kind}"));
+                let at = self.deployment.elapsed();
+                if expect == Expect::Delivered && before.must_be_direct(before.now, at) {
+                    if kind == "relayed" {
+                        return Err(format!(
+                            "c{} is on a relayed path {} s after sending, although its NATs \
+                             ({:?}) allow a direct one",
+                            client + 1,
+                            (at - before.now).as_secs(),
+                            self.deployment.nat_types,
+                        ));
+                    }
+                    self.counts.bump("checked:direct");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether the disobeying client's route to `resource` may outlast its flow (which ended

@@ -36,6 +36,17 @@ pub const RELAY_CREDENTIALS_LIFETIME: Duration = Duration::from_secs(1800);
 /// The UDP port nodes bind inside their host.
 const NODE_PORT: u16 = 51820;
 
+/// The phases of a loss burst on a site's links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Burst {
+    /// Datagrams are copied, reordered and delayed, none lost.
+    Copies,
+    /// As [`Burst::Copies`], and 30 % are lost.
+    Losses,
+    /// The links are as before.
+    Over,
+}
+
 /// The resources' addresses: a single host, a host inside a CIDR resource, another host.
 pub const RESOURCE_IPS: [Ipv4Addr; RESOURCES] = [
     Ipv4Addr::new(10, 0, 0, 1),
@@ -123,6 +134,8 @@ pub struct Deployment<'a> {
     /// The world's tick: skips ahead are whole ticks, so the steps that do work are the ones a
     /// tick-by-tick run takes.
     tick: Duration,
+    /// A loss burst is on: step tick by tick (see [`Deployment::run_for`]).
+    bursting: bool,
     next_payload: u64,
 }
 
@@ -358,6 +371,7 @@ impl<'a> Deployment<'a> {
             relays,
             heals: Vec::new(),
             tick: settings.tick,
+            bursting: false,
             next_payload: 0,
         }
     }
@@ -381,7 +395,14 @@ impl<'a> Deployment<'a> {
                 .iter()
                 .map(|(at, _)| *at)
                 .fold(target, Duration::min);
-            step = timers::next_step(now, self.tick, limit, self.sim.messages_in_flight());
+            // A burst's copies and delays are held in the hosts (queues of the faulty sockets,
+            // tasks that send late) where a skip can reorder them against fresh datagrams:
+            // a burst is stepped tick by tick, so that it runs as it would without skips.
+            step = if self.bursting {
+                self.tick
+            } else {
+                timers::next_step(now, self.tick, limit, self.sim.messages_in_flight())
+            };
             crate::turmoil_net::set_driver_elapsed(self.sim.elapsed());
             self.heartbeat.beat();
         }
@@ -411,17 +432,25 @@ impl<'a> Deployment<'a> {
         self.heals.push((self.sim.elapsed() + d, node));
     }
 
-    /// Degrades (or, with `on` false, restores) the links of the places in `sites` (bit `i`
-    /// is site `i`: the clients' NAT, the gateway's NAT, the relays).
-    pub fn loss_burst(&mut self, sites: u8, on: bool) {
-        let profile = LinkProfile {
-            loss: 0.3,
+    /// Degrades (or, with [`Burst::Over`], restores) the links of the places in `sites` (bit
+    /// `i` is site `i`: the clients' NAT, the gateway's NAT, the relays).
+    pub fn loss_burst(&mut self, sites: u8, burst: Burst) {
+        let copies = LinkProfile {
             duplicate: 0.2,
             reorder: 0.2,
             reorder_delay: Duration::from_millis(80),
             jitter: Duration::from_millis(30),
             ..LinkProfile::PERFECT
         };
+        let profile = match burst {
+            Burst::Copies => copies,
+            Burst::Losses => LinkProfile {
+                loss: 0.3,
+                ..copies
+            },
+            Burst::Over => LinkProfile::PERFECT,
+        };
+        self.bursting = burst != Burst::Over;
         for site in 0..LINK_SITES {
             if sites & (1 << site) == 0 {
                 continue;
@@ -430,11 +459,12 @@ impl<'a> Deployment<'a> {
                 0 | 1 => self.nats[site].faults(),
                 relay => &self.relay_faults[relay - 2],
             };
-            if on {
-                faults.set_profile(Direction::Egress, profile);
-                faults.set_profile(Direction::Ingress, profile);
-            } else {
-                faults.clear();
+            match burst {
+                Burst::Copies | Burst::Losses => {
+                    faults.set_profile(Direction::Egress, profile);
+                    faults.set_profile(Direction::Ingress, profile);
+                }
+                Burst::Over => faults.clear(),
             }
         }
     }

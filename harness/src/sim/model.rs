@@ -160,9 +160,9 @@ pub enum Transition {
         /// Which resource.
         resource: usize,
     },
-    /// For `secs` the links of some places (bit `i` of `sites` is site `i`, see
-    /// [`LINK_SITES`]) lose, duplicate and reorder datagrams; every client sends a probe to
-    /// every resource as the burst starts.
+    /// The links of some places (bit `i` of `sites` is site `i`, see [`LINK_SITES`])
+    /// duplicate and reorder datagrams for a [`SEND_WINDOW`], then lose them too for `secs`; every client sends a probe to every resource as the burst starts, held
+    /// to what the model expects then.
     LossBurst {
         /// Which places, as a bit set.
         sites: u8,
@@ -288,7 +288,7 @@ impl Transition {
                 SEND_WINDOW
             }
             Self::Advance { secs } => Duration::from_secs(*secs),
-            Self::LossBurst { secs, .. } => Duration::from_secs(*secs) + SETTLE,
+            Self::LossBurst { secs, .. } => SEND_WINDOW + Duration::from_secs(*secs) + SETTLE,
             Self::HandshakeFlood => FLOOD + SETTLE,
             Self::PortalRestart
             | Self::NatExpiry(_)
@@ -728,9 +728,14 @@ impl Model {
                 disrupt_for(self, Duration::ZERO, PATH_FAILOVER);
             }
             // Lost checks and handshakes may fail connections: recovery counts from the end
-            // of the burst.
+            // of the burst. Its losses start after a send window of copies and reordering
+            // alone, which break nothing.
             Transition::LossBurst { secs, .. } => {
-                disrupt_for(self, Duration::from_secs(*secs), LOSS_RECOVERY);
+                disrupt_for(
+                    self,
+                    SEND_WINDOW + Duration::from_secs(*secs),
+                    LOSS_RECOVERY,
+                );
             }
             Transition::PortalPartition { node, secs } => {
                 self.portal_cut_until[*node] = Some(self.now + Duration::from_secs(*secs));

@@ -149,6 +149,13 @@ const LEARNED_PRIORITY: u32 = (1 << 31) - 1;
 /// lossy one, where it costs the packets meanwhile a round trip.
 const UNANSWERED_IN_DOUBT: usize = 3;
 
+/// [`UNANSWERED_IN_DOUBT`] for a path through our own relay allocation: one check lost and the
+/// next not answered yet. The relay knows the allocation by our 5-tuple, so when our NAT rebinds
+/// the port (nothing tells us) the path drops everything at once, and a packet sent onto it is
+/// lost. Any other path survives the rebinding, since the peer follows our authenticated packets
+/// to the new address: there a packet is better sent at once.
+const UNANSWERED_IN_DOUBT_OWN_RELAY: usize = 2;
+
 /// Unanswered checks after which a pair fails while no path exists, or the connection is idle:
 /// `is`' own default (about 20 s at a 3 s interval), so a hole punch waits for the peer's checks.
 const SETUP_STUN_RETRANSMITS: usize = 9;
@@ -989,11 +996,15 @@ impl Connection {
         pool: &BufferPool,
         transmits: &mut VecDeque<Transmit>,
     ) {
+        let in_doubt = match self.path.and_then(|p| p.relay) {
+            Some(_) => UNANSWERED_IN_DOUBT_OWN_RELAY,
+            None => UNANSWERED_IN_DOUBT,
+        };
         self.path_silent = self
             .ice
             .agent()
             .nominated_pair_unanswered()
-            .is_some_and(|(n, _)| n >= UNANSWERED_IN_DOUBT);
+            .is_some_and(|(n, _)| n >= in_doubt);
         let agent = self.ice.agent();
         let responses = agent.nominated_pair_responses_received();
         let connected = agent.state().is_connected();

@@ -912,8 +912,8 @@ impl Portal {
         }
     }
 
-    /// A gateway joined with another key than before: a new process, which holds none of
-    /// its predecessor's connections. The clients that may have one are told, so their next
+    /// A gateway joined as a new process (another process number or another key than
+    /// before), which holds none of its predecessor's connections. The clients that may have one are told, so their next
     /// packet asks for a new connection instead of waiting for ICE to give up every pair of
     /// the dead one; and those connections start afresh (new preshared keys and ICE
     /// credentials). A connection made before this portal started is in no pair, so every

@@ -149,8 +149,22 @@ fn main() -> anyhow::Result<()> {
 fn init_logging(filter: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
+        .with_timer(SimTime)
         .init();
     Ok(())
+}
+
+/// Stamps log lines with the simulated time, as the timeline shows it, so that a node's log
+/// lines up with the events of the case; outside a simulation step (the driver), with `-`.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>9.3}s", t.as_secs_f64()),
+            None => write!(w, "{:>10}", "-"),
+        }
+    }
 }
 
 fn run_one(seed: u64, only_hash: bool) -> anyhow::Result<()> {

@@ -114,6 +114,9 @@ pub(crate) struct Connection {
     /// Where the last authenticated WireGuard packet came from: the controlled side's route
     /// until ICE nominates a pair.
     wg_endpoint: Option<(SocketAddr, SocketAddr)>,
+    /// The path the peer's last authenticated data packet came over, and when: for a while,
+    /// proof that the path works, whatever ICE's checks say (see [`Connection::wake`]).
+    peer_data: Option<(Path, Instant)>,
     /// The client's one remote candidate learned from where the gateway's authenticated
     /// packets come from (see [`Connection::follow_peer`]); a newer one replaces it.
     learned_remote: Option<is::Candidate>,
@@ -220,6 +223,7 @@ impl Connection {
             handshakes_initiated: 0,
             relayed: BTreeMap::new(),
             wg_endpoint: None,
+            peer_data: None,
             learned_remote: None,
             relayed_peer_reflexive: BTreeSet::new(),
             ice_connected_at: None,
@@ -547,10 +551,19 @@ impl Connection {
     /// pair's last checks went unanswered, or ICE has no working pair left and may be checking
     /// new ones), its packets are held from now until a path is proven (see `wake.rs`); an idle
     /// path is checked at once.
+    ///
+    /// A path the peer's data came over within the last check interval is proven as a check
+    /// answered then would be. It matters for the gateway, which follows a client whose NAT
+    /// rebound to where its packets come from: its own ICE pair still points at the old
+    /// mapping, and its checks there go unanswered for good. Held, the answer to the packet
+    /// that just arrived would wait for a proof that never comes, until [`WAKE_HOLD`] ends.
     fn wake(&mut self, now: Instant) {
         let (idle, silent) = (self.idle, self.path_silent);
         let lost = !self.ice.agent().state().is_connected();
-        let doubt = idle || lost || silent;
+        let proven = self.peer_data.is_some_and(|(path, at)| {
+            Some(path) == self.route() && now < at + self.config.active_stun_interval
+        });
+        let doubt = (idle || lost || silent) && !proven;
         let (true, None, Some(path)) = (self.established && doubt, &self.waking, self.path) else {
             self.mark_active(now);
             return;
@@ -712,6 +725,7 @@ impl Connection {
             self.timers.set(Timer::Wake, now);
         }
         self.wg_endpoint = Some((reply_path.local, reply_path.remote));
+        self.peer_data = Some((reply_path, now));
         self.follow_peer(reply_path, now);
         self.mark_active(now);
     }

@@ -155,6 +155,9 @@ struct World {
     portal: Portal,
     /// Whether the link carries datagrams.
     link_up: bool,
+    /// Whether the gateway's binding requests are lost on their way (a one-way loss: the
+    /// client's checks and the answers to them still get through).
+    gateway_checks_lost: bool,
     /// What reached the client's TUN device.
     client_tun: Vec<Vec<u8>>,
     /// What reached the resource network.
@@ -198,6 +201,7 @@ impl World {
             gateway,
             portal,
             link_up: true,
+            gateway_checks_lost: false,
             client_tun: Vec::new(),
             gateway_tun: Vec::new(),
             client_events: Vec::new(),
@@ -254,6 +258,9 @@ impl World {
         let Some(t) = transmit.filter(|t| self.link_up && t.dst == client_addr()) else {
             return;
         };
+        if self.gateway_checks_lost && is_binding_request(&t.payload) {
+            return;
+        }
         let packet =
             self.client
                 .handle_network_input(client_addr(), gateway_addr(), &t.payload, self.now);
@@ -412,6 +419,11 @@ impl World {
             .contains(&ClientEvent::GatewayConnected(GID)));
         self.gateway_tun.clear();
     }
+}
+
+/// A STUN binding request: type 0x0001 and the magic cookie (RFC 8489).
+fn is_binding_request(datagram: &[u8]) -> bool {
+    datagram.len() >= 20 && datagram[..2] == [0, 1] && datagram[4..8] == [0x21, 0x12, 0xa4, 0x42]
 }
 
 fn is_prohibited(bytes: &[u8], from: IpAddr, to: IpAddr) -> bool {
@@ -933,6 +945,30 @@ fn a_packet_for_an_active_path_whose_checks_go_unanswered_waits_for_an_answer() 
     assert_eq!(
         w.gateway_tun,
         [udp(v4(), ip("10.0.0.7"), b"into the silence").as_bytes()]
+    );
+}
+
+#[test]
+fn an_answer_goes_at_once_over_the_path_the_peers_packet_just_came_over() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    // The gateway's own checks go unanswered from now on (as after the client's NAT rebound,
+    // where they go to the old mapping), while the client's traffic and checks get through:
+    // the gateway's path is in doubt, and ICE keeps it for the client's checks.
+    w.gateway_checks_lost = true;
+    for i in 0..8 {
+        w.client_sends(&udp(v4(), ip("10.0.0.7"), format!("ping {i}").as_bytes()));
+        w.run_for(Duration::from_millis(500));
+    }
+    w.gateway_tun.clear();
+    w.client_tun.clear();
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"question"));
+    assert_eq!(w.gateway_tun.len(), 1, "the question arrives");
+    // The answer leaves at once: the question just proved the path it goes back on.
+    w.resource_sends(&udp(ip("10.0.0.7"), v4(), b"answer"));
+    assert_eq!(
+        w.client_tun,
+        [udp(ip("10.0.0.7"), v4(), b"answer").as_bytes()]
     );
 }
 

@@ -524,7 +524,7 @@ impl Case {
         } else {
             Expect::Uncertain
         };
-        let outcome = self.check_probe(client, resource, payload, expect, unlimited)?;
+        let outcome = self.check_probe(client, resource, payload, sent_at, expect, unlimited)?;
         // The disobeying client kept its route: the gateway's check is what refused it.
         if outcome == "checked:refused" && refused_by_gateway {
             self.counts.bump("checked:refused_by_gateway");
@@ -633,6 +633,7 @@ impl Case {
         client: usize,
         resource: usize,
         payload: &[u8],
+        sent_at: Duration,
         expect: Expect,
         unlimited: Expect,
     ) -> Result<&'static str, String> {
@@ -640,12 +641,21 @@ impl Case {
         let arrivals = w.arrivals(payload);
         let echoed = w.echoes(client, payload);
         let outcome = check_send(client, resource, payload, &arrivals, echoed, expect)?;
-        // In the timeline too: what each packet did is the point of reading one.
+        // In the timeline too: what each packet did is the point of reading one, and how long
+        // its answer took is where a slow recovery shows.
         let arrived = arrivals.len();
+        let answered = match w.echo_times(client, payload).first() {
+            Some(at) => format!(" answered_ms={}", at.saturating_sub(sent_at).as_millis()),
+            None => String::new(),
+        };
         w.trace.record_at(
             w.elapsed(),
             "driver",
-            format_args!("{outcome} arrived={arrived} echoed={echoed}"),
+            format_args!(
+                "{outcome} c{}->r{} arrived={arrived} echoed={echoed}{answered}",
+                client + 1,
+                resource + 1
+            ),
         );
         self.counts.bump(outcome);
         if arrived == 1 && echoed == 1 && unlimited == Expect::Delivered {

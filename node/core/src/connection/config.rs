@@ -19,6 +19,15 @@ pub const ICE_SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long ICE may stay disconnected, e.g. while a relay is replaced and the new candidates are
 /// on their way, before the connection is declared failed.
 pub const MIGRATION_GRACE: Duration = Duration::from_secs(2);
+/// [`MIGRATION_GRACE`] for the gateway's side (ICE-controlled). Its paths die when a client
+/// whose connection idles gets a new public address (a roam, a NAT that forgot its mapping):
+/// the gateway's checks go to the old one, and nothing reaches the gateway from the new one
+/// until the client's next check, up to [`IDLE_STUN_INTERVAL`] later. A gateway that failed
+/// the connection meanwhile drops that check as meant for no connection, while the client
+/// still takes its connection for working: its next packet waits until its own ICE has given up
+/// every pair and a new connection carries it, 15 s. Kept this long, the connection answers the
+/// check from the new address and its paths come back.
+pub const CONTROLLED_MIGRATION_GRACE: Duration = Duration::from_secs(60);
 /// Signalled remote candidates per connection, by default. A peer has a few host candidates, a
 /// server-reflexive one per NAT mapping and two per relay (relayed and server-reflexive); each
 /// candidate costs connectivity checks, and a permission and a channel on every one of our
@@ -72,6 +81,8 @@ pub struct ConnectionConfig {
     /// How long ICE may stay disconnected before the connection fails. Default
     /// [`MIGRATION_GRACE`].
     pub migration_grace: Duration,
+    /// The same on the gateway's side. Default [`CONTROLLED_MIGRATION_GRACE`].
+    pub controlled_migration_grace: Duration,
     /// How often an active connection on a relayed path checks the better pairs that failed
     /// again. Default [`BETTER_PATH_RETRY`].
     pub better_path_retry: Duration,
@@ -107,6 +118,7 @@ impl Default for ConnectionConfig {
             handshake_deadline: HANDSHAKE_DEADLINE,
             ice_setup_timeout: ICE_SETUP_TIMEOUT,
             migration_grace: MIGRATION_GRACE,
+            controlled_migration_grace: CONTROLLED_MIGRATION_GRACE,
             better_path_retry: BETTER_PATH_RETRY,
             rollover_debounce: ROLLOVER_DEBOUNCE,
             idle_rekey: Duration::from_secs(300),

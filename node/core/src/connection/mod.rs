@@ -33,9 +33,9 @@ mod timer;
 mod wake;
 
 pub use config::{
-    ConnectionConfig, BETTER_PATH_RETRY, HANDSHAKE_DEADLINE, ICE_SETUP_TIMEOUT, IDLE_AFTER,
-    IDLE_STUN_INTERVAL, IDLE_WIREGUARD_TICK, MAX_REMOTE_CANDIDATES, MIGRATION_GRACE,
-    ROLLOVER_DEBOUNCE, WAKE_HOLD,
+    ConnectionConfig, BETTER_PATH_RETRY, CONTROLLED_MIGRATION_GRACE, HANDSHAKE_DEADLINE,
+    ICE_SETUP_TIMEOUT, IDLE_AFTER, IDLE_STUN_INTERVAL, IDLE_WIREGUARD_TICK, MAX_REMOTE_CANDIDATES,
+    MIGRATION_GRACE, ROLLOVER_DEBOUNCE, WAKE_HOLD,
 };
 use timer::{Timer, TimerTable};
 pub use wake::MAX_WAKE_HELD;
@@ -1270,8 +1270,11 @@ impl Connection {
                 }
             }
             IceConnectionState::Disconnected => {
-                self.timers
-                    .set_if_unset(Timer::MigrationGrace, now + self.config.migration_grace);
+                let grace = match self.role {
+                    Role::Client => self.config.migration_grace,
+                    Role::Gateway => self.config.controlled_migration_grace,
+                };
+                self.timers.set_if_unset(Timer::MigrationGrace, now + grace);
             }
             // New candidates revived the checks; the setup deadline bounds them from here.
             IceConnectionState::New | IceConnectionState::Checking => {

@@ -838,6 +838,41 @@ fn gateway_init_revokes_exactly_the_unlisted_authorizations() {
 }
 
 #[test]
+fn the_gateway_gives_a_dead_connection_up_long_after_the_client() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    w.link_up = false;
+    // Both sides' checks go unanswered from the same moment. The client gives up
+    // MIGRATION_GRACE after its ICE lost every path; the gateway waits for an idle client's
+    // next check, which may come from a new address, CONTROLLED_MIGRATION_GRACE.
+    let (mut client_failed, mut gateway_failed) = (None, None);
+    for _ in 0..600 {
+        w.run_for(Duration::from_secs(1));
+        let client_gone = w
+            .client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::GatewayDisconnected { gateway: GID, .. }));
+        let gateway_gone = w
+            .gateway_events
+            .iter()
+            .any(|e| matches!(e, GatewayEvent::ClientDisconnected { client: CID, .. }));
+        if client_gone {
+            client_failed.get_or_insert(w.elapsed());
+        }
+        if gateway_gone {
+            gateway_failed.get_or_insert(w.elapsed());
+            break;
+        }
+    }
+    let (client, gateway) = (client_failed.unwrap(), gateway_failed.unwrap());
+    let apart = crate::CONTROLLED_MIGRATION_GRACE - crate::MIGRATION_GRACE;
+    assert!(
+        gateway >= client + apart - Duration::from_secs(5),
+        "the client failed at {client:?}, the gateway at {gateway:?}"
+    );
+}
+
+#[test]
 fn access_survives_a_connection_failure() {
     let mut w = World::new(&[R1, R2]);
     w.connect(&[ip("10.0.0.7"), ip("10.0.1.5")]);

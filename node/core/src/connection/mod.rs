@@ -380,11 +380,24 @@ impl Connection {
             .seeded()
             .add_remote_candidate(candidate.as_ice().clone());
         if !self.ice.agent().state().is_connected() {
-            self.timers
-                .set(Timer::IceSetup, now + self.config.ice_setup_timeout);
+            self.timers.set(Timer::IceSetup, now + self.setup_timeout());
         }
         self.mark_active(now);
         true
+    }
+
+    /// How long ICE may look for a path from a new remote candidate on. A gateway whose
+    /// established connection lost its paths waits as long as [`Connection::on_ice_state`]
+    /// lets it stay disconnected: the candidates that woke it (an idle client's new address)
+    /// come before the client's next check, which is what brings the path back.
+    fn setup_timeout(&self) -> Duration {
+        match (self.role, self.established) {
+            (Role::Gateway, true) => self
+                .config
+                .ice_setup_timeout
+                .max(self.config.controlled_migration_grace),
+            (Role::Gateway, false) | (Role::Client, _) => self.config.ice_setup_timeout,
+        }
     }
 
     /// How many signalled remote candidates it holds (the cap of [`Self::add_remote_candidate`]).

@@ -134,8 +134,6 @@ pub struct Deployment<'a> {
     /// The world's tick: skips ahead are whole ticks, so the steps that do work are the ones a
     /// tick-by-tick run takes.
     tick: Duration,
-    /// A loss burst is on: step tick by tick (see [`Deployment::run_for`]).
-    bursting: bool,
     next_payload: u64,
 }
 
@@ -371,7 +369,6 @@ impl<'a> Deployment<'a> {
             relays,
             heals: Vec::new(),
             tick: settings.tick,
-            bursting: false,
             next_payload: 0,
         }
     }
@@ -395,14 +392,7 @@ impl<'a> Deployment<'a> {
                 .iter()
                 .map(|(at, _)| *at)
                 .fold(target, Duration::min);
-            // A burst's copies and delays are held in the hosts (queues of the faulty sockets,
-            // tasks that send late) where a skip can reorder them against fresh datagrams:
-            // a burst is stepped tick by tick, so that it runs as it would without skips.
-            step = if self.bursting {
-                self.tick
-            } else {
-                timers::next_step(now, self.tick, limit, self.sim.messages_in_flight())
-            };
+            step = timers::next_step(now, self.tick, limit, self.sim.messages_in_flight());
             crate::turmoil_net::set_driver_elapsed(self.sim.elapsed());
             self.heartbeat.beat();
         }
@@ -450,7 +440,6 @@ impl<'a> Deployment<'a> {
             },
             Burst::Over => LinkProfile::PERFECT,
         };
-        self.bursting = burst != Burst::Over;
         for site in 0..LINK_SITES {
             if sites & (1 << site) == 0 {
                 continue;

@@ -150,7 +150,12 @@ pub struct FaultStats {
 
 #[derive(Debug)]
 struct State {
-    rng: ChaCha8Rng,
+    seed: u64,
+    /// One random stream per flow (direction, local address, peer), drawn from in the flow's
+    /// order. A single stream shared by every socket of a host would hand a datagram the draw
+    /// of whichever datagram another socket happened to take first in the same step, an order
+    /// tokio may pick differently in a run that skips ahead and in one stepped tick by tick.
+    rngs: BTreeMap<(Direction, SocketAddr, SocketAddr), ChaCha8Rng>,
     egress: LinkProfile,
     ingress: LinkProfile,
     class_faults: BTreeMap<(PacketClass, Direction), ClassFault>,
@@ -170,7 +175,8 @@ impl Faults {
     pub fn new(seed: u64) -> Self {
         Self {
             state: Arc::new(Mutex::new(State {
-                rng: ChaCha8Rng::seed_from_u64(seed),
+                seed,
+                rngs: BTreeMap::new(),
                 egress: LinkProfile::PERFECT,
                 ingress: LinkProfile::PERFECT,
                 class_faults: BTreeMap::new(),
@@ -265,7 +271,11 @@ impl Faults {
                 None => {}
             }
         }
-        let rng = &mut state.rng;
+        let seed = state.seed;
+        let rng = state
+            .rngs
+            .entry((direction, local, peer))
+            .or_insert_with(|| ChaCha8Rng::seed_from_u64(flow_seed(seed, direction, local, peer)));
         if profile.loss > 0.0 && rng.gen_bool(profile.loss) {
             state.stats.lost += 1;
             return Verdict::Drop;
@@ -292,6 +302,35 @@ impl Faults {
         }
         Verdict::Deliver { delay, duplicate }
     }
+}
+
+/// The seed of one flow's stream: `seed` and the flow mixed with SplitMix64's finalizer, so
+/// that neighbouring ports get unrelated streams.
+fn flow_seed(seed: u64, direction: Direction, local: SocketAddr, peer: SocketAddr) -> u64 {
+    let words = [
+        u64::from(direction == Direction::Egress),
+        addr_word(local),
+        addr_word(peer),
+    ];
+    words.into_iter().fold(seed, |h, w| mix(h ^ mix(w)))
+}
+
+fn addr_word(addr: SocketAddr) -> u64 {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            (bits as u64) ^ ((bits >> 64) as u64)
+        }
+    };
+    (ip << 16) ^ u64::from(addr.port())
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn nanos(d: Duration) -> u64 {

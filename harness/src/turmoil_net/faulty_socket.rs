@@ -5,7 +5,6 @@
 //! from a spawned task; receives that are delayed wait in a queue inside the wrapper, so
 //! `recv_from` stays cancel-safe. Must run inside a turmoil host (or any tokio `LocalSet`).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -15,13 +14,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::faults::{Direction, Faults};
+use super::later::Later;
 use super::lock;
 
-#[derive(Debug, Default)]
-struct Delayed {
-    next_seq: u64,
-    queue: BTreeMap<(Instant, u64), (SocketAddr, Vec<u8>)>,
-}
+/// Datagrams held back, with where they came from or go to.
+type Delayed = Later<Instant, (SocketAddr, Vec<u8>)>;
 
 /// A socket whose traffic goes through [`Faults`]. Implements the node's
 /// [`node::runtime::DatagramSocket`] and the relay's [`relay_sim::net::UdpSocketLike`] when the
@@ -30,7 +27,10 @@ struct Delayed {
 pub struct FaultySocket<S> {
     inner: Arc<S>,
     faults: Faults,
+    /// Received datagrams held back.
     delayed: Mutex<Delayed>,
+    /// Datagrams to send later (see [`Later`]).
+    outbox: Arc<Mutex<Delayed>>,
 }
 
 impl<S> FaultySocket<S> {
@@ -40,6 +40,7 @@ impl<S> FaultySocket<S> {
             inner: Arc::new(inner),
             faults,
             delayed: Mutex::new(Delayed::default()),
+            outbox: Arc::new(Mutex::new(Delayed::default())),
         }
     }
 
@@ -55,27 +56,17 @@ impl<S> FaultySocket<S> {
 
     /// Queues a received datagram for later.
     fn hold(&self, after: Duration, from: SocketAddr, bytes: &[u8]) {
-        let mut delayed = lock(&self.delayed);
-        let seq = delayed.next_seq;
-        delayed.next_seq += 1;
-        delayed
-            .queue
-            .insert((Instant::now() + after, seq), (from, bytes.to_vec()));
+        lock(&self.delayed).hold(Instant::now() + after, (from, bytes.to_vec()));
     }
 
     /// When the next held datagram is due.
     fn next_due(&self) -> Option<Instant> {
-        lock(&self.delayed).queue.keys().next().map(|(t, _)| *t)
+        lock(&self.delayed).next_due()
     }
 
     /// Copies the first due datagram into `buf`.
     fn pop_due(&self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
-        let mut delayed = lock(&self.delayed);
-        let (&(due, seq), _) = delayed.queue.iter().next()?;
-        if due > Instant::now() {
-            return None;
-        }
-        let (from, bytes) = delayed.queue.remove(&(due, seq))?;
+        let (from, bytes) = lock(&self.delayed).pop_due(Instant::now())?;
         Some((copy(&bytes, buf), from))
     }
 
@@ -153,11 +144,16 @@ macro_rules! fault_paths {
                         Socket::send_to(&*self.inner, buf, dst).await?;
                         continue;
                     }
-                    let (inner, bytes) = (Arc::clone(&self.inner), buf.to_vec());
+                    lock(&self.outbox).hold(Instant::now() + delay, (dst, buf.to_vec()));
+                    let (inner, outbox) = (Arc::clone(&self.inner), Arc::clone(&self.outbox));
                     $spawn(async move {
                         $crate::turmoil_net::timers::sleep(delay).await;
-                        if let Err(error) = Socket::send_to(&*inner, &bytes, dst).await {
-                            tracing::debug!(%dst, %error, "delayed send failed");
+                        loop {
+                            let due = lock(&outbox).pop_due(Instant::now());
+                            let Some((dst, bytes)) = due else { break };
+                            if let Err(error) = Socket::send_to(&*inner, &bytes, dst).await {
+                                tracing::debug!(%dst, %error, "delayed send failed");
+                            }
                         }
                     });
                 }

@@ -30,6 +30,7 @@
 
 pub mod faults;
 pub mod faulty_socket;
+pub mod later;
 pub mod links;
 pub mod nat_host;
 pub mod probe;

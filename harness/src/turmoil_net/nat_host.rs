@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use turmoil::net::UdpSocket;
 
 use super::faults::{Direction, Faults, Verdict};
+use super::later::Later;
 use super::shim::{decapsulate, encapsulate};
 use super::turmoil_io::bindable;
 use super::{sim_time, Trace};
@@ -152,7 +153,14 @@ struct Host {
     public: BTreeMap<u16, Rc<UdpSocket>>,
     inbound_tx: mpsc::UnboundedSender<Inbound>,
     inbound_rx: mpsc::UnboundedReceiver<Inbound>,
+    /// Inbound datagrams the ingress faults delayed (see [`Later`]).
+    later_in: Rc<RefCell<Later<Duration, Inbound>>>,
+    /// Outbound datagrams the egress faults delayed.
+    later_out: Rc<RefCell<Outbox>>,
 }
+
+/// Datagrams to send later, with the public socket each leaves from.
+type Outbox = Later<Duration, (Rc<UdpSocket>, SocketAddr, Vec<u8>)>;
 
 impl Host {
     async fn start(nat: NatHandle) -> io::Result<Self> {
@@ -166,6 +174,8 @@ impl Host {
             public: BTreeMap::new(),
             inbound_tx,
             inbound_rx,
+            later_in: Rc::default(),
+            later_out: Rc::default(),
         })
     }
 
@@ -222,7 +232,7 @@ impl Host {
             .shared
             .faults
             .decide(Direction::Egress, payload, public, dst);
-        send(socket, payload, dst, verdict).await;
+        send(&self.later_out, socket, payload, dst, verdict).await;
     }
 
     /// From the outside: ingress faults, then the table.
@@ -244,16 +254,20 @@ impl Host {
                     .await;
                 continue;
             }
-            let tx = self.inbound_tx.clone();
             let later = Inbound {
                 faulted: true,
                 bytes: inbound.bytes.clone(),
                 ..inbound
             };
+            self.later_in.borrow_mut().hold(sim_time() + delay, later);
+            let (tx, held) = (self.inbound_tx.clone(), Rc::clone(&self.later_in));
             tokio::task::spawn_local(async move {
                 super::timers::sleep(delay).await;
-                // The NAT may have restarted meanwhile: then the datagram is lost.
-                let _ = tx.send(later);
+                let due = || held.borrow_mut().pop_due(sim_time());
+                while let Some(later) = due() {
+                    // The NAT may have restarted meanwhile: then the datagram is lost.
+                    let _ = tx.send(later);
+                }
             });
         }
     }
@@ -311,7 +325,13 @@ impl Host {
 }
 
 /// Sends `bytes` (and any duplicate) as `verdict` says: now, or later from a task.
-async fn send(socket: Rc<UdpSocket>, bytes: &[u8], dst: SocketAddr, verdict: Verdict) {
+async fn send(
+    outbox: &Rc<RefCell<Outbox>>,
+    socket: Rc<UdpSocket>,
+    bytes: &[u8],
+    dst: SocketAddr,
+    verdict: Verdict,
+) {
     for delay in verdict.delays() {
         if delay.is_zero() {
             if let Err(error) = socket.send_to(bytes, dst).await {
@@ -319,11 +339,16 @@ async fn send(socket: Rc<UdpSocket>, bytes: &[u8], dst: SocketAddr, verdict: Ver
             }
             continue;
         }
-        let (socket, bytes) = (Rc::clone(&socket), bytes.to_vec());
+        let item = (Rc::clone(&socket), dst, bytes.to_vec());
+        outbox.borrow_mut().hold(sim_time() + delay, item);
+        let outbox = Rc::clone(outbox);
         tokio::task::spawn_local(async move {
             super::timers::sleep(delay).await;
-            if let Err(error) = socket.send_to(&bytes, dst).await {
-                tracing::debug!(%dst, %error, "NAT: delayed send failed");
+            let due = || outbox.borrow_mut().pop_due(sim_time());
+            while let Some((socket, dst, bytes)) = due() {
+                if let Err(error) = socket.send_to(&bytes, dst).await {
+                    tracing::debug!(%dst, %error, "NAT: delayed send failed");
+                }
             }
         });
     }

@@ -85,11 +85,12 @@ pub const SETTLE: Duration = Duration::from_secs(2);
 /// flow included. A socket that carried anything during the cut is dead: the simulated TCP
 /// loses what was sent into the cut and its stream never recovers (a real one retransmits, but
 /// after a long cut it may take as long). Only a heartbeat notices it: the next one goes up to
-/// 30 s after the heal and is given up 10 s later, then the node reconnects within the first
-/// backoff (0.5 s: it starts over after a connection that worked), connects, joins, and the
-/// new flow takes its 3 s. A node whose link was already given up during the cut retries at
-/// most 10 s apart, which is sooner.
-pub const PORTAL_REJOIN: Duration = Duration::from_secs(45);
+/// 15 s after the heal and is given up 5 s later (`node_core::portal::HEARTBEAT_INTERVAL`,
+/// `HEARTBEAT_TIMEOUT`), then the node reconnects within the first backoff (0.5 s: it starts
+/// over after a connection that worked), connects, joins, and the new flow takes its 3 s:
+/// 24 s. A node whose link was already given up during the cut retries at most 10 s apart,
+/// which is sooner.
+pub const PORTAL_REJOIN: Duration = Duration::from_secs(25);
 
 /// The NAT in front of the clients or the one in front of the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -96,6 +96,10 @@ pub struct IceAgent {
     /// if we get a better candidate for [`IceAgentEvent::NominatedSend`].
     nominated_send: Option<PairId>,
 
+    /// Unanswered checks after which a controlling agent nominates a pair that answers over
+    /// a better one that does not (zta patch, see [`IceAgent::set_unanswered_to_switch`]).
+    unanswered_to_switch: Option<usize>,
+
     /// Statistics counter for the agent.
     stats: IceAgentStats,
 
@@ -341,6 +345,7 @@ impl IceAgent {
             stun_server_queue: VecDeque::new(),
             discovered_recv: HashSet::new(),
             nominated_send: None,
+            unanswered_to_switch: None,
             stats: IceAgentStats::default(),
             timing_advance: Duration::from_millis(50),
             timing_config: StunTiming::default(),
@@ -486,6 +491,18 @@ impl IceAgent {
         self.timing_config.recent_binding_request = window;
 
         debug!("recent_binding_request = {window:?}");
+    }
+
+    /// Sets after how many unanswered checks in a row (the last one may be in flight) a
+    /// succeeded pair counts as in doubt for the controlling agent's nomination: it nominates
+    /// the best pair that is not in doubt, and a pair in doubt only if all are (zta patch:
+    /// upstream keeps the best succeeded pair nominated until it fails, seconds after a path
+    /// that died, such as one through a NAT mapping a roam left behind, while a pair that
+    /// answers is there; when the pair in doubt answers again, it is the best one again).
+    ///
+    /// Defaults to `None`: only the priority counts, as upstream.
+    pub fn set_unanswered_to_switch(&mut self, num: Option<usize>) {
+        self.unanswered_to_switch = num;
     }
 
     /// Sets after how many unanswered checks a pair whose history is full (it had
@@ -2029,14 +2046,20 @@ impl IceAgent {
 
     fn evaluate_nomination(&mut self) {
         let nominated_pair_priority = self.nominated_pair_priority();
+        // zta patch: a pair of the same priority replaces a nominated one in doubt.
+        let switch = self.unanswered_to_switch;
+        let in_doubt = move |p: &CandidatePair| {
+            switch.is_some_and(|n| p.unanswered().is_some_and(|(u, _)| u >= n))
+        };
+        let nominated_in_doubt = self.controlling && self.nominated_pair().is_some_and(in_doubt);
 
         let best_prio = if self.controlling {
             // For controlling agents, we pick the best candidate pair using
-            // this strategy.
+            // this strategy (zta patch: among those whose checks are answered, if any).
             self.candidate_pairs
                 .iter_mut()
                 .filter(|p| p.state() == CheckState::Succeeded)
-                .max_by_key(|p| p.prio())
+                .max_by_key(|p| (!in_doubt(p), p.prio()))
         } else {
             // For controlled agents, we pick the best pair from what the controlling
             // agent has indicated with USE-CANDIDATE stun attribute. RFC 8445 §7.3.1.5
@@ -2050,8 +2073,11 @@ impl IceAgent {
         };
 
         if let Some(best_prio) = best_prio {
+            if Some(best_prio.id()) == self.nominated_send {
+                return;
+            }
             if let Some(nominated) = nominated_pair_priority {
-                if nominated == best_prio.prio() {
+                if nominated == best_prio.prio() && !nominated_in_doubt {
                     // The best prio is also the current nominated prio. Make
                     // no changes since there can be multiple pairs having the
                     // same best_prio.

@@ -245,6 +245,12 @@ impl Connection {
         conn.timers
             .set(Timer::BetterPath, now + p.config.better_path_retry);
         conn.apply_stun_timing();
+        // The client nominates a pair that answers over a better one whose checks stopped
+        // being answered, as soon as its packets would wait for the latter (a path in doubt),
+        // instead of when ICE gives it up seconds later; back to the better one once it answers.
+        conn.ice
+            .agent_mut()
+            .set_unanswered_to_switch(Some(UNANSWERED_IN_DOUBT));
         for addr in local_addrs {
             conn.add_local_address(*addr);
         }

@@ -1356,7 +1356,7 @@ impl Connection {
 }
 
 /// The transaction id of a STUN binding request (type 0x0001 behind the magic cookie).
-fn binding_request_id(stun: &[u8]) -> Option<TransactionId> {
+pub(crate) fn binding_request_id(stun: &[u8]) -> Option<TransactionId> {
     const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
     if stun.get(0..2)? != [0x00, 0x01] || stun.get(4..8)? != MAGIC_COOKIE {
         return None;

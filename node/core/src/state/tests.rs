@@ -258,7 +258,7 @@ impl World {
         let Some(t) = transmit.filter(|t| self.link_up && t.dst == client_addr()) else {
             return;
         };
-        if self.gateway_checks_lost && is_binding_request(&t.payload) {
+        if self.gateway_checks_lost && crate::connection::binding_request_id(&t.payload).is_some() {
             return;
         }
         let packet =
@@ -419,11 +419,6 @@ impl World {
             .contains(&ClientEvent::GatewayConnected(GID)));
         self.gateway_tun.clear();
     }
-}
-
-/// A STUN binding request: type 0x0001 and the magic cookie (RFC 8489).
-fn is_binding_request(datagram: &[u8]) -> bool {
-    datagram.len() >= 20 && datagram[..2] == [0, 1] && datagram[4..8] == [0x21, 0x12, 0xa4, 0x42]
 }
 
 fn is_prohibited(bytes: &[u8], from: IpAddr, to: IpAddr) -> bool {

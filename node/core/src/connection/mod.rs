@@ -111,12 +111,10 @@ pub(crate) struct Connection {
     handshakes_initiated: u64,
     /// Our relayed candidates' addresses and their relays: a path from one of them is relayed.
     relayed: BTreeMap<SocketAddr, RelayId>,
-    /// Where the last authenticated WireGuard packet came from: the controlled side's route
-    /// until ICE nominates a pair.
-    wg_endpoint: Option<(SocketAddr, SocketAddr)>,
-    /// The path the peer's last authenticated data packet came over, and when: for a while,
-    /// proof that the path works, whatever ICE's checks say (see [`Connection::wake`]).
-    peer_data: Option<(Path, Instant)>,
+    /// Where the peer's last authenticated data packet came from (our local address, the
+    /// peer's), and when: the controlled side's route until ICE nominates a pair, and for a
+    /// while proof that the path works, whatever ICE's checks say (see [`Connection::wake`]).
+    peer_data: Option<(SocketAddr, SocketAddr, Instant)>,
     /// The client's one remote candidate learned from where the gateway's authenticated
     /// packets come from (see [`Connection::follow_peer`]); a newer one replaces it.
     learned_remote: Option<is::Candidate>,
@@ -222,7 +220,6 @@ impl Connection {
             rekey_since: None,
             handshakes_initiated: 0,
             relayed: BTreeMap::new(),
-            wg_endpoint: None,
             peer_data: None,
             learned_remote: None,
             relayed_peer_reflexive: BTreeSet::new(),
@@ -351,10 +348,10 @@ impl Connection {
             self.apply_stun_timing();
         }
         if self
-            .wg_endpoint
-            .is_some_and(|(local, _)| local == candidate.addr())
+            .peer_data
+            .is_some_and(|(local, _, _)| local == candidate.addr())
         {
-            self.wg_endpoint = None;
+            self.peer_data = None;
         }
         self.ice.agent_mut().handle_timeout(now);
     }
@@ -392,17 +389,25 @@ impl Connection {
         true
     }
 
-    /// How long ICE may look for a path from a new remote candidate on. A gateway whose
-    /// established connection lost its paths waits as long as [`Connection::on_ice_state`]
-    /// lets it stay disconnected: the candidates that woke it (an idle client's new address)
-    /// come before the client's next check, which is what brings the path back.
+    /// How long ICE may look for a path from a new remote candidate on. An established
+    /// connection that lost its paths waits at least as long as it may stay disconnected
+    /// ([`Connection::migration_grace`]): on the gateway, the candidates that woke it (an idle
+    /// client's new address) come before the client's next check, which is what brings the
+    /// path back.
     fn setup_timeout(&self) -> Duration {
-        match (self.role, self.established) {
-            (Role::Gateway, true) => self
-                .config
-                .ice_setup_timeout
-                .max(self.config.controlled_migration_grace),
-            (Role::Gateway, false) | (Role::Client, _) => self.config.ice_setup_timeout,
+        if self.established {
+            self.config.ice_setup_timeout.max(self.migration_grace())
+        } else {
+            self.config.ice_setup_timeout
+        }
+    }
+
+    /// How long ICE may stay disconnected before the connection fails: longer on the gateway
+    /// (see [`CONTROLLED_MIGRATION_GRACE`]).
+    fn migration_grace(&self) -> Duration {
+        match self.role {
+            Role::Client => self.config.migration_grace,
+            Role::Gateway => self.config.controlled_migration_grace,
         }
     }
 
@@ -536,8 +541,8 @@ impl Connection {
     /// on the controlled side, where the peer's last authenticated packet came from.
     fn route(&self) -> Option<Path> {
         self.path.or(self
-            .wg_endpoint
-            .map(|(local, remote)| self.path_from(local, remote)))
+            .peer_data
+            .map(|(local, remote, _)| self.path_from(local, remote)))
     }
 
     fn path_from(&self, local: SocketAddr, remote: SocketAddr) -> Path {
@@ -579,8 +584,9 @@ impl Connection {
     fn wake(&mut self, now: Instant) {
         let (idle, silent) = (self.idle, self.path_silent);
         let lost = !self.ice.agent().state().is_connected();
-        let proven = self.peer_data.is_some_and(|(path, at)| {
-            Some(path) == self.route() && now < at + self.config.active_stun_interval
+        let proven = self.peer_data.is_some_and(|(local, remote, at)| {
+            Some(self.path_from(local, remote)) == self.route()
+                && now < at + self.config.active_stun_interval
         });
         let doubt = (idle || lost || silent) && !proven;
         let (true, None, Some(path)) = (self.established && doubt, &self.waking, self.path) else {
@@ -743,8 +749,7 @@ impl Connection {
             // Sent on the next timeout, where there is a transmit queue.
             self.timers.set(Timer::Wake, now);
         }
-        self.wg_endpoint = Some((reply_path.local, reply_path.remote));
-        self.peer_data = Some((reply_path, now));
+        self.peer_data = Some((reply_path.local, reply_path.remote, now));
         self.follow_peer(reply_path, now);
         self.mark_active(now);
     }
@@ -1289,11 +1294,8 @@ impl Connection {
                 }
             }
             IceConnectionState::Disconnected => {
-                let grace = match self.role {
-                    Role::Client => self.config.migration_grace,
-                    Role::Gateway => self.config.controlled_migration_grace,
-                };
-                self.timers.set_if_unset(Timer::MigrationGrace, now + grace);
+                self.timers
+                    .set_if_unset(Timer::MigrationGrace, now + self.migration_grace());
             }
             // New candidates revived the checks; the setup deadline bounds them from here.
             IceConnectionState::New | IceConnectionState::Checking => {

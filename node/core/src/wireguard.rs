@@ -59,6 +59,8 @@ pub(crate) struct Tunnel {
     /// 180 s after its handshake (and with it the time), but keeps counting towards its 540 s
     /// error from that moment, so the age of an idle connection's keys has to be kept here.
     session_since: Option<Instant>,
+    /// The tunnel's start, from which boringtun counts its timers.
+    started: Instant,
 }
 
 impl Tunnel {
@@ -94,6 +96,7 @@ impl Tunnel {
             epoch,
             high_water,
             session_since: None,
+            started: epoch + high_water,
         }
     }
 
@@ -170,6 +173,12 @@ impl Tunnel {
         self.set_clock(now);
         let base = dst.as_ptr() as usize;
         Output::from_result(base, self.tunn.update_timers(dst))
+    }
+
+    /// When boringtun's timers may next act, without a packet in between: [`Tunnel::update_timers`]
+    /// is due then. `None` when only a packet can make them act (the handshake gave up).
+    pub(crate) fn timers_due(&self) -> Option<Instant> {
+        self.tunn.next_timer_at().map(|since| self.started + since)
     }
 
     pub(crate) fn handshake_initiation(
@@ -327,6 +336,64 @@ mod tests {
         assert_eq!(
             age, None,
             "the responder has no session before a data packet"
+        );
+    }
+
+    /// Whether driving `tunnel`'s timers at `at` sends something.
+    fn acts_at(tunnel: &mut Tunnel, at: Instant) -> bool {
+        let mut buf = [0u8; 256];
+        matches!(tunnel.update_timers(at, &mut buf), Output::Network(_))
+    }
+
+    /// An idle connection drives boringtun's timers only when `timers_due` says: each timer
+    /// must be due at the moment it acts, not later (it would fire late) and not much sooner.
+    #[test]
+    fn the_timers_are_due_the_moment_they_act() {
+        #[allow(clippy::disallowed_methods)] // any instant: the tunnels count from `epoch`
+        let epoch = Instant::now();
+        let mut initiator = tunnel(epoch, 1, 2, 7);
+        let mut responder = tunnel(epoch, 2, 1, 9);
+        let src: IpAddr = [192, 0, 2, 1].into();
+        let (mut buf, mut out) = ([0u8; 256], [0u8; 256]);
+        let ms = Duration::from_millis;
+
+        // An unanswered initiation is sent again after 5 s.
+        let sent = epoch + ms(300);
+        let Output::Network(init) = initiator.handshake_initiation(sent, &mut buf, true) else {
+            panic!("no initiation");
+        };
+        let init = buf[init].to_vec();
+        assert_eq!(initiator.timers_due(), Some(sent + ms(5_000)));
+        assert!(!acts_at(&mut initiator, sent + ms(4_999)));
+        assert!(
+            acts_at(&mut initiator, sent + ms(5_000)),
+            "no retry when due"
+        );
+
+        // The responder got a data packet and sent nothing since its handshake response: it
+        // sends a keep-alive 10 s after that response.
+        let answered = epoch + ms(5_200);
+        let Output::Network(reply) = responder.decapsulate(answered, src, &init, &mut out) else {
+            panic!("no response");
+        };
+        let reply = out[reply].to_vec();
+        // The retry's initiation is newer; the response is to the first, which still counts.
+        initiator.decapsulate(answered, src, &reply, &mut buf);
+        let header = [
+            0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 7,
+        ];
+        let data_at = epoch + ms(6_000);
+        let Output::Network(data) = initiator.encapsulate(data_at, &header, &mut buf) else {
+            panic!("no data packet");
+        };
+        let data = buf[data].to_vec();
+        let got = responder.decapsulate(data_at, src, &data, &mut out);
+        assert!(matches!(got, Output::Tunnel(_)), "{got:?}");
+        assert_eq!(responder.timers_due(), Some(answered + ms(10_000)));
+        assert!(!acts_at(&mut responder, answered + ms(9_999)));
+        assert!(
+            acts_at(&mut responder, answered + ms(10_000)),
+            "no keep-alive when due"
         );
     }
 

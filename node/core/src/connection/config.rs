@@ -6,11 +6,6 @@ use std::time::Duration;
 pub const IDLE_AFTER: Duration = Duration::from_secs(20);
 /// The STUN keep-alive interval of an idle connection.
 pub const IDLE_STUN_INTERVAL: Duration = Duration::from_secs(25);
-/// How often an idle connection drives boringtun's timers. With no data either way, what is
-/// left for them is a handshake's retry (every 5 s), the 10 s keep-alive and the keys' expiry
-/// after minutes: a second is precise enough, and a node with idle connections wakes a quarter
-/// as often. Activity brings the active tick back at once.
-pub const IDLE_WIREGUARD_TICK: Duration = Duration::from_secs(1);
 /// Once ICE is connected, a WireGuard session must exist within this long. boringtun itself
 /// keeps trying for 90 s, which would hide a wrong key or PSK for a minute and a half.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(15);
@@ -52,11 +47,10 @@ pub const ROLLOVER_DEBOUNCE: Duration = Duration::from_secs(20);
 /// simulation run; tests may change a field to reach a deadline sooner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionConfig {
-    /// How often boringtun's timers are driven; its keep-alive, rekey and retry timers are only
-    /// as precise as this. Default 250 ms.
+    /// How often an active connection drives boringtun's timers; its keep-alive, rekey and
+    /// retry timers are only as precise as this. An idle connection drives them when one is due
+    /// (`Tunn::next_timer_at`), and at most this often. Default 250 ms.
     pub wireguard_tick: Duration,
-    /// The same for an idle connection. Default [`IDLE_WIREGUARD_TICK`].
-    pub idle_wireguard_tick: Duration,
     /// No traffic for this long makes a connection idle. Default [`IDLE_AFTER`].
     pub idle_after: Duration,
     /// The STUN keep-alive interval of an idle connection. Default [`IDLE_STUN_INTERVAL`].
@@ -109,7 +103,6 @@ impl Default for ConnectionConfig {
     fn default() -> Self {
         Self {
             wireguard_tick: Duration::from_millis(250),
-            idle_wireguard_tick: IDLE_WIREGUARD_TICK,
             idle_after: IDLE_AFTER,
             idle_stun_interval: IDLE_STUN_INTERVAL,
             wake_hold: WAKE_HOLD,

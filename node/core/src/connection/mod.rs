@@ -34,8 +34,8 @@ mod wake;
 
 pub use config::{
     ConnectionConfig, BETTER_PATH_RETRY, CONTROLLED_MIGRATION_GRACE, HANDSHAKE_DEADLINE,
-    ICE_SETUP_TIMEOUT, IDLE_AFTER, IDLE_STUN_INTERVAL, IDLE_WIREGUARD_TICK, MAX_REMOTE_CANDIDATES,
-    MIGRATION_GRACE, ROLLOVER_DEBOUNCE, WAKE_HOLD,
+    ICE_SETUP_TIMEOUT, IDLE_AFTER, IDLE_STUN_INTERVAL, MAX_REMOTE_CANDIDATES, MIGRATION_GRACE,
+    ROLLOVER_DEBOUNCE, WAKE_HOLD,
 };
 use timer::{Timer, TimerTable};
 pub use wake::MAX_WAKE_HELD;
@@ -682,6 +682,7 @@ impl Connection {
         } else {
             self.tunnel.decapsulate(now, from.ip(), datagram, dst)
         };
+        self.rearm_idle_wireguard(now);
         let out = match result {
             Output::Open(opening, range) => {
                 buf.set_range(header + range.start..header + range.end);
@@ -1104,13 +1105,13 @@ impl Connection {
     ) {
         match timer {
             Timer::WireGuardTick => {
-                let tick = if self.idle {
-                    self.config.idle_wireguard_tick
-                } else {
-                    self.config.wireguard_tick
-                };
-                self.timers.set(Timer::WireGuardTick, now + tick);
                 self.update_wireguard_timers(now, pool, transmits);
+                let next = now + self.config.wireguard_tick;
+                match self.idle.then(|| self.idle_wireguard_due(now)) {
+                    None => self.timers.set(Timer::WireGuardTick, next),
+                    Some(Some(due)) => self.timers.set(Timer::WireGuardTick, due.max(next)),
+                    Some(None) => self.timers.stop(Timer::WireGuardTick),
+                }
             }
             Timer::MigrationGrace => self.fail(FailReason::IceDisconnected),
             Timer::IceSetup => self.fail(FailReason::IceTimeout),
@@ -1179,6 +1180,47 @@ impl Connection {
         self.check_session_age(now, pool, transmits);
     }
 
+    /// When an idle connection must next drive its WireGuard timers: when boringtun's may act
+    /// ([`Tunnel::timers_due`]), a handshake's deadline passes, or its session is due for renewal
+    /// or too old (see `check_session_age`). Waking at these moments only, instead of every
+    /// tick, is what lets a node with idle connections sleep for seconds at a time.
+    fn idle_wireguard_due(&mut self, now: Instant) -> Option<Instant> {
+        let rekey = self
+            .rekey_since
+            .map(|since| since + self.config.handshake_deadline);
+        let session = self.tunnel.session_age(now).map(|age| {
+            let since = now - age;
+            let renew = since + self.config.idle_rekey;
+            match self.role {
+                Role::Client => renew.min(since + self.config.session_give_up),
+                Role::Gateway => since + self.config.session_give_up,
+            }
+        });
+        [self.tunnel.timers_due(), rekey, session]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A packet or a handshake of ours moved boringtun's timers while the connection is idle:
+    /// one may now be due sooner than the tick armed before.
+    fn rearm_idle_wireguard(&mut self, now: Instant) {
+        if !self.idle {
+            return;
+        }
+        let Some(due) = self.idle_wireguard_due(now) else {
+            return;
+        };
+        let at = due.max(now);
+        if self
+            .timers
+            .get(Timer::WireGuardTick)
+            .is_none_or(|armed| at < armed)
+        {
+            self.timers.set(Timer::WireGuardTick, at);
+        }
+    }
+
     /// WireGuard renews keys only when data flows, and boringtun drops (and logs as an error)
     /// a session that reached 540 s. An idle connection is expected, so the client renews the
     /// session well before that, and a side whose session still gets that old has a peer that
@@ -1217,6 +1259,7 @@ impl Connection {
         path: Path,
         now: Instant,
     ) -> Option<Transmit> {
+        self.rearm_idle_wireguard(now);
         match result {
             Output::Network(range) => {
                 buf.set_range(header + range.start..header + range.end);

@@ -114,6 +114,10 @@ impl RateLimiter {
     }
 
     fn is_under_load(&self) -> bool {
+        // zta patch: the count's period is checked where the count is used, not only where
+        // `Tunn::update_timers` resets it, so a caller that drives the timers only when one is
+        // due (`Tunn::next_timer_at`) keeps the limit per second.
+        self.reset_count();
         self.count.fetch_add(1, Ordering::SeqCst) >= self.limit
     }
 

@@ -316,6 +316,66 @@ impl Tunn {
         TunnResult::Done
     }
 
+    /// When [`Tunn::update_timers`] may next act, counted like the timers from the tunnel's start
+    /// (see [`Tunn::time_since_start`]); `None` when only a packet can make it act (zta patch).
+    ///
+    /// Upstream expects `update_timers` every 100 to 250 ms whether or not anything is due, which
+    /// makes an idle tunnel wake up four to ten times a second. Each condition below is one of
+    /// `update_timers`, written as the moment it becomes true: nothing but a packet or a call
+    /// changes the state they read, so a caller that drives the timers at this moment, and again
+    /// after each call into the tunnel, misses nothing. Where a condition is already true the
+    /// moment is in the past: the caller drives the timers at once.
+    pub fn next_timer_at(&self) -> Option<Duration> {
+        if self.handshake.is_expired() {
+            return None;
+        }
+        let timers = &self.timers;
+        let mut next = timers[TimeSessionEstablished] + REJECT_AFTER_TIME * 3;
+        let mut at = |deadline: Duration| next = next.min(deadline);
+        for (i, since) in timers.session_timers.iter().enumerate() {
+            if self.sessions[i].is_some() {
+                // `update_session_timers` drops a session once strictly older than this.
+                at(*since + REJECT_AFTER_TIME + Duration::from_nanos(1));
+            }
+        }
+        if self.handshake.has_cookie() {
+            at(timers[TimeCookieReceived] + COOKIE_EXPIRATION_TIME);
+        }
+        if let Some(init_sent) = self.handshake.timer() {
+            at(timers[TimeLastHandshakeStarted] + REKEY_ATTEMPT_TIME);
+            at(init_sent.duration_since(timers.time_started) + REKEY_TIMEOUT);
+            return Some(next);
+        }
+        let established = timers[TimeSessionEstablished];
+        if timers.is_initiator() {
+            if established < timers[TimeLastDataPacketSent] {
+                at(established + REKEY_AFTER_TIME);
+            }
+            if established < timers[TimeLastDataPacketReceived] {
+                at(established + REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT);
+            }
+        }
+        if timers[TimeLastDataPacketSent] > timers[TimeLastPacketReceived] && timers.want_handshake
+        {
+            at(timers[TimeLastPacketReceived] + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT);
+        }
+        if timers[TimeLastDataPacketReceived] > timers[TimeLastPacketSent] && timers.want_keepalive
+        {
+            at(timers[TimeLastPacketSent] + KEEPALIVE_TIMEOUT);
+        }
+        if timers.persistent_keepalive > 0 {
+            at(timers[TimePersistentKeepalive]
+                + Duration::from_secs(timers.persistent_keepalive as u64));
+        }
+        Some(next)
+    }
+
+    /// The time since the tunnel's start, as the timers count it (zta patch: see
+    /// [`Tunn::next_timer_at`]).
+    pub fn time_since_start(&self) -> Duration {
+        Instant::now().duration_since(self.timers.time_started)
+    }
+
     pub fn time_since_last_handshake(&self) -> Option<Duration> {
         let current_session = self.current;
         if self.sessions[current_session % super::N_SESSIONS].is_some() {

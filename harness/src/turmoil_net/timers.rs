@@ -6,25 +6,43 @@
 //! it must know every pending timer, so every sleep in the world's hosts goes through [`Sleep`],
 //! which keeps its deadline (in simulated time) on a per-thread board while it is pending.
 //!
+//! The board also knows whose each deadline is (the host whose software made the sleep), so that
+//! in each step the driver runs only the hosts with a message or a timer due
+//! ([`turmoil::Sim::step_lazily`]): a world of ten hosts where one has work costs one host.
+//!
 //! The skip is exact, not an approximation: it ends a tick before the earliest deadline, so the
 //! steps that do the work are the ones a tick-by-tick run takes, and a seed's trace hash is the
 //! same either way (checked in `tests/sim.rs`). A sleep that bypassed the board would break that
 //! equality, which is how a missed one shows.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::sim_time;
 
+/// A pending deadline: (simulated deadline, key), so the first of a set is the earliest.
+type Entry = (Duration, u64);
+
 #[derive(Default)]
 struct Board {
     next_key: u64,
-    /// (simulated deadline, key), so the first is the earliest.
-    pending: BTreeSet<(Duration, u64)>,
+    pending: BTreeSet<Entry>,
+    /// The same, by the host whose software made the sleep (`None`: made outside any host,
+    /// which every host then counts as its own).
+    by_host: HashMap<Option<IpAddr>, BTreeSet<Entry>>,
+}
+
+impl Board {
+    fn earliest_of(&self, host: Option<IpAddr>) -> Option<Duration> {
+        self.by_host
+            .get(&host)
+            .and_then(|set| set.first().map(|(at, _)| *at))
+    }
 }
 
 thread_local! {
@@ -47,19 +65,21 @@ pub fn skip_ahead() -> bool {
 #[derive(Debug)]
 pub struct Sleep {
     inner: Pin<Box<tokio::time::Sleep>>,
-    entry: Option<(Duration, u64)>,
+    entry: Option<(Entry, Option<IpAddr>)>,
 }
 
 /// Sleeps until `deadline` (a host's tokio instant), on the board.
 pub fn sleep_until(deadline: tokio::time::Instant) -> Sleep {
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let at = sim_time() + left;
+    let host = turmoil::current_host();
     let entry = BOARD.with(|board| {
         let mut board = board.borrow_mut();
         let key = board.next_key;
         board.next_key += 1;
         board.pending.insert((at, key));
-        (at, key)
+        board.by_host.entry(host).or_default().insert((at, key));
+        ((at, key), host)
     });
     Sleep {
         inner: Box::pin(tokio::time::sleep_until(deadline)),
@@ -74,8 +94,14 @@ pub fn sleep(duration: Duration) -> Sleep {
 
 impl Sleep {
     fn take_off(&mut self) {
-        if let Some(entry) = self.entry.take() {
-            BOARD.with(|board| board.borrow_mut().pending.remove(&entry));
+        if let Some((entry, host)) = self.entry.take() {
+            BOARD.with(|board| {
+                let mut board = board.borrow_mut();
+                board.pending.remove(&entry);
+                if let Some(set) = board.by_host.get_mut(&host) {
+                    set.remove(&entry);
+                }
+            });
         }
     }
 }
@@ -106,7 +132,23 @@ pub fn earliest() -> Option<Duration> {
 /// Forgets every pending deadline: a new world starts, and the last one's hosts may not all have
 /// been dropped yet (their sleeps then take off entries that are gone, which is harmless).
 pub fn clear() {
-    BOARD.with(|board| board.borrow_mut().pending.clear());
+    BOARD.with(|board| {
+        let mut board = board.borrow_mut();
+        board.pending.clear();
+        board.by_host.clear();
+    });
+}
+
+/// Whether `host` has a deadline pending at or before `until` (its own, or one made outside
+/// any host): a driver that steps hosts lazily ([`turmoil::Sim::step_lazily`]) must run it.
+pub fn host_due(host: IpAddr, until: Duration) -> bool {
+    BOARD.with(|board| {
+        let board = board.borrow();
+        [Some(host), None]
+            .into_iter()
+            .filter_map(|h| board.earliest_of(h))
+            .any(|at| at <= until)
+    })
 }
 
 /// How long the next step may be: `tick` while a message is in flight or a deadline is within

@@ -253,6 +253,12 @@ pub fn elapsed() -> Duration {
     World::current(|world| world.current_host().timer.elapsed())
 }
 
+/// The address of the host whose software is running now, if any (zta patch: lets a caller
+/// tell which host a timer belongs to, see `Sim::step_lazily`).
+pub fn current_host() -> Option<std::net::IpAddr> {
+    World::try_current(|world| world.current).ok().flatten()
+}
+
 /// Returns how long the simulation has been executing for in virtual time.
 ///
 /// Will return None if the duration is not available, typically because

@@ -259,6 +259,17 @@ impl Topology {
             .sum()
     }
 
+    /// Whether a message waits to be delivered to `addr` (zta patch: see `Sim::step_lazily`).
+    pub(crate) fn has_deliverable(&self, addr: IpAddr) -> bool {
+        // A link's map has at most its two ends: compared, not hashed, as this runs for every
+        // host on every step.
+        self.links.values().any(|link| {
+            link.deliverable
+                .iter()
+                .any(|(dst, queue)| *dst == addr && !queue.is_empty())
+        })
+    }
+
     pub(crate) fn deliver_messages(&mut self, rand: &mut dyn RngCore, dst: &mut Host) {
         for (pair, link) in &mut self.links {
             if pair.0 == dst.addr || pair.1 == dst.addr {

@@ -40,6 +40,10 @@ pub(crate) struct World {
     /// Run duration for each host on every step.
     // TODO: Remove this once we've cleaned up the loopback implementation hacks
     pub(crate) tick_duration: Duration,
+
+    /// Hosts whose tasks another host woke without a message (a TCP accept completes the
+    /// connecting side's oneshot): `Sim::step_lazily` runs them (zta patch).
+    pub(crate) woken: Vec<IpAddr>,
 }
 
 scoped_thread_local!(static CURRENT: RefCell<World>);
@@ -60,6 +64,7 @@ impl World {
             current: None,
             rng,
             tick_duration,
+            woken: Vec::new(),
         }
     }
 

@@ -81,6 +81,8 @@ impl TcpListener {
             tracing::trace!(target: TRACING_TARGET, src = ?self.local_addr, dst = ?origin, protocol = %"TCP SYN-ACK", "Send");
 
             if ack.is_ok() {
+                // zta patch: the connecting host's task is woken without a message.
+                World::current(|world| world.woken.push(origin.ip()));
                 break origin;
             }
         };

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::faults::{Direction, Faults};
 use super::later::Later;
 use super::lock;
+use super::scratch::Scratch;
 
 /// Datagrams held back, with where they came from or go to.
 type Delayed = Later<Instant, (SocketAddr, Vec<u8>)>;
@@ -31,6 +32,7 @@ pub struct FaultySocket<S> {
     delayed: Mutex<Delayed>,
     /// Datagrams to send later (see [`Later`]).
     outbox: Arc<Mutex<Delayed>>,
+    scratch: Scratch,
 }
 
 impl<S> FaultySocket<S> {
@@ -41,6 +43,7 @@ impl<S> FaultySocket<S> {
             faults,
             delayed: Mutex::new(Delayed::default()),
             outbox: Arc::new(Mutex::new(Delayed::default())),
+            scratch: Scratch::default(),
         }
     }
 
@@ -115,7 +118,7 @@ macro_rules! fault_paths {
             async fn $recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
                 use $trait as Socket;
                 let local = Socket::local_addr(&*self.inner)?;
-                let mut scratch = vec![0u8; buf.len()];
+                let mut scratch = self.scratch.lend(buf.len());
                 loop {
                     if let Some(ready) = self.pop_due(buf) {
                         return Ok(ready);

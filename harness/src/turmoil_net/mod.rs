@@ -35,6 +35,7 @@ pub mod links;
 pub mod nat_host;
 pub mod probe;
 pub mod roaming;
+pub mod scratch;
 pub mod shim;
 pub mod timers;
 pub mod trace;

@@ -13,6 +13,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::scratch::Scratch;
 use super::turmoil_io::bindable;
 
 /// The longest header.
@@ -73,6 +74,7 @@ pub struct NatShim {
     nat: SocketAddr,
     dropped_direct: AtomicU64,
     dropped_malformed: AtomicU64,
+    scratch: Scratch,
 }
 
 impl NatShim {
@@ -88,6 +90,7 @@ impl NatShim {
             nat,
             dropped_direct: AtomicU64::new(0),
             dropped_malformed: AtomicU64::new(0),
+            scratch: Scratch::default(),
         })
     }
 
@@ -107,7 +110,7 @@ impl NatShim {
     }
 
     async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let mut scratch = vec![0u8; buf.len() + MAX_HEADER_LEN];
+        let mut scratch = self.scratch.lend(buf.len() + MAX_HEADER_LEN);
         loop {
             let (n, from) = self.socket.recv_from(&mut scratch).await?;
             if from != self.nat {

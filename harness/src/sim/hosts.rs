@@ -369,25 +369,33 @@ pub async fn gateway_host<S: DatagramSocket>(
             .set(stats.unauthorized + stats.unknown_client);
         let node = engine.state().node();
         observed.stats.borrow_mut().clone_from(node.stats());
+        // Snapshots are taken once per input: this runs after every one.
+        let connections: Vec<_> = node
+            .connections()
+            .filter_map(|cid| Some((cid, node.connection(cid)?)))
+            .collect();
         observed.handshakes.observe(
-            node.connections()
-                .filter_map(|cid| node.connection(cid))
-                .map(|c| (c.index, c.handshakes_initiated)),
+            connections
+                .iter()
+                .map(|(_, c)| (c.index, c.handshakes_initiated)),
         );
         *observed.relayed_candidates.borrow_mut() = node.relayed_candidates();
         *observed.own_relayed.borrow_mut() = node.relayed_addresses().collect();
         let mut psks = observed.psks.borrow_mut();
         psks.clear();
-        psks.extend(node.connections().filter_map(|cid| {
-            let c = node.connection(cid)?;
-            c.established.then_some((cid, c.psk_fingerprint))
-        }));
+        psks.extend(
+            connections
+                .iter()
+                .filter(|(_, c)| c.established)
+                .map(|(cid, c)| (*cid, c.psk_fingerprint)),
+        );
         drop(psks);
         let mut held = observed.remote_candidates.borrow_mut();
         held.clear();
         held.extend(
-            node.connections()
-                .filter_map(|cid| Some((cid, node.connection(cid)?.remote_candidates))),
+            connections
+                .iter()
+                .map(|(cid, c)| (*cid, c.remote_candidates)),
         );
     });
     let mut link = link(&cfg, "gateway");
@@ -506,20 +514,25 @@ impl Events for ClientEngine {
         }
         if let Some(tap) = tap {
             let node = self.state().node();
+            // Snapshots are taken once per input: this runs after every one.
+            let connections: Vec<_> = node
+                .connections()
+                .filter_map(|gid| node.connection(gid))
+                .collect();
             tap.handshakes.observe(
-                node.connections()
-                    .filter_map(|gid| node.connection(gid))
+                connections
+                    .iter()
                     .map(|c| (c.index, c.handshakes_initiated)),
             );
             *tap.relayed_candidates.borrow_mut() = node.relayed_candidates();
             *tap.own_relayed.borrow_mut() = node.relayed_addresses().collect();
             tap.psk.set(
-                node.connections()
-                    .filter_map(|gid| node.connection(gid))
+                connections
+                    .iter()
                     .find(|c| c.established)
                     .map(|c| c.psk_fingerprint),
             );
-            let conn = node.connections().find_map(|gid| node.connection(gid));
+            let conn = connections.first();
             let now = conn.as_ref().and_then(|c| c.path.map(|p| (c.index, p)));
             let relayed = conn.as_ref().is_some_and(|c| {
                 c.path.is_some_and(|p| p.relay.is_some())

@@ -577,7 +577,7 @@ impl<TId: PeerId> Node<TId> {
             idle: c.is_idle(),
             remote_candidates: c.signalled_remote_candidates(),
             handshakes_initiated: c.handshakes_initiated(),
-            psk_fingerprint: c.identity.psk.fingerprint(),
+            psk_fingerprint: c.psk_fingerprint,
         })
     }
 

@@ -99,6 +99,9 @@ pub(crate) struct Identity {
 pub(crate) struct Connection {
     pub(crate) index: ConnIndex,
     pub(crate) identity: Identity,
+    /// Which preshared key the tunnel uses (`Psk::fingerprint`), hashed once: observers read
+    /// it after every input.
+    pub(crate) psk_fingerprint: [u8; 8],
     role: Role,
     ice: Ice,
     tunnel: Tunnel,
@@ -211,6 +214,7 @@ impl Connection {
 
         let mut conn = Self {
             index: p.index,
+            psk_fingerprint: p.identity.psk.fingerprint(),
             identity: p.identity,
             role: p.role,
             ice,

@@ -50,6 +50,12 @@ pub const OUTBOUND_QUEUE_LEN: usize = 4096;
 /// says so, instead of being buffered and then dropped by the frame parser.
 pub const MAX_MESSAGE_LEN: usize = MAX_FRAME_LEN;
 
+/// How much a connection reads from its socket at a time. tungstenite zeroes this much of its
+/// buffer before every read (128 KiB by default): with thousands of nodes that send a
+/// heartbeat every 15 s, that was most of the work of a read, and memory held per connection.
+/// The control plane's messages are small; a longer one is read in several reads.
+pub const READ_BUFFER_LEN: usize = 8 * 1024;
+
 /// The longest the server sleeps before it looks at the core's timers again.
 pub const MAX_TIMER_SLEEP: Duration = Duration::from_secs(60);
 
@@ -327,6 +333,7 @@ where
         }
     };
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_LEN)
         .max_message_size(Some(MAX_MESSAGE_LEN))
         .max_frame_size(Some(MAX_MESSAGE_LEN));
     let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))

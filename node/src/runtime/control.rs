@@ -24,6 +24,11 @@ use super::{Clock, TokioClock};
 /// How long opening the stream and the WebSocket handshake may take together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How much the portal link reads from its socket at a time. tungstenite zeroes this much of
+/// its buffer before every read (128 KiB by default), most of the work of reading a heartbeat's
+/// answer; the portal's messages are small, and a longer one is read in several reads.
+const READ_BUFFER_LEN: usize = 8 * 1024;
+
 /// The engine's link to the portal, as the event loop uses it.
 pub trait ControlLink {
     /// Carries out a command of the engine.
@@ -172,7 +177,9 @@ async fn handshake<C: Connector>(
         .connect()
         .await
         .map_err(|e| connector.connection_error(e))?;
-    match tokio_tungstenite::client_async(url, stream).await {
+    let config =
+        tungstenite::protocol::WebSocketConfig::default().read_buffer_size(READ_BUFFER_LEN);
+    match tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await {
         Ok((ws, _response)) => Ok(ws),
         Err(error) => Err(to_connection_error(error)),
     }

@@ -6,6 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crc::{CRC_32_ISO_HDLC, Crc};
+
+/// zta patch: the CRC's table is built once, at compile time; `Crc::new` at each message built
+/// it anew for every STUN message sent.
+const FINGERPRINT_CRC: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
@@ -482,7 +486,7 @@ impl<'a> StunMessage<'a> {
         buf[2..4].copy_from_slice(&(attr_len as u16).to_be_bytes());
 
         // Compute and fill in fingerprint
-        let crc = Crc::<u32>::new(&CRC_32_ISO_HDLC)
+        let crc = FINGERPRINT_CRC
             .checksum(&buf[0..(fingerprint_value_offest - ATTR_TLV_LENGTH)])
             ^ 0x5354_554e;
         buf[fingerprint_value_offest..(fingerprint_value_offest + FPRINT_LEN)]

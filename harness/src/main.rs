@@ -18,7 +18,8 @@ const CASE_LENGTH: usize = 12;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Step every tick and run every host in every step, also where none has anything due (the same trace hash, slower).
+    /// Step every tick and run every host in every step, also where none has anything due
+    /// (the same trace hash, slower).
     #[arg(long, global = true)]
     no_skip: bool,
 }

@@ -306,15 +306,19 @@ mod tests {
         )
     }
 
-    /// The patched boringtun dates a session when its handshake completes, not at the last
-    /// timer tick before: an idle connection's timers run once a second, and a handshake that
-    /// completed between two ticks must not look up to a second older than it is.
-    #[test]
-    fn a_session_is_dated_when_its_handshake_completes_not_at_the_last_tick() {
+    /// Two tunnels to each other, both counting from the returned instant.
+    fn initiator_and_responder() -> (Instant, Tunnel, Tunnel) {
         #[allow(clippy::disallowed_methods)] // any instant: the tunnels count from `epoch`
         let epoch = Instant::now();
-        let mut initiator = tunnel(epoch, 1, 2, 7);
-        let mut responder = tunnel(epoch, 2, 1, 9);
+        (epoch, tunnel(epoch, 1, 2, 7), tunnel(epoch, 2, 1, 9))
+    }
+
+    /// The patched boringtun dates a session when its handshake completes, not at the last
+    /// timer tick before: an idle connection drives its timers only when one is due, seconds
+    /// apart, and a handshake that completed in between must not look older than it is.
+    #[test]
+    fn a_session_is_dated_when_its_handshake_completes_not_at_the_last_tick() {
+        let (epoch, mut initiator, mut responder) = initiator_and_responder();
         let src: IpAddr = [192, 0, 2, 1].into();
         let (mut buf, mut out) = ([0u8; 256], [0u8; 256]);
         initiator.update_timers(epoch, &mut buf);
@@ -349,10 +353,7 @@ mod tests {
     /// must be due at the moment it acts, not later (it would fire late) and not much sooner.
     #[test]
     fn the_timers_are_due_the_moment_they_act() {
-        #[allow(clippy::disallowed_methods)] // any instant: the tunnels count from `epoch`
-        let epoch = Instant::now();
-        let mut initiator = tunnel(epoch, 1, 2, 7);
-        let mut responder = tunnel(epoch, 2, 1, 9);
+        let (epoch, mut initiator, mut responder) = initiator_and_responder();
         let src: IpAddr = [192, 0, 2, 1].into();
         let (mut buf, mut out) = ([0u8; 256], [0u8; 256]);
         let ms = Duration::from_millis;

@@ -1192,13 +1192,17 @@ impl Connection {
         let rekey = self
             .rekey_since
             .map(|since| since + self.config.handshake_deadline);
-        let session = self.tunnel.session_age(now).map(|age| {
-            let since = now - age;
-            let renew = since + self.config.idle_rekey;
-            match self.role {
-                Role::Client => renew.min(since + self.config.session_give_up),
-                Role::Gateway => since + self.config.session_give_up,
-            }
+        // Only the client renews, and not while a renewal is under way (its handshake's own
+        // deadline is the one above): a moment that passed without acting would be due again
+        // at every tick.
+        let renews = matches!(self.role, Role::Client) && self.rekey_since.is_none();
+        let session = self.tunnel.session_age(now).and_then(|age| {
+            let since = now.checked_sub(age)?;
+            Some(if renews {
+                since + self.config.idle_rekey
+            } else {
+                since + self.config.session_give_up
+            })
         });
         [self.tunnel.timers_due(), rekey, session]
             .into_iter()

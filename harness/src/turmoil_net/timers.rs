@@ -31,15 +31,14 @@ type Entry = (Duration, u64);
 #[derive(Default)]
 struct Board {
     next_key: u64,
-    pending: BTreeSet<Entry>,
-    /// The same, by the host whose software made the sleep (`None`: made outside any host,
-    /// which every host then counts as its own).
-    by_host: HashMap<Option<IpAddr>, BTreeSet<Entry>>,
+    /// By the host whose software made the sleep (`None`: made outside any host, which every
+    /// host then counts as its own).
+    pending: HashMap<Option<IpAddr>, BTreeSet<Entry>>,
 }
 
 impl Board {
     fn earliest_of(&self, host: Option<IpAddr>) -> Option<Duration> {
-        self.by_host
+        self.pending
             .get(&host)
             .and_then(|set| set.first().map(|(at, _)| *at))
     }
@@ -77,8 +76,7 @@ pub fn sleep_until(deadline: tokio::time::Instant) -> Sleep {
         let mut board = board.borrow_mut();
         let key = board.next_key;
         board.next_key += 1;
-        board.pending.insert((at, key));
-        board.by_host.entry(host).or_default().insert((at, key));
+        board.pending.entry(host).or_default().insert((at, key));
         ((at, key), host)
     });
     Sleep {
@@ -96,9 +94,7 @@ impl Sleep {
     fn take_off(&mut self) {
         if let Some((entry, host)) = self.entry.take() {
             BOARD.with(|board| {
-                let mut board = board.borrow_mut();
-                board.pending.remove(&entry);
-                if let Some(set) = board.by_host.get_mut(&host) {
+                if let Some(set) = board.borrow_mut().pending.get_mut(&host) {
                     set.remove(&entry);
                 }
             });
@@ -126,17 +122,20 @@ impl Drop for Sleep {
 
 /// The earliest deadline pending on this thread, in simulated time.
 pub fn earliest() -> Option<Duration> {
-    BOARD.with(|board| board.borrow().pending.first().map(|(at, _)| *at))
+    BOARD.with(|board| {
+        board
+            .borrow()
+            .pending
+            .values()
+            .filter_map(|set| set.first().map(|(at, _)| *at))
+            .min()
+    })
 }
 
 /// Forgets every pending deadline: a new world starts, and the last one's hosts may not all have
 /// been dropped yet (their sleeps then take off entries that are gone, which is harmless).
 pub fn clear() {
-    BOARD.with(|board| {
-        let mut board = board.borrow_mut();
-        board.pending.clear();
-        board.by_host.clear();
-    });
+    BOARD.with(|board| board.borrow_mut().pending.clear());
 }
 
 /// Whether `host` has a deadline pending at or before `until` (its own, or one made outside

@@ -433,14 +433,15 @@ impl<'a> Sim<'a> {
     }
 
     /// [`Sim::step_by`], running only the hosts that need it (zta patch): those `must_run`
-    /// names and those a message is delivered to in this step. The time of a host left out is
-    /// owed to it, and it catches up in one long tick of its own when it next runs (or is
-    /// crashed or bounced). turmoil otherwise runs every host on every step, so a world's cost
-    /// is hosts × steps even where one host has work.
+    /// names, those a message is delivered to in this step, and those another host woke
+    /// without a message (a TCP accept). The time of a host left out is owed to it: before it
+    /// next runs (or is crashed or bounced), its clock is moved forward by that much without
+    /// running a task. turmoil otherwise runs every host on every step, so a world's cost is
+    /// hosts × steps even where one host has work.
     ///
     /// This is exact only if the caller knows that a host it leaves out has nothing due in the
-    /// step (no timer, no task woken other than by a message): its tasks would then have done
-    /// nothing in the steps it missed, and the long tick does nothing either.
+    /// step (no timer, no task woken by the caller): its tasks would then have done nothing in
+    /// the steps it missed.
     pub fn step_lazily(
         &mut self,
         tick: Duration,

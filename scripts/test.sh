@@ -32,6 +32,8 @@ fi
 
 # The systemd units (systemd-analyze verify where installed).
 packaging/check.sh
+# Each patches/<crate>.diff still says what patches/<crate>/ holds.
+scripts/check-patches.sh
 # Unit, integration and interop tests of every crate.
 cargo test --workspace --all-targets --exclude zta "$@"
 # The own tests of the patched ICE agent, WireGuard and UDP socket (patches/, outside the

@@ -317,7 +317,8 @@ impl Tunn {
     }
 
     /// When [`Tunn::update_timers`] may next act, counted like the timers from the tunnel's start
-    /// (see [`Tunn::time_since_start`]); `None` when only a packet can make it act (zta patch).
+    /// (the `Instant` at which the tunnel was made); `None` when only a packet can make it act
+    /// (zta patch).
     ///
     /// Upstream expects `update_timers` every 100 to 250 ms whether or not anything is due, which
     /// makes an idle tunnel wake up four to ten times a second. Each condition below is one of
@@ -368,12 +369,6 @@ impl Tunn {
                 + Duration::from_secs(timers.persistent_keepalive as u64));
         }
         Some(next)
-    }
-
-    /// The time since the tunnel's start, as the timers count it (zta patch: see
-    /// [`Tunn::next_timer_at`]).
-    pub fn time_since_start(&self) -> Duration {
-        Instant::now().duration_since(self.timers.time_started)
     }
 
     pub fn time_since_last_handshake(&self) -> Option<Duration> {

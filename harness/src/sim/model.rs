@@ -26,12 +26,15 @@ pub const NODES: usize = CLIENTS + 1;
 /// NAT, then each relay.
 pub const LINK_SITES: usize = 2 + RELAYS;
 
-/// How long after the [`HOSTILE`] client misbehaved its own packets must arrive again: a
-/// handshake flood's load is over a second after it, and a handshake of its own answered with
-/// a cookie meanwhile is sent again after WireGuard's `REKEY_TIMEOUT` (5 s, plus up to a third
-/// of a second of jitter) and answered within a round trip; a refused key claim or capped
-/// candidates leave its connection as it was.
-pub const HOSTILE_RECOVERY: Duration = Duration::from_secs(7);
+/// How long after the [`HOSTILE`] client misbehaved its own packets must arrive again. A
+/// refused key claim or capped candidates leave its connection as it was. A handshake flood
+/// goes from its own address, like its own initiations: for the second it lasts ([`FLOOD`])
+/// the gateway's budget for that address is spent, and an initiation of its own dropped in it
+/// goes again after WireGuard's `REKEY_TIMEOUT` (5 s, plus up to a third of a second of
+/// jitter), by 6.4 s after the attack began; a packet sent 2 s after it waits for that session
+/// at most 4.4 s, within [`ANSWER_WITHIN`]. (From another address, the gateway would answer
+/// with a cookie, and the initiation would go again at once.)
+pub const HOSTILE_RECOVERY: Duration = Duration::from_secs(2);
 
 /// How long after a burst of loss ends traffic must flow again (a packet sent after it must
 /// arrive within its send): ICE retries lost checks within seconds, and a lost WireGuard
@@ -578,9 +581,6 @@ impl Model {
         if self.recovered_at.is_some_and(|t| at < t) {
             return Err(self.recovering_from);
         }
-        if client == HOSTILE && self.hostile_at.is_some_and(|t| at < t + HOSTILE_RECOVERY) {
-            return Err("hostile");
-        }
         // A new connection (or authorization) needs the portal on both ends; an established
         // one needs neither.
         let needs_portal = renews || !self.established.contains(&(client, resource));
@@ -592,6 +592,9 @@ impl Model {
         let cut = self.portal_unreachable(client, at) || self.portal_unreachable(CLIENTS, at);
         if needs_portal && cut {
             return Err("portal_cut");
+        }
+        if client == HOSTILE && self.hostile_at.is_some_and(|t| at < t + HOSTILE_RECOVERY) {
+            return Err("hostile");
         }
         Ok(Expect::Delivered)
     }

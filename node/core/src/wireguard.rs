@@ -40,6 +40,18 @@ impl ConnIndex {
     }
 }
 
+/// A handshake initiation answered with a cookie reply is sent again at once, with the cookie
+/// (mac2), at most this often. WireGuard waits for the next retry (`REKEY_TIMEOUT`, 5 s), so a
+/// client whose handshake met a gateway under load (a flood of initiations from someone else)
+/// would wait that long for its tunnel; mac2 is what lets the gateway take it at once. The
+/// limit keeps one resend per attempt: an on-path party that knows the gateway's public key
+/// could otherwise answer each resend with a cookie of its own, and storm handshakes.
+pub(crate) const COOKIE_RESEND_INTERVAL: Duration = Duration::from_secs(5);
+
+/// WireGuard's message type of a cookie reply (a 64-byte message).
+const COOKIE_REPLY: u8 = 3;
+const COOKIE_REPLY_LEN: usize = 64;
+
 /// A session index formatted as `(connection|session)`, e.g. `(3428714|1)`.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionIdx(pub u32);
@@ -61,6 +73,8 @@ pub(crate) struct Tunnel {
     session_since: Option<Instant>,
     /// The tunnel's start, from which boringtun counts its timers.
     started: Instant,
+    /// When a cookie reply last made the initiation go again at once.
+    cookie_resent: Option<Instant>,
 }
 
 impl Tunnel {
@@ -97,6 +111,7 @@ impl Tunnel {
             high_water,
             session_since: None,
             started: epoch + high_water,
+            cookie_resent: None,
         }
     }
 
@@ -136,10 +151,11 @@ impl Tunnel {
     ) -> Output {
         self.set_clock(now);
         let base = dst.as_ptr() as usize;
-        Output::from_deferred(
+        let out = Output::from_deferred(
             base,
             self.tunn.decapsulate_deferred(Some(src), datagram, dst),
-        )
+        );
+        self.after_cookie(now, datagram, out, dst)
     }
 
     /// Finishes a data packet opened away from the tunnel; `packet` starts where the
@@ -166,7 +182,31 @@ impl Tunnel {
     ) -> Output {
         self.set_clock(now);
         let base = dst.as_ptr() as usize;
-        Output::from_result(base, self.tunn.decapsulate(Some(src), datagram, dst))
+        let out = Output::from_result(base, self.tunn.decapsulate(Some(src), datagram, dst));
+        self.after_cookie(now, datagram, out, dst)
+    }
+
+    /// `out`, what `datagram` produced; for a cookie reply boringtun took (see
+    /// [`COOKIE_RESEND_INTERVAL`]), the initiation sent again with the cookie instead.
+    fn after_cookie(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        out: Output,
+        dst: &mut [u8],
+    ) -> Output {
+        let cookie = datagram.len() == COOKIE_REPLY_LEN && datagram[0] == COOKIE_REPLY;
+        if !cookie || !matches!(out, Output::Done) {
+            return out;
+        }
+        if self
+            .cookie_resent
+            .is_some_and(|at| now < at + COOKIE_RESEND_INTERVAL)
+        {
+            return out;
+        }
+        self.cookie_resent = Some(now);
+        self.handshake_initiation(now, dst, true)
     }
 
     pub(crate) fn update_timers(&mut self, now: Instant, dst: &mut [u8]) -> Output {
@@ -414,5 +454,91 @@ mod tests {
         let later = initiation(1, wall + Duration::from_secs(1));
         assert_eq!(first[8..40], later[8..40]);
         assert_ne!(first[88..116], later[88..116]);
+    }
+
+    /// A gateway under load answers an initiation without mac2 with a cookie reply: the
+    /// initiation goes again at once with the cookie, and the gateway takes it, instead of
+    /// after WireGuard's 5 s retry. Once per [`COOKIE_RESEND_INTERVAL`]: a second cookie reply
+    /// within it changes nothing.
+    #[test]
+    fn a_cookie_reply_sends_the_initiation_again_at_once_with_the_cookie() {
+        use std::sync::Arc;
+
+        use boringtun::noise::rate_limiter::RateLimiter;
+
+        #[allow(clippy::disallowed_methods)] // any instant: the tunnels count from `epoch`
+        let epoch = Instant::now();
+        let mut initiator = tunnel(epoch, 1, 2, 7);
+        let gateway_key = StaticSecret::from([2; 32]);
+        let gateway_public = PublicKey::from(&gateway_key);
+        // A limit of 0: always under load, every initiation needs a cookie.
+        let limiter =
+            RateLimiter::new_with_rng(&gateway_public, 0, &mut ChaCha20Rng::seed_from_u64(5));
+        let mut gateway = Tunn::new_with(
+            gateway_key,
+            PublicKey::from(&StaticSecret::from([1; 32])),
+            Some([3; 32]),
+            None,
+            9 << 8,
+            Some(Arc::new(limiter)),
+            Box::new(ChaCha20Rng::seed_from_u64(9)),
+            SystemTime::UNIX_EPOCH,
+        );
+        let src: IpAddr = [192, 0, 2, 1].into();
+        let (mut buf, mut out) = ([0u8; 256], [0u8; 256]);
+        let at = epoch + Duration::from_millis(100);
+
+        let Output::Network(init) = initiator.handshake_initiation(at, &mut buf, true) else {
+            panic!("no initiation");
+        };
+        let TunnResult::WriteToNetwork(cookie) =
+            gateway.decapsulate(Some(src), &buf[init], &mut out)
+        else {
+            panic!("no cookie reply under load");
+        };
+        assert_eq!(cookie.len(), COOKIE_REPLY_LEN);
+        let cookie = cookie.to_vec();
+
+        let Output::Network(again) = initiator.decapsulate(at, src, &cookie, &mut buf) else {
+            panic!("the initiation was not sent again");
+        };
+        let again = buf[again].to_vec();
+        let TunnResult::WriteToNetwork(response) = gateway.decapsulate(Some(src), &again, &mut out)
+        else {
+            panic!("the initiation with the cookie was not answered");
+        };
+        assert_eq!(response[0], 2, "a handshake response");
+
+        // Another gateway with the same key but other cookie secrets refuses the resend's
+        // mac2: its cookie reply is valid, and taken, but sends nothing within the interval.
+        let mut other = Tunn::new_with(
+            StaticSecret::from([2; 32]),
+            PublicKey::from(&StaticSecret::from([1; 32])),
+            Some([3; 32]),
+            None,
+            10 << 8,
+            Some(Arc::new(RateLimiter::new_with_rng(
+                &gateway_public,
+                0,
+                &mut ChaCha20Rng::seed_from_u64(6),
+            ))),
+            Box::new(ChaCha20Rng::seed_from_u64(10)),
+            SystemTime::UNIX_EPOCH,
+        );
+        let TunnResult::WriteToNetwork(cookie) = other.decapsulate(Some(src), &again, &mut out)
+        else {
+            panic!("no cookie reply from the other gateway");
+        };
+        let cookie = cookie.to_vec();
+        let soon = at + COOKIE_RESEND_INTERVAL - Duration::from_millis(1);
+        let second = initiator.decapsulate(soon, src, &cookie, &mut buf);
+        assert!(
+            matches!(second, Output::Done),
+            "resent twice within the interval: {second:?}"
+        );
+        // boringtun takes the same reply again (it keeps the last mac1): at most one resend
+        // per interval, WireGuard's own retry rate.
+        let later = initiator.decapsulate(at + COOKIE_RESEND_INTERVAL, src, &cookie, &mut buf);
+        assert!(matches!(later, Output::Network(_)), "{later:?}");
     }
 }

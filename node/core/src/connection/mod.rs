@@ -160,6 +160,12 @@ const UNANSWERED_IN_DOUBT: usize = 3;
 /// to the new address: there a packet is better sent at once.
 const UNANSWERED_IN_DOUBT_OWN_RELAY: usize = 2;
 
+/// Unanswered checks on the nominated pair (the newest may be in flight) of a connection
+/// holding packets for a path in doubt, after which our candidates go to the peer again (see
+/// `Waking::resignal_once`): the check sent at the wake and its first retransmission, half a
+/// second or so. A path that works answers the first.
+const UNANSWERED_TO_RESIGNAL: usize = 2;
+
 /// Unanswered checks after which a pair fails while no path exists, or the connection is idle:
 /// `is`' own default (about 20 s at a 3 s interval), so a hole punch waits for the peer's checks.
 const SETUP_STUN_RETRANSMITS: usize = 9;
@@ -1051,7 +1057,16 @@ impl Connection {
         let agent = self.ice.agent();
         let responses = agent.nominated_pair_responses_received();
         let connected = agent.state().is_connected();
+        let unanswered = agent.nominated_pair_unanswered().map(|(n, _)| n);
         let path = self.path;
+        if unanswered.is_some_and(|n| n >= UNANSWERED_TO_RESIGNAL)
+            && self.waking.as_mut().is_some_and(Waking::resignal_once)
+        {
+            let candidates = self.ice.local_candidates();
+            tracing::debug!(parent: &self.span, candidates = candidates.len(), "path unanswered: our candidates go to the peer again");
+            self.events
+                .extend(candidates.into_iter().map(ConnEvent::NewLocalCandidate));
+        }
         let Some(waking) = &mut self.waking else {
             return;
         };

@@ -41,6 +41,8 @@ pub(super) struct Waking {
     new_session: Option<Option<Instant>>,
     /// Whether the held packets are to be sealed by the caller (deferred crypto).
     pub(super) defer: bool,
+    /// Whether our candidates went to the peer again (see [`Waking::resignal_once`]).
+    resignalled: bool,
     held: VecDeque<Buffer>,
 }
 
@@ -71,6 +73,7 @@ impl Waking {
             proven: None,
             new_session: None,
             defer: false,
+            resignalled: false,
             held: VecDeque::new(),
         }
     }
@@ -96,6 +99,16 @@ impl Waking {
     /// An authenticated packet of the peer's arrived over `path`.
     pub(super) fn note_peer_packet(&mut self, path: Path) {
         self.proven = Some(path);
+    }
+
+    /// True the first time it is asked: our candidates are to be signalled to the peer again,
+    /// once per wake. A peer whose own NAT forgot its mappings while the connection idled (or
+    /// whose relay allocations went with them) is unreachable on every pair until it sends
+    /// something itself, which an idle peer does only at its next keep-alive, up to
+    /// [`super::IDLE_STUN_INTERVAL`] later. Candidates arriving through the portal make it
+    /// check its pairs at once, and its checks open its NAT again.
+    pub(super) fn resignal_once(&mut self) -> bool {
+        !std::mem::replace(&mut self.resignalled, true)
     }
 
     /// The packets are to go in a new WireGuard session, set up once the path is proven.

@@ -158,6 +158,11 @@ struct World {
     /// Whether the gateway's binding requests are lost on their way (a one-way loss: the
     /// client's checks and the answers to them still get through).
     gateway_checks_lost: bool,
+    /// Whether the gateway's NAT has no mapping for the client: what the client sends is
+    /// dropped until the gateway sends to it (as after the NAT forgot its mappings).
+    gateway_nat_closed: bool,
+    /// How many `ice_candidates` messages of the client's the portal passed on.
+    client_candidate_messages: usize,
     /// What reached the client's TUN device.
     client_tun: Vec<Vec<u8>>,
     /// What reached the resource network.
@@ -202,6 +207,8 @@ impl World {
             portal,
             link_up: true,
             gateway_checks_lost: false,
+            gateway_nat_closed: false,
+            client_candidate_messages: 0,
             client_tun: Vec::new(),
             gateway_tun: Vec::new(),
             client_events: Vec::new(),
@@ -247,6 +254,9 @@ impl World {
         let Some(t) = transmit.filter(|t| self.link_up && t.dst == gateway_addr()) else {
             return;
         };
+        if self.gateway_nat_closed {
+            return;
+        }
         let packet =
             self.gateway
                 .handle_network_input(gateway_addr(), client_addr(), &t.payload, self.now);
@@ -258,6 +268,7 @@ impl World {
         let Some(t) = transmit.filter(|t| self.link_up && t.dst == client_addr()) else {
             return;
         };
+        self.gateway_nat_closed = false;
         if self.gateway_checks_lost && crate::connection::binding_request_id(&t.payload).is_some() {
             return;
         }
@@ -307,6 +318,7 @@ impl World {
                     self.request(r.resource_id);
                 }
                 ClientEgress::IceCandidates(GatewayCandidates { candidates, .. }) => {
+                    self.client_candidate_messages += 1;
                     let m = GatewayIngress::IceCandidates(ClientCandidates {
                         client_id: CID,
                         candidates,
@@ -927,6 +939,30 @@ fn the_first_packet_after_an_idle_spell_waits_for_the_path_and_is_not_lost() {
         .handle_tun_packet(&udp(v4(), ip("10.0.0.7"), b"at once"), w.now);
     w.settle();
     assert_eq!(w.gateway_tun.len(), 2);
+}
+
+#[test]
+fn an_idle_client_whose_path_goes_unanswered_signals_its_candidates_again_and_the_gateway_checks() {
+    let mut w = idle_world();
+    // The gateway's NAT forgot its mappings while both idled: nothing of the client's reaches
+    // the gateway until the gateway sends, and an idle gateway checks only every 25 s.
+    w.gateway_nat_closed = true;
+    let signalled = w.client_candidate_messages;
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"after a silence"));
+    w.run_for(Duration::from_millis(500));
+    assert!(w.gateway_tun.is_empty());
+    assert_eq!(
+        w.client_candidate_messages, signalled,
+        "not before a check went unanswered"
+    );
+    // Once the check and its retransmission are unanswered, the candidates go through the
+    // portal; the gateway checks at once, its checks open its NAT, and the packet goes.
+    w.run_for(Duration::from_millis(1_500));
+    assert_eq!(w.client_candidate_messages, signalled + 1, "once per wake");
+    assert_eq!(
+        w.gateway_tun,
+        [udp(v4(), ip("10.0.0.7"), b"after a silence").as_bytes()]
+    );
 }
 
 /// The client's wake-ups over `span` of simulated time, each timer due counted once.

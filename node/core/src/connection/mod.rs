@@ -153,6 +153,13 @@ const LEARNED_PRIORITY: u32 = (1 << 31) - 1;
 /// lossy one, where it costs the packets meanwhile a round trip.
 const UNANSWERED_IN_DOUBT: usize = 3;
 
+/// [`UNANSWERED_IN_DOUBT`] while packets wait for a path (see `wake.rs`): the check sent at
+/// the wake unanswered and the next in flight. A pair that answered meanwhile (the peer's checks
+/// from where we now are, after our NAT rebound) then carries them a second sooner than in
+/// steady state, where a single lost check must not move the path; and a pair whose own last
+/// idle check went unanswered is not taken for working.
+const UNANSWERED_IN_DOUBT_WAKING: usize = 2;
+
 /// [`UNANSWERED_IN_DOUBT`] for a path through our own relay allocation: one check lost and the
 /// next not answered yet. The relay knows the allocation by our 5-tuple, so when our NAT rebinds
 /// the port (nothing tells us) the path drops everything at once, and a packet sent onto it is
@@ -607,6 +614,9 @@ impl Connection {
         let deadline = now + self.config.wake_hold;
         tracing::debug!(parent: &self.span, remote = %path.remote, idle, lost, silent, "path in doubt: packets wait until one answers");
         self.waking = Some(Waking::new(path, responses, deadline));
+        self.ice
+            .agent_mut()
+            .set_unanswered_to_switch(Some(UNANSWERED_IN_DOUBT_WAKING));
         self.timers.set(Timer::Wake, deadline);
         // After the active timing is applied, which resets when each pair is checked next.
         self.mark_active(now);
@@ -1031,6 +1041,9 @@ impl Connection {
     /// The packets held while the path was in doubt, if it is still waiting for one.
     pub(crate) fn take_held(&mut self) -> Vec<Buffer> {
         self.timers.stop(Timer::Wake);
+        self.ice
+            .agent_mut()
+            .set_unanswered_to_switch(Some(UNANSWERED_IN_DOUBT));
         self.waking
             .take()
             .map(|w| w.into_held().into())
@@ -1102,6 +1115,9 @@ impl Connection {
         let Some(waking) = self.waking.take() else {
             return;
         };
+        self.ice
+            .agent_mut()
+            .set_unanswered_to_switch(Some(UNANSWERED_IN_DOUBT));
         self.timers.stop(Timer::Wake);
         let defer = waking.defer;
         let held = waking.into_held();

@@ -528,6 +528,13 @@ impl IceAgent {
         self.local_preference = LocalPreferenceHolder(Arc::new(p));
     }
 
+    /// When a check on the nominated pair was last answered (zta patch: packets held while the
+    /// path was in doubt can go on a pair that answered since, even if ICE nominated it only
+    /// after the answer).
+    pub fn nominated_pair_last_response(&self) -> Option<Instant> {
+        self.nominated_pair().and_then(|p| p.last_response())
+    }
+
     /// How many of the latest checks on the nominated pair are unanswered (the last one may
     /// still be in flight), and when the first of them was sent (zta patch: a path whose checks
     /// stop being answered is in doubt before ICE gives it up).

@@ -420,6 +420,15 @@ impl CandidatePair {
         self.total_round_trip_time
     }
 
+    /// When the latest binding response on this pair arrived, among the attempts it keeps
+    /// (zta patch).
+    pub(crate) fn last_response(&self) -> Option<Instant> {
+        self.binding_attempts
+            .iter()
+            .filter_map(|b| b.respone_recv)
+            .max()
+    }
+
     /// From the back of binding_attempts, go through all unanswered and find
     /// the time when we started having an outage.
     ///

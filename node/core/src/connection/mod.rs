@@ -610,10 +610,9 @@ impl Connection {
             self.mark_active(now);
             return;
         };
-        let responses = self.ice.agent().nominated_pair_responses_received();
         let deadline = now + self.config.wake_hold;
         tracing::debug!(parent: &self.span, remote = %path.remote, idle, lost, silent, "path in doubt: packets wait until one answers");
-        self.waking = Some(Waking::new(path, responses, deadline));
+        self.waking = Some(Waking::new(path, now, deadline));
         self.ice
             .agent_mut()
             .set_unanswered_to_switch(Some(UNANSWERED_IN_DOUBT_WAKING));
@@ -1068,7 +1067,7 @@ impl Connection {
             .nominated_pair_unanswered()
             .is_some_and(|(n, _)| n >= in_doubt);
         let agent = self.ice.agent();
-        let responses = agent.nominated_pair_responses_received();
+        let last_response = agent.nominated_pair_last_response();
         let connected = agent.state().is_connected();
         let unanswered = agent.nominated_pair_unanswered().map(|(n, _)| n);
         let path = self.path;
@@ -1083,7 +1082,7 @@ impl Connection {
         let Some(waking) = &mut self.waking else {
             return;
         };
-        let verdict = waking.judge(path, responses, connected, now);
+        let verdict = waking.judge(path, last_response, connected, now);
         let deadline = waking.deadline();
         let release = match verdict {
             Verdict::Wait => false,

@@ -28,9 +28,8 @@ pub const MAX_WAKE_HELD: usize = 64;
 pub(super) struct Waking {
     /// The path the packets are for: the nominated one, which may change meanwhile.
     path: Path,
-    /// Binding responses on the nominated pair when `path` became the one waited for: one more
-    /// proves it.
-    responses: Option<u64>,
+    /// When the connection woke: a check on the nominated pair answered since proves it.
+    since: Instant,
     /// The packets go out by then if ICE still takes the path for working.
     deadline: Instant,
     /// A path proven since: where an authenticated packet of the peer's arrived from, or the
@@ -65,10 +64,10 @@ pub(super) enum Verdict {
 }
 
 impl Waking {
-    pub(super) fn new(path: Path, responses: Option<u64>, deadline: Instant) -> Self {
+    pub(super) fn new(path: Path, since: Instant, deadline: Instant) -> Self {
         Self {
             path,
-            responses,
+            since,
             deadline,
             proven: None,
             new_session: None,
@@ -116,14 +115,17 @@ impl Waking {
         self.new_session.get_or_insert(None);
     }
 
-    /// What to do now, with the connection's current path, the nominated pair's response
-    /// count and whether ICE is connected. While it is not, the packets wait past the
+    /// What to do now, with the connection's current path, when a check on the nominated pair
+    /// was last answered and whether ICE is connected. A pair ICE nominates anew is proven by
+    /// an answer since the wake, also one that came before the nomination: ICE may move it back
+    /// and forth between pairs that both answer, faster than a round trip, when checks are
+    /// duplicated or reordered on the way. While it is not, the packets wait past the
     /// deadline: either ICE finds a pair again or the connection fails, and they go to the
     /// next one.
     pub(super) fn judge(
         &mut self,
         path: Option<Path>,
-        responses: Option<u64>,
+        last_response: Option<Instant>,
         ice_connected: bool,
         now: Instant,
     ) -> Verdict {
@@ -131,13 +133,13 @@ impl Waking {
             return Verdict::Wait;
         };
         if self.proven != Some(path) {
-            if path != self.path {
-                self.path = path;
-                self.responses = responses;
-                return Verdict::Recheck;
-            }
-            if responses.is_some_and(|r| Some(r) > self.responses) {
+            let answered = last_response.is_some_and(|at| at >= self.since);
+            let moved = path != self.path;
+            self.path = path;
+            if answered {
                 self.proven = Some(path);
+            } else if moved {
+                return Verdict::Recheck;
             }
         }
         if now >= self.deadline && ice_connected {
@@ -179,7 +181,8 @@ mod tests {
             relay: None,
         };
         let pool = BufferPool::new(1500);
-        let mut waking = Waking::new(path, None, Instant::now());
+        let now = Instant::now();
+        let mut waking = Waking::new(path, now, now);
         for i in 0..MAX_WAKE_HELD {
             assert!(waking.hold(&[i as u8; 40], &pool, false), "packet {i}");
         }

@@ -16,7 +16,7 @@
 //! equality, which is how a missed one shows.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -32,8 +32,9 @@ type Entry = (Duration, u64);
 struct Board {
     next_key: u64,
     /// By the host whose software made the sleep (`None`: made outside any host, which every
-    /// host then counts as its own).
-    pending: HashMap<Option<IpAddr>, BTreeSet<Entry>>,
+    /// host then counts as its own). Ordered: a world has a dozen hosts, each looked up on every
+    /// step, and hashing the key cost more than the few comparisons.
+    pending: BTreeMap<Option<IpAddr>, BTreeSet<Entry>>,
 }
 
 impl Board {

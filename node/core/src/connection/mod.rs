@@ -1039,14 +1039,20 @@ impl Connection {
 
     /// The packets held while the path was in doubt, if it is still waiting for one.
     pub(crate) fn take_held(&mut self) -> Vec<Buffer> {
+        self.end_waking()
+            .map(|w| w.into_held().into())
+            .unwrap_or_default()
+    }
+
+    /// The wake that holds packets, if any, ended: its timer stops and ICE's steady-state
+    /// switching threshold is back.
+    fn end_waking(&mut self) -> Option<Waking> {
+        let waking = self.waking.take()?;
         self.timers.stop(Timer::Wake);
         self.ice
             .agent_mut()
             .set_unanswered_to_switch(Some(UNANSWERED_IN_DOUBT));
-        self.waking
-            .take()
-            .map(|w| w.into_held().into())
-            .unwrap_or_default()
+        Some(waking)
     }
 
     /// Sends the packets held while the path was in doubt once a path is proven or the hold
@@ -1061,15 +1067,11 @@ impl Connection {
             Some(_) => UNANSWERED_IN_DOUBT_OWN_RELAY,
             None => UNANSWERED_IN_DOUBT,
         };
-        self.path_silent = self
-            .ice
-            .agent()
-            .nominated_pair_unanswered()
-            .is_some_and(|(n, _)| n >= in_doubt);
         let agent = self.ice.agent();
+        let unanswered = agent.nominated_pair_unanswered().map(|(n, _)| n);
         let last_response = agent.nominated_pair_last_response();
         let connected = agent.state().is_connected();
-        let unanswered = agent.nominated_pair_unanswered().map(|(n, _)| n);
+        self.path_silent = unanswered.is_some_and(|n| n >= in_doubt);
         let path = self.path;
         if unanswered.is_some_and(|n| n >= UNANSWERED_TO_RESIGNAL)
             && self.waking.as_mut().is_some_and(Waking::resignal_once)
@@ -1111,13 +1113,9 @@ impl Connection {
             }
             return;
         }
-        let Some(waking) = self.waking.take() else {
+        let Some(waking) = self.end_waking() else {
             return;
         };
-        self.ice
-            .agent_mut()
-            .set_unanswered_to_switch(Some(UNANSWERED_IN_DOUBT));
-        self.timers.stop(Timer::Wake);
         let defer = waking.defer;
         let held = waking.into_held();
         tracing::debug!(parent: &self.span, ?verdict, packets = held.len(), "sending the held packets");

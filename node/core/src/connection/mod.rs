@@ -1067,11 +1067,15 @@ impl Connection {
             Some(_) => UNANSWERED_IN_DOUBT_OWN_RELAY,
             None => UNANSWERED_IN_DOUBT,
         };
+        let unanswered = self.ice.agent().nominated_pair_unanswered().map(|(n, _)| n);
+        self.path_silent = unanswered.is_some_and(|n| n >= in_doubt);
+        // Called on every timer and STUN message: the rest is only for held packets.
+        if self.waking.is_none() {
+            return;
+        }
         let agent = self.ice.agent();
-        let unanswered = agent.nominated_pair_unanswered().map(|(n, _)| n);
         let last_response = agent.nominated_pair_last_response();
         let connected = agent.state().is_connected();
-        self.path_silent = unanswered.is_some_and(|n| n >= in_doubt);
         let path = self.path;
         if unanswered.is_some_and(|n| n >= UNANSWERED_TO_RESIGNAL)
             && self.waking.as_mut().is_some_and(Waking::resignal_once)

@@ -11,7 +11,7 @@ use node_proto::portal::frame::{Frame, HEARTBEAT, PHOENIX_TOPIC, PHX_JOIN, PHX_L
 use node_proto::portal::messages::{
     AuthorizeFlow, ClientCandidates, ClientEgress, ClientIngress, ClientInit, ConnectionDetails,
     FlowAccepted, FlowClient, GatewayCandidates, GatewayEgress, GatewayIngress, GatewayInit,
-    GatewayRestarted, RequestConnection,
+    GatewayInstance, GatewayRestarted, RequestConnection,
 };
 use node_proto::portal::{
     AccessRevoked, Authorization, IceCredentials, Interface, JoinPayload, Message, PresharedKey,
@@ -824,12 +824,15 @@ impl Portal {
                     .filter_map(|(_, rid)| self.dir.resources.get(rid))
                     .map(ResourceSeed::description)
                     .collect();
+                let gateways = self.gateway_instances_for(cid);
                 let init = ClientIngress::Init(ClientInit {
                     interface,
                     resources,
                     relays,
+                    gateways,
                 });
                 self.send(conn, &frame.topic, &init);
+                self.reannounce_client_flows(cid, now_unix);
             }
             Identity::Gateway(gid) => {
                 let mut authorizations: Vec<Authorization> = self
@@ -1177,6 +1180,7 @@ impl Portal {
             gateway_ice: pair.gateway_ice.clone(),
             preshared_key: pair.psk,
             expires_at: flow.expires_at,
+            gateway_instance: self.gateway_instances.get(&gid).copied(),
         });
         self.push_client(cid, &details);
     }
@@ -1279,6 +1283,51 @@ impl Portal {
             .filter(|(_, r)| *r == rid)
             .map(|(c, _)| *c)
             .collect()
+    }
+
+    /// The process numbers of the gateways on the sites `cid` may reach something on.
+    fn gateway_instances_for(&self, cid: ClientId) -> Vec<GatewayInstance> {
+        let sites: BTreeSet<&str> = self
+            .dir
+            .policies
+            .keys()
+            .filter(|(c, _)| *c == cid)
+            .filter_map(|(_, rid)| self.dir.resources.get(rid))
+            .map(|r| r.site.as_str())
+            .collect();
+        self.dir
+            .gateways
+            .values()
+            .filter(|g| sites.contains(g.site.as_str()))
+            .filter_map(|g| {
+                let instance = *self.gateway_instances.get(&g.id)?;
+                Some(GatewayInstance {
+                    gateway_id: g.id,
+                    instance,
+                })
+            })
+            .collect()
+    }
+
+    /// A client joined again as the same process: whatever the portal pushed while its
+    /// previous socket was dead (its gateways' new candidates, above all) is lost, and a
+    /// connection whose peer changed relays meanwhile is left with a stale view of it. One
+    /// live flow per gateway it has a connection with is announced to that gateway again: the
+    /// gateway keeps its connection (the parameters are unchanged) and signals its
+    /// candidates again, and its acceptance makes the client do the same.
+    fn reannounce_client_flows(&mut self, cid: ClientId, now_unix: u64) {
+        let mut flows: BTreeMap<GatewayId, ResourceId> = BTreeMap::new();
+        for (&(c, rid), flow) in &self.flows {
+            if c == cid
+                && flow.expires_at > now_unix
+                && self.pairs.contains_key(&(cid, flow.gateway))
+            {
+                flows.entry(flow.gateway).or_insert(rid);
+            }
+        }
+        for (gid, rid) in flows {
+            self.announce_flow(cid, gid, rid);
+        }
     }
 
     fn gateways_of_site(&self, site: &str) -> Vec<GatewayId> {

@@ -138,9 +138,21 @@ async fn a_restarted_client_gets_new_connections_and_a_reconnected_one_keeps_its
     let mut client = Client::connect_as(&client_url, "client", 1, Some(7)).await;
     let (first, _) = connect_flow(&mut client, &mut gateway).await;
 
-    // The same process, reconnected (a network blip): the same connection.
+    // The same process, reconnected (a network blip): the same connection. Its gateway is
+    // told of the flow again at once, so that both sides signal their candidates anew (what
+    // the portal pushed meanwhile went into the dead socket).
     drop(client);
     let mut client = Client::connect_as(&client_url, "client", 1, Some(7)).await;
+    client
+        .wait_for(|e| matches!(e, Event::Connected).then_some(()))
+        .await;
+    let repeated = gateway
+        .wait_for(|e| match e {
+            Event::Message(GatewayIngress::AuthorizeFlow(a)) => Some(a),
+            _ => None,
+        })
+        .await;
+    assert_eq!(repeated.preshared_key, first);
     let (again, _) = connect_flow(&mut client, &mut gateway).await;
     assert_eq!(again, first);
 

@@ -907,6 +907,12 @@ impl IceAgent {
                 Pii(&c)
             );
             *existing = c;
+            // zta patch: a pair formed with the peer-reflexive guess carries the priority the
+            // check's PRIORITY attribute gave it, which RFC 8445 computes with the
+            // peer-reflexive type preference whatever the sending candidate is. Signalled as
+            // relayed, it must rank as relayed: left as it was, a pair through the peer's
+            // relay outranked a working direct one and stayed nominated for good.
+            self.reprioritise_pairs_with_remote(idx);
             idx
         } else {
             let existing_discarded = existing_idx.and_then(|idx| {
@@ -946,6 +952,28 @@ impl IceAgent {
 
         let remote_idxs = [remote_idx];
         self.form_pairs(&local_idxs, &remote_idxs);
+    }
+
+    /// zta patch: the priorities of the pairs with remote candidate `remote_idx`, computed
+    /// again from the candidates (after the candidate changed), and the check list sorted.
+    fn reprioritise_pairs_with_remote(&mut self, remote_idx: usize) {
+        let remote_prio = self.remote_candidates[remote_idx].prio();
+        let mut changed = false;
+        for pair in &mut self.candidate_pairs {
+            if pair.remote_idx() != remote_idx {
+                continue;
+            }
+            let local_prio = self.local_candidates[pair.local_idx()].prio();
+            let prio = CandidatePair::calculate_prio(self.controlling, remote_prio, local_prio);
+            if pair.prio() != prio {
+                debug!("Pair priority follows its signalled candidate: {:?} now {prio}", Pii(&*pair));
+                pair.set_prio(prio);
+                changed = true;
+            }
+        }
+        if changed {
+            self.candidate_pairs.sort();
+        }
     }
 
     /// Form pairs given two slices of indexes into the local_candidates and remote_candidates.
@@ -3091,6 +3119,48 @@ mod test {
                 .iter()
                 .any(|e| matches!(e, IceAgentEvent::NominatedSend { .. })),
             "a single binding request must not choose the send address"
+        );
+    }
+
+    #[test]
+    fn a_peer_reflexive_guess_signalled_as_relayed_ranks_as_relayed() {
+        // zta patch: the peer's check from its relayed candidate arrived before the candidate
+        // itself, with a PRIORITY computed with the peer-reflexive type preference. Once the
+        // candidate is signalled, its pair must rank below the peer's server-reflexive one.
+        let (mut agent, creds) = agent_with_host(true);
+        let guess = Candidate::peer_reflexive(
+            "udp",
+            ipv4_3(),
+            ipv4_3(),
+            1_849_686_783,
+            Some(REMOTE_PEER_REFLEXIVE_TEMP_FOUNDATION.into()),
+            creds.ufrag.clone(),
+        );
+        agent.add_remote_candidate(guess);
+        let srflx =
+            Candidate::from_sdp_string("candidate:2 1 udp 1686109951 4.5.6.7 5000 typ srflx")
+                .unwrap();
+        agent.add_remote_candidate(srflx);
+        let first = |agent: &IceAgent| {
+            let pair = &agent.candidate_pairs[0];
+            agent.remote_candidates[pair.remote_idx()].addr()
+        };
+        assert_eq!(first(&agent), ipv4_3(), "the guess outranks the srflx pair");
+
+        let relayed =
+            Candidate::from_sdp_string("candidate:3 1 udp 37747455 3.4.5.6 5000 typ relay")
+                .unwrap();
+        agent.add_remote_candidate(relayed);
+        assert_eq!(first(&agent), ipv4_4(), "the srflx pair outranks the relayed one");
+        let local_prio = agent.local_candidates[0].prio();
+        let relayed_pair = agent
+            .candidate_pairs
+            .iter()
+            .find(|p| agent.remote_candidates[p.remote_idx()].addr() == ipv4_3())
+            .unwrap();
+        assert_eq!(
+            relayed_pair.prio(),
+            CandidatePair::calculate_prio(true, 37_747_455, local_prio)
         );
     }
 

@@ -946,3 +946,67 @@ fn a_gateway_that_joins_with_a_new_process_number_is_announced_too() {
     );
     assert_eq!(join(&mut w, ConnId(12), 8), vec![c1], "a new process");
 }
+
+/// Joins `identity` on a new socket `conn` as the process numbered `instance`; returns what
+/// the portal sent to anyone.
+fn join_as_process(
+    w: &mut World,
+    conn: ConnId,
+    identity: Identity,
+    instance: u64,
+) -> Vec<(ConnId, Frame)> {
+    w.portal.connect(conn, identity);
+    let payload = json!({"public_key": key(identity), "instance": instance});
+    w.send(conn, identity.room(), "phx_join", payload);
+    w.drain()
+}
+
+/// The `init` sent to `conn` in `out`.
+fn client_init(out: &[(ConnId, Frame)], conn: ConnId) -> ClientInit {
+    let (_, frame) = out
+        .iter()
+        .find(|(c, f)| *c == conn && f.event == "init")
+        .expect("an init");
+    serde_json::from_value(frame.payload.clone()).unwrap()
+}
+
+/// A client cut off from the portal misses whatever was pushed meanwhile (a gateway's new
+/// candidates, a gateway's restart): its rejoin brings the gateways' processes, and has the
+/// gateways it has flows with signal their candidates again.
+#[test]
+fn a_rejoining_client_learns_its_gateways_processes_and_its_flows_are_announced_again() {
+    let mut w = World::new(portal(1, 0));
+    let c1 = w.join(C1);
+    let g1 = ConnId(50);
+    let _ = join_as_process(&mut w, g1, G1, 7);
+    let out = w.request(c1, 1);
+    let event = |name: &str| &out.iter().find(|(_, f)| f.event == name).unwrap().1;
+    let first = authorize_flow(event("authorize_flow"));
+    let details = flow_authorized(event("flow_authorized"));
+    assert_eq!(details.gateway_instance, Some(7));
+
+    // The client's socket died; the same process joins again.
+    w.portal.disconnect(c1);
+    let again = join_as_process(&mut w, ConnId(51), C1, 1);
+    let expected = GatewayInstance {
+        gateway_id: GatewayId(1),
+        instance: 7,
+    };
+    assert_eq!(client_init(&again, ConnId(51)).gateways, vec![expected]);
+    let announced: Vec<AuthorizeFlow> = again
+        .iter()
+        .filter(|(c, f)| *c == g1 && f.event == "authorize_flow")
+        .map(|(_, f)| authorize_flow(f))
+        .collect();
+    assert_eq!(announced, vec![first], "the same parameters, once");
+
+    // The gateway restarts while the client is away: its rejoin names the new process, and
+    // no flow of the dead one is announced.
+    w.portal.disconnect(ConnId(51));
+    w.portal.disconnect(g1);
+    let _ = join_as_process(&mut w, ConnId(52), G1, 8);
+    let again = join_as_process(&mut w, ConnId(53), C1, 1);
+    let listed = client_init(&again, ConnId(53)).gateways;
+    assert_eq!(listed[0].instance, 8);
+    assert!(!again.iter().any(|(_, f)| f.event == "authorize_flow"));
+}

@@ -12,7 +12,7 @@ use crate::ids::{GatewayId, ResourceId};
 use crate::packet::IpPacket;
 use crate::pool::Buffer;
 use crate::portal::messages::{
-    ClientEgress, ClientIngress, ClientInit, ConnectionDetails, GatewayCandidates,
+    ClientEgress, ClientIngress, ClientInit, ConnectionDetails, GatewayCandidates, GatewayInstance,
     GatewayRestarted, RequestConnection,
 };
 use crate::portal::{Interface, IpNetwork, ResourceDescription};
@@ -156,6 +156,15 @@ impl Route {
     }
 }
 
+/// What the client knows of its connection to a gateway.
+#[derive(Debug, Clone, Copy, Default)]
+struct GatewayLink {
+    /// Whether the connection is established.
+    established: bool,
+    /// The number of the gateway process it was made with, when the portal said.
+    instance: Option<u64>,
+}
+
 /// The client: a [`Node<GatewayId>`](Node) plus resources, routes and pending connections.
 ///
 /// See the [module docs](super) for how to drive it. Packets for a resource without a
@@ -168,8 +177,8 @@ pub struct ClientState {
     /// Networks to resources; of several resources with one network, the lowest id.
     table: ResourceTable<ResourceId>,
     routes: BTreeMap<ResourceId, Route>,
-    /// Gateways with a connection in the node, and whether it is established.
-    gateways: BTreeMap<GatewayId, bool>,
+    /// Gateways with a connection in the node.
+    gateways: BTreeMap<GatewayId, GatewayLink>,
     egress: VecDeque<ClientEgress>,
     events: VecDeque<ClientEvent>,
     stats: ClientStats,
@@ -299,7 +308,9 @@ impl ClientState {
             return;
         };
         let gateway = match route {
-            Route::Gateway { gateway, term, .. } if self.gateways.get(gateway) == Some(&true) => {
+            Route::Gateway { gateway, term, .. }
+                if self.gateways.get(gateway).is_some_and(|g| g.established) =>
+            {
                 // In use near its end: a new authorization is asked for while this one still
                 // carries the traffic.
                 if let Some(term) = term.as_mut().filter(|t| !t.renewing && now >= t.renew_at) {
@@ -488,6 +499,7 @@ impl ClientState {
             interface,
             resources,
             relays,
+            gateways,
         } = init;
         tracing::info!(
             ipv4 = %interface.ipv4,
@@ -519,6 +531,20 @@ impl ClientState {
         }
         self.rebuild_table();
         replace_relays(&mut self.node, &relays, now);
+        // A `gateway_restarted` sent while this client was cut off is lost: a connection to
+        // another process of a gateway than the one running now is dead.
+        for GatewayInstance {
+            gateway_id,
+            instance,
+        } in gateways
+        {
+            let held = self.gateways.get(&gateway_id).and_then(|g| g.instance);
+            if held.is_some_and(|held| held != instance) {
+                tracing::info!(gid = %gateway_id, "gateway restarted while the portal was away");
+                self.node
+                    .fail_connection(gateway_id, FailReason::PeerRestarted);
+            }
+        }
     }
 
     fn handle_flow_authorized(&mut self, details: ConnectionDetails, now: Instant) {
@@ -530,6 +556,7 @@ impl ClientState {
             gateway_ice,
             preshared_key,
             expires_at,
+            gateway_instance,
         } = details;
         if !self.resources.contains_key(&rid) {
             tracing::debug!(%rid, %gid, "flow for an unknown resource: ignored");
@@ -547,7 +574,13 @@ impl ClientState {
             Upsert::Created | Upsert::Replaced => false,
             Upsert::Kept => self.node.connection(gid).is_some_and(|c| c.established),
         };
-        self.gateways.insert(gid, established);
+        self.gateways.insert(
+            gid,
+            GatewayLink {
+                established,
+                instance: gateway_instance,
+            },
+        );
         tracing::info!(%rid, %gid, ?outcome, "flow authorized");
         if outcome != Upsert::Kept {
             self.rebind_other_routes(gid, rid, now);
@@ -745,7 +778,7 @@ impl ClientState {
                 } => self.push_candidate(connection, candidate, true),
                 Event::ConnectionEstablished(gid) => {
                     tracing::info!(%gid, "connected to gateway");
-                    self.gateways.insert(gid, true);
+                    self.gateways.entry(gid).or_default().established = true;
                     self.events.push_back(ClientEvent::GatewayConnected(gid));
                     self.flush(gid, now);
                 }

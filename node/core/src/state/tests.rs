@@ -16,7 +16,8 @@ use crate::ids::{ClientId, GatewayId, ResourceId};
 use crate::packet::{IpPacket, Transport};
 use crate::portal::messages::{
     AuthorizeFlow, ClientCandidates, ClientEgress, ClientIngress, ClientInit, ConnectionDetails,
-    FlowClient, GatewayCandidates, GatewayEgress, GatewayIngress, GatewayInit, GatewayRestarted,
+    FlowClient, GatewayCandidates, GatewayEgress, GatewayIngress, GatewayInit, GatewayInstance,
+    GatewayRestarted,
 };
 use crate::portal::{
     AccessRevoked, Authorization, IceCredentials, Interface, IpNetwork, PresharedKey,
@@ -26,6 +27,8 @@ use crate::{FailReason, Transmit, MAX_PENDING_DECRYPTIONS};
 
 const CID: ClientId = ClientId(1);
 const GID: GatewayId = GatewayId(1);
+/// The number the gateway's process joined with.
+const GATEWAY_INSTANCE: u64 = 77;
 /// A range.
 const R1: ResourceId = ResourceId(1);
 /// A host.
@@ -142,6 +145,7 @@ impl Portal {
             gateway_ice: creds("gggg"),
             preshared_key: PresharedKey::from_bytes(self.psk),
             expires_at: self.allowed.get(&rid).copied().unwrap_or(WALL_SECS + 3600),
+            gateway_instance: Some(GATEWAY_INSTANCE),
         }
     }
 }
@@ -219,6 +223,7 @@ impl World {
                 interface: interface(),
                 resources: vec![resource(R1), resource(R2), resource(R3)],
                 relays: vec![],
+                gateways: vec![],
             }),
             now,
         );
@@ -528,6 +533,54 @@ fn a_restarted_gateway_fails_its_connection_and_the_next_packet_asks_anew() {
     // The route went with the connection: the next packet asks the portal again.
     w.client_sends(&udp(v4(), ip("10.0.0.7"), b"again"));
     assert_eq!(w.portal.requests, vec![R1, R1]);
+}
+
+/// The client's `init` after a rejoin, naming the gateway's process `instance`.
+fn rejoin_init(instance: u64) -> ClientIngress {
+    ClientIngress::Init(ClientInit {
+        interface: interface(),
+        resources: vec![resource(R1), resource(R2), resource(R3)],
+        relays: vec![],
+        gateways: vec![GatewayInstance {
+            gateway_id: GID,
+            instance,
+        }],
+    })
+}
+
+#[test]
+fn a_rejoin_naming_another_gateway_process_fails_the_connection() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    // The gateway restarted while the client was cut off from the portal: the push saying
+    // so was lost, and only the init after the rejoin tells.
+    w.client
+        .handle_portal_message(rejoin_init(GATEWAY_INSTANCE + 1), w.now);
+    w.settle();
+    assert!(w.client.node().connection(GID).is_none());
+    assert!(w.client_events.contains(&ClientEvent::GatewayDisconnected {
+        gateway: GID,
+        reason: FailReason::PeerRestarted,
+    }));
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"again"));
+    assert_eq!(w.portal.requests, vec![R1, R1]);
+}
+
+#[test]
+fn a_rejoin_naming_the_same_gateway_process_keeps_the_connection() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    w.client
+        .handle_portal_message(rejoin_init(GATEWAY_INSTANCE), w.now);
+    w.settle();
+    assert!(w
+        .client
+        .node()
+        .connection(GID)
+        .is_some_and(|c| c.established));
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"still"));
+    assert_eq!(w.portal.requests, vec![R1], "no new request");
+    assert_eq!(w.gateway_tun.len(), 1, "sent on the kept connection");
 }
 
 #[test]

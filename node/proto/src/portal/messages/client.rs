@@ -59,6 +59,20 @@ pub struct ClientInit {
     /// The relays, with this client's credentials.
     #[serde(default, deserialize_with = "crate::portal::lenient::vec")]
     pub relays: Vec<Relay>,
+    /// The process of every joined gateway on a site the client may reach. A client cut off
+    /// from the portal misses `gateway_restarted`; on its rejoin it fails each connection
+    /// made with another process of that gateway (see [`ConnectionDetails::gateway_instance`]).
+    #[serde(default, deserialize_with = "crate::portal::lenient::vec")]
+    pub gateways: Vec<GatewayInstance>,
+}
+
+/// A gateway and the number of its current process (see [`crate::portal::JoinPayload::instance`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayInstance {
+    /// The gateway.
+    pub gateway_id: GatewayId,
+    /// The number its process joined with.
+    pub instance: u64,
 }
 
 /// The payload of `request_connection`.
@@ -85,6 +99,9 @@ pub struct ConnectionDetails {
     pub preshared_key: PresharedKey,
     /// Unix seconds after which the authorization ends.
     pub expires_at: u64,
+    /// The number of the gateway process that accepted the flow, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_instance: Option<u64>,
 }
 
 /// The payload of `gateway_restarted`.

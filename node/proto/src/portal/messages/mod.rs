@@ -15,7 +15,7 @@ mod client;
 mod gateway;
 
 pub use client::{
-    ClientEgress, ClientIngress, ClientInit, ConnectionDetails, GatewayCandidates,
+    ClientEgress, ClientIngress, ClientInit, ConnectionDetails, GatewayCandidates, GatewayInstance,
     GatewayRestarted, RequestConnection,
 };
 pub use gateway::{

@@ -60,6 +60,10 @@ fn client_ingress() -> Vec<ClientIngress> {
             },
             resources: vec![host_resource(), cidr_resource()],
             relays: vec![relay()],
+            gateways: vec![GatewayInstance {
+                gateway_id: GatewayId(2),
+                instance: 77,
+            }],
         }),
         ClientIngress::FlowAuthorized(ConnectionDetails {
             resource_id: ResourceId(7),
@@ -69,6 +73,7 @@ fn client_ingress() -> Vec<ClientIngress> {
             gateway_ice: creds("gggg"),
             preshared_key: PresharedKey::from_bytes([9; 32]),
             expires_at: 1_700_003_600,
+            gateway_instance: Some(77),
         }),
         ClientIngress::IceCandidates(GatewayCandidates {
             gateway_id: GatewayId(2),

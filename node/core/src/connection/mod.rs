@@ -133,6 +133,10 @@ pub(crate) struct Connection {
     /// The nominated pair's last [`UNANSWERED_IN_DOUBT`] checks are unanswered, as of the last
     /// timer or STUN message (kept here, not asked of ICE for every packet sent).
     path_silent: bool,
+    /// When something other than a packet to send (new candidates) woke the connection from
+    /// idle, until a check on the nominated pair is answered or a wake's hold ends: the path
+    /// is as much in doubt as an idle one's, though the connection is no longer idle.
+    unproven_since: Option<Instant>,
     last_activity: Instant,
     last_rollover: Option<Instant>,
     timers: TimerTable,
@@ -245,6 +249,7 @@ impl Connection {
             idle: false,
             waking: None,
             path_silent: false,
+            unproven_since: None,
             last_activity: now,
             last_rollover: None,
             timers: TimerTable::default(),
@@ -519,6 +524,7 @@ impl Connection {
             .set(Timer::Idle, self.last_activity + self.config.idle_after);
         if self.idle {
             self.idle = false;
+            self.unproven_since = Some(now);
             self.apply_stun_timing();
             // The idle tick may be up to a second away; a handshake this activity starts is
             // retried on the active one.
@@ -601,17 +607,27 @@ impl Connection {
     fn wake(&mut self, now: Instant) {
         let (idle, silent) = (self.idle, self.path_silent);
         let lost = !self.ice.agent().state().is_connected();
+        let unproven = match self.unproven_since {
+            Some(since) => {
+                let answered = self.ice.agent().nominated_pair_last_response();
+                answered.is_none_or(|at| at < since)
+            }
+            None => false,
+        };
+        if !unproven {
+            self.unproven_since = None;
+        }
         let proven = self.peer_data.is_some_and(|(local, remote, at)| {
             Some(self.path_from(local, remote)) == self.route()
                 && now < at + self.config.active_stun_interval
         });
-        let doubt = (idle || lost || silent) && !proven;
+        let doubt = (idle || unproven || lost || silent) && !proven;
         let (true, None, Some(path)) = (self.established && doubt, &self.waking, self.path) else {
             self.mark_active(now);
             return;
         };
         let deadline = now + self.config.wake_hold;
-        tracing::debug!(parent: &self.span, remote = %path.remote, idle, lost, silent, "path in doubt: packets wait until one answers");
+        tracing::debug!(parent: &self.span, remote = %path.remote, idle, unproven, lost, silent, "path in doubt: packets wait until one answers");
         self.waking = Some(Waking::new(path, now, deadline));
         self.ice
             .agent_mut()
@@ -619,7 +635,7 @@ impl Connection {
         self.timers.set(Timer::Wake, deadline);
         // After the active timing is applied, which resets when each pair is checked next.
         self.mark_active(now);
-        if idle {
+        if idle || unproven {
             self.ice.agent_mut().check_nominated_now(now);
         }
     }
@@ -1048,6 +1064,7 @@ impl Connection {
     /// switching threshold is back.
     fn end_waking(&mut self) -> Option<Waking> {
         let waking = self.waking.take()?;
+        self.unproven_since = None;
         self.timers.stop(Timer::Wake);
         self.ice
             .agent_mut()

@@ -995,6 +995,35 @@ fn the_first_packet_after_an_idle_spell_waits_for_the_path_and_is_not_lost() {
 }
 
 #[test]
+fn a_connection_woken_by_a_new_candidate_holds_its_first_packet_until_the_path_answers() {
+    let mut w = idle_world();
+    // The path died while both idled; then the gateway signals a new candidate (its relay or
+    // its NAT changed), which makes the connection active, though nothing proved the path.
+    w.link_up = false;
+    let candidate = "candidate:9 1 udp 1694498815 203.0.113.9 40000 typ srflx".to_string();
+    w.client.handle_portal_message(
+        ClientIngress::IceCandidates(GatewayCandidates {
+            gateway_id: GID,
+            candidates: vec![candidate],
+        }),
+        w.now,
+    );
+    w.settle();
+    assert!(!w.client.node().connection(GID).unwrap().idle);
+    w.run_for(Duration::from_millis(500));
+    // The packet waits for an answer instead of going into the void.
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"after new candidates"));
+    w.run_for(Duration::from_secs(1));
+    assert!(w.gateway_tun.is_empty());
+    w.link_up = true;
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(
+        w.gateway_tun,
+        [udp(v4(), ip("10.0.0.7"), b"after new candidates").as_bytes()]
+    );
+}
+
+#[test]
 fn an_idle_client_whose_path_goes_unanswered_signals_its_candidates_again_and_the_gateway_checks() {
     let mut w = idle_world();
     // The gateway's NAT forgot its mappings while both idled: nothing of the client's reaches

@@ -41,7 +41,7 @@ pub use handshake_guard::{
 };
 pub use node::{
     ConnectionInfo, Node, Upsert, FORMER_RELAYS_KEPT, MAX_PENDING_DECRYPTIONS, MAX_STUN_REQUESTS,
-    RELAY_RETRY_INITIAL, RELAY_RETRY_MAX, STUN_ANSWER_WINDOW,
+    RELAY_RETRY_INITIAL, RELAY_RETRY_MAX, RETIRED_GRACE, STUN_ANSWER_WINDOW,
 };
 pub use node_proto::{candidate, ids};
 pub use node_proto::{CandidateKind, IceCandidate};

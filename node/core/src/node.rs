@@ -29,6 +29,9 @@ use crate::wireguard::ConnIndex;
 use crate::{CandidateKind, Error, Event, FailReason, PeerId, Stats};
 
 mod relays;
+mod retired;
+
+pub use retired::RETIRED_GRACE;
 
 use relays::FromRelay;
 pub use relays::{RELAY_RETRY_INITIAL, RELAY_RETRY_MAX};
@@ -118,6 +121,9 @@ pub struct Node<TId> {
     /// [`Node::take_unsent`] to send on a new connection.
     unsent: BTreeMap<TId, Vec<Buffer>>,
     by_index: BTreeMap<ConnIndex, TId>,
+    /// Connections just replaced by new parameters, still opening the data their peer sent on
+    /// the old session (see [`retired`]); at most one per peer.
+    retired: retired::Retired<TId>,
     by_key: BTreeMap<[u8; 32], TId>,
     by_ufrag: BTreeMap<String, TId>,
     /// Our outstanding binding requests and the connection that sent each. Answers are routed
@@ -205,6 +211,7 @@ impl<TId: PeerId> Node<TId> {
             connections: BTreeMap::new(),
             unsent: BTreeMap::new(),
             by_index: BTreeMap::new(),
+            retired: retired::Retired::new(),
             by_key: BTreeMap::new(),
             by_ufrag: BTreeMap::new(),
             stun_requests: BTreeMap::new(),
@@ -404,10 +411,13 @@ impl<TId: PeerId> Node<TId> {
         };
         // Packets the old connection held for its path go out on the new one, after its
         // handshake; so do those of one that failed and whose packets the caller left.
-        let mut held = self
-            .detach(id)
-            .map(|mut c| c.take_held())
-            .unwrap_or_default();
+        let mut held = Vec::new();
+        if let Some(mut old) = self.detach(id) {
+            held = old.take_held();
+            if outcome == Upsert::Replaced && old.is_established() {
+                self.retired.retire(id, old, now);
+            }
+        }
         held.extend(self.unsent.remove(&id).unwrap_or_default());
 
         let index = self.free_index();
@@ -479,7 +489,7 @@ impl<TId: PeerId> Node<TId> {
         loop {
             let candidate = self.rng.gen_range(1..=ConnIndex::MAX);
             if let Some(index) = ConnIndex::new(candidate) {
-                if !self.by_index.contains_key(&index) {
+                if !self.by_index.contains_key(&index) && !self.retired.holds_index(index) {
                     return index;
                 }
             }
@@ -500,6 +510,7 @@ impl<TId: PeerId> Node<TId> {
 
     /// Drops the connection to `id` and its tunnel. Returns whether there was one.
     pub fn remove_connection(&mut self, id: TId) -> bool {
+        self.retired.remove(id);
         self.detach(id).is_some()
     }
 
@@ -564,6 +575,12 @@ impl<TId: PeerId> Node<TId> {
             .values()
             .flat_map(|c| c.relayed_candidates())
             .collect()
+    }
+
+    /// How many replaced connections still open data sent on their sessions (see
+    /// [`RETIRED_GRACE`]): at most one per peer.
+    pub fn retired_connections(&self) -> usize {
+        self.retired.len()
     }
 
     /// A snapshot of the connection to `id`.
@@ -684,9 +701,15 @@ impl<TId: PeerId> Node<TId> {
                 }
             }
             DatagramKind::WgHandshakeResponse => route_by_index(&self.by_index, datagram, 8)?,
-            DatagramKind::WgCookieReply | DatagramKind::WgData => {
-                route_by_index(&self.by_index, datagram, 4)?
-            }
+            DatagramKind::WgCookieReply => route_by_index(&self.by_index, datagram, 4)?,
+            DatagramKind::WgData => match route_by_index(&self.by_index, datagram, 4) {
+                Ok(id) => id,
+                Err(error) => {
+                    return self
+                        .open_retired(local, from, datagram, now)
+                        .unwrap_or(Err(error));
+                }
+            },
             DatagramKind::ChannelData => return Err(Error::UnexpectedChannelData),
             DatagramKind::Unknown => return Err(Error::UnknownDatagram),
         };
@@ -723,6 +746,34 @@ impl<TId: PeerId> Node<TId> {
                 Ok(None)
             }
         }
+    }
+
+    /// A data packet for a connection replaced within [`RETIRED_GRACE`], opened with its
+    /// session (inline: the deferred path finishes against the current connection). `None` if
+    /// no retired connection has its index.
+    fn open_retired(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Option<Result<Delivered<TId>, Error>> {
+        let bytes = datagram.get(4..8)?;
+        let idx = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let (id, conn) = self
+            .retired
+            .get_mut(ConnIndex::from_session_index(idx), now)?;
+        // It sends nothing (its peer has moved on, or will at its next message) and reports
+        // nothing: what it learns of paths is the new connection's to learn.
+        let mut silenced = VecDeque::new();
+        let inner = conn.decapsulate(local, from, datagram, now, &self.pool, &mut silenced, false);
+        while conn.poll_event().is_some() {}
+        let _ = conn.take_sent_requests();
+        Some(match inner {
+            Ok(Inbound::Packet(bytes)) => inner_packet(id, Some(bytes)),
+            Ok(Inbound::Nothing | Inbound::Open(..)) => Ok(None),
+            Err(error) => Err(error),
+        })
     }
 
     /// Checks an initiation before it costs an X25519 (see [`HandshakeGuard`]); a cookie reply
@@ -809,6 +860,7 @@ impl<TId: PeerId> Node<TId> {
 
     /// Drives timers of every connection; failed connections are removed here.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.retired.expire(now);
         while let Some(&(sent, txid)) = self.stun_requests_sent.front() {
             if now.saturating_duration_since(sent) < STUN_ANSWER_WINDOW {
                 break;
@@ -896,6 +948,9 @@ impl<TId: PeerId> Node<TId> {
         }
     }
 }
+
+/// A decrypted IP packet and the peer it came from, if a datagram carried one.
+type Delivered<TId> = Option<(TId, IpPacket<Buffer>)>;
 
 /// The IP packet in a decrypted data packet; a keep-alive carries none.
 fn inner_packet<TId>(

@@ -583,6 +583,38 @@ fn a_rejoin_naming_the_same_gateway_process_keeps_the_connection() {
     assert_eq!(w.gateway_tun.len(), 1, "sent on the kept connection");
 }
 
+/// The gateway gets new parameters for a connection (a new preshared key, after a portal
+/// restart) before the client does.
+fn gateway_gets_a_new_psk(w: &mut World, psk: u8) {
+    w.portal.psk = [psk; 32];
+    let flow = w.portal.authorize_flow(R1);
+    w.gateway
+        .handle_portal_message(GatewayIngress::AuthorizeFlow(flow), w.now);
+    w.settle();
+}
+
+#[test]
+fn data_the_client_sent_on_the_old_session_arrives_after_the_gateway_replaced_its_connection() {
+    let mut w = World::new(&[R1]);
+    w.connect(&[ip("10.0.0.7")]);
+    gateway_gets_a_new_psk(&mut w, 8);
+    // The client has not been told yet: it sends on the session it has.
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"in flight"));
+    assert_eq!(
+        w.gateway_tun,
+        [udp(v4(), ip("10.0.0.7"), b"in flight").as_bytes()]
+    );
+    assert_eq!(w.gateway.node().retired_connections(), 1);
+    // A second replacement keeps one: the cap is one per peer.
+    gateway_gets_a_new_psk(&mut w, 9);
+    assert_eq!(w.gateway.node().retired_connections(), 1);
+    // After the grace, none, and the old session opens nothing any more.
+    w.run_for(crate::RETIRED_GRACE + Duration::from_secs(1));
+    assert_eq!(w.gateway.node().retired_connections(), 0);
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"too late"));
+    assert_eq!(w.gateway_tun.len(), 1);
+}
+
 #[test]
 fn unauthorized_destination_is_answered_with_icmp_prohibited() {
     let mut w = World::new(&[R1, R2]);

@@ -2081,11 +2081,16 @@ impl IceAgent {
 
     fn evaluate_nomination(&mut self) {
         let nominated_pair_priority = self.nominated_pair_priority();
-        // zta patch: a pair of the same priority replaces a nominated one in doubt.
-        let switch = self.unanswered_to_switch;
-        let in_doubt = move |p: &CandidatePair| {
-            switch.is_some_and(|n| p.unanswered().is_some_and(|(u, _)| u >= n))
-        };
+        // zta patch: a pair of the same priority replaces a nominated one in doubt. A pair stays
+        // in doubt until a check on it is answered, whatever the threshold is later.
+        if let Some(n) = self.unanswered_to_switch {
+            for pair in &mut self.candidate_pairs {
+                if pair.unanswered().is_some_and(|(u, _)| u >= n) {
+                    pair.doubt();
+                }
+            }
+        }
+        let in_doubt = |p: &CandidatePair| p.is_doubted();
         let nominated_in_doubt = self.controlling && self.nominated_pair().is_some_and(in_doubt);
 
         let best_prio = if self.controlling {
@@ -3162,6 +3167,59 @@ mod test {
             relayed_pair.prio(),
             CandidatePair::calculate_prio(true, 37_747_455, local_prio)
         );
+    }
+
+    #[test]
+    fn a_pair_in_doubt_stays_in_doubt_when_the_threshold_is_raised_until_it_answers() {
+        // zta patch: the node lowers `unanswered_to_switch` while packets wait for a path and
+        // raises it again once they go; the pair that met the lower threshold must not be
+        // nominated again before a check on it is answered.
+        let (mut agent, creds) = agent_with_host(true);
+        for sdp in [
+            "candidate:1 1 udp 1694498815 3.4.5.6 5000 typ srflx",
+            "candidate:2 1 udp 16777215 4.5.6.7 5000 typ relay",
+        ] {
+            let mut c = Candidate::from_sdp_string(sdp).unwrap();
+            c.set_ufrag(&creds.ufrag);
+            agent.add_remote_candidate(c);
+        }
+        let timing = StunTiming::default();
+        let now = Instant::now();
+        // Both pairs answered once.
+        for pair in &mut agent.candidate_pairs {
+            let id = pair.new_attempt(now, &timing, true);
+            pair.record_binding_response(now, id, 0);
+        }
+        let nominated = |agent: &IceAgent| {
+            let pair = agent.nominated_pair().unwrap();
+            agent.remote_candidates[pair.remote_idx()].addr()
+        };
+        agent.set_unanswered_to_switch(Some(3));
+        agent.evaluate_nomination();
+        assert_eq!(nominated(&agent), ipv4_3(), "the better pair");
+
+        // Two checks on the better pair go unanswered while packets wait: the threshold is 2.
+        let direct = agent
+            .candidate_pairs
+            .iter()
+            .position(|p| agent.remote_candidates[p.remote_idx()].addr() == ipv4_3())
+            .unwrap();
+        let _ = agent.candidate_pairs[direct].new_attempt(now, &timing, true);
+        let last = agent.candidate_pairs[direct].new_attempt(now, &timing, true);
+        agent.set_unanswered_to_switch(Some(2));
+        agent.evaluate_nomination();
+        assert_eq!(nominated(&agent), ipv4_4(), "moved to the pair that answers");
+
+        // The packets went; the threshold is 3 again, and the better pair still has only 2
+        // unanswered checks: it stays in doubt.
+        agent.set_unanswered_to_switch(Some(3));
+        agent.evaluate_nomination();
+        assert_eq!(nominated(&agent), ipv4_4(), "no hop back onto the silent pair");
+
+        // It answers: it is the better pair again.
+        agent.candidate_pairs[direct].record_binding_response(now, last, 0);
+        agent.evaluate_nomination();
+        assert_eq!(nominated(&agent), ipv4_3());
     }
 
     /// zta patch: an agent with one host candidate (`ipv4_1`) and the peer's credentials.

@@ -60,6 +60,11 @@ pub struct CandidatePair {
     /// Sum of all RTTs measured from successful STUN binding transactions
     /// on this pair, across the whole pair lifetime.
     total_round_trip_time: Duration,
+
+    /// zta patch: the pair's latest checks went unanswered, as many as the agent's
+    /// `unanswered_to_switch` was then; until a check on it is answered again (see
+    /// [`CandidatePair::doubt`]).
+    doubted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -163,7 +168,21 @@ impl CandidatePair {
             nomination_state: Default::default(),
             responses_received: 0,
             total_round_trip_time: Duration::ZERO,
+            doubted: false,
         }
+    }
+
+    /// zta patch: marks the pair as not working until a check on it is answered. A threshold
+    /// of unanswered checks that is raised again (the agent's `unanswered_to_switch`, lowered
+    /// while packets wait for a path) must not make a pair that met the lower one look sound:
+    /// the nomination hopped back onto the dead pair the moment the packets went.
+    pub(crate) fn doubt(&mut self) {
+        self.doubted = true;
+    }
+
+    /// zta patch: see [`CandidatePair::doubt`].
+    pub(crate) fn is_doubted(&self) -> bool {
+        self.doubted
     }
 
     pub fn id(&self) -> PairId {
@@ -344,6 +363,7 @@ impl CandidatePair {
             .expect("Binding request attempt");
 
         attempt.respone_recv = Some(now);
+        self.doubted = false;
 
         self.responses_received += 1;
         self.total_round_trip_time += now - attempt.request_sent;

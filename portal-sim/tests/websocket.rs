@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod common;
-use common::{connect_flow, joined_pair, Client};
+use common::{connect_flow, joined_pair, next_authorize_flow, Client};
 
 const CANDIDATE: &str = "candidate:1 1 udp 2130706431 10.0.0.1 5000 typ host";
 
@@ -146,12 +146,7 @@ async fn a_restarted_client_gets_new_connections_and_a_reconnected_one_keeps_its
     client
         .wait_for(|e| matches!(e, Event::Connected).then_some(()))
         .await;
-    let repeated = gateway
-        .wait_for(|e| match e {
-            Event::Message(GatewayIngress::AuthorizeFlow(a)) => Some(a),
-            _ => None,
-        })
-        .await;
+    let repeated = next_authorize_flow(&mut gateway).await;
     assert_eq!(repeated.preshared_key, first);
     let (again, _) = connect_flow(&mut client, &mut gateway).await;
     assert_eq!(again, first);

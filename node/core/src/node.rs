@@ -252,7 +252,7 @@ impl<TId: PeerId> Node<TId> {
         &mut self,
         mut job: Decryption,
         now: Instant,
-    ) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
+    ) -> Result<Delivered<TId>, Error> {
         job.run();
         let from = job.from;
         let result = self.finish_decryption_inner(job, now);
@@ -263,7 +263,7 @@ impl<TId: PeerId> Node<TId> {
         &mut self,
         job: Decryption,
         now: Instant,
-    ) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
+    ) -> Result<Delivered<TId>, Error> {
         // The connection may have gone while the packet was opened.
         let id = *self
             .by_index
@@ -644,7 +644,7 @@ impl<TId: PeerId> Node<TId> {
         from: SocketAddr,
         datagram: &[u8],
         now: Instant,
-    ) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
+    ) -> Result<Delivered<TId>, Error> {
         let result = self.decapsulate_inner(local, from, datagram, now, true);
         self.settle_inbound(from, result, now)
     }
@@ -672,7 +672,7 @@ impl<TId: PeerId> Node<TId> {
         datagram: &[u8],
         now: Instant,
         direct: bool,
-    ) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
+    ) -> Result<Delivered<TId>, Error> {
         let kind = classify(datagram);
         // Only what arrives directly can be from a relay; what a relay delivered is from a peer.
         if direct && matches!(kind, DatagramKind::Stun | DatagramKind::ChannelData) {
@@ -758,11 +758,7 @@ impl<TId: PeerId> Node<TId> {
         datagram: &[u8],
         now: Instant,
     ) -> Option<Result<Delivered<TId>, Error>> {
-        let bytes = datagram.get(4..8)?;
-        let idx = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        let (id, conn) = self
-            .retired
-            .get_mut(ConnIndex::from_session_index(idx), now)?;
+        let (id, conn) = self.retired.get_mut(receiver_index(datagram, 4)?, now)?;
         // It sends nothing (its peer has moved on, or will at its next message) and reports
         // nothing: what it learns of paths is the new connection's to learn.
         let mut silenced = VecDeque::new();
@@ -953,10 +949,7 @@ impl<TId: PeerId> Node<TId> {
 type Delivered<TId> = Option<(TId, IpPacket<Buffer>)>;
 
 /// The IP packet in a decrypted data packet; a keep-alive carries none.
-fn inner_packet<TId>(
-    id: TId,
-    bytes: Option<Buffer>,
-) -> Result<Option<(TId, IpPacket<Buffer>)>, Error> {
+fn inner_packet<TId>(id: TId, bytes: Option<Buffer>) -> Result<Delivered<TId>, Error> {
     match bytes {
         Some(bytes) => {
             let packet = IpPacket::parse(bytes).map_err(Error::InvalidInnerPacket)?;
@@ -972,14 +965,18 @@ fn route_by_index<TId: Copy>(
     datagram: &[u8],
     offset: usize,
 ) -> Result<TId, Error> {
-    let bytes = datagram
-        .get(offset..offset + 4)
-        .ok_or(Error::UnknownDatagram)?;
-    let idx = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let index = receiver_index(datagram, offset).ok_or(Error::UnknownDatagram)?;
     by_index
-        .get(&ConnIndex::from_session_index(idx))
+        .get(&index)
         .copied()
         .ok_or(Error::UnroutableWireGuard)
+}
+
+/// The connection a WireGuard message's receiver index at `offset` names.
+fn receiver_index(datagram: &[u8], offset: usize) -> Option<ConnIndex> {
+    let bytes = datagram.get(offset..offset + 4)?;
+    let idx = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    Some(ConnIndex::from_session_index(idx))
 }
 
 /// The handshake guard's generator: the node's, on a stream of its own, so that what the node

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use node_core::ids::{ClientId, GatewayId, ResourceId};
 use node_core::portal::messages::{
-    ClientEgress, ClientIngress, FlowAccepted, GatewayEgress, GatewayIngress, RequestConnection,
+    AuthorizeFlow, ClientEgress, ClientIngress, FlowAccepted, GatewayEgress, GatewayIngress,
+    RequestConnection,
 };
 use node_core::portal::{
     ChannelConfig, ConnectionError, Event, Input, JoinPayload, Message, PhoenixChannel,
@@ -130,6 +131,16 @@ pub async fn joined_pair(url: &str) -> (Client, Gateway) {
     (client, gateway)
 }
 
+/// The next `authorize_flow` the gateway gets.
+pub async fn next_authorize_flow(gateway: &mut Gateway) -> AuthorizeFlow {
+    gateway
+        .wait_for(|e| match e {
+            Event::Message(GatewayIngress::AuthorizeFlow(a)) => Some(a),
+            _ => None,
+        })
+        .await
+}
+
 /// Requests resource 1 and returns the PSK each side got.
 pub async fn connect_flow(
     client: &mut Client,
@@ -152,12 +163,7 @@ pub async fn connect_flow(
             _ => None,
         })
         .await;
-    let authorize = gateway
-        .wait_for(|e| match e {
-            Event::Message(GatewayIngress::AuthorizeFlow(a)) => Some(a),
-            _ => None,
-        })
-        .await;
+    let authorize = next_authorize_flow(gateway).await;
     // The client hears of the flow once the gateway has it.
     gateway
         .send(&GatewayEgress::FlowAccepted(FlowAccepted {

@@ -607,13 +607,10 @@ impl Connection {
     fn wake(&mut self, now: Instant) {
         let (idle, silent) = (self.idle, self.path_silent);
         let lost = !self.ice.agent().state().is_connected();
-        let unproven = match self.unproven_since {
-            Some(since) => {
-                let answered = self.ice.agent().nominated_pair_last_response();
-                answered.is_none_or(|at| at < since)
-            }
-            None => false,
-        };
+        let unproven = self.unproven_since.is_some_and(|since| {
+            let answered = self.ice.agent().nominated_pair_last_response();
+            answered.is_none_or(|at| at < since)
+        });
         if !unproven {
             self.unproven_since = None;
         }

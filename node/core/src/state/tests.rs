@@ -525,12 +525,17 @@ fn a_restarted_gateway_fails_its_connection_and_the_next_packet_asks_anew() {
         w.now,
     );
     w.settle();
+    assert_failed_as_restarted_and_asks_again(&mut w);
+}
+
+/// The client's connection failed as one to a restarted gateway, and the route went with it:
+/// the next packet asks the portal again.
+fn assert_failed_as_restarted_and_asks_again(w: &mut World) {
     assert!(w.client.node().connection(GID).is_none());
     assert!(w.client_events.contains(&ClientEvent::GatewayDisconnected {
         gateway: GID,
         reason: FailReason::PeerRestarted,
     }));
-    // The route went with the connection: the next packet asks the portal again.
     w.client_sends(&udp(v4(), ip("10.0.0.7"), b"again"));
     assert_eq!(w.portal.requests, vec![R1, R1]);
 }
@@ -557,13 +562,7 @@ fn a_rejoin_naming_another_gateway_process_fails_the_connection() {
     w.client
         .handle_portal_message(rejoin_init(GATEWAY_INSTANCE + 1), w.now);
     w.settle();
-    assert!(w.client.node().connection(GID).is_none());
-    assert!(w.client_events.contains(&ClientEvent::GatewayDisconnected {
-        gateway: GID,
-        reason: FailReason::PeerRestarted,
-    }));
-    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"again"));
-    assert_eq!(w.portal.requests, vec![R1, R1]);
+    assert_failed_as_restarted_and_asks_again(&mut w);
 }
 
 #[test]

@@ -100,6 +100,10 @@ pub struct IceAgent {
     /// a better one that does not (zta patch, see [`IceAgent::set_unanswered_to_switch`]).
     unanswered_to_switch: Option<usize>,
 
+    /// How often the valid pairs worse than the nominated one are checked (zta patch, see
+    /// [`IceAgent::set_backup_checks`]).
+    backup_checks: BackupChecks,
+
     /// Statistics counter for the agent.
     stats: IceAgentStats,
 
@@ -115,6 +119,41 @@ pub struct IceAgent {
     /// Target MTU (start) and warn threshold (end). Buffer sizing uses the
     /// target; oversized outgoing datagrams above the warn threshold log a warning.
     mtu: RangeInclusive<usize>,
+}
+
+/// How often an agent checks again the pairs that succeeded and rank below the nominated one
+/// (zta patch, see [`IceAgent::set_backup_checks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupChecks {
+    /// As any other pair (str0m's behaviour, the default).
+    AsAnyPair,
+    /// At most once per this long while the nominated pair answers.
+    Every(Duration),
+    /// Only while a check on the nominated pair goes unanswered.
+    WhenNominatedUnanswered,
+}
+
+/// When [`BackupChecks`] lets a pair be checked.
+enum Gate {
+    /// Whenever it is due.
+    Open,
+    /// When it is due, but not before this.
+    From(Instant),
+    /// Not for now.
+    Closed,
+}
+
+impl Gate {
+    /// When a pair due at `due` is checked, `now`. A pair the gate held back is due no earlier
+    /// than `now` when it opens: a backup unchecked for an hour does not go before the pairs
+    /// due now (new candidates' pairs after a wake), which go in the order of priority.
+    fn apply(self, due: Instant, now: Instant) -> Option<Instant> {
+        match self {
+            Self::Open => Some(due),
+            Self::From(at) => Some(due.max(at).max(now)),
+            Self::Closed => None,
+        }
+    }
 }
 
 /// IceAgent contains only static references to thread-safe traits,
@@ -346,6 +385,7 @@ impl IceAgent {
             discovered_recv: HashSet::new(),
             nominated_send: None,
             unanswered_to_switch: None,
+            backup_checks: BackupChecks::AsAnyPair,
             stats: IceAgentStats::default(),
             timing_advance: Duration::from_millis(50),
             timing_config: StunTiming::default(),
@@ -540,6 +580,48 @@ impl IceAgent {
     /// stop being answered is in doubt before ICE gives it up).
     pub fn nominated_pair_unanswered(&self) -> Option<(usize, Instant)> {
         self.nominated_pair().and_then(|p| p.unanswered())
+    }
+
+    /// How often the pairs that succeeded and rank below the nominated one are checked again
+    /// (zta patch: RFC 8445 keeps only the selected pair alive, str0m every valid pair at the
+    /// full rate, which from both peers was most of what a connection sent, through relays too).
+    /// Whatever the setting, they are checked at the full rate from the moment a check on the
+    /// nominated pair has gone unanswered for half the longest retransmission timeout, so that
+    /// a fallback is known to answer before the nominated pair is given up; pairs that rank
+    /// above it are always checked at the full rate, as they are what the path upgrades to.
+    pub fn set_backup_checks(&mut self, checks: BackupChecks) {
+        self.backup_checks = checks;
+    }
+
+    /// When each pair may be checked under [`IceAgent::set_backup_checks`].
+    fn backup_gate(&self) -> impl Fn(&CandidatePair) -> Gate + use<> {
+        let every = match self.backup_checks {
+            BackupChecks::AsAnyPair => None,
+            BackupChecks::Every(every) => Some(Some(every)),
+            BackupChecks::WhenNominatedUnanswered => Some(None),
+        };
+        let nominated = self.nominated_pair().map(|p| {
+            let in_question_at = p
+                .unanswered()
+                .map(|(_, since)| since + self.timing_config.max_rto() / 2);
+            (p.id(), p.prio(), in_question_at)
+        });
+        move |pair: &CandidatePair| {
+            let (Some(every), Some((id, prio, in_question_at))) = (every, nominated) else {
+                return Gate::Open;
+            };
+            let backup =
+                pair.id() != id && pair.prio() < prio && pair.state() == CheckState::Succeeded;
+            let Some(last) = pair.last_attempt_time().filter(|_| backup) else {
+                return Gate::Open;
+            };
+            let keep_alive_at = every.and_then(|every: Duration| last.checked_add(every));
+            match (keep_alive_at, in_question_at) {
+                (Some(a), Some(b)) => Gate::From(a.min(b)),
+                (Some(at), None) | (None, Some(at)) => Gate::From(at),
+                (None, None) => Gate::Closed,
+            }
+        }
     }
 
     /// Checks the nominated pair at the next `handle_timeout` instead of at its keep-alive
@@ -1418,11 +1500,16 @@ impl IceAgent {
         }
 
         // when do we need to handle the next candidate pair?
+        let gate = self.backup_gate();
         let next = self
             .candidate_pairs
             .iter_mut()
             .enumerate()
-            .map(|(i, c)| (i, c.next_binding_attempt(now, &self.timing_config)))
+            .filter_map(|(i, c)| {
+                let gate = gate(c);
+                gate.apply(c.next_binding_attempt(now, &self.timing_config), now)
+                    .map(|at| (i, at))
+            })
             .min_by_key(|(_, t)| *t);
 
         if let Some((idx, deadline)) = next {
@@ -1471,9 +1558,16 @@ impl IceAgent {
             // ice-lite doesn't do checks.
             None
         } else {
+            let gate = self.backup_gate();
             self.candidate_pairs
                 .iter_mut()
-                .map(|c| c.next_binding_attempt(last_now, &self.timing_config))
+                .filter_map(|c| {
+                    let gate = gate(c);
+                    gate.apply(
+                        c.next_binding_attempt(last_now, &self.timing_config),
+                        last_now,
+                    )
+                })
                 .min()
         };
 

@@ -100,7 +100,9 @@
 extern crate tracing;
 
 mod agent;
-pub use agent::{IceAgent, IceAgentEvent, IceConnectionState, IceCreds, LocalPreference};
+pub use agent::{
+    BackupChecks, IceAgent, IceAgentEvent, IceConnectionState, IceCreds, LocalPreference,
+};
 
 mod candidate;
 pub use candidate::{Candidate, CandidateBuilder, CandidateKind};
@@ -1096,6 +1098,117 @@ pub(crate) mod test {
 
         // After applying the new timeout, it should only be `NORMAL_RTO` away.
         assert_eq!(timeout_after, now + NORMAL_RTO);
+    }
+
+    /// zta patch: two agents on one clock, every 10 ms, for `d`: each runs its timeout and its
+    /// transmits reach the other at once, unless `cut` says the path is down. Returns the binding
+    /// requests sent from each of L's local addresses, and the source L last nominated.
+    fn exchange(
+        a1: &mut IceAgent,
+        a2: &mut IceAgent,
+        now: &mut Instant,
+        d: Duration,
+        cut: impl Fn(SocketAddr, SocketAddr) -> bool,
+    ) -> (HashMap<SocketAddr, usize>, Option<SocketAddr>) {
+        let mut requests = HashMap::new();
+        let mut nominated = None;
+        let end = *now + d;
+        while *now < end {
+            *now += Duration::from_millis(10);
+            for from_l in [true, false] {
+                let (from, to) = if from_l {
+                    (&mut *a1, &mut *a2)
+                } else {
+                    (&mut *a2, &mut *a1)
+                };
+                from.handle_timeout(*now);
+                while let Some(t) = from.poll_transmit() {
+                    let message = StunMessage::parse(&t.contents).unwrap();
+                    if from_l && message.is_binding_request() {
+                        *requests.entry(t.source).or_default() += 1;
+                    }
+                    if cut(t.source, t.destination) {
+                        continue;
+                    }
+                    let packet = StunPacket {
+                        proto: t.proto,
+                        source: t.source,
+                        destination: t.destination,
+                        message,
+                    };
+                    to.handle_packet(*now, packet);
+                }
+                while let Some(event) = from.poll_event() {
+                    if let (true, IceAgentEvent::NominatedSend { source, .. }) = (from_l, event) {
+                        nominated = Some(source);
+                    }
+                }
+            }
+        }
+        (requests, nominated)
+    }
+
+    #[test]
+    fn backup_pairs_are_checked_at_their_own_rate_until_the_nominated_pair_goes_unanswered() {
+        // zta patch: `set_backup_checks`. L has a better and a worse host address, so two
+        // pairs succeed and the better one is nominated.
+        let (best, backup) = (sock("1.1.1.1:1000"), sock("1.1.1.2:1000"));
+        let mut a1 = IceAgent::new(IceCreds::new());
+        let mut a2 = IceAgent::new(IceCreds::new());
+        a1.set_controlling(true);
+        a2.set_controlling(false);
+        a1.set_remote_credentials(a2.local_credentials().clone());
+        a2.set_remote_credentials(a1.local_credentials().clone());
+        // Added second, the backup address gets the lower local preference.
+        for addr in [best, backup] {
+            let c = a1
+                .add_local_candidate(host(addr.to_string(), "udp"))
+                .unwrap();
+            a2.add_remote_candidate(Candidate::from_sdp_string(&c.to_sdp_string()).unwrap());
+        }
+        let c = a2.add_local_candidate(host("2.2.2.2:1000", "udp")).unwrap();
+        a1.add_remote_candidate(Candidate::from_sdp_string(&c.to_sdp_string()).unwrap());
+        for a in [&mut a1, &mut a2] {
+            a.set_max_stun_rto(Duration::from_secs(1));
+        }
+        let up = |_: SocketAddr, _: SocketAddr| false;
+        let mut now = Instant::now();
+        let (_, nominated) = exchange(&mut a1, &mut a2, &mut now, Duration::from_secs(5), up);
+        assert!(a1.state().is_connected());
+        assert_eq!(nominated, Some(best));
+
+        // As any pair (str0m's way): the backup is checked as often as the nominated pair.
+        let (sent, _) = exchange(&mut a1, &mut a2, &mut now, Duration::from_secs(10), up);
+        assert!(sent[&backup] >= 8, "{sent:?}");
+
+        // Every 25 s: not once in the next 20 s, while the nominated pair is checked as before.
+        for a in [&mut a1, &mut a2] {
+            a.set_backup_checks(BackupChecks::Every(Duration::from_secs(25)));
+        }
+        let (sent, _) = exchange(&mut a1, &mut a2, &mut now, Duration::from_secs(20), up);
+        assert_eq!(sent.get(&backup), None, "{sent:?}");
+        assert!(sent[&best] >= 18, "{sent:?}");
+        // ... and again once 25 s have passed since its last check.
+        let (sent, _) = exchange(&mut a1, &mut a2, &mut now, Duration::from_secs(10), up);
+        assert_eq!(sent.get(&backup), Some(&1), "{sent:?}");
+
+        // Only when the nominated pair goes unanswered: not once in a minute while it answers.
+        for a in [&mut a1, &mut a2] {
+            a.set_backup_checks(BackupChecks::WhenNominatedUnanswered);
+        }
+        let (sent, _) = exchange(&mut a1, &mut a2, &mut now, Duration::from_secs(60), up);
+        assert_eq!(sent.get(&backup), None, "{sent:?}");
+
+        // The better address stops working: within a second of the first unanswered check the
+        // backup is checked again at the full rate, so it has answered when L gives up the
+        // nominated pair after 3 unanswered checks, and carries on.
+        a1.set_unanswered_to_switch(Some(3));
+        let cut = |from: SocketAddr, to: SocketAddr| from == best || to == best;
+        let (sent, _) = exchange(&mut a1, &mut a2, &mut now, Duration::from_millis(1500), cut);
+        assert!(sent.get(&backup).is_some_and(|n| *n >= 1), "{sent:?}");
+        let (_, nominated) = exchange(&mut a1, &mut a2, &mut now, Duration::from_secs(3), cut);
+        assert_eq!(nominated, Some(backup));
+        assert!(a1.state().is_connected());
     }
 
     #[test]

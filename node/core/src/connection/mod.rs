@@ -16,7 +16,7 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::Opening;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use is::stun::{StunMessage, StunPacket};
-use is::{IceAgentEvent, IceConnectionState};
+use is::{BackupChecks, IceAgentEvent, IceConnectionState};
 
 use crate::candidate::IceCandidate;
 use crate::crypto::Seal;
@@ -558,6 +558,15 @@ impl Connection {
         // connection's keep-alives ramp up to the idle interval instead of starting there).
         agent.set_unanswered_to_fail(retransmits);
         agent.set_recent_binding_request(peer_request_window);
+        // The pairs below the nominated one are fallbacks: checked every idle interval while
+        // data flows and not at all while idle (a wake checks them again, as they are overdue),
+        // and at the full rate once the nominated pair stops answering. At the full rate, from
+        // both peers, they were most of what a connection sent.
+        agent.set_backup_checks(if self.idle {
+            BackupChecks::WhenNominatedUnanswered
+        } else {
+            BackupChecks::Every(self.config.idle_stun_interval)
+        });
     }
 
     /// The route for WireGuard packets: the nominated path, or, before ICE has nominated one

@@ -42,6 +42,11 @@ fn client_addr() -> SocketAddr {
     "192.0.2.1:50000".parse().unwrap()
 }
 
+/// A second address of the client's, added after [`client_addr`]: its pairs rank below.
+fn client_addr2() -> SocketAddr {
+    "192.0.2.2:50000".parse().unwrap()
+}
+
 fn gateway_addr() -> SocketAddr {
     "198.51.100.1:51820".parse().unwrap()
 }
@@ -167,6 +172,8 @@ struct World {
     gateway_nat_closed: bool,
     /// How many `ice_candidates` messages of the client's the portal passed on.
     client_candidate_messages: usize,
+    /// The local address of each binding request the client sent.
+    client_checks: Vec<SocketAddr>,
     /// What reached the client's TUN device.
     client_tun: Vec<Vec<u8>>,
     /// What reached the resource network.
@@ -213,6 +220,7 @@ impl World {
             gateway_checks_lost: false,
             gateway_nat_closed: false,
             client_candidate_messages: 0,
+            client_checks: Vec::new(),
             client_tun: Vec::new(),
             gateway_tun: Vec::new(),
             client_events: Vec::new(),
@@ -259,27 +267,33 @@ impl World {
         let Some(t) = transmit.filter(|t| self.link_up && t.dst == gateway_addr()) else {
             return;
         };
+        let from = t.src.unwrap_or_else(client_addr);
+        if crate::connection::binding_request_id(&t.payload).is_some() {
+            self.client_checks.push(from);
+        }
         if self.gateway_nat_closed {
             return;
         }
-        let packet =
-            self.gateway
-                .handle_network_input(gateway_addr(), client_addr(), &t.payload, self.now);
+        let packet = self
+            .gateway
+            .handle_network_input(gateway_addr(), from, &t.payload, self.now);
         self.gateway_tun
             .extend(packet.map(|p| p.as_bytes().to_vec()));
     }
 
     fn deliver_to_client(&mut self, transmit: Option<Transmit>) {
-        let Some(t) = transmit.filter(|t| self.link_up && t.dst == client_addr()) else {
+        let Some(t) =
+            transmit.filter(|t| self.link_up && [client_addr(), client_addr2()].contains(&t.dst))
+        else {
             return;
         };
         self.gateway_nat_closed = false;
         if self.gateway_checks_lost && crate::connection::binding_request_id(&t.payload).is_some() {
             return;
         }
-        let packet =
-            self.client
-                .handle_network_input(client_addr(), gateway_addr(), &t.payload, self.now);
+        let packet = self
+            .client
+            .handle_network_input(t.dst, gateway_addr(), &t.payload, self.now);
         self.client_tun
             .extend(packet.map(|p| p.as_bytes().to_vec()));
     }
@@ -1115,6 +1129,42 @@ fn an_idle_connection_wakes_its_node_only_when_a_timer_is_due_and_still_renews_i
     w.settle();
     let active = client_wakeups(&mut w, Duration::from_secs(10));
     assert!(active >= 40, "{active} wake-ups in 10 s active");
+}
+
+#[test]
+fn the_fallback_pair_is_checked_every_idle_interval_while_active_not_while_idle_and_at_a_wake() {
+    let mut w = World::new(&[R1]);
+    w.client.add_local_address(client_addr2(), w.now);
+    w.connect(&[ip("10.0.0.7")]);
+    let count =
+        |w: &World, addr: SocketAddr| w.client_checks.iter().filter(|a| **a == addr).count();
+    // Both pairs answered before the connection went idle; the better one carries the data.
+    assert!(count(&w, client_addr2()) >= 1);
+    // Active for 20 s (a packet a second): the nominated pair is checked every second, the
+    // fallback once per idle interval at most.
+    w.client_checks.clear();
+    for i in 0..20u8 {
+        w.client_sends(&udp(v4(), ip("10.0.0.7"), &[i; 8]));
+        w.run_for(Duration::from_secs(1));
+    }
+    assert!(count(&w, client_addr()) >= 15, "{:?}", w.client_checks);
+    assert!(count(&w, client_addr2()) <= 1, "{:?}", w.client_checks);
+    // Ten idle minutes: keep-alives every 25 s on the nominated pair, none on the fallback.
+    w.run_for(crate::IDLE_AFTER * 2);
+    assert!(w.client.node().connection(GID).unwrap().idle);
+    w.client_checks.clear();
+    w.run_for(Duration::from_secs(600));
+    assert!(count(&w, client_addr()) >= 20, "{:?}", w.client_checks);
+    assert_eq!(count(&w, client_addr2()), 0);
+    // A packet wakes it: the fallback is checked again at once, and the packet arrives.
+    w.gateway_tun.clear();
+    w.client_sends(&udp(v4(), ip("10.0.0.7"), b"awake"));
+    w.run_for(Duration::from_millis(500));
+    assert!(count(&w, client_addr2()) >= 1);
+    assert_eq!(
+        w.gateway_tun,
+        [udp(v4(), ip("10.0.0.7"), b"awake").as_bytes()]
+    );
 }
 
 #[test]

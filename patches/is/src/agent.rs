@@ -624,6 +624,24 @@ impl IceAgent {
         }
     }
 
+    /// The pair to check next, by index, and when: the earliest due under
+    /// [`IceAgent::set_backup_checks`], the first in the list (the best) among equals (zta
+    /// patch: upstream computed the same without the gate in `handle_timeout` and
+    /// `poll_timeout`).
+    fn next_check(&mut self, now: Instant) -> Option<(usize, Instant)> {
+        let gate = self.backup_gate();
+        let timing = &self.timing_config;
+        self.candidate_pairs
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, pair)| {
+                let gate = gate(pair);
+                gate.apply(pair.next_binding_attempt(now, timing), now)
+                    .map(|at| (i, at))
+            })
+            .min_by_key(|(_, at)| *at)
+    }
+
     /// Checks the nominated pair at the next `handle_timeout` instead of at its keep-alive
     /// time (zta patch: a connection that wakes from idle wants to know at once whether its
     /// path still works, not a keep-alive interval later).
@@ -1500,17 +1518,7 @@ impl IceAgent {
         }
 
         // when do we need to handle the next candidate pair?
-        let gate = self.backup_gate();
-        let next = self
-            .candidate_pairs
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                let gate = gate(c);
-                gate.apply(c.next_binding_attempt(now, &self.timing_config), now)
-                    .map(|at| (i, at))
-            })
-            .min_by_key(|(_, t)| *t);
+        let next = self.next_check(now);
 
         if let Some((idx, deadline)) = next {
             if now >= deadline {
@@ -1558,17 +1566,7 @@ impl IceAgent {
             // ice-lite doesn't do checks.
             None
         } else {
-            let gate = self.backup_gate();
-            self.candidate_pairs
-                .iter_mut()
-                .filter_map(|c| {
-                    let gate = gate(c);
-                    gate.apply(
-                        c.next_binding_attempt(last_now, &self.timing_config),
-                        last_now,
-                    )
-                })
-                .min()
+            self.next_check(last_now).map(|(_, at)| at)
         };
 
         // Time must advance with at least Ta.

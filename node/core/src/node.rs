@@ -140,6 +140,9 @@ pub struct Node<TId> {
     relay_retries: BTreeMap<RelayId, relays::Retry>,
     /// The wait before the current try of a relay that failed, while it has not worked again.
     retry_delays: BTreeMap<RelayId, std::time::Duration>,
+    /// When a new connection last made the relays be tried at once (see
+    /// [`Node::try_relays_now`]).
+    relays_tried_at: Option<Instant>,
     /// Servers of relays no longer used, newest last, at most [`FORMER_RELAYS_KEPT`]: their late
     /// answers are a relay's, not a peer's, which the port alone cannot tell (a peer's NAT may
     /// well map it to 3478).
@@ -220,6 +223,7 @@ impl<TId: PeerId> Node<TId> {
             allocations: BTreeMap::new(),
             relay_retries: BTreeMap::new(),
             retry_delays: BTreeMap::new(),
+            relays_tried_at: None,
             former_relays: VecDeque::new(),
             channels_to_release: false,
             connection_config: ConnectionConfig::default(),
@@ -409,6 +413,7 @@ impl<TId: PeerId> Node<TId> {
             }
             None => Upsert::Created,
         };
+        self.try_relays_now(now);
         // Packets the old connection held for its path go out on the new one, after its
         // handshake; so do those of one that failed and whose packets the caller left.
         let mut held = Vec::new();

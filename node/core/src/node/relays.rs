@@ -9,7 +9,7 @@ use crate::candidate::IceCandidate;
 use crate::ids::RelayId;
 use crate::turn::{
     channel_data_header, Allocation, AllocationEvent, RelayConfig, RelayMessage,
-    CHANNEL_DATA_HEADER_LEN,
+    CHANNEL_DATA_HEADER_LEN, INITIAL_RTO,
 };
 use crate::{Error, PeerId};
 
@@ -265,6 +265,40 @@ impl<TId: PeerId> Node<TId> {
                 allocation.handle_timeout(now);
             }
             self.drain_allocation(id, now);
+        }
+    }
+
+    /// A new connection may need a relayed path: the relays waiting for a retry are tried now,
+    /// and those still being allocated send their requests again now, instead of at the end of
+    /// a backoff of up to [`RELAY_RETRY_MAX`] or of a retransmission timeout of up to 8 s. A
+    /// relay that came back (restarted, reachable again) is then used within a round trip of
+    /// the connection's start. At most once per [`INITIAL_RTO`], however many connections come.
+    pub(super) fn try_relays_now(&mut self, now: Instant) {
+        if self
+            .relays_tried_at
+            .is_some_and(|at| now < at + INITIAL_RTO)
+        {
+            return;
+        }
+        self.relays_tried_at = Some(now);
+        // Those being allocated before the waiting ones start: theirs went out just now.
+        let allocating: Vec<RelayId> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.relayed().is_none() && !a.is_failed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in allocating {
+            if let Some(allocation) = self.allocations.get_mut(&id) {
+                allocation.resend_pending();
+            }
+            self.drain_allocation(id, now);
+        }
+        let waiting = std::mem::take(&mut self.relay_retries);
+        for (id, r) in waiting {
+            tracing::debug!(target: "node::turn", rid = %id, "a new connection: trying the relay now");
+            self.retry_delays.insert(id, r.delay);
+            self.allocate(r.config, now);
         }
     }
 

@@ -688,6 +688,17 @@ impl Allocation {
         self.pending.clear();
     }
 
+    /// Sends every pending request once more, now, as the same transaction: its schedule of
+    /// retransmissions and its deadline stay as they are. For a caller that has reason to think
+    /// the relay answers again (see `Node::try_relays_now`).
+    pub(crate) fn resend_pending(&mut self) {
+        if self.failed {
+            return;
+        }
+        let bytes: Vec<Vec<u8>> = self.pending.values().map(|p| p.bytes.clone()).collect();
+        self.transmits.extend(bytes);
+    }
+
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.failed {
             return;
@@ -1052,6 +1063,41 @@ mod tests {
             Duration::from_millis(15_500),
             "0.5 + 1 + 2 + 4 + 8 s"
         );
+    }
+
+    #[test]
+    fn pending_requests_sent_again_reach_a_relay_that_came_back_within_their_schedule() {
+        let start = Instant::now();
+        let (mut a, mut s) = setup(start);
+        // The relay is down: the first sends and the retransmissions up to the last are lost.
+        let mut now = start;
+        std::iter::from_fn(|| a.poll_transmit()).for_each(drop);
+        while let Some(t) = a
+            .poll_timeout()
+            .filter(|t| *t < start + Duration::from_secs(8))
+        {
+            now = t;
+            a.handle_timeout(now);
+            std::iter::from_fn(|| a.poll_transmit()).for_each(drop);
+        }
+        // It is back; the last retransmission went before, and the next step is the failure.
+        let deadline = a.poll_timeout().unwrap();
+        assert_eq!(deadline, start + Duration::from_millis(15_500));
+        now += Duration::from_secs(2);
+        a.resend_pending();
+        exchange(&mut a, &mut s, now);
+        assert!(a.relayed().is_some(), "allocated with the copies sent now");
+        assert!(!a.is_failed());
+        assert!(
+            a.poll_timeout().is_some_and(|t| t > deadline),
+            "no failure due"
+        );
+        // An allocation that is failed sends nothing.
+        let (mut failed, _) = setup(start);
+        failed.fail();
+        std::iter::from_fn(|| failed.poll_transmit()).for_each(drop);
+        failed.resend_pending();
+        assert_eq!(failed.poll_transmit(), None);
     }
 
     #[test]

@@ -72,7 +72,9 @@ impl Drop for Running {
 
 fn serve(db: &std::path::Path, admin: u16) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_portal"))
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        // Any port for the nodes: a second free port drawn here could be the admin port
+        // itself once a restarted portal's predecessor freed it.
+        .args(["--listen", "127.0.0.1:0"])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .arg("--db")
         .arg(db)
@@ -82,11 +84,14 @@ fn serve(db: &std::path::Path, admin: u16) -> Running {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let running = Running(child);
+    let mut running = Running(child);
     // Up when the admin listener answers.
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok() {
             return running;
+        }
+        if let Ok(Some(status)) = running.0.try_wait() {
+            panic!("the portal exited ({status}) before it opened its admin listener");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

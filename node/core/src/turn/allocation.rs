@@ -695,8 +695,8 @@ impl Allocation {
         if self.failed {
             return;
         }
-        let bytes: Vec<Vec<u8>> = self.pending.values().map(|p| p.bytes.clone()).collect();
-        self.transmits.extend(bytes);
+        self.transmits
+            .extend(self.pending.values().map(|p| p.bytes.clone()));
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {

@@ -595,11 +595,7 @@ impl IceAgent {
 
     /// When each pair may be checked under [`IceAgent::set_backup_checks`].
     fn backup_gate(&self) -> impl Fn(&CandidatePair) -> Gate + use<> {
-        let every = match self.backup_checks {
-            BackupChecks::AsAnyPair => None,
-            BackupChecks::Every(every) => Some(Some(every)),
-            BackupChecks::WhenNominatedUnanswered => Some(None),
-        };
+        let checks = self.backup_checks;
         let nominated = self.nominated_pair().map(|p| {
             let in_question_at = p
                 .unanswered()
@@ -607,15 +603,20 @@ impl IceAgent {
             (p.id(), p.prio(), in_question_at)
         });
         move |pair: &CandidatePair| {
-            let (Some(every), Some((id, prio, in_question_at))) = (every, nominated) else {
+            let Some((id, prio, in_question_at)) = nominated else {
                 return Gate::Open;
             };
-            let backup =
-                pair.id() != id && pair.prio() < prio && pair.state() == CheckState::Succeeded;
+            let backup = checks != BackupChecks::AsAnyPair
+                && pair.id() != id
+                && pair.prio() < prio
+                && pair.state() == CheckState::Succeeded;
             let Some(last) = pair.last_attempt_time().filter(|_| backup) else {
                 return Gate::Open;
             };
-            let keep_alive_at = every.and_then(|every: Duration| last.checked_add(every));
+            let keep_alive_at = match checks {
+                BackupChecks::Every(every) => last.checked_add(every),
+                BackupChecks::AsAnyPair | BackupChecks::WhenNominatedUnanswered => None,
+            };
             match (keep_alive_at, in_question_at) {
                 (Some(a), Some(b)) => Gate::From(a.min(b)),
                 (Some(at), None) | (None, Some(at)) => Gate::From(at),
